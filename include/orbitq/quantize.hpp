@@ -1,0 +1,342 @@
+/// @file quantize.hpp
+/// @brief The generic quantization driver, the quantized_tensor it produces, and dequantize.
+///
+/// `params[o] = finalize(reduce(orbit o))`, then `code = encode(x, params[o])` for every x of o.
+/// Granularity, scheme and rounding are template policies (see policy/); `quantize(view, spec)`
+/// dispatches a run-time quant_spec to the matching instantiation.
+///
+/// Passes over memory: per_channel and per_group read each row once (statistics, then encode
+/// while the row is in L1); per_tensor reads the tensor twice (the row statistics, combined into
+/// the tensor statistic, then the encode pass).
+///
+/// Code layout: 8-bit codes are int8, row-major, rows x cols. 4-bit codes are packed two per byte
+/// along the row: column 2k in the low nibble, column 2k+1 in the high nibble, each a two's
+/// complement 4-bit integer; a row of odd length ends with a byte whose high nibble is 0. Each
+/// row starts on a byte boundary (row_bytes = ceil(cols / 2)).
+#pragma once
+
+#include "orbitq/algebra/orbits.hpp"
+#include "orbitq/core/parallel.hpp"
+#include "orbitq/kernels/reference.hpp"
+#include "orbitq/kernels/simd.hpp"
+#include "orbitq/policy/granularity.hpp"
+#include "orbitq/policy/rounding.hpp"
+#include "orbitq/policy/scheme.hpp"
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace orbitq
+{
+    /// @brief Run-time names of the granularity policies.
+    enum class granularity_kind
+    {
+        per_tensor,
+        per_channel,
+        per_group
+    };
+
+    /// @brief Run-time names of the scheme policies.
+    enum class scheme_kind
+    {
+        symmetric,
+        asymmetric
+    };
+
+    /// @brief Run-time names of the rounding policies.
+    enum class rounding_kind
+    {
+        half_to_even,
+        half_away_from_zero
+    };
+
+    /// @brief Printable names.
+    constexpr const char* to_string(granularity_kind g) noexcept
+    {
+        return g == granularity_kind::per_tensor ? "per_tensor" : g == granularity_kind::per_channel ? "per_channel" : "per_group";
+    }
+    constexpr const char* to_string(scheme_kind s) noexcept { return s == scheme_kind::symmetric ? "symmetric" : "asymmetric"; }
+    constexpr const char* to_string(rounding_kind r) noexcept
+    {
+        return r == rounding_kind::half_to_even ? "half_to_even" : "half_away_from_zero";
+    }
+    constexpr const char* to_string(symmetric_range r) noexcept { return r == symmetric_range::restricted ? "restricted" : "full"; }
+
+    /// @brief A complete, run-time description of a quantization policy and its options.
+    struct quant_spec
+    {
+        granularity_kind granularity = granularity_kind::per_channel;
+        std::size_t group_size = 0;       ///< per_group only; must be > 0 there
+        bool ragged_groups = false;       ///< allow a shorter last group when group_size does not divide cols
+        int bits = 8;                     ///< 8 or 4
+        scheme_kind scheme = scheme_kind::symmetric;
+        symmetric_range range = symmetric_range::restricted;  ///< symmetric only
+        rounding_kind rounding = rounding_kind::half_to_even;
+        scale_application mode = scale_application::multiply_inverse;
+        element_type scale_type = element_type::f32;  ///< precision the scales are stored in
+        /// When scales are stored in f16/bf16: compute the codes from the stored (rounded) scale
+        /// (true) or from the f32 scale, as ggml Q8_0 does (false, the default). Dequantization
+        /// always uses the stored scale.
+        bool codes_from_stored_scale = false;
+
+        friend bool operator==(const quant_spec&, const quant_spec&) = default;
+
+        /// @brief A short name such as "per_group:32 int4 asymmetric".
+        std::string describe() const
+        {
+            std::string s = to_string(granularity);
+            if (granularity == granularity_kind::per_group) s += ":" + std::to_string(group_size);
+            s += " int" + std::to_string(bits) + " " + to_string(scheme);
+            if (scheme == scheme_kind::symmetric && range == symmetric_range::full) s += " full-range";
+            return s;
+        }
+    };
+
+    /// @brief A bundle of compile-time policies. Checked by concepts.
+    /// @tparam G granularity (per_tensor, per_channel, per_group<N>)
+    /// @tparam S scheme (symmetric<B, Range>, asymmetric<B>)
+    /// @tparam R rounding (half_to_even, half_away_from_zero)
+    template <granularity_policy G, scheme_policy S, rounding_policy R = half_to_even>
+    struct quantizer
+    {
+        using granularity = G;
+        using scheme = S;
+        using rounding = R;
+        static constexpr int bits = S::bits;
+    };
+
+    /// @brief The result of quantization: codes, per-orbit parameters, shape, and the policy.
+    struct quantized_tensor
+    {
+        shape_type shape;                       ///< original tensor shape
+        std::size_t rows = 0;                   ///< matrix rows (see core/view.hpp)
+        std::size_t cols = 0;                   ///< matrix columns
+        quant_spec spec;                        ///< the policy used
+        orbit_layout layout;                    ///< orbits of the matrix
+        std::vector<std::int8_t> codes;         ///< int8: rows*cols; int4: rows*row_bytes() packed
+        std::vector<float> scales;              ///< per orbit, the value dequantization uses
+        std::vector<std::int32_t> zero_points;  ///< per orbit when asymmetric, else empty
+
+        /// @brief Bytes of codes per row.
+        std::size_t row_bytes() const noexcept { return spec.bits == 8 ? cols : (cols + 1) / 2; }
+
+        /// @brief The code of element (r, c), unpacked and sign-extended.
+        std::int32_t code(std::size_t r, std::size_t c) const noexcept
+        {
+            if (spec.bits == 8) return codes[r * cols + c];
+            const auto byte = static_cast<std::uint8_t>(codes[r * row_bytes() + c / 2]);
+            const int nib = (c % 2 == 0) ? (byte & 0x0f) : (byte >> 4);
+            return nib >= 8 ? nib - 16 : nib;
+        }
+
+        /// @brief Orbit of element (r, c).
+        std::size_t orbit(std::size_t r, std::size_t c) const noexcept { return layout.orbit(r, c / layout.group); }
+
+        /// @brief Zero point of orbit o (0 for symmetric schemes).
+        std::int32_t zero_point(std::size_t o) const noexcept { return zero_points.empty() ? 0 : zero_points[o]; }
+
+        /// @brief Storage cost in bits per weight: codes plus scales (in spec.scale_type) plus zero
+        ///        points (stored in the code width).
+        double bits_per_weight() const noexcept
+        {
+            const double n = static_cast<double>(rows * cols);
+            const double scale_bits = 8.0 * static_cast<double>(element_size(spec.scale_type));
+            const double zp_bits = zero_points.empty() ? 0.0 : spec.bits;
+            return spec.bits + static_cast<double>(scales.size()) * (scale_bits + zp_bits) / n;
+        }
+    };
+
+    namespace detail
+    {
+        /// Packs n int8 codes in [-8, 7] into ceil(n/2) bytes, low nibble first.
+        inline void pack_int4(const std::int8_t* in, std::size_t n, std::int8_t* out) noexcept
+        {
+            std::size_t i = 0;
+            for (; i + 1 < n; i += 2)
+            {
+                out[i / 2] = static_cast<std::int8_t>((in[i] & 0x0f) | ((in[i + 1] & 0x0f) << 4));
+            }
+            if (i < n) out[i / 2] = static_cast<std::int8_t>(in[i] & 0x0f);
+        }
+
+        /// The parameters as stored: the scale rounded to spec.scale_type (inverse recomputed).
+        inline quant_params stored_params(const quant_params& exact, const quant_spec& spec, const std::string& name)
+        {
+            if (spec.scale_type == element_type::f32 || exact.scale == 0.0f) return exact;
+            const float stored = round_to(spec.scale_type, exact.scale);
+            if (!(stored > 0.0f) || !std::isfinite(stored))
+            {
+                throw error(error_kind::invalid_argument,
+                            "tensor '" + name + "': scale " + std::to_string(exact.scale) + " is not representable as "
+                                + std::string(element_name(spec.scale_type)) + "; store scales as F32");
+            }
+            return with_inverse(stored, exact.zero_point);
+        }
+
+        template <class Q, weight_element T>
+        void check_spec(const matrix_view<T>& w, const quant_spec& spec)
+        {
+            if (w.rows == 0 || w.cols == 0) throw error(error_kind::empty_tensor, "tensor '" + w.name + "' is empty");
+            if (w.data == nullptr) throw error(error_kind::invalid_argument, "tensor '" + w.name + "' has no data");
+            if (w.stride < w.cols) throw error(error_kind::invalid_argument, "tensor '" + w.name + "': stride < cols");
+            if (spec.bits != Q::bits) throw error(error_kind::invalid_argument, "spec bits disagree with the scheme");
+        }
+    }
+
+    /// @brief Quantizes `w` with the compile-time policies of Q.
+    /// @param spec options not fixed by Q: group size (for per_group<dynamic_group>), ragged
+    ///        groups, scale application, scale storage type. Its granularity/bits/scheme/range/
+    ///        rounding fields are overwritten from Q so the result records the policy used.
+    /// @param threads rows are split across this many threads (0 = hardware concurrency); the
+    ///        result is identical for every thread count.
+    /// @throws error on an empty tensor or a bad group size; non_finite_error naming the row and
+    ///         column of a NaN or infinity.
+    template <class Q, weight_element T>
+    quantized_tensor quantize(const matrix_view<T>& w, quant_spec spec = {}, unsigned threads = 1)
+    {
+        using G = typename Q::granularity;
+        using S = typename Q::scheme;
+        using R = typename Q::rounding;
+        spec.bits = S::bits;
+        spec.scheme = S::has_zero_point ? scheme_kind::asymmetric : scheme_kind::symmetric;
+        if constexpr (!S::has_zero_point) spec.range = S::range;
+        spec.rounding = std::same_as<R, half_to_even> ? rounding_kind::half_to_even : rounding_kind::half_away_from_zero;
+        if constexpr (std::same_as<G, per_tensor>) spec.granularity = granularity_kind::per_tensor;
+        else if constexpr (std::same_as<G, per_channel>) spec.granularity = granularity_kind::per_channel;
+        else
+        {
+            spec.granularity = granularity_kind::per_group;
+            if constexpr (G::static_size != dynamic_group) spec.group_size = G::static_size;
+        }
+        detail::check_spec<Q>(w, spec);
+
+        quantized_tensor q;
+        q.shape = w.shape.empty() ? shape_type{w.rows, w.cols} : w.shape;
+        q.rows = w.rows;
+        q.cols = w.cols;
+        q.spec = spec;
+        q.layout = make_layout<G>(w.rows, w.cols, spec.group_size, spec.ragged_groups);
+        q.codes.resize(q.rows * q.row_bytes());
+        q.scales.resize(q.layout.orbits());
+        if constexpr (S::has_zero_point) q.zero_points.resize(q.layout.orbits());
+
+        const orbit_layout& L = q.layout;
+        auto record = [&](std::size_t o, const min_max& stat) {
+            const quant_params exact = S::make_params(stat);
+            const quant_params stored = detail::stored_params(exact, spec, w.name);
+            q.scales[o] = stored.scale;
+            if constexpr (S::has_zero_point) q.zero_points[o] = stored.zero_point;
+            return encode_params{spec.codes_from_stored_scale ? stored : exact, S::qmin, S::qmax, spec.mode};
+        };
+
+        encode_params tensor_enc{};
+        if constexpr (std::same_as<G, per_tensor>)
+        {
+            tensor_enc = record(0, compute_statistics(w, w.cols, threads).tensor);
+        }
+
+        parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+            std::vector<std::int8_t> row_buf(S::bits == 4 ? w.cols : 0);
+            for (std::size_t r = first; r < last; ++r)
+            {
+                const T* x = w.row(r);
+                std::int8_t* out = S::bits == 8 ? q.codes.data() + r * w.cols : row_buf.data();
+                if constexpr (std::same_as<G, per_tensor>)
+                {
+                    kernels::simd::quantize_span<R>(x, w.cols, tensor_enc, out);
+                }
+                else
+                {
+                    for (std::size_t g = 0; g < L.groups_per_row; ++g)
+                    {
+                        const std::size_t c0 = g * L.group;
+                        const std::size_t n = std::min(L.group, w.cols - c0);
+                        bool finite = true;
+                        const min_max stat = kernels::simd::min_max_span(x + c0, n, finite);
+                        if (!finite) detail::throw_non_finite(w, r);
+                        const encode_params e = record(L.orbit(r, g), stat);
+                        kernels::simd::quantize_span<R>(x + c0, n, e, out + c0);
+                    }
+                }
+                if constexpr (S::bits == 4) detail::pack_int4(row_buf.data(), w.cols, q.codes.data() + r * q.row_bytes());
+            }
+        });
+        return q;
+    }
+
+    namespace detail
+    {
+        template <class G, class S, weight_element T>
+        quantized_tensor dispatch_rounding(const matrix_view<T>& w, const quant_spec& spec, unsigned threads)
+        {
+            if (spec.rounding == rounding_kind::half_to_even) return quantize<quantizer<G, S, half_to_even>>(w, spec, threads);
+            return quantize<quantizer<G, S, half_away_from_zero>>(w, spec, threads);
+        }
+
+        template <class G, int B, weight_element T>
+        quantized_tensor dispatch_scheme(const matrix_view<T>& w, const quant_spec& spec, unsigned threads)
+        {
+            if (spec.scheme == scheme_kind::asymmetric) return dispatch_rounding<G, asymmetric<B>>(w, spec, threads);
+            if (spec.range == symmetric_range::full) return dispatch_rounding<G, symmetric<B, symmetric_range::full>>(w, spec, threads);
+            return dispatch_rounding<G, symmetric<B, symmetric_range::restricted>>(w, spec, threads);
+        }
+
+        template <class G, weight_element T>
+        quantized_tensor dispatch_bits(const matrix_view<T>& w, const quant_spec& spec, unsigned threads)
+        {
+            if (spec.bits == 8) return dispatch_scheme<G, 8>(w, spec, threads);
+            if (spec.bits == 4) return dispatch_scheme<G, 4>(w, spec, threads);
+            throw error(error_kind::invalid_argument, "bits must be 8 or 4, got " + std::to_string(spec.bits));
+        }
+    }
+
+    /// @brief Quantizes `w` with a policy chosen at run time.
+    /// @throws error when spec.bits is not 8 or 4, or as quantize<Q>.
+    template <weight_element T>
+    quantized_tensor quantize(const matrix_view<T>& w, const quant_spec& spec, unsigned threads = 1)
+    {
+        switch (spec.granularity)
+        {
+            case granularity_kind::per_tensor: return detail::dispatch_bits<per_tensor>(w, spec, threads);
+            case granularity_kind::per_channel: return detail::dispatch_bits<per_channel>(w, spec, threads);
+            case granularity_kind::per_group: return detail::dispatch_bits<per_group<>>(w, spec, threads);
+        }
+        throw error(error_kind::invalid_argument, "unknown granularity");
+    }
+
+    /// @brief Dequantizes row r of q into out[0, q.cols): (code - zero_point) * scale in float32.
+    /// @pre r < q.rows, out has q.cols elements.
+    inline void dequantize_row(const quantized_tensor& q, std::size_t r, float* out) noexcept
+    {
+        const orbit_layout& L = q.layout;
+        for (std::size_t g = 0; g < L.groups_per_row; ++g)
+        {
+            const std::size_t o = L.orbit(r, g);
+            const float scale = q.scales[o];
+            const std::int32_t zp = q.zero_point(o);
+            const std::size_t c0 = g * L.group;
+            const std::size_t c1 = std::min(q.cols, c0 + L.group);
+            if (q.spec.bits == 8)
+            {
+                const std::int8_t* c = q.codes.data() + r * q.cols;
+                for (std::size_t j = c0; j < c1; ++j) out[j] = static_cast<float>(c[j] - zp) * scale;
+            }
+            else
+            {
+                for (std::size_t j = c0; j < c1; ++j) out[j] = static_cast<float>(q.code(r, j) - zp) * scale;
+            }
+        }
+    }
+
+    /// @brief Dequantizes the whole tensor to a row-major float32 vector of rows * cols values.
+    inline std::vector<float> dequantize(const quantized_tensor& q)
+    {
+        std::vector<float> out(q.rows * q.cols);
+        for (std::size_t r = 0; r < q.rows; ++r) dequantize_row(q, r, out.data() + r * q.cols);
+        return out;
+    }
+}
