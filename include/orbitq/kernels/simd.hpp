@@ -1,21 +1,37 @@
 /// @file simd.hpp
 /// @brief xsimd kernels for the statistics and quantize passes, compiled for the instruction set
-///        of the build (xsimd::default_arch: AVX-512 with -march=native on this machine, SSE2 on a
-///        baseline x86-64 build). Bit-identical to kernels::reference, which the tests check on
-///        every length class (tails included).
+///        of the build (xsimd::default_arch: AVX-512 with -march=native on an AVX-512 machine,
+///        SSE2 on a baseline x86-64 build). Bit-identical to kernels::reference, which
+///        tests/test_kernels.cpp checks on every length class (tails included) in both builds.
 ///
-/// 16-bit inputs are widened to float32 in blocks of `block` elements that stay in L1, never
-/// through a copy of the tensor.
+/// Every kernel works on batches of `width` float32 lanes:
+/// - 16-bit inputs (bfloat16, binary16) are widened in registers as they are loaded (bf16: a
+///   zero-extend and a shift; f16: the F16C conversion), never through a float32 copy.
+/// - Codes are narrowed from int32 lanes to int8 in registers (AVX-512 vpmovdb, AVX2/SSE2
+///   saturating packs; the codes are already clamped, so saturation never changes a value).
+/// - quantize_groups fuses the statistics and the encode pass of every group of a row: a group
+///   of up to 8 batches is loaded once, reduced, and encoded from registers.
+///
+/// The instruction-set specific pieces are three small helpers (load, narrow, reduce), each with
+/// a generic fallback written with xsimd batches and scalar code, so any arch xsimd supports
+/// compiles and stays exact; the per-arch overloads are chosen by C++20 constraints on the arch.
 #pragma once
 
 #include "orbitq/kernels/reference.hpp"
 
 #include <xsimd/xsimd.hpp>
 
+#if XSIMD_WITH_SSE2
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <bit>
+#include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 namespace orbitq::kernels::simd
@@ -24,52 +40,157 @@ namespace orbitq::kernels::simd
     using float_batch = xsimd::batch<float, arch_type>;
     using int_batch = xsimd::batch<std::int32_t, arch_type>;
 
-    /// @brief Elements widened at a time for 16-bit inputs.
-    inline constexpr std::size_t block = 512;
+    /// @brief float32 lanes per batch.
+    inline constexpr std::size_t width = float_batch::size;
 
     /// @brief Name of the instruction set these kernels were compiled for.
     inline const char* arch_name() noexcept { return arch_type::name(); }
 
     namespace detail
     {
-        /// Widens n <= block 16-bit values into buf (f32). Exact.
-        inline void widen(const bfloat16_t* x, std::size_t n, float* buf) noexcept
+        template <class A>
+        using fbatch = xsimd::batch<float, A>;
+        template <class A>
+        using ibatch = xsimd::batch<std::int32_t, A>;
+
+        // ------------------------------------------------------------------ load as float32
+        // Generic fallbacks: exact scalar widening through a batch-sized buffer.
+
+        template <class A>
+        inline fbatch<A> load(const float* p, A) noexcept
         {
-            for (std::size_t i = 0; i < n; ++i)
-            {
-                buf[i] = std::bit_cast<float>(static_cast<std::uint32_t>(x[i].bits) << 16);
-            }
+            return fbatch<A>::load_unaligned(p);
         }
 
-        inline void widen(const float16_t* x, std::size_t n, float* buf) noexcept
+        template <class A, class T>
+            requires std::same_as<T, bfloat16_t> || std::same_as<T, float16_t>
+        inline fbatch<A> load(const T* p, A) noexcept
         {
-#if defined(__FLT16_MAX__) && defined(__F16C__)
-            for (std::size_t i = 0; i < n; ++i) buf[i] = static_cast<float>(std::bit_cast<_Float16>(x[i].bits));
-#else
-            for (std::size_t i = 0; i < n; ++i) buf[i] = to_float(x[i]);
+            alignas(64) float buf[fbatch<A>::size];
+            for (std::size_t k = 0; k < fbatch<A>::size; ++k) buf[k] = to_float(p[k]);
+            return fbatch<A>::load_aligned(buf);
+        }
+
+#if XSIMD_WITH_AVX512F
+        template <class A>
+            requires std::derived_from<A, xsimd::avx512f>
+        inline fbatch<A> load(const bfloat16_t* p, A) noexcept
+        {
+            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+            return fbatch<A>(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+        }
+
+        template <class A>
+            requires std::derived_from<A, xsimd::avx512f>
+        inline fbatch<A> load(const float16_t* p, A) noexcept
+        {
+            return fbatch<A>(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+        }
 #endif
+#if XSIMD_WITH_AVX2
+        template <class A>
+            requires std::derived_from<A, xsimd::avx2>
+        inline fbatch<A> load(const bfloat16_t* p, A) noexcept
+        {
+            const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+            return fbatch<A>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+        }
+#if defined(__F16C__)
+        template <class A>
+            requires std::derived_from<A, xsimd::avx2>
+        inline fbatch<A> load(const float16_t* p, A) noexcept
+        {
+            return fbatch<A>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+        }
+#endif
+#endif
+#if XSIMD_WITH_SSE2
+        template <class A>
+            requires std::derived_from<A, xsimd::sse2>
+        inline fbatch<A> load(const bfloat16_t* p, A) noexcept
+        {
+            // interleaving zeros below the 16 bits puts each bf16 in the top half of a float32
+            const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+            return fbatch<A>(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
+        }
+#if defined(__F16C__)
+        template <class A>
+            requires std::derived_from<A, xsimd::sse2>
+        inline fbatch<A> load(const float16_t* p, A) noexcept
+        {
+            return fbatch<A>(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+        }
+#endif
+#endif
+
+        // ------------------------------------------------------------------ narrow int32 -> int8
+        // @pre every lane is in [-128, 127].
+
+        template <class A>
+        inline void store_int8(const ibatch<A>& v, std::int8_t* out, A) noexcept
+        {
+            alignas(64) std::int32_t buf[ibatch<A>::size];
+            v.store_aligned(buf);
+            for (std::size_t k = 0; k < ibatch<A>::size; ++k) out[k] = static_cast<std::int8_t>(buf[k]);
         }
 
-        /// Applies `f(const float* block_ptr, std::size_t count, std::size_t offset)` to x in blocks
-        /// of float32 (16-bit inputs widened into an L1 buffer first).
-        template <weight_element T, class F>
-        inline void for_blocks(const T* x, std::size_t n, F&& f) noexcept
+#if XSIMD_WITH_AVX512F
+        template <class A>
+            requires std::derived_from<A, xsimd::avx512f>
+        inline void store_int8(const ibatch<A>& v, std::int8_t* out, A) noexcept
         {
-            if constexpr (std::same_as<T, float>)
-            {
-                f(x, n, std::size_t{0});
-            }
-            else
-            {
-                alignas(64) float buf[block];
-                for (std::size_t off = 0; off < n; off += block)
-                {
-                    const std::size_t m = std::min(block, n - off);
-                    widen(x + off, m, buf);
-                    f(static_cast<const float*>(buf), m, off);
-                }
-            }
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(v));
         }
+#endif
+#if XSIMD_WITH_AVX2
+        template <class A>
+            requires std::derived_from<A, xsimd::avx2>
+        inline void store_int8(const ibatch<A>& v, std::int8_t* out, A) noexcept
+        {
+            const __m256i w16 = _mm256_packs_epi32(v, v);      // per 128-bit lane: a0..a3 a0..a3 | a4..a7 a4..a7
+            const __m256i w8 = _mm256_packs_epi16(w16, w16);   // bytes a0..a3 repeated | a4..a7 repeated
+            const __m128i lo = _mm256_castsi256_si128(w8);
+            const __m128i hi = _mm256_extracti128_si256(w8, 1);
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_unpacklo_epi32(lo, hi));
+        }
+#endif
+#if XSIMD_WITH_SSE2
+        template <class A>
+            requires std::derived_from<A, xsimd::sse2>
+        inline void store_int8(const ibatch<A>& v, std::int8_t* out, A) noexcept
+        {
+            const __m128i w16 = _mm_packs_epi32(v, v);
+            const std::int32_t bytes = _mm_cvtsi128_si32(_mm_packs_epi16(w16, w16));
+            std::memcpy(out, &bytes, sizeof(bytes));
+        }
+#endif
+
+        // ------------------------------------------------------------------ horizontal min / max
+        // Lane order does not matter: min and max are exact, and a NaN lane is reported by the
+        // callers' own NaN mask (the statistic of an orbit holding a NaN is never used).
+
+        template <class A>
+        inline min_max reduce(const fbatch<A>& mn, const fbatch<A>& mx, A) noexcept
+        {
+            alignas(64) float lo[fbatch<A>::size];
+            alignas(64) float hi[fbatch<A>::size];
+            mn.store_aligned(lo);
+            mx.store_aligned(hi);
+            min_max s = min_max::identity();
+            for (std::size_t k = 0; k < fbatch<A>::size; ++k) s = combine(s, min_max{lo[k], hi[k]});
+            return s;
+        }
+
+#if XSIMD_WITH_AVX512F
+        template <class A>
+            requires std::derived_from<A, xsimd::avx512f>
+        inline min_max reduce(const fbatch<A>& mn, const fbatch<A>& mx, A) noexcept
+        {
+            return {_mm512_reduce_min_ps(mn), _mm512_reduce_max_ps(mx)};
+        }
+#endif
+
+        // ------------------------------------------------------------------ rounding and encoding
 
         template <rounding_policy R>
         inline float_batch round(const float_batch& v) noexcept
@@ -88,69 +209,111 @@ namespace orbitq::kernels::simd
             }
         }
 
+        /// The batch form of reference::encode for one orbit's parameters.
         template <rounding_policy R>
-        inline void quantize_f32(const float* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
+        struct encoder
         {
-            constexpr std::size_t w = float_batch::size;
-            const float_batch inv(e.params.inv_scale);
-            const float_batch scale(e.params.scale);
-            const float_batch zp(static_cast<float>(e.params.zero_point));
-            const float_batch lo(static_cast<float>(e.qmin));
-            const float_batch hi(static_cast<float>(e.qmax));
-            const bool divide = e.mode == scale_application::divide;
-            const bool zero_orbit = e.params.scale == 0.0f;
-            alignas(64) std::int32_t ibuf[w * 8];
-            std::size_t i = 0;
-            while (i + w <= n)
+            float_batch inv;
+            float_batch scale;
+            float_batch zp;
+            float_batch lo;
+            float_batch hi;
+            bool divide;
+            bool zero_orbit;
+
+            explicit encoder(const encode_params& e) noexcept
+                : inv(e.params.inv_scale)
+                , scale(e.params.scale)
+                , zp(static_cast<float>(e.params.zero_point))
+                , lo(static_cast<float>(e.qmin))
+                , hi(static_cast<float>(e.qmax))
+                , divide(e.mode == scale_application::divide)
+                , zero_orbit(e.params.scale == 0.0f)
             {
-                const std::size_t chunk = std::min<std::size_t>(w * 8, (n - i) / w * w);
-                for (std::size_t k = 0; k < chunk; k += w)
-                {
-                    const float_batch b = float_batch::load_unaligned(x + i + k);
-                    float_batch v = divide ? (zero_orbit ? float_batch(0.0f) : b / scale) : b * inv;
-                    v = round<R>(v) + zp;
-                    v = xsimd::min(xsimd::max(v, lo), hi);
-                    xsimd::to_int(v).store_aligned(ibuf + k);
-                }
-                for (std::size_t k = 0; k < chunk; ++k) out[i + k] = static_cast<std::int8_t>(ibuf[k]);
-                i += chunk;
             }
-            for (; i < n; ++i) out[i] = reference::encode<R>(x[i], e);
+
+            int_batch operator()(const float_batch& x) const noexcept
+            {
+                const float_batch v = divide ? (zero_orbit ? float_batch(0.0f) : x / scale) : x * inv;
+                return xsimd::to_int(xsimd::min(xsimd::max(round<R>(v) + zp, lo), hi));
+            }
+        };
+
+        /// Encodes n values (any n) with encoder `enc`; the tail goes through the reference.
+        template <rounding_policy R, weight_element T>
+        inline void encode_span(const T* x, std::size_t n, const encoder<R>& enc, const encode_params& e, std::int8_t* out) noexcept
+        {
+            std::size_t i = 0;
+            for (; i + width <= n; i += width) store_int8(enc(load(x + i, arch_type{})), out + i, arch_type{});
+            for (; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
+        }
+
+        /// The fused pass over the whole groups of `NB` batches: load a group once, reduce it,
+        /// ask `on_group` for its parameters, encode it from registers.
+        template <rounding_policy R, std::size_t NB, weight_element T, class OnGroup>
+        inline void quantize_groups_in_registers(const T* x, std::size_t groups, std::int8_t* out, OnGroup& on_group)
+        {
+            constexpr std::size_t group = NB * width;
+            for (std::size_t g = 0; g < groups; ++g)
+            {
+                const T* p = x + g * group;
+                float_batch b[NB];
+                for (std::size_t k = 0; k < NB; ++k) b[k] = load(p + k * width, arch_type{});
+                float_batch mn = b[0];
+                float_batch mx = b[0];
+                auto nan = b[0] != b[0];
+                for (std::size_t k = 1; k < NB; ++k)
+                {
+                    mn = xsimd::min(mn, b[k]);
+                    mx = xsimd::max(mx, b[k]);
+                    nan = nan || (b[k] != b[k]);
+                }
+                const min_max s = reduce(mn, mx, arch_type{});
+                const bool finite = !xsimd::any(nan) && std::isfinite(s.min) && std::isfinite(s.max);
+                const encode_params e = on_group(g, s, finite);
+                const encoder<R> enc(e);
+                for (std::size_t k = 0; k < NB; ++k) store_int8(enc(b[k]), out + g * group + k * width, arch_type{});
+            }
         }
     }
 
-    /// @brief min and max of n values and whether all were finite. @pre n > 0.
+    /// @brief min and max of n values and whether all were finite. Equal (==) to
+    ///        reference::min_max_span. @pre n > 0.
     template <weight_element T>
     min_max min_max_span(const T* x, std::size_t n, bool& all_finite) noexcept
     {
-        constexpr std::size_t w = float_batch::size;
-        float_batch vmin(std::numeric_limits<float>::infinity());
-        float_batch vmax(-std::numeric_limits<float>::infinity());
-        auto nan_seen = vmin != vmin;  // all false
-        min_max tail = min_max::identity();
+        constexpr float inf = std::numeric_limits<float>::infinity();
+        float_batch mn0(inf), mn1(inf);
+        float_batch mx0(-inf), mx1(-inf);
+        auto nan = mn0 != mn0;  // all false
+        std::size_t i = 0;
+        for (; i + 2 * width <= n; i += 2 * width)
+        {
+            const float_batch a = detail::load(x + i, arch_type{});
+            const float_batch b = detail::load(x + i + width, arch_type{});
+            nan = nan || (a != a) || (b != b);
+            mn0 = xsimd::min(mn0, a);
+            mx0 = xsimd::max(mx0, a);
+            mn1 = xsimd::min(mn1, b);
+            mx1 = xsimd::max(mx1, b);
+        }
+        if (i + width <= n)
+        {
+            const float_batch a = detail::load(x + i, arch_type{});
+            nan = nan || (a != a);
+            mn0 = xsimd::min(mn0, a);
+            mx0 = xsimd::max(mx0, a);
+            i += width;
+        }
+        min_max s = detail::reduce(xsimd::min(mn0, mn1), xsimd::max(mx0, mx1), arch_type{});
         bool tail_finite = true;
-        detail::for_blocks(x, n, [&](const float* p, std::size_t m, std::size_t) {
-            std::size_t i = 0;
-            for (; i + w <= m; i += w)
-            {
-                const float_batch b = float_batch::load_unaligned(p + i);
-                nan_seen = nan_seen || (b != b);
-                vmin = xsimd::min(vmin, b);
-                vmax = xsimd::max(vmax, b);
-            }
-            for (; i < m; ++i)
-            {
-                if (!std::isfinite(p[i])) tail_finite = false;
-                tail = combine(tail, min_max::observe(p[i]));
-            }
-        });
-        alignas(64) float lanes_min[w];
-        alignas(64) float lanes_max[w];
-        vmin.store_aligned(lanes_min);
-        vmax.store_aligned(lanes_max);
-        min_max s = tail;
-        for (std::size_t k = 0; k < w; ++k) s = combine(s, min_max{lanes_min[k], lanes_max[k]});
-        all_finite = tail_finite && !xsimd::any(nan_seen) && std::isfinite(s.min) && std::isfinite(s.max);
+        for (; i < n; ++i)
+        {
+            const float v = to_float(x[i]);
+            if (!std::isfinite(v)) tail_finite = false;
+            s = combine(s, min_max::observe(v));
+        }
+        all_finite = tail_finite && !xsimd::any(nan) && std::isfinite(s.min) && std::isfinite(s.max);
         return s;
     }
 
@@ -158,6 +321,43 @@ namespace orbitq::kernels::simd
     template <rounding_policy R, weight_element T>
     void quantize_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
     {
-        detail::for_blocks(x, n, [&](const float* p, std::size_t m, std::size_t off) { detail::quantize_f32<R>(p, m, e, out + off); });
+        detail::encode_span<R>(x, n, detail::encoder<R>(e), e, out);
+    }
+
+    /// @brief The fused statistics + encode pass over one row split into groups of `group`
+    ///        values (the last group may be shorter).
+    ///
+    /// For each group g in order: its statistic s (== reference::min_max_span) and whether its
+    /// values are all finite, then `e = on_group(g, s, finite)` (which may throw, e.g. on a
+    /// non-finite group), then the group's codes with parameters e (== reference::quantize_span).
+    /// A group of 1 to 8 whole batches is read from memory once and encoded from registers;
+    /// longer groups are reduced and then encoded while they are in L1.
+    /// @tparam OnGroup callable (std::size_t g, const min_max& s, bool finite) -> encode_params.
+    /// @pre group > 0, n > 0.
+    template <rounding_policy R, weight_element T, class OnGroup>
+    void quantize_groups(const T* x, std::size_t n, std::size_t group, std::int8_t* out, OnGroup&& on_group)
+    {
+        const std::size_t whole = n / group;
+        std::size_t done = 0;  // groups handled by the in-register kernel
+        if (group % width == 0 && whole > 0)
+        {
+            switch (group / width)
+            {
+                case 1: detail::quantize_groups_in_registers<R, 1>(x, whole, out, on_group); done = whole; break;
+                case 2: detail::quantize_groups_in_registers<R, 2>(x, whole, out, on_group); done = whole; break;
+                case 4: detail::quantize_groups_in_registers<R, 4>(x, whole, out, on_group); done = whole; break;
+                case 8: detail::quantize_groups_in_registers<R, 8>(x, whole, out, on_group); done = whole; break;
+                default: break;
+            }
+        }
+        for (std::size_t g = done; g * group < n; ++g)
+        {
+            const std::size_t c0 = g * group;
+            const std::size_t m = std::min(group, n - c0);
+            bool finite = true;
+            const min_max s = min_max_span(x + c0, m, finite);
+            const encode_params e = on_group(g, s, finite);
+            quantize_span<R>(x + c0, m, e, out + c0);
+        }
     }
 }
