@@ -1,0 +1,448 @@
+/// @file gemv.hpp
+/// @brief Matrix-vector (gemv) and small-batch matrix-matrix (gemm, up to 64 tokens) products
+///        that read a quantized_tensor's codes directly, without dequantizing the matrix.
+///
+/// y[r] = sum_j w[r, j] x[j] with w[r, j] = float(code(r, j) - zero_point) * scale of its orbit,
+/// for int8 and int4 codes, per-tensor, per-channel and per-group layouts, symmetric and
+/// asymmetric schemes; activations in float32, bfloat16 or float16; float32 accumulation.
+///
+/// How a row is summed (the same for gemv, gemm, every thread count and every tile shape, so
+/// gemm's token t is bit-identical to gemv of that token, and the result does not depend on the
+/// thread count):
+///   - the activations are copied once per call into a float32 buffer laid out like the codes
+///     (padded per group to whole SIMD vectors; for int4, each 2L-column chunk holds its even
+///     columns then its odd columns, matching the two nibbles of L packed bytes);
+///   - codes are widened in registers (int8 -> int32, zero point subtracted exactly in int32,
+///     -> float32); per group g, a vector accumulator collects acc_g = sum (code - zp) * x by FMA
+///     in column order; then total = fma(scale_g, acc_g, total) in group order;
+///   - the L lanes of total are added horizontally at the end.
+///
+/// The zero point is subtracted from the codes in integer arithmetic rather than by the
+/// algebraically equal sum(code * x) - zp * sum(x): the integer subtraction is exact and costs one
+/// instruction per vector, while the group-sum form cancels catastrophically when the codes sit
+/// near the zero point (small weights of an asymmetric orbit), which would make the error bound
+/// below depend on |zp| * sum|x| instead of on the weights.
+///
+/// Accuracy (proved by the standard floating-point summation argument, checked by the tests):
+/// with u = 2^-24, L = SIMD lanes, k = ceil(group / L) + groups_per_row + L + 2 and
+/// gamma_k = k u / (1 - k u), every output satisfies
+///   |y[r] - y_ref[r]| <= gamma_k * sum_j |w_deq[r, j] * x[j]|
+/// where y_ref is computed in double from dequantize(w) (w_deq) and the same activations widened
+/// to float. k counts the roundings a term can meet: the FMA chain of its group, the chain over
+/// groups, the horizontal sum, the rounding of w_deq in dequantize and the double reference. The
+/// bound assumes no underflow (products above ~1e-38) and finite activations; NaN or infinity in
+/// x propagates to y as in any float product. gemv_error_bound(w) returns gamma_k.
+///
+/// Kernels: xsimd (xsimd::default_arch: AVX-512 with -march=native on x86-64), several rows and
+/// tokens per register tile for independent FMA chains. xsimd 8.1 has no int8 -> int32 widening
+/// load, so detail::widen_int8 uses the one instruction each x86 SIMD level has for it and a
+/// scalar copy elsewhere.
+#pragma once
+
+#include "orbitq/core/error.hpp"
+#include "orbitq/core/float16.hpp"
+#include "orbitq/core/parallel.hpp"
+#include "orbitq/core/view.hpp"
+#include "orbitq/kernels/simd.hpp"
+#include "orbitq/quantize.hpp"
+
+#include <xsimd/xsimd.hpp>
+
+#if defined(__SSE4_1__) || defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace orbitq
+{
+    /// @brief Largest token count gemm accepts.
+    inline constexpr std::size_t gemm_max_tokens = 64;
+
+    namespace detail::gemv
+    {
+        using float_batch = kernels::simd::float_batch;
+        using int_batch = kernels::simd::int_batch;
+        inline constexpr std::size_t lanes = float_batch::size;
+
+        /// Loads int_batch::size int8 values and sign-extends them to int32 lanes.
+        template <class B>
+        inline B widen_int8(const std::int8_t* p) noexcept
+        {
+#if defined(__AVX512F__)
+            if constexpr (B::size == 16)
+            {
+                return B(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+            }
+#endif
+#if defined(__AVX2__)
+            if constexpr (B::size == 8)
+            {
+                return B(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+            }
+#endif
+#if defined(__SSE4_1__)
+            if constexpr (B::size == 4)
+            {
+                std::int32_t v;
+                std::memcpy(&v, p, sizeof v);
+                return B(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(v)));
+            }
+#endif
+            alignas(64) std::int32_t buf[B::size];
+            for (std::size_t i = 0; i < B::size; ++i) buf[i] = p[i];
+            return B::load_aligned(buf);
+        }
+
+        /// How a tensor's rows are summed and where each activation goes in the float buffer.
+        struct plan
+        {
+            std::size_t rows = 0;
+            std::size_t cols = 0;
+            std::size_t group = 0;          ///< columns per orbit within a row
+            std::size_t groups = 0;         ///< groups per row
+            std::size_t group_stride = 0;   ///< floats between the starts of two groups in the buffer
+            std::size_t row_stride = 0;     ///< floats per token (or per scratch row): groups * group_stride
+            bool int4 = false;
+            bool asymmetric = false;
+            bool direct = false;            ///< codes are read in place; else widened into a scratch row first
+            bool interleaved = false;       ///< int4 direct: each 2L chunk holds even then odd columns
+
+            /// Number of SIMD vectors of group g.
+            std::size_t vectors(std::size_t g) const noexcept
+            {
+                const std::size_t n = std::min(group, cols - g * group);
+                return (n + lanes - 1) / lanes;
+            }
+
+            /// Position of column j in the buffer.
+            std::size_t position(std::size_t j) const noexcept
+            {
+                const std::size_t g = j / group;
+                const std::size_t i = j - g * group;
+                if (!interleaved) return g * group_stride + i;
+                const std::size_t chunk = i / (2 * lanes);
+                const std::size_t k = i - chunk * 2 * lanes;
+                return g * group_stride + chunk * 2 * lanes + (k % 2) * lanes + k / 2;
+            }
+        };
+
+        /// Checks the tensor's internal consistency and derives the plan.
+        inline plan make_plan(const quantized_tensor& w)
+        {
+            const orbit_layout& L = w.layout;
+            if (w.spec.bits != 8 && w.spec.bits != 4)
+            {
+                throw error(error_kind::invalid_argument, "gemv: bits must be 8 or 4, got " + std::to_string(w.spec.bits));
+            }
+            if (w.rows == 0 || w.cols == 0) throw error(error_kind::empty_tensor, "gemv: the weight is empty");
+            if (L.group == 0 || L.cols != w.cols || L.rows != w.rows || L.groups_per_row != (w.cols + L.group - 1) / L.group)
+            {
+                throw error(error_kind::invalid_argument, "gemv: the orbit layout does not match the weight's shape");
+            }
+            if (w.codes.size() != w.rows * w.row_bytes())
+            {
+                throw error(error_kind::shape_mismatch, "gemv: " + std::to_string(w.codes.size()) + " code bytes, expected "
+                                                            + std::to_string(w.rows * w.row_bytes()));
+            }
+            if (w.scales.size() != L.orbits())
+            {
+                throw error(error_kind::shape_mismatch, "gemv: " + std::to_string(w.scales.size()) + " scales for "
+                                                            + std::to_string(L.orbits()) + " orbits");
+            }
+            if (!w.zero_points.empty() && w.zero_points.size() != L.orbits())
+            {
+                throw error(error_kind::shape_mismatch, "gemv: " + std::to_string(w.zero_points.size())
+                                                            + " zero points for " + std::to_string(L.orbits()) + " orbits");
+            }
+            plan p;
+            p.rows = w.rows;
+            p.cols = w.cols;
+            p.group = L.group;
+            p.groups = L.groups_per_row;
+            p.int4 = w.spec.bits == 4;
+            p.asymmetric = !w.zero_points.empty();
+            const std::size_t unit = p.int4 ? 2 * lanes : lanes;
+            p.direct = p.group % unit == 0 && p.cols % unit == 0;
+            p.interleaved = p.direct && p.int4;
+            p.group_stride = (p.group + lanes - 1) / lanes * lanes;
+            p.row_stride = p.groups * p.group_stride;
+            return p;
+        }
+
+        /// Writes one token's activations, widened to float32, at their plan positions; padding is 0.
+        template <class X>
+        void pack_activations(const plan& p, const X* x, float* out) noexcept
+        {
+            if (p.direct && !p.interleaved)
+            {
+                for (std::size_t j = 0; j < p.cols; ++j) out[j] = to_float(x[j]);
+                return;
+            }
+            std::fill(out, out + p.row_stride, 0.0f);
+            for (std::size_t j = 0; j < p.cols; ++j) out[p.position(j)] = to_float(x[j]);
+        }
+
+        /// Source of code vectors: int8 codes read in place.
+        template <bool Asymmetric>
+        struct int8_codes
+        {
+            static constexpr std::size_t per_chunk = 1;
+            const std::int8_t* codes;
+            std::size_t cols;
+            std::size_t group;
+
+            void load(std::size_t r, std::size_t g, std::size_t chunk, const int_batch& zp, float_batch* out) const noexcept
+            {
+                int_batch v = widen_int8<int_batch>(codes + r * cols + g * group + chunk * lanes);
+                if constexpr (Asymmetric) v = v - zp;
+                out[0] = xsimd::to_float(v);
+            }
+        };
+
+        /// Source of code vectors: int4 codes read in place, 2L columns (L bytes) per chunk,
+        /// giving the even columns (low nibbles) then the odd columns (high nibbles).
+        template <bool Asymmetric>
+        struct int4_codes
+        {
+            static constexpr std::size_t per_chunk = 2;
+            const std::int8_t* codes;
+            std::size_t row_bytes;
+            std::size_t group;
+
+            void load(std::size_t r, std::size_t g, std::size_t chunk, const int_batch& zp, float_batch* out) const noexcept
+            {
+                const int_batch b = widen_int8<int_batch>(codes + r * row_bytes + (g * group) / 2 + chunk * lanes);
+                int_batch lo = (b << 28) >> 28;  // sign-extended low nibble
+                int_batch hi = b >> 4;           // b is a sign-extended byte: its arithmetic shift is the high nibble
+                if constexpr (Asymmetric)
+                {
+                    lo = lo - zp;
+                    hi = hi - zp;
+                }
+                out[0] = xsimd::to_float(lo);
+                out[1] = xsimd::to_float(hi);
+            }
+        };
+
+        /// Source of code vectors: rows already widened to float32 (code - zp) in plan layout.
+        struct widened_codes
+        {
+            static constexpr std::size_t per_chunk = 1;
+            const float* data;       ///< row `first` at data[0]
+            std::size_t first;
+            std::size_t row_stride;
+            std::size_t group_stride;
+
+            void load(std::size_t r, std::size_t g, std::size_t chunk, const int_batch&, float_batch* out) const noexcept
+            {
+                out[0] = float_batch::load_aligned(data + (r - first) * row_stride + g * group_stride + chunk * lanes);
+            }
+        };
+
+        /// Widens row r's codes into `out` (plan layout, (code - zp) as float, padding 0).
+        inline void widen_row(const quantized_tensor& w, const plan& p, std::size_t r, float* out) noexcept
+        {
+            std::fill(out, out + p.row_stride, 0.0f);
+            for (std::size_t g = 0; g < p.groups; ++g)
+            {
+                const std::int32_t zp = w.zero_point(w.layout.orbit(r, g));
+                const std::size_t c1 = std::min(p.cols, (g + 1) * p.group);
+                for (std::size_t j = g * p.group; j < c1; ++j) out[p.position(j)] = static_cast<float>(w.code(r, j) - zp);
+            }
+        }
+
+        /// The register tile: rows [r0, r0 + R) times tokens [t0, t0 + T). Per (row, token) the
+        /// sequence of operations is the one in the file brief, whatever R and T are.
+        template <std::size_t R, std::size_t T, class Source>
+        inline void tile(const Source& src, const quantized_tensor& w, const plan& p, std::size_t r0, const float* xbuf,
+                         std::size_t t0, float* y) noexcept
+        {
+            constexpr std::size_t C = Source::per_chunk;
+            float_batch total[R][T];
+#pragma GCC unroll 16
+            for (std::size_t r = 0; r < R; ++r)
+#pragma GCC unroll 16
+                for (std::size_t t = 0; t < T; ++t) total[r][t] = float_batch(0.0f);
+            for (std::size_t g = 0; g < p.groups; ++g)
+            {
+                int_batch zp[R];
+                float scale[R];
+#pragma GCC unroll 16
+                for (std::size_t r = 0; r < R; ++r)
+                {
+                    const std::size_t o = w.layout.orbit(r0 + r, g);
+                    zp[r] = int_batch(w.zero_point(o));
+                    scale[r] = w.scales[o];
+                }
+                float_batch acc[R][T];
+#pragma GCC unroll 16
+                for (std::size_t r = 0; r < R; ++r)
+#pragma GCC unroll 16
+                    for (std::size_t t = 0; t < T; ++t) acc[r][t] = float_batch(0.0f);
+                const std::size_t chunks = p.vectors(g) / C;
+                const float* xg = xbuf + t0 * p.row_stride + g * p.group_stride;
+                for (std::size_t c = 0; c < chunks; ++c)
+                {
+                    float_batch cv[R][C];
+#pragma GCC unroll 16
+                    for (std::size_t r = 0; r < R; ++r) src.load(r0 + r, g, c, zp[r], cv[r]);
+#pragma GCC unroll 2
+                    for (std::size_t i = 0; i < C; ++i)
+                    {
+#pragma GCC unroll 16
+                        for (std::size_t t = 0; t < T; ++t)
+                        {
+                            const float_batch xv = float_batch::load_aligned(xg + t * p.row_stride + (c * C + i) * lanes);
+#pragma GCC unroll 16
+                            for (std::size_t r = 0; r < R; ++r) acc[r][t] = xsimd::fma(cv[r][i], xv, acc[r][t]);
+                        }
+                    }
+                }
+#pragma GCC unroll 16
+                for (std::size_t r = 0; r < R; ++r)
+                {
+                    const float_batch s(scale[r]);
+#pragma GCC unroll 16
+                    for (std::size_t t = 0; t < T; ++t) total[r][t] = xsimd::fma(s, acc[r][t], total[r][t]);
+                }
+            }
+#pragma GCC unroll 16
+            for (std::size_t r = 0; r < R; ++r)
+#pragma GCC unroll 16
+                for (std::size_t t = 0; t < T; ++t) y[(t0 + t) * p.rows + r0 + r] = xsimd::hadd(total[r][t]);
+        }
+
+        /// Rows per tile and tokens per tile. More rows give gemv independent FMA chains; gemm
+        /// trades rows for tokens so that one widened code vector feeds several FMAs.
+        inline constexpr std::size_t gemv_rows = 8;
+        inline constexpr std::size_t gemm_rows = 4;
+        inline constexpr std::size_t gemm_tokens = 3;
+
+        /// Rows [first, last) times all tokens, from one code source.
+        template <std::size_t R, std::size_t T, class Source>
+        void run_rows(const Source& src, const quantized_tensor& w, const plan& p, std::size_t first, std::size_t last,
+                      const float* xbuf, std::size_t tokens, float* y) noexcept
+        {
+            auto tokens_of = [&](auto rows_tag, std::size_t r0) {
+                constexpr std::size_t RR = decltype(rows_tag)::value;
+                std::size_t t0 = 0;
+                for (; t0 + T <= tokens; t0 += T) tile<RR, T>(src, w, p, r0, xbuf, t0, y);
+                for (; t0 < tokens; ++t0) tile<RR, 1>(src, w, p, r0, xbuf, t0, y);
+            };
+            std::size_t r0 = first;
+            for (; r0 + R <= last; r0 += R) tokens_of(std::integral_constant<std::size_t, R>{}, r0);
+            for (; r0 < last; ++r0) tokens_of(std::integral_constant<std::size_t, 1>{}, r0);
+        }
+
+        /// Widens rows through a scratch buffer (irregular layouts), one tile of rows at a time.
+        template <std::size_t R, std::size_t T>
+        void run_rows_widened(const quantized_tensor& w, const plan& p, std::size_t first, std::size_t last,
+                              const float* xbuf, std::size_t tokens, float* y)
+        {
+            std::vector<float, xsimd::aligned_allocator<float>> scratch(R * p.row_stride);
+            for (std::size_t r0 = first; r0 < last; r0 += R)
+            {
+                const std::size_t r1 = std::min(last, r0 + R);
+                for (std::size_t r = r0; r < r1; ++r) widen_row(w, p, r, scratch.data() + (r - r0) * p.row_stride);
+                const widened_codes src{scratch.data(), r0, p.row_stride, p.group_stride};
+                run_rows<R, T>(src, w, p, r0, r1, xbuf, tokens, y);
+            }
+        }
+
+        template <std::size_t R, std::size_t T>
+        void run(const quantized_tensor& w, const plan& p, const float* xbuf, std::size_t tokens, float* y, unsigned threads)
+        {
+            parallel_rows(p.rows, threads, [&](std::size_t first, std::size_t last) {
+                if (!p.direct) return run_rows_widened<R, T>(w, p, first, last, xbuf, tokens, y);
+                const std::int8_t* codes = w.codes.data();
+                if (p.int4)
+                {
+                    if (p.asymmetric) return run_rows<R, T>(int4_codes<true>{codes, w.row_bytes(), p.group}, w, p, first, last, xbuf, tokens, y);
+                    return run_rows<R, T>(int4_codes<false>{codes, w.row_bytes(), p.group}, w, p, first, last, xbuf, tokens, y);
+                }
+                if (p.asymmetric) return run_rows<R, T>(int8_codes<true>{codes, p.cols, p.group}, w, p, first, last, xbuf, tokens, y);
+                return run_rows<R, T>(int8_codes<false>{codes, p.cols, p.group}, w, p, first, last, xbuf, tokens, y);
+            });
+        }
+
+        template <class X>
+        void multiply(const quantized_tensor& w, std::span<const X> x, std::size_t tokens, std::span<float> y, unsigned threads,
+                      const char* who)
+        {
+            const plan p = make_plan(w);
+            if (tokens == 0 || tokens > gemm_max_tokens)
+            {
+                throw error(error_kind::invalid_argument, std::string(who) + ": tokens must be in [1, 64], got " + std::to_string(tokens));
+            }
+            if (x.size() != tokens * p.cols)
+            {
+                throw error(error_kind::shape_mismatch, std::string(who) + ": x has " + std::to_string(x.size())
+                                                            + " elements, expected " + std::to_string(tokens) + " x "
+                                                            + std::to_string(p.cols));
+            }
+            if (y.size() != tokens * p.rows)
+            {
+                throw error(error_kind::shape_mismatch, std::string(who) + ": y has " + std::to_string(y.size())
+                                                            + " elements, expected " + std::to_string(tokens) + " x "
+                                                            + std::to_string(p.rows));
+            }
+            std::vector<float, xsimd::aligned_allocator<float>> xbuf(tokens * p.row_stride);
+            for (std::size_t t = 0; t < tokens; ++t) pack_activations(p, x.data() + t * p.cols, xbuf.data() + t * p.row_stride);
+            if (tokens == 1) run<gemv_rows, 1>(w, p, xbuf.data(), 1, y.data(), threads);
+            else run<gemm_rows, gemm_tokens>(w, p, xbuf.data(), tokens, y.data(), threads);
+        }
+    }
+
+    /// @brief Activation element types gemv and gemm accept.
+    template <class X>
+    concept activation_element = weight_element<X>;
+
+    /// @brief The accumulation-error factor gamma_k of the bound in the file brief:
+    ///        |y - y_ref| <= gemv_error_bound(w) * sum_j |w_deq[r, j] x[j]| for every output.
+    inline double gemv_error_bound(const quantized_tensor& w) noexcept
+    {
+        const std::size_t L = detail::gemv::lanes;
+        const double k = static_cast<double>((w.layout.group + L - 1) / L + w.layout.groups_per_row + L + 2);
+        const double u = 0x1p-24;
+        return k * u / (1.0 - k * u);
+    }
+
+    /// @brief y = W x, reading W's quantized codes directly.
+    /// @tparam X activation type: float, bfloat16_t or float16_t.
+    /// @param w quantized weight, rows x cols (int8 or int4, any granularity and scheme).
+    /// @param x cols activations.
+    /// @param y rows outputs (overwritten).
+    /// @param threads rows are split over this many threads (0 = hardware concurrency); the
+    ///        result is bit-identical for every thread count.
+    /// @pre x and y do not overlap.
+    /// @throws error (shape_mismatch) when x.size() != cols or y.size() != rows; error when the
+    ///         tensor is inconsistent (codes, scales or zero points of the wrong size, bits not 4/8).
+    template <activation_element X>
+    void gemv(const quantized_tensor& w, std::span<const X> x, std::span<float> y, unsigned threads = 1)
+    {
+        detail::gemv::multiply(w, x, 1, y, threads, "gemv");
+    }
+
+    /// @brief Y = X W^T for a small batch: Y[t, r] = sum_j W[r, j] X[t, j].
+    /// @tparam X activation type: float, bfloat16_t or float16_t.
+    /// @param x row-major [tokens, cols].
+    /// @param tokens number of tokens, in [1, gemm_max_tokens].
+    /// @param y row-major [tokens, rows] (overwritten).
+    /// @param threads as for gemv.
+    /// Row t of Y is bit-identical to gemv(w, row t of X): both sum each (row, token) pair with
+    /// the same sequence of operations.
+    /// @throws error (invalid_argument) when tokens is outside [1, 64]; (shape_mismatch) when
+    ///         x.size() != tokens * cols or y.size() != tokens * rows; as gemv otherwise.
+    template <activation_element X>
+    void gemm(const quantized_tensor& w, std::span<const X> x, std::size_t tokens, std::span<float> y, unsigned threads = 1)
+    {
+        detail::gemv::multiply(w, x, tokens, y, threads, "gemm");
+    }
+}
