@@ -1,0 +1,731 @@
+/// @file analyze.hpp
+/// @brief Know before you convert: what every candidate quantization policy would cost a weight,
+///        measured in two passes over the data without writing any codes; automatic selection of
+///        the cheapest policy that meets a target; outlier diagnostics.
+///
+/// Passes over memory:
+/// 1. The statistics pyramid (algebra/orbits.hpp, `compute_statistics`) at the finest group size
+///    all candidates share (the gcd of their group sizes). Every coarser orbit's statistic is the
+///    `combine` of the finer ones it contains: a per_group:64 orbit is two per_group:32 orbits,
+///    a row is all its groups, the tensor all its rows. Combining min_max is exact, so each
+///    candidate gets exactly the parameters `quantize` would compute.
+/// 2. Row by row, while the row is in L1: Σw² (shared by all candidates), the outlier scan, and
+///    for each candidate the codes of every orbit of the row (same parameters, same encode
+///    function as `quantize`: S::make_params, detail::stored_params, kernels::reference::encode
+///    semantics, SIMD-identical), their dequantized values ŵ = (code − zp)·scale in float32 and
+///    the error sums Σŵ², Σ(w − ŵ)², max |w − ŵ| in double. Nothing is written to memory.
+///
+/// Numerical contract: the cosine, relative error, SQNR and max abs error of each candidate equal
+/// those of `measure(w, quantize(w, spec))` up to double rounding (relative difference <= 1e-9,
+/// tested), and bits_per_weight equals quantized_tensor::bits_per_weight(). Σw ŵ is derived per
+/// row as (Σw² + Σŵ² − Σ(w − ŵ)²) / 2, which loses nothing: the error term is the small one.
+///
+/// Determinism: rows are processed in fixed blocks of analyze_options::block_rows rows; each block
+/// combines its rows' error_accumulators in row order and the blocks are combined in block order,
+/// so the results do not depend on the thread count.
+#pragma once
+
+#include "orbitq/algebra/orbits.hpp"
+#include "orbitq/core/error.hpp"
+#include "orbitq/core/parallel.hpp"
+#include "orbitq/core/view.hpp"
+#include "orbitq/kernels/reference.hpp"
+#include "orbitq/kernels/simd.hpp"
+#include "orbitq/metrics.hpp"
+#include "orbitq/quantize.hpp"
+
+#include <xsimd/xsimd.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace orbitq
+{
+    /// @brief A candidate policy for analysis is a complete run-time quantization spec.
+    using candidate = quant_spec;
+
+    /// @brief What one candidate would cost the tensor.
+    struct candidate_result
+    {
+        quant_spec spec;               ///< the candidate
+        double bits_per_weight = 0.0;  ///< codes + scales + zero points, per weight
+        double cosine = 1.0;           ///< flat cosine of W and its reconstruction
+        double relative_error = 0.0;   ///< ‖W − Ŵ‖ / ‖W‖
+        double sqnr_db = std::numeric_limits<double>::infinity();  ///< −20 log10 relative_error
+        double max_abs_err = 0.0;      ///< max |w − ŵ|
+        std::size_t max_row = 0;       ///< where max_abs_err occurs (first in row-major order)
+        std::size_t max_col = 0;
+    };
+
+    /// @brief A weight that is large relative to the RMS of its row.
+    struct outlier
+    {
+        std::size_t row = 0;
+        std::size_t col = 0;
+        float value = 0.0f;             ///< the weight (as float32)
+        double ratio_to_row_rms = 0.0;  ///< |value| / RMS(row)
+    };
+
+    /// @brief How much precision a row loses when it shares the per-tensor scale.
+    struct row_loss
+    {
+        std::size_t row = 0;
+        float row_amax = 0.0f;  ///< max |w| of the row
+        double bits_lost = 0.0; ///< log2(tensor amax / row amax); +inf for an all-zero row
+    };
+
+    /// @brief Options of analyze().
+    struct analyze_options
+    {
+        std::size_t top_rows = 10;     ///< rows kept in tensor_analysis::worst_rows
+        std::size_t top_weights = 10;  ///< weights kept in tensor_analysis::largest_weights
+        unsigned threads = 1;          ///< rows split across this many threads (0 = hardware concurrency)
+        std::size_t block_rows = 64;   ///< rows per deterministic accumulation block (> 0)
+    };
+
+    /// @brief Everything analyze() finds out about one tensor.
+    struct tensor_analysis
+    {
+        std::string name;                          ///< the view's name
+        shape_type shape;                          ///< original tensor shape
+        std::size_t rows = 0;                      ///< matrix rows (channel rule of core/view.hpp)
+        std::size_t cols = 0;                      ///< matrix columns
+        double condition_number = 0.0;             ///< max|W| / RMS(W) (0 for an all-zero tensor)
+        std::vector<candidate_result> candidates;  ///< one per candidate, in the order given
+        std::vector<row_loss> worst_rows;          ///< most bits lost first (ties: lower row first)
+        std::vector<outlier> largest_weights;      ///< largest |w| / row RMS first (ties: row-major order)
+    };
+
+    /// @brief The choice made by select_candidate().
+    struct selection
+    {
+        std::optional<std::size_t> index;  ///< into tensor_analysis::candidates; empty when none meets the target
+        std::string reason;                ///< what was chosen and why, for people
+    };
+
+    /// @brief Storage cost of quantizing a rows x cols matrix with `spec`, in bits per weight:
+    ///        the same formula as quantized_tensor::bits_per_weight() (codes, plus one scale in
+    ///        spec.scale_type and, when asymmetric, one zero point in the code width per orbit).
+    /// @throws error (bad_group_size) as make_layout for a per_group spec that does not fit.
+    inline double bits_per_weight(const quant_spec& spec, std::size_t rows, std::size_t cols)
+    {
+        std::size_t orbits = 1;
+        if (spec.granularity == granularity_kind::per_channel) orbits = rows;
+        else if (spec.granularity == granularity_kind::per_group)
+        {
+            orbits = make_layout<per_group<>>(rows, cols, spec.group_size, spec.ragged_groups).orbits();
+        }
+        const double n = static_cast<double>(rows * cols);
+        const double scale_bits = 8.0 * static_cast<double>(element_size(spec.scale_type));
+        const double zp_bits = spec.scheme == scheme_kind::asymmetric ? spec.bits : 0.0;
+        return spec.bits + static_cast<double>(orbits) * (scale_bits + zp_bits) / n;
+    }
+
+    /// @brief The default candidate set for rows of `cols` weights: per_tensor, per_channel and
+    ///        per_group 32, 64 and 128 where the group size divides cols and is smaller than it; each
+    ///        as int8 and int4, symmetric (restricted range) and asymmetric; half-to-even rounding,
+    ///        f32 scales. Order: granularity (coarsest first), then bits (8 first), then scheme
+    ///        (symmetric first).
+    inline std::vector<quant_spec> default_candidates(std::size_t cols)
+    {
+        std::vector<std::pair<granularity_kind, std::size_t>> grains{{granularity_kind::per_tensor, 0},
+                                                                     {granularity_kind::per_channel, 0}};
+        for (std::size_t g : {32u, 64u, 128u})
+        {
+            if (cols > g && cols % g == 0) grains.emplace_back(granularity_kind::per_group, g);
+        }
+        std::vector<quant_spec> out;
+        for (const auto& [kind, g] : grains)
+        {
+            for (int bits : {8, 4})
+            {
+                for (scheme_kind s : {scheme_kind::symmetric, scheme_kind::asymmetric})
+                {
+                    quant_spec q;
+                    q.granularity = kind;
+                    q.group_size = g;
+                    q.bits = bits;
+                    q.scheme = s;
+                    out.push_back(q);
+                }
+            }
+        }
+        return out;
+    }
+
+    namespace detail::analysis
+    {
+        namespace simd = kernels::simd;
+        using float_batch = simd::float_batch;
+        using double_batch = xsimd::batch<double, simd::arch_type>;
+
+        /// The parameters of one orbit as the encode loop needs them. Codes are
+        /// clamp(round(x / scale) + zp, qmin, qmax); code − zp = clamp(round(x / scale), lo, hi)
+        /// with lo = qmin − zp, hi = qmax − zp, exactly (small integers in float32; a rounded value
+        /// beyond 2^24 saturates either way).
+        struct orbit_params
+        {
+            encode_params enc;         ///< what the codes are computed with (as quantize)
+            float stored_scale = 0.0f; ///< what dequantization multiplies by (as quantize)
+            float lo = 0.0f;
+            float hi = 0.0f;
+        };
+
+        using make_params_fn = quant_params (*)(const min_max&) noexcept;
+
+        /// A candidate resolved for the loops.
+        struct plan
+        {
+            quant_spec spec;
+            make_params_fn make = nullptr;
+            int qmin = 0;
+            int qmax = 0;
+            std::size_t span = 0;  ///< base statistic groups per orbit (per_group), 0 otherwise
+            orbit_params tensor;   ///< per_tensor: the one orbit
+        };
+
+        template <class S>
+        plan make_plan(const quant_spec& spec)
+        {
+            plan p;
+            p.spec = spec;
+            p.make = &S::make_params;
+            p.qmin = S::qmin;
+            p.qmax = S::qmax;
+            return p;
+        }
+
+        inline plan plan_for(const quant_spec& spec)
+        {
+            if (spec.bits != 8 && spec.bits != 4)
+            {
+                throw error(error_kind::invalid_argument, "candidate '" + spec.describe() + "': bits must be 8 or 4");
+            }
+            const bool eight = spec.bits == 8;
+            if (spec.scheme == scheme_kind::asymmetric) return eight ? make_plan<asymmetric<8>>(spec) : make_plan<asymmetric<4>>(spec);
+            if (spec.range == symmetric_range::full)
+            {
+                return eight ? make_plan<symmetric<8, symmetric_range::full>>(spec) : make_plan<symmetric<4, symmetric_range::full>>(spec);
+            }
+            return eight ? make_plan<symmetric<8>>(spec) : make_plan<symmetric<4>>(spec);
+        }
+
+        /// The parameters quantize() would use for an orbit with statistic `s`.
+        inline orbit_params resolve(const plan& p, const min_max& s, const std::string& name)
+        {
+            const quant_params exact = p.make(s);
+            const quant_params stored = orbitq::detail::stored_params(exact, p.spec, name);
+            orbit_params o;
+            o.enc = encode_params{p.spec.codes_from_stored_scale ? stored : exact, p.qmin, p.qmax, p.spec.mode};
+            o.stored_scale = stored.scale;
+            o.lo = static_cast<float>(p.qmin - o.enc.params.zero_point);
+            o.hi = static_cast<float>(p.qmax - o.enc.params.zero_point);
+            return o;
+        }
+
+        /// ŵ of one weight, exactly as quantize + dequantize_row compute it.
+        template <rounding_policy R>
+        inline float reconstruct(float x, const orbit_params& p) noexcept
+        {
+            const std::int8_t code = kernels::reference::encode<R>(x, p.enc);
+            return static_cast<float>(code - p.enc.params.zero_point) * p.stored_scale;
+        }
+
+        /// Widens a float batch into its low and high halves as double batches.
+        template <class FB, class DB>
+        inline void widen(const FB& f, DB& lo, DB& hi) noexcept
+        {
+            static_assert(2 * DB::size == FB::size, "a double batch must hold half a float batch");
+#if defined(__AVX512F__)
+            if constexpr (FB::size == 16 && std::derived_from<typename FB::arch_type, xsimd::avx512f>)
+            {
+                const __m512 r = f;
+                lo = _mm512_cvtps_pd(_mm512_castps512_ps256(r));
+                hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1)));
+                return;
+            }
+#endif
+#if defined(__AVX__)
+            if constexpr (FB::size == 8 && std::derived_from<typename FB::arch_type, xsimd::avx>)
+            {
+                const __m256 r = f;
+                lo = _mm256_cvtps_pd(_mm256_castps256_ps128(r));
+                hi = _mm256_cvtps_pd(_mm256_extractf128_ps(r, 1));
+                return;
+            }
+#endif
+            else
+            {
+                alignas(64) float fb[FB::size];
+                alignas(64) double db[FB::size];
+                f.store_aligned(fb);
+                for (std::size_t k = 0; k < FB::size; ++k) db[k] = fb[k];
+                lo = DB::load_aligned(db);
+                hi = DB::load_aligned(db + DB::size);
+            }
+        }
+
+        /// max(m, |d|), one instruction where the ISA has it.
+        template <class DB>
+        inline DB max_abs(const DB& m, const DB& d) noexcept
+        {
+#if defined(__AVX512DQ__)
+            if constexpr (DB::size == 8 && std::derived_from<typename DB::arch_type, xsimd::avx512dq>)
+            {
+                // vrangepd imm 0b1011: the larger absolute value, sign cleared. m >= 0 always.
+                return _mm512_range_pd(m, d, 0x0b);
+            }
+            else
+#endif
+            {
+                return xsimd::max(m, xsimd::abs(d));
+            }
+        }
+
+        /// Error sums of one candidate over one row: Σŵ², Σ(w − ŵ)², max |w − ŵ|, in double.
+        struct row_sums
+        {
+            double_batch rec0 = double_batch(0.0), rec1 = double_batch(0.0), err0 = double_batch(0.0), err1 = double_batch(0.0);
+            double_batch mx0 = double_batch(0.0), mx1 = double_batch(0.0);
+            double rec = 0.0, err = 0.0, mx = 0.0;
+
+            /// Adds the orbit segment x[0, n) (xd: the same values in double).
+            template <rounding_policy R>
+            void add(const float* x, const double* xd, std::size_t n, const orbit_params& p) noexcept
+            {
+                constexpr std::size_t w = float_batch::size;
+                constexpr std::size_t h = double_batch::size;
+                const float_batch inv(p.enc.params.inv_scale);
+                const float_batch scale(p.enc.params.scale);
+                const float_batch lo(p.lo);
+                const float_batch hi(p.hi);
+                const float_batch s(p.stored_scale);
+                const bool divide = p.enc.mode == scale_application::divide;
+                std::size_t i = 0;
+                if (divide && p.enc.params.scale == 0.0f)
+                {
+                    // Every code is the zero point: ŵ = 0. Falls through to the scalar loop.
+                }
+                else
+                {
+                    for (; i + w <= n; i += w)
+                    {
+                        const float_batch a = float_batch::load_unaligned(x + i);
+                        float_batch v = divide ? a / scale : a * inv;
+                        v = xsimd::min(xsimd::max(simd::detail::round<R>(v), lo), hi);
+                        const float_batch b = v * s;
+                        double_batch b0, b1;
+                        widen(b, b0, b1);
+                        const double_batch d0 = double_batch::load_unaligned(xd + i) - b0;
+                        const double_batch d1 = double_batch::load_unaligned(xd + i + h) - b1;
+                        rec0 = xsimd::fma(b0, b0, rec0);
+                        rec1 = xsimd::fma(b1, b1, rec1);
+                        err0 = xsimd::fma(d0, d0, err0);
+                        err1 = xsimd::fma(d1, d1, err1);
+                        mx0 = max_abs(mx0, d0);
+                        mx1 = max_abs(mx1, d1);
+                    }
+                }
+                for (; i < n; ++i)
+                {
+                    const double b = reconstruct<R>(x[i], p);
+                    const double d = xd[i] - b;
+                    rec += b * b;
+                    err += d * d;
+                    mx = std::max(mx, std::fabs(d));
+                }
+            }
+
+            /// The row's error_accumulator; ref = Σw² of the row, r its index.
+            error_accumulator finish(double ref, std::size_t r, std::size_t cols) const noexcept
+            {
+                alignas(64) double m[double_batch::size];
+                xsimd::max(mx0, mx1).store_aligned(m);
+                double top = mx;
+                for (double v : m) top = std::max(top, v);
+                error_accumulator a;
+                a.ref_sq = ref;
+                a.rec_sq = xsimd::hadd(rec0 + rec1) + rec;
+                a.err_sq = xsimd::hadd(err0 + err1) + err;
+                // Σwŵ = (Σw² + Σŵ² − Σ(w − ŵ)²) / 2: the subtracted term is the small one.
+                a.dot = 0.5 * (a.ref_sq + a.rec_sq - a.err_sq);
+                a.max_abs_err = top;
+                a.max_index = r * cols;  // the column is resolved at the end, for the winning row only
+                a.count = cols;
+                return a;
+            }
+        };
+
+        /// Converts a row to double and returns Σw² in double.
+        inline double widen_row(const float* x, std::size_t n, double* xd) noexcept
+        {
+            constexpr std::size_t w = float_batch::size;
+            constexpr std::size_t h = double_batch::size;
+            double_batch s0(0.0), s1(0.0);
+            std::size_t i = 0;
+            for (; i + w <= n; i += w)
+            {
+                double_batch a0, a1;
+                widen(float_batch::load_unaligned(x + i), a0, a1);
+                a0.store_unaligned(xd + i);
+                a1.store_unaligned(xd + i + h);
+                s0 = xsimd::fma(a0, a0, s0);
+                s1 = xsimd::fma(a1, a1, s1);
+            }
+            double s = 0.0;
+            for (; i < n; ++i)
+            {
+                xd[i] = x[i];
+                s += xd[i] * xd[i];
+            }
+            return xsimd::hadd(s0 + s1) + s;
+        }
+
+        /// Orders outliers: larger ratio first, then row-major position.
+        inline bool outlier_before(const outlier& a, const outlier& b) noexcept
+        {
+            if (a.ratio_to_row_rms != b.ratio_to_row_rms) return a.ratio_to_row_rms > b.ratio_to_row_rms;
+            return a.row != b.row ? a.row < b.row : a.col < b.col;
+        }
+
+        /// Inserts o into the sorted top-n list `top`.
+        inline void keep_top(std::vector<outlier>& top, const outlier& o, std::size_t n)
+        {
+            if (n == 0) return;
+            if (top.size() == n && !outlier_before(o, top.back())) return;
+            const auto at = std::upper_bound(top.begin(), top.end(), o, outlier_before);
+            top.insert(at, o);
+            if (top.size() > n) top.pop_back();
+        }
+
+        /// The results of one block of rows.
+        struct block_result
+        {
+            std::vector<error_accumulator> acc;  ///< per candidate
+            std::vector<outlier> top;            ///< this block's largest weights
+        };
+
+        /// Statistic of orbit j (span base groups) of row r.
+        inline min_max group_stat(const statistics_pyramid& P, std::size_t r, std::size_t j, std::size_t span) noexcept
+        {
+            const std::size_t first = j * span;
+            const std::size_t last = std::min(first + span, P.groups_per_row);
+            const auto base = P.groups.begin() + static_cast<std::ptrdiff_t>(r * P.groups_per_row);
+            return reduce_nonempty(base + static_cast<std::ptrdiff_t>(first), base + static_cast<std::ptrdiff_t>(last));
+        }
+
+        /// Calls f(c0, n, params) for each orbit of row r under plan p.
+        template <class F>
+        void for_each_orbit(const plan& p, const statistics_pyramid& P, std::size_t r, const std::string& name, F&& f)
+        {
+            const std::size_t cols = P.cols;
+            switch (p.spec.granularity)
+            {
+                case granularity_kind::per_tensor: f(std::size_t{0}, cols, p.tensor); return;
+                case granularity_kind::per_channel: f(std::size_t{0}, cols, resolve(p, P.row_stats[r], name)); return;
+                case granularity_kind::per_group:
+                {
+                    const std::size_t g = p.spec.group_size;
+                    const std::size_t groups = (cols + g - 1) / g;
+                    for (std::size_t j = 0; j < groups; ++j)
+                    {
+                        const std::size_t c0 = j * g;
+                        f(c0, std::min(g, cols - c0), resolve(p, group_stat(P, r, j, p.span), name));
+                    }
+                    return;
+                }
+            }
+        }
+
+        template <rounding_policy R>
+        error_accumulator row_error(const plan& p, const statistics_pyramid& P, std::size_t r, const float* x, const double* xd,
+                                    double ref, const std::string& name)
+        {
+            row_sums sums;
+            for_each_orbit(p, P, r, name, [&](std::size_t c0, std::size_t n, const orbit_params& o) {
+                sums.add<R>(x + c0, xd + c0, n, o);
+            });
+            return sums.finish(ref, r, P.cols);
+        }
+
+        /// The first column of row r where |w − ŵ| equals m under plan p (0 if none does).
+        template <rounding_policy R>
+        std::size_t find_max_col(const plan& p, const statistics_pyramid& P, std::size_t r, const float* x, double m,
+                                 const std::string& name)
+        {
+            std::size_t found = 0;
+            bool done = false;
+            for_each_orbit(p, P, r, name, [&](std::size_t c0, std::size_t n, const orbit_params& o) {
+                for (std::size_t c = c0; c < c0 + n && !done; ++c)
+                {
+                    const double d = static_cast<double>(x[c]) - static_cast<double>(reconstruct<R>(x[c], o));
+                    if (std::fabs(d) == m)
+                    {
+                        found = c;
+                        done = true;
+                    }
+                }
+            });
+            return found;
+        }
+
+        /// Row r as float32: the data itself, or widened into buf.
+        template <weight_element T>
+        const float* row_f32(const matrix_view<T>& w, std::size_t r, float* buf) noexcept
+        {
+            if constexpr (std::same_as<T, float>)
+            {
+                (void)buf;
+                return w.row(r);
+            }
+            else
+            {
+                const T* x = w.row(r);
+                for (std::size_t c = 0; c < w.cols; ++c) buf[c] = to_float(x[c]);
+                return buf;
+            }
+        }
+
+        /// Checks the candidates against the matrix and returns their plans.
+        inline std::vector<plan> make_plans(const std::vector<quant_spec>& candidates, std::size_t rows, std::size_t cols)
+        {
+            if (candidates.empty()) throw error(error_kind::invalid_argument, "analyze needs at least one candidate");
+            std::vector<plan> plans;
+            for (const quant_spec& c : candidates)
+            {
+                plans.push_back(plan_for(c));
+                if (c.granularity == granularity_kind::per_group)
+                {
+                    (void)make_layout<per_group<>>(rows, cols, c.group_size, c.ragged_groups);  // throws on a bad size
+                }
+            }
+            return plans;
+        }
+
+        /// The finest group size every per_group candidate's orbits are unions of.
+        inline std::size_t base_group(const std::vector<quant_spec>& candidates, std::size_t cols) noexcept
+        {
+            std::size_t g = 0;
+            for (const quant_spec& c : candidates)
+            {
+                if (c.granularity == granularity_kind::per_group) g = std::gcd(g, c.group_size);
+            }
+            return g == 0 ? cols : g;
+        }
+
+        inline std::string format_double(const char* fmt, double v)
+        {
+            char buf[64];
+            std::snprintf(buf, sizeof buf, fmt, v);
+            return buf;
+        }
+    }
+
+    /// @brief Analyses what each candidate policy would cost `w`, without quantizing it.
+    /// @param w the weight (f32, bf16 or f16), seen as a matrix by the channel rule of core/view.hpp
+    /// @param candidates the policies to evaluate (for example default_candidates(w.cols)); every
+    ///        field of quant_spec is honoured (range, rounding, scale application, scale storage)
+    /// @param options how many worst rows and largest weights to keep; threads
+    /// @return per-candidate metrics equal to measure(w, quantize(w, spec)) (relative difference
+    ///         <= 1e-9), worst rows under the per-tensor scale, largest weights relative to their
+    ///         row RMS, condition number. Identical for every thread count.
+    /// @pre every group_size of a per_group candidate divides w.cols unless it asks for ragged groups
+    /// @throws error (invalid_argument) for an empty candidate list, bits other than 8 or 4, a
+    ///         block_rows of 0, no data, stride < cols; (empty_tensor) for an empty tensor;
+    ///         (bad_group_size) for a group size of 0 or one that does not divide the row (not
+    ///         ragged); non_finite_error naming the row and column of a NaN or infinity.
+    template <weight_element T>
+    tensor_analysis analyze(const matrix_view<T>& w, const std::vector<quant_spec>& candidates, const analyze_options& options = {})
+    {
+        namespace A = detail::analysis;
+        if (w.rows == 0 || w.cols == 0) throw error(error_kind::empty_tensor, "tensor '" + w.name + "' is empty");
+        if (w.data == nullptr) throw error(error_kind::invalid_argument, "tensor '" + w.name + "' has no data");
+        if (w.stride < w.cols) throw error(error_kind::invalid_argument, "tensor '" + w.name + "': stride < cols");
+        if (options.block_rows == 0) throw error(error_kind::invalid_argument, "analyze: block_rows must be > 0");
+        std::vector<A::plan> plans = A::make_plans(candidates, w.rows, w.cols);
+        const std::size_t C = plans.size();
+
+        // Pass 1: the statistics pyramid at the base group size.
+        const std::size_t g0 = A::base_group(candidates, w.cols);
+        const statistics_pyramid P = compute_statistics(w, g0, options.threads);
+        for (A::plan& p : plans)
+        {
+            if (p.spec.granularity == granularity_kind::per_group) p.span = p.spec.group_size / g0;
+            if (p.spec.granularity == granularity_kind::per_tensor) p.tensor = A::resolve(p, P.tensor, w.name);
+        }
+
+        // Pass 2: per row, Σw², outliers and every candidate's error sums.
+        const std::size_t blocks = (w.rows + options.block_rows - 1) / options.block_rows;
+        std::vector<A::block_result> results(blocks);
+        parallel_rows(blocks, options.threads, [&](std::size_t first, std::size_t last) {
+            std::vector<float> fbuf(std::same_as<T, float> ? 0 : w.cols);
+            std::vector<double> xd(w.cols);
+            for (std::size_t b = first; b < last; ++b)
+            {
+                A::block_result& out = results[b];
+                out.acc.assign(C, error_accumulator{});
+                const std::size_t r1 = std::min(w.rows, (b + 1) * options.block_rows);
+                for (std::size_t r = b * options.block_rows; r < r1; ++r)
+                {
+                    const float* x = A::row_f32(w, r, fbuf.data());
+                    const double ref = A::widen_row(x, w.cols, xd.data());
+
+                    // Outliers: only rows whose largest weight can enter the top list are scanned.
+                    const double rms = std::sqrt(ref / static_cast<double>(w.cols));
+                    const std::size_t n_top = options.top_weights;
+                    if (rms > 0.0 && n_top > 0)
+                    {
+                        const double row_ratio = static_cast<double>(P.row_stats[r].to_abs_max().value) / rms;
+                        if (out.top.size() < n_top || row_ratio >= out.top.back().ratio_to_row_rms)
+                        {
+                            for (std::size_t c = 0; c < w.cols; ++c)
+                            {
+                                const double ratio = std::fabs(xd[c]) / rms;
+                                if (out.top.size() < n_top || ratio >= out.top.back().ratio_to_row_rms)
+                                {
+                                    A::keep_top(out.top, outlier{r, c, x[c], ratio}, n_top);
+                                }
+                            }
+                        }
+                    }
+
+                    for (std::size_t k = 0; k < C; ++k)
+                    {
+                        const error_accumulator row = plans[k].spec.rounding == rounding_kind::half_to_even
+                            ? A::row_error<half_to_even>(plans[k], P, r, x, xd.data(), ref, w.name)
+                            : A::row_error<half_away_from_zero>(plans[k], P, r, x, xd.data(), ref, w.name);
+                        out.acc[k] = combine(out.acc[k], row);
+                    }
+                }
+            }
+        });
+
+        tensor_analysis t;
+        t.name = w.name;
+        t.shape = w.shape.empty() ? shape_type{w.rows, w.cols} : w.shape;
+        t.rows = w.rows;
+        t.cols = w.cols;
+
+        std::vector<float> fbuf(std::same_as<T, float> ? 0 : w.cols);
+        std::vector<outlier> top;
+        for (std::size_t k = 0; k < C; ++k)
+        {
+            error_accumulator total;
+            for (const A::block_result& b : results) total = combine(total, b.acc[k]);
+            if (total.max_abs_err > 0.0)
+            {
+                const std::size_t r = total.max_index / w.cols;
+                const float* x = A::row_f32(w, r, fbuf.data());
+                const std::size_t c = plans[k].spec.rounding == rounding_kind::half_to_even
+                    ? A::find_max_col<half_to_even>(plans[k], P, r, x, total.max_abs_err, w.name)
+                    : A::find_max_col<half_away_from_zero>(plans[k], P, r, x, total.max_abs_err, w.name);
+                total.max_index = r * w.cols + c;
+            }
+            const error_metrics m = finish(total, w.cols);
+            t.candidates.push_back({candidates[k], bits_per_weight(candidates[k], w.rows, w.cols), m.cosine, m.relative_error,
+                                    m.sqnr_db, m.max_abs_err, m.max_row, m.max_col});
+            if (k == 0)
+            {
+                const double rms = std::sqrt(total.ref_sq / static_cast<double>(w.size()));
+                t.condition_number = rms == 0.0 ? 0.0 : static_cast<double>(P.tensor.to_abs_max().value) / rms;
+            }
+        }
+
+        for (const A::block_result& b : results)
+        {
+            for (const outlier& o : b.top) A::keep_top(top, o, options.top_weights);
+        }
+        t.largest_weights = std::move(top);
+
+        const std::vector<double> lost = bits_lost_per_row(P);
+        std::vector<std::size_t> order(w.rows);
+        std::iota(order.begin(), order.end(), std::size_t{0});
+        const std::size_t n_rows = std::min(options.top_rows, w.rows);
+        std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n_rows), order.end(),
+                          [&](std::size_t a, std::size_t b) { return lost[a] != lost[b] ? lost[a] > lost[b] : a < b; });
+        for (std::size_t i = 0; i < n_rows; ++i)
+        {
+            const std::size_t r = order[i];
+            t.worst_rows.push_back({r, P.row_stats[r].to_abs_max().value, lost[r]});
+        }
+        return t;
+    }
+
+    /// @brief Picks the candidate with the fewest bits per weight that meets the target(s); among
+    ///        equally cheap ones, the higher SQNR (then the earlier one).
+    /// @param target_cos minimum flat cosine, if given
+    /// @param target_sqnr_db minimum SQNR in dB, if given (both given: both must hold)
+    /// @return the index into a.candidates, or none, and a sentence saying what was chosen and why
+    ///         (or, when none meets the target, which candidate came closest).
+    /// @throws error (invalid_argument) when neither target is given or the analysis has no candidates.
+    inline selection select_candidate(const tensor_analysis& a, std::optional<double> target_cos, std::optional<double> target_sqnr_db)
+    {
+        namespace A = detail::analysis;
+        if (!target_cos && !target_sqnr_db) throw error(error_kind::invalid_argument, "select_candidate needs a cosine or SQNR target");
+        if (a.candidates.empty()) throw error(error_kind::invalid_argument, "select_candidate: '" + a.name + "' has no candidates");
+        auto meets = [&](const candidate_result& c) {
+            return (!target_cos || c.cosine >= *target_cos) && (!target_sqnr_db || c.sqnr_db >= *target_sqnr_db);
+        };
+        std::string target;
+        if (target_cos) target = "cos >= " + A::format_double("%.6g", *target_cos);
+        if (target_sqnr_db) target += (target.empty() ? "" : " and ") + std::string("SQNR >= ") + A::format_double("%.4g dB", *target_sqnr_db);
+        auto describe = [](const candidate_result& c) {
+            return c.spec.describe() + " (" + A::format_double("%.4f", c.bits_per_weight) + " bits/weight, cos "
+                + A::format_double("%.6f", c.cosine) + ", SQNR " + A::format_double("%.2f dB", c.sqnr_db) + ")";
+        };
+
+        std::optional<std::size_t> best;
+        std::size_t meeting = 0;
+        for (std::size_t i = 0; i < a.candidates.size(); ++i)
+        {
+            const candidate_result& c = a.candidates[i];
+            if (!meets(c)) continue;
+            ++meeting;
+            if (!best) best = i;
+            else
+            {
+                const candidate_result& b = a.candidates[*best];
+                if (c.bits_per_weight < b.bits_per_weight || (c.bits_per_weight == b.bits_per_weight && c.sqnr_db > b.sqnr_db)) best = i;
+            }
+        }
+        // The closest miss: highest SQNR among those that fail (the most informative alternative).
+        auto best_miss = [&](double below_bits) -> std::optional<std::size_t> {
+            std::optional<std::size_t> m;
+            for (std::size_t i = 0; i < a.candidates.size(); ++i)
+            {
+                const candidate_result& c = a.candidates[i];
+                if (meets(c) || c.bits_per_weight >= below_bits) continue;
+                if (!m || c.sqnr_db > a.candidates[*m].sqnr_db) m = i;
+            }
+            return m;
+        };
+
+        selection s;
+        if (!best)
+        {
+            const auto m = best_miss(std::numeric_limits<double>::infinity());
+            s.reason = "no candidate of " + std::to_string(a.candidates.size()) + " meets " + target + " for '" + a.name + "'";
+            if (m) s.reason += "; the closest is " + describe(a.candidates[*m]);
+            return s;
+        }
+        s.index = best;
+        const candidate_result& b = a.candidates[*best];
+        s.reason = describe(b) + ": the fewest bits per weight of the " + std::to_string(meeting) + " of "
+            + std::to_string(a.candidates.size()) + " candidates meeting " + target;
+        if (const auto m = best_miss(b.bits_per_weight)) s.reason += "; the best cheaper one, " + describe(a.candidates[*m]) + ", misses it";
+        return s;
+    }
+}
