@@ -194,13 +194,15 @@ namespace orbitq
         struct int8_codes
         {
             static constexpr std::size_t per_chunk = 1;
+            static constexpr bool asymmetric = Asymmetric;
+            using row_pointer = const std::int8_t*;
             const std::int8_t* codes;
             std::size_t cols;
-            std::size_t group;
 
-            void load(std::size_t r, std::size_t g, std::size_t chunk, const int_batch& zp, float_batch* out) const noexcept
+            row_pointer row(std::size_t r) const noexcept { return codes + r * cols; }
+            static void load(row_pointer row, std::size_t col, const int_batch& zp, float_batch* out) noexcept
             {
-                int_batch v = widen_int8<int_batch>(codes + r * cols + g * group + chunk * lanes);
+                int_batch v = widen_int8<int_batch>(row + col);
                 if constexpr (Asymmetric) v = v - zp;
                 out[0] = xsimd::to_float(v);
             }
@@ -212,13 +214,15 @@ namespace orbitq
         struct int4_codes
         {
             static constexpr std::size_t per_chunk = 2;
+            static constexpr bool asymmetric = Asymmetric;
+            using row_pointer = const std::int8_t*;
             const std::int8_t* codes;
             std::size_t row_bytes;
-            std::size_t group;
 
-            void load(std::size_t r, std::size_t g, std::size_t chunk, const int_batch& zp, float_batch* out) const noexcept
+            row_pointer row(std::size_t r) const noexcept { return codes + r * row_bytes; }
+            static void load(row_pointer row, std::size_t col, const int_batch& zp, float_batch* out) noexcept
             {
-                const int_batch b = widen_int8<int_batch>(codes + r * row_bytes + (g * group) / 2 + chunk * lanes);
+                const int_batch b = widen_int8<int_batch>(row + col / 2);
                 int_batch lo = (b << 28) >> 28;  // sign-extended low nibble
                 int_batch hi = b >> 4;           // b is a sign-extended byte: its arithmetic shift is the high nibble
                 if constexpr (Asymmetric)
@@ -231,18 +235,21 @@ namespace orbitq
             }
         };
 
-        /// Source of code vectors: rows already widened to float32 (code - zp) in plan layout.
+        /// Source of code vectors: rows already widened to float32 (code - zp) in plan layout
+        /// (column offsets are buffer positions here).
         struct widened_codes
         {
             static constexpr std::size_t per_chunk = 1;
-            const float* data;       ///< row `first` at data[0]
+            static constexpr bool asymmetric = false;
+            using row_pointer = const float*;
+            const float* data;  ///< row `first` at data[0]
             std::size_t first;
             std::size_t row_stride;
-            std::size_t group_stride;
 
-            void load(std::size_t r, std::size_t g, std::size_t chunk, const int_batch&, float_batch* out) const noexcept
+            row_pointer row(std::size_t r) const noexcept { return data + (r - first) * row_stride; }
+            static void load(row_pointer row, std::size_t pos, const int_batch&, float_batch* out) noexcept
             {
-                out[0] = float_batch::load_aligned(data + (r - first) * row_stride + g * group_stride + chunk * lanes);
+                out[0] = float_batch::load_aligned(row + pos);
             }
         };
 
@@ -258,48 +265,73 @@ namespace orbitq
             }
         }
 
+        /// What a tile needs besides the codes, hoisted out of the tile loops.
+        struct tile_args
+        {
+            const float* scales;             ///< scales of orbit (0, 0)
+            const std::int32_t* zero_points; ///< zero points of orbit (0, 0), or null
+            std::size_t orbit_row_step;      ///< orbits between two rows (0 for per_tensor)
+            std::size_t orbit_group_step;    ///< orbits between two groups of a row (0 for per_tensor)
+            std::size_t groups;
+            std::size_t group_advance;       ///< source offset between two groups (columns, or buffer positions)
+            std::size_t group_stride;        ///< activation buffer floats between two groups
+            std::size_t token_stride;        ///< activation buffer floats between two tokens
+            std::size_t chunks;              ///< chunks of a full group
+            std::size_t last_chunks;         ///< chunks of the last group
+            std::size_t rows;                ///< output row stride (rows of W)
+        };
+
         /// The register tile: rows [r0, r0 + R) times tokens [t0, t0 + T). Per (row, token) the
-        /// sequence of operations is the one in the file brief, whatever R and T are.
-        template <std::size_t R, std::size_t T, class Source>
-        inline void tile(const Source& src, const quantized_tensor& w, const plan& p, std::size_t r0, const float* xbuf,
-                         std::size_t t0, float* y) noexcept
+        /// sequence of operations is the one in the file brief, whatever R and T are. K > 0 fixes
+        /// the chunks per group at compile time (every group full); K == 0 reads it from `a`.
+        template <std::size_t R, std::size_t T, std::size_t K, class Source>
+        inline void tile(const Source& src, const tile_args& a, std::size_t r0, const float* xbuf, std::size_t t0, float* y) noexcept
         {
             constexpr std::size_t C = Source::per_chunk;
+            typename Source::row_pointer row[R];
+            const float* scale_row[R];
+            const std::int32_t* zp_row[R];
+#pragma GCC unroll 16
+            for (std::size_t r = 0; r < R; ++r)
+            {
+                row[r] = src.row(r0 + r);
+                scale_row[r] = a.scales + (r0 + r) * a.orbit_row_step;
+                if constexpr (Source::asymmetric) zp_row[r] = a.zero_points + (r0 + r) * a.orbit_row_step;
+            }
             float_batch total[R][T];
 #pragma GCC unroll 16
             for (std::size_t r = 0; r < R; ++r)
 #pragma GCC unroll 16
                 for (std::size_t t = 0; t < T; ++t) total[r][t] = float_batch(0.0f);
-            for (std::size_t g = 0; g < p.groups; ++g)
+            const float* xg = xbuf + t0 * a.token_stride;
+            std::size_t off = 0;
+            for (std::size_t g = 0; g < a.groups; ++g, off += a.group_advance, xg += a.group_stride)
             {
                 int_batch zp[R];
-                float scale[R];
-#pragma GCC unroll 16
-                for (std::size_t r = 0; r < R; ++r)
+                if constexpr (Source::asymmetric)
                 {
-                    const std::size_t o = w.layout.orbit(r0 + r, g);
-                    zp[r] = int_batch(w.zero_point(o));
-                    scale[r] = w.scales[o];
+#pragma GCC unroll 16
+                    for (std::size_t r = 0; r < R; ++r) zp[r] = int_batch(zp_row[r][g * a.orbit_group_step]);
                 }
                 float_batch acc[R][T];
 #pragma GCC unroll 16
                 for (std::size_t r = 0; r < R; ++r)
 #pragma GCC unroll 16
                     for (std::size_t t = 0; t < T; ++t) acc[r][t] = float_batch(0.0f);
-                const std::size_t chunks = p.vectors(g) / C;
-                const float* xg = xbuf + t0 * p.row_stride + g * p.group_stride;
+                const std::size_t chunks = K != 0 ? K : (g + 1 == a.groups ? a.last_chunks : a.chunks);
+#pragma GCC unroll 4
                 for (std::size_t c = 0; c < chunks; ++c)
                 {
                     float_batch cv[R][C];
 #pragma GCC unroll 16
-                    for (std::size_t r = 0; r < R; ++r) src.load(r0 + r, g, c, zp[r], cv[r]);
+                    for (std::size_t r = 0; r < R; ++r) Source::load(row[r], off + c * C * lanes, zp[r], cv[r]);
 #pragma GCC unroll 2
                     for (std::size_t i = 0; i < C; ++i)
                     {
 #pragma GCC unroll 16
                         for (std::size_t t = 0; t < T; ++t)
                         {
-                            const float_batch xv = float_batch::load_aligned(xg + t * p.row_stride + (c * C + i) * lanes);
+                            const float_batch xv = float_batch::load_aligned(xg + t * a.token_stride + (c * C + i) * lanes);
 #pragma GCC unroll 16
                             for (std::size_t r = 0; r < R; ++r) acc[r][t] = xsimd::fma(cv[r][i], xv, acc[r][t]);
                         }
@@ -308,7 +340,7 @@ namespace orbitq
 #pragma GCC unroll 16
                 for (std::size_t r = 0; r < R; ++r)
                 {
-                    const float_batch s(scale[r]);
+                    const float_batch s(scale_row[r][g * a.orbit_group_step]);
 #pragma GCC unroll 16
                     for (std::size_t t = 0; t < T; ++t) total[r][t] = xsimd::fma(s, acc[r][t], total[r][t]);
                 }
@@ -316,7 +348,7 @@ namespace orbitq
 #pragma GCC unroll 16
             for (std::size_t r = 0; r < R; ++r)
 #pragma GCC unroll 16
-                for (std::size_t t = 0; t < T; ++t) y[(t0 + t) * p.rows + r0 + r] = xsimd::hadd(total[r][t]);
+                for (std::size_t t = 0; t < T; ++t) y[(t0 + t) * a.rows + r0 + r] = xsimd::hadd(total[r][t]);
         }
 
         /// Rows per tile and tokens per tile. More rows give gemv independent FMA chains; gemm
@@ -326,24 +358,38 @@ namespace orbitq
         inline constexpr std::size_t gemm_tokens = 3;
 
         /// Rows [first, last) times all tokens, from one code source.
-        template <std::size_t R, std::size_t T, class Source>
-        void run_rows(const Source& src, const quantized_tensor& w, const plan& p, std::size_t first, std::size_t last,
-                      const float* xbuf, std::size_t tokens, float* y) noexcept
+        template <std::size_t R, std::size_t T, std::size_t K, class Source>
+        void run_rows(const Source& src, const tile_args& a, std::size_t first, std::size_t last, const float* xbuf,
+                      std::size_t tokens, float* y) noexcept
         {
             auto tokens_of = [&](auto rows_tag, std::size_t r0) {
                 constexpr std::size_t RR = decltype(rows_tag)::value;
                 std::size_t t0 = 0;
-                for (; t0 + T <= tokens; t0 += T) tile<RR, T>(src, w, p, r0, xbuf, t0, y);
-                for (; t0 < tokens; ++t0) tile<RR, 1>(src, w, p, r0, xbuf, t0, y);
+                for (; t0 + T <= tokens; t0 += T) tile<RR, T, K>(src, a, r0, xbuf, t0, y);
+                for (; t0 < tokens; ++t0) tile<RR, 1, K>(src, a, r0, xbuf, t0, y);
             };
             std::size_t r0 = first;
             for (; r0 + R <= last; r0 += R) tokens_of(std::integral_constant<std::size_t, R>{}, r0);
             for (; r0 < last; ++r0) tokens_of(std::integral_constant<std::size_t, 1>{}, r0);
         }
 
+        /// Picks the compile-time chunk count for the common group sizes.
+        template <std::size_t R, std::size_t T, class Source>
+        void run_rows_k(const Source& src, const tile_args& a, std::size_t first, std::size_t last, const float* xbuf,
+                        std::size_t tokens, float* y) noexcept
+        {
+            if (a.chunks == a.last_chunks)
+            {
+                if (a.chunks == 1) return run_rows<R, T, 1>(src, a, first, last, xbuf, tokens, y);
+                if (a.chunks == 2) return run_rows<R, T, 2>(src, a, first, last, xbuf, tokens, y);
+                if (a.chunks == 4) return run_rows<R, T, 4>(src, a, first, last, xbuf, tokens, y);
+            }
+            run_rows<R, T, 0>(src, a, first, last, xbuf, tokens, y);
+        }
+
         /// Widens rows through a scratch buffer (irregular layouts), one tile of rows at a time.
         template <std::size_t R, std::size_t T>
-        void run_rows_widened(const quantized_tensor& w, const plan& p, std::size_t first, std::size_t last,
+        void run_rows_widened(const quantized_tensor& w, const plan& p, const tile_args& a, std::size_t first, std::size_t last,
                               const float* xbuf, std::size_t tokens, float* y)
         {
             std::vector<float, xsimd::aligned_allocator<float>> scratch(R * p.row_stride);
@@ -351,24 +397,37 @@ namespace orbitq
             {
                 const std::size_t r1 = std::min(last, r0 + R);
                 for (std::size_t r = r0; r < r1; ++r) widen_row(w, p, r, scratch.data() + (r - r0) * p.row_stride);
-                const widened_codes src{scratch.data(), r0, p.row_stride, p.group_stride};
-                run_rows<R, T>(src, w, p, r0, r1, xbuf, tokens, y);
+                const widened_codes src{scratch.data(), r0, p.row_stride};
+                run_rows<R, T, 0>(src, a, r0, r1, xbuf, tokens, y);
             }
         }
 
         template <std::size_t R, std::size_t T>
         void run(const quantized_tensor& w, const plan& p, const float* xbuf, std::size_t tokens, float* y, unsigned threads)
         {
+            tile_args a{};
+            a.scales = w.scales.data();
+            a.zero_points = w.zero_points.empty() ? nullptr : w.zero_points.data();
+            a.orbit_row_step = w.layout.tensor_wide ? 0 : p.groups;
+            a.orbit_group_step = w.layout.tensor_wide ? 0 : 1;
+            a.groups = p.groups;
+            a.group_stride = p.group_stride;
+            a.token_stride = p.row_stride;
+            a.rows = p.rows;
+            const std::size_t C = p.interleaved ? 2 : 1;  // per_chunk of the source used below
+            a.chunks = p.vectors(0) / C;
+            a.last_chunks = p.vectors(p.groups - 1) / C;
+            a.group_advance = p.direct ? p.group : p.group_stride;
             parallel_rows(p.rows, threads, [&](std::size_t first, std::size_t last) {
-                if (!p.direct) return run_rows_widened<R, T>(w, p, first, last, xbuf, tokens, y);
+                if (!p.direct) return run_rows_widened<R, T>(w, p, a, first, last, xbuf, tokens, y);
                 const std::int8_t* codes = w.codes.data();
                 if (p.int4)
                 {
-                    if (p.asymmetric) return run_rows<R, T>(int4_codes<true>{codes, w.row_bytes(), p.group}, w, p, first, last, xbuf, tokens, y);
-                    return run_rows<R, T>(int4_codes<false>{codes, w.row_bytes(), p.group}, w, p, first, last, xbuf, tokens, y);
+                    if (p.asymmetric) return run_rows_k<R, T>(int4_codes<true>{codes, w.row_bytes()}, a, first, last, xbuf, tokens, y);
+                    return run_rows_k<R, T>(int4_codes<false>{codes, w.row_bytes()}, a, first, last, xbuf, tokens, y);
                 }
-                if (p.asymmetric) return run_rows<R, T>(int8_codes<true>{codes, p.cols, p.group}, w, p, first, last, xbuf, tokens, y);
-                return run_rows<R, T>(int8_codes<false>{codes, p.cols, p.group}, w, p, first, last, xbuf, tokens, y);
+                if (p.asymmetric) return run_rows_k<R, T>(int8_codes<true>{codes, p.cols}, a, first, last, xbuf, tokens, y);
+                return run_rows_k<R, T>(int8_codes<false>{codes, p.cols}, a, first, last, xbuf, tokens, y);
             });
         }
 

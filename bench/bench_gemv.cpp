@@ -1,0 +1,266 @@
+/// @file bench_gemv.cpp
+/// @brief Google Benchmark suite for orbitq::gemv / orbitq::gemm on the Gemma 4 expert shapes
+///        (gate_up 1408x2816, down 2816x704), batch 1, 8 and 64, 1 and 2 threads, against
+///        - f32 cblas_sgemv / cblas_sgemm (OpenBLAS) on the dequantized matrix, when the build
+///          found a CBLAS (ORBITQ_BENCH_HAVE_CBLAS);
+///        - a bf16-weight baseline: a plain xsimd gemv/gemm over bfloat16 weights (widen, FMA).
+///
+/// Two working sets: "hot" multiplies one expert's matrix again and again (it stays in L2/L3
+/// for the smaller formats), "cold" cycles through 16 distinct experts' matrices (16 x 16 MB of
+/// f32 for gate_up, more than the last-level cache), which is what an MoE layer sees.
+///
+/// Names: gemv/<shape>/<format>/batch:<T>/threads:<n>/<hot|cold>
+/// Bytes processed = weight bytes read per call (codes + scales + zero points, or the f32/bf16
+/// matrix), so the GB/s column compares formats by the bandwidth they draw.
+#include <orbitq/gemv.hpp>
+#include <orbitq/quantize.hpp>
+
+#include <benchmark/benchmark.h>
+#include <xsimd/xsimd.hpp>
+
+#if ORBITQ_BENCH_HAVE_CBLAS
+#include <cblas.h>
+#endif
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace
+{
+    using orbitq::bfloat16_t;
+
+    struct bench_shape
+    {
+        const char* name;
+        std::size_t rows;
+        std::size_t cols;
+    };
+
+    const bench_shape shapes[] = {{"gate_up_1408x2816", 1408, 2816}, {"down_2816x704", 2816, 704}};
+
+    /// Distinct experts in the cold working set.
+    constexpr std::size_t cold_experts = 16;
+
+    /// One weight format of one expert.
+    struct expert
+    {
+        orbitq::quantized_tensor q;           ///< quantized formats
+        std::vector<float> f32;               ///< dequantized (f32 baseline)
+        std::vector<bfloat16_t> bf16;         ///< bf16 baseline
+    };
+
+    enum class format
+    {
+        f32_blas,
+        bf16,
+        int8_per_channel,
+        int8_g32,
+        int8_g64,
+        int4_g32
+    };
+
+    const char* format_name(format f)
+    {
+        switch (f)
+        {
+            case format::f32_blas: return "f32_openblas";
+            case format::bf16: return "bf16_xsimd";
+            case format::int8_per_channel: return "int8_per_channel";
+            case format::int8_g32: return "int8_g32";
+            case format::int8_g64: return "int8_g64";
+            case format::int4_g32: return "int4_g32";
+        }
+        return "?";
+    }
+
+    orbitq::quant_spec spec_of(format f)
+    {
+        orbitq::quant_spec s;
+        s.bits = f == format::int4_g32 ? 4 : 8;
+        s.granularity = f == format::int8_per_channel ? orbitq::granularity_kind::per_channel : orbitq::granularity_kind::per_group;
+        s.group_size = f == format::int8_g64 ? 64 : 32;
+        return s;
+    }
+
+    /// Expert e's bf16 weights: normal(0, 0.02)-like values from a fixed-seed xorshift, cheap to make.
+    std::vector<float> make_weights(const bench_shape& s, std::size_t e)
+    {
+        std::vector<float> w(s.rows * s.cols);
+        std::uint64_t state = 0x9e3779b97f4a7c15ull * (e + 1);
+        for (auto& v : w)
+        {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // sum of two uniforms: a cheap bell shape, scaled to std ~0.02
+            const float a = static_cast<float>(state & 0xffffff) / 16777216.0f;
+            const float b = static_cast<float>((state >> 24) & 0xffffff) / 16777216.0f;
+            v = orbitq::round_to_bfloat16((a + b - 1.0f) * 0.05f);
+        }
+        return w;
+    }
+
+    /// The experts of one (shape, format), built on first use and kept.
+    const std::vector<expert>& experts_for(const bench_shape& s, format f)
+    {
+        static std::map<std::pair<std::string, format>, std::unique_ptr<std::vector<expert>>> cache;
+        auto& slot = cache[{s.name, f}];
+        if (!slot)
+        {
+            slot = std::make_unique<std::vector<expert>>(cold_experts);
+            for (std::size_t e = 0; e < cold_experts; ++e)
+            {
+                const std::vector<float> w = make_weights(s, e);
+                expert& x = (*slot)[e];
+                if (f == format::bf16)
+                {
+                    x.bf16.resize(w.size());
+                    for (std::size_t i = 0; i < w.size(); ++i) x.bf16[i] = orbitq::to_bfloat16(w[i]);
+                }
+                else if (f == format::f32_blas)
+                {
+                    x.f32 = orbitq::dequantize(orbitq::quantize(orbitq::make_view(w.data(), s.rows, s.cols), spec_of(format::int8_per_channel)));
+                }
+                else
+                {
+                    x.q = orbitq::quantize(orbitq::make_view(w.data(), s.rows, s.cols), spec_of(f));
+                }
+            }
+        }
+        return *slot;
+    }
+
+    std::size_t weight_bytes(const expert& e, format f)
+    {
+        if (f == format::f32_blas) return e.f32.size() * sizeof(float);
+        if (f == format::bf16) return e.bf16.size() * sizeof(bfloat16_t);
+        return e.q.codes.size() + e.q.scales.size() * sizeof(float) + e.q.zero_points.size() * sizeof(std::int32_t);
+    }
+
+    /// The bf16 baseline: y[t, r] = sum_j bf16 w[r, j] * x[t, j], widening each weight vector once
+    /// and applying it to up to 4 tokens; rows split over threads with orbitq::parallel_rows.
+    void bf16_gemm(const bfloat16_t* w, std::size_t rows, std::size_t cols, const float* x, std::size_t tokens, float* y,
+                   unsigned threads)
+    {
+        using fb = xsimd::batch<float>;
+        using ib = xsimd::batch<std::uint32_t>;
+        constexpr std::size_t L = fb::size;
+        constexpr std::size_t tile = 4;
+        orbitq::parallel_rows(rows, threads, [&](std::size_t first, std::size_t last) {
+            alignas(64) std::uint32_t wide[L];
+            for (std::size_t r = first; r < last; ++r)
+            {
+                const bfloat16_t* wr = w + r * cols;
+                for (std::size_t t0 = 0; t0 < tokens; t0 += tile)
+                {
+                    const std::size_t nt = std::min(tile, tokens - t0);
+                    fb acc[tile] = {fb(0.0f), fb(0.0f), fb(0.0f), fb(0.0f)};
+                    std::size_t j = 0;
+                    for (; j + L <= cols; j += L)
+                    {
+                        for (std::size_t k = 0; k < L; ++k) wide[k] = wr[j + k].bits;
+                        const fb wv = xsimd::bitwise_cast<fb>(ib::load_aligned(wide) << 16);
+                        for (std::size_t t = 0; t < nt; ++t)
+                        {
+                            acc[t] = xsimd::fma(wv, fb::load_unaligned(x + (t0 + t) * cols + j), acc[t]);
+                        }
+                    }
+                    for (std::size_t t = 0; t < nt; ++t)
+                    {
+                        float s = xsimd::hadd(acc[t]);
+                        for (std::size_t k = j; k < cols; ++k) s += orbitq::to_float(wr[k]) * x[(t0 + t) * cols + k];
+                        y[(t0 + t) * rows + r] = s;
+                    }
+                }
+            }
+        });
+    }
+
+    void run(benchmark::State& state, const bench_shape& s, format f, std::size_t tokens, unsigned threads, bool cold)
+    {
+        const std::vector<expert>& ex = experts_for(s, f);
+        std::vector<float> x(tokens * s.cols);
+        for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 7919) % 1000) / 1000.0f - 0.5f;
+        std::vector<float> y(tokens * s.rows);
+#if ORBITQ_BENCH_HAVE_CBLAS
+        openblas_set_num_threads(static_cast<int>(threads));
+#endif
+        std::size_t e = 0;
+        for (auto _ : state)
+        {
+            const expert& w = ex[e];
+            switch (f)
+            {
+                case format::f32_blas:
+#if ORBITQ_BENCH_HAVE_CBLAS
+                    if (tokens == 1)
+                    {
+                        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(s.rows), static_cast<int>(s.cols), 1.0f,
+                                    w.f32.data(), static_cast<int>(s.cols), x.data(), 1, 0.0f, y.data(), 1);
+                    }
+                    else
+                    {
+                        // Y[T, rows] = X[T, cols] * W^T
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(tokens), static_cast<int>(s.rows),
+                                    static_cast<int>(s.cols), 1.0f, x.data(), static_cast<int>(s.cols), w.f32.data(),
+                                    static_cast<int>(s.cols), 0.0f, y.data(), static_cast<int>(s.rows));
+                    }
+#endif
+                    break;
+                case format::bf16: bf16_gemm(w.bf16.data(), s.rows, s.cols, x.data(), tokens, y.data(), threads); break;
+                default:
+                    if (tokens == 1) orbitq::gemv(w.q, std::span<const float>(x), std::span<float>(y), threads);
+                    else orbitq::gemm(w.q, std::span<const float>(x), tokens, std::span<float>(y), threads);
+            }
+            benchmark::DoNotOptimize(y.data());
+            benchmark::ClobberMemory();
+            if (cold) e = (e + 1) % cold_experts;
+        }
+        state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * weight_bytes(ex[0], f)));
+        state.counters["flops"] = benchmark::Counter(2.0 * static_cast<double>(s.rows * s.cols * tokens) * static_cast<double>(state.iterations()),
+                                                     benchmark::Counter::kIsRate);
+    }
+
+    void register_all()
+    {
+        std::vector<format> formats = {format::bf16, format::int8_per_channel, format::int8_g32, format::int8_g64, format::int4_g32};
+#if ORBITQ_BENCH_HAVE_CBLAS
+        formats.insert(formats.begin(), format::f32_blas);
+#endif
+        for (const bench_shape& s : shapes)
+        {
+            for (std::size_t tokens : {1u, 8u, 64u})
+            {
+                for (unsigned threads : {1u, 2u})
+                {
+                    for (bool cold : {false, true})
+                    {
+                        for (format f : formats)
+                        {
+                            const std::string name = std::string("gemv/") + s.name + "/" + format_name(f) + "/batch:"
+                                                     + std::to_string(tokens) + "/threads:" + std::to_string(threads) + "/"
+                                                     + (cold ? "cold" : "hot");
+                            benchmark::RegisterBenchmark(name.c_str(), [=, &s](benchmark::State& st) { run(st, s, f, tokens, threads, cold); })
+                                ->Unit(benchmark::kMicrosecond)
+                                ->UseRealTime();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+int main(int argc, char** argv)
+{
+    register_all();
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}
