@@ -56,7 +56,7 @@ namespace
     std::vector<std::byte> to_bytes(std::string_view s)
     {
         std::vector<std::byte> out(s.size());
-        std::memcpy(out.data(), s.data(), s.size());
+        if (!s.empty()) std::memcpy(out.data(), s.data(), s.size());
         return out;
     }
 
@@ -85,7 +85,16 @@ namespace
     /// A safetensors image: length prefix + header + data.
     std::string image(std::string_view header, std::string_view data = {}) { return le64(header.size()) + std::string(header) + std::string(data); }
 
-    /// Writes `contents` to dir/name (and to $ORBITQ_DUMP_CORPUS/name when set), opens it and
+    /// Also writes `contents` to $ORBITQ_DUMP_CORPUS/name when that variable is set.
+    void dump_corpus(const std::string& name, std::string_view contents)
+    {
+        if (const char* corpus = std::getenv("ORBITQ_DUMP_CORPUS"))
+        {
+            write_raw(fs::path(corpus) / name, contents);
+        }
+    }
+
+    /// Writes `contents` to dir/name (and to $ORBITQ_DUMP_CORPUS/malformed-name), opens it and
     /// checks that a format error is thrown whose message contains the file name and every string
     /// in `needles`.
     void expect_format_error(const scratch_dir& dir, const std::string& name, std::string_view contents,
@@ -94,10 +103,7 @@ namespace
         CAPTURE(name);
         const fs::path p = dir.path / (name + ".safetensors");
         write_raw(p, contents);
-        if (const char* corpus = std::getenv("ORBITQ_DUMP_CORPUS"))
-        {
-            write_raw(fs::path(corpus) / name, contents);
-        }
+        dump_corpus("malformed-" + name, contents);
         bool thrown = false;
         try
         {
@@ -194,6 +200,7 @@ TEST_CASE("writer output is byte-for-byte the hand-built file")
     data.append(reinterpret_cast<const char*>(iv.data()), 3);
     const std::string expected = image(padded, data);
     const std::string got = read_all(p);
+    dump_corpus("valid-hand", got);
     CHECK(got.size() == expected.size());
     CHECK(got == expected);
     CHECK((8 + padded.size()) % 8 == 0);
@@ -362,6 +369,7 @@ TEST_CASE("valid edge cases the specification allows")
     scratch_dir dir;
     auto open_ok = [&](const std::string& name, const std::string& img) {
         write_raw(dir.path / name, img);
+        dump_corpus("valid-" + name, img);
         return safetensors_file::open(dir.path / name);
     };
     SUBCASE("no tensors, only metadata")
@@ -790,4 +798,41 @@ TEST_CASE("checkpoint::open: malformed index")
 
     write_file_atomic(index, R"({"metadata":{"total_size":1},"weight_map":{"a":"s1.safetensors"}})");
     CHECK(checkpoint::open(dir.path).names() == std::vector<std::string>{"a"});
+}
+
+TEST_CASE("committed fuzz seeds: malformed-* are rejected with a format error, valid-* open")
+{
+    // The seeds live next to this file's directory: <repo>/fuzz/corpus.
+    const fs::path corpus = fs::path(__FILE__).parent_path().parent_path() / "fuzz" / "corpus";
+    if (!fs::is_directory(corpus))
+    {
+        MESSAGE("no fuzz/corpus next to the sources; skipped");
+        return;
+    }
+    std::size_t seen = 0;
+    for (const auto& e : fs::directory_iterator(corpus))
+    {
+        const std::string name = e.path().filename().string();
+        CAPTURE(name);
+        if (name.rfind("malformed-", 0) == 0)
+        {
+            ++seen;
+            try
+            {
+                (void)safetensors_file::open(e.path());
+                FAIL("accepted a malformed seed");
+            }
+            catch (const orbitq::error& err)
+            {
+                CHECK(err.kind() == error_kind::format);
+                CHECK(std::string(err.what()).find(e.path().string()) != std::string::npos);
+            }
+        }
+        else if (name.rfind("valid-", 0) == 0)
+        {
+            ++seen;
+            CHECK_NOTHROW((void)safetensors_file::open(e.path()));
+        }
+    }
+    CHECK(seen > 40);
 }
