@@ -187,16 +187,12 @@ namespace orbitq
         }
     }
 
-    /// @brief Quantizes `w` with the compile-time policies of Q.
-    /// @param spec options not fixed by Q: group size (for per_group<dynamic_group>), ragged
-    ///        groups, scale application, scale storage type. Its granularity/bits/scheme/range/
-    ///        rounding fields are overwritten from Q so the result records the policy used.
-    /// @param threads rows are split across this many threads (0 = hardware concurrency); the
-    ///        result is identical for every thread count.
-    /// @throws error on an empty tensor or a bad group size; non_finite_error naming the row and
-    ///         column of a NaN or infinity.
+    /// @brief Quantizes `w` with the compile-time policies of Q into `q`, reusing its storage:
+    ///        no allocation when q's vectors already have the capacity (repeated conversions of
+    ///        same-shaped tensors, benchmarks). Same result, options and errors as quantize<Q>;
+    ///        on an exception q's contents are unspecified.
     template <class Q, weight_element T>
-    quantized_tensor quantize(const matrix_view<T>& w, quant_spec spec = {}, unsigned threads = 1)
+    void quantize_into(const matrix_view<T>& w, quantized_tensor& q, quant_spec spec = {}, unsigned threads = 1)
     {
         using G = typename Q::granularity;
         using S = typename Q::scheme;
@@ -214,7 +210,6 @@ namespace orbitq
         }
         detail::check_spec<Q>(w, spec);
 
-        quantized_tensor q;
         q.shape = w.shape.empty() ? shape_type{w.rows, w.cols} : w.shape;
         q.rows = w.rows;
         q.cols = w.cols;
@@ -223,11 +218,13 @@ namespace orbitq
         q.codes.resize(q.rows * q.row_bytes());
         q.scales.resize(q.layout.orbits());
         if constexpr (S::has_zero_point) q.zero_points.resize(q.layout.orbits());
+        else q.zero_points.clear();
 
         const orbit_layout& L = q.layout;
         auto record = [&](std::size_t o, const min_max& stat) {
             const quant_params exact = S::make_params(stat);
-            const quant_params stored = detail::stored_params(exact, spec, w.name);
+            // the f32 case stays free of calls: this runs once per group, between vector code
+            const quant_params stored = spec.scale_type == element_type::f32 ? exact : detail::stored_params(exact, spec, w.name);
             q.scales[o] = stored.scale;
             if constexpr (S::has_zero_point) q.zero_points[o] = stored.zero_point;
             return encode_params{spec.codes_from_stored_scale ? stored : exact, S::qmin, S::qmax, spec.mode};
@@ -251,47 +248,71 @@ namespace orbitq
                 }
                 else
                 {
-                    for (std::size_t g = 0; g < L.groups_per_row; ++g)
-                    {
-                        const std::size_t c0 = g * L.group;
-                        const std::size_t n = std::min(L.group, w.cols - c0);
-                        bool finite = true;
-                        const min_max stat = kernels::simd::min_max_span(x + c0, n, finite);
+                    kernels::simd::quantize_groups<R>(x, w.cols, L.group, out, [&](std::size_t g, const min_max& stat, bool finite) {
                         if (!finite) detail::throw_non_finite(w, r);
-                        const encode_params e = record(L.orbit(r, g), stat);
-                        kernels::simd::quantize_span<R>(x + c0, n, e, out + c0);
-                    }
+                        return record(L.orbit(r, g), stat);
+                    });
                 }
                 if constexpr (S::bits == 4) detail::pack_int4(row_buf.data(), w.cols, q.codes.data() + r * q.row_bytes());
             }
         });
+    }
+
+    /// @brief Quantizes `w` with the compile-time policies of Q into a new quantized_tensor.
+    /// @param spec options not fixed by Q: group size (for per_group<dynamic_group>), ragged
+    ///        groups, scale application, scale storage type. Its granularity/bits/scheme/range/
+    ///        rounding fields are overwritten from Q so the result records the policy used.
+    /// @param threads rows are split across this many threads (0 = hardware concurrency); the
+    ///        result is identical for every thread count.
+    /// @throws error on an empty tensor or a bad group size; non_finite_error naming the row and
+    ///         column of a NaN or infinity.
+    template <class Q, weight_element T>
+    quantized_tensor quantize(const matrix_view<T>& w, quant_spec spec = {}, unsigned threads = 1)
+    {
+        quantized_tensor q;
+        quantize_into<Q>(w, q, spec, threads);
         return q;
     }
 
     namespace detail
     {
         template <class G, class S, weight_element T>
-        quantized_tensor dispatch_rounding(const matrix_view<T>& w, const quant_spec& spec, unsigned threads)
+        void dispatch_rounding(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
         {
-            if (spec.rounding == rounding_kind::half_to_even) return quantize<quantizer<G, S, half_to_even>>(w, spec, threads);
-            return quantize<quantizer<G, S, half_away_from_zero>>(w, spec, threads);
+            if (spec.rounding == rounding_kind::half_to_even) return quantize_into<quantizer<G, S, half_to_even>>(w, q, spec, threads);
+            return quantize_into<quantizer<G, S, half_away_from_zero>>(w, q, spec, threads);
         }
 
         template <class G, int B, weight_element T>
-        quantized_tensor dispatch_scheme(const matrix_view<T>& w, const quant_spec& spec, unsigned threads)
+        void dispatch_scheme(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
         {
-            if (spec.scheme == scheme_kind::asymmetric) return dispatch_rounding<G, asymmetric<B>>(w, spec, threads);
-            if (spec.range == symmetric_range::full) return dispatch_rounding<G, symmetric<B, symmetric_range::full>>(w, spec, threads);
-            return dispatch_rounding<G, symmetric<B, symmetric_range::restricted>>(w, spec, threads);
+            if (spec.scheme == scheme_kind::asymmetric) return dispatch_rounding<G, asymmetric<B>>(w, q, spec, threads);
+            if (spec.range == symmetric_range::full) return dispatch_rounding<G, symmetric<B, symmetric_range::full>>(w, q, spec, threads);
+            return dispatch_rounding<G, symmetric<B, symmetric_range::restricted>>(w, q, spec, threads);
         }
 
         template <class G, weight_element T>
-        quantized_tensor dispatch_bits(const matrix_view<T>& w, const quant_spec& spec, unsigned threads)
+        void dispatch_bits(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
         {
-            if (spec.bits == 8) return dispatch_scheme<G, 8>(w, spec, threads);
-            if (spec.bits == 4) return dispatch_scheme<G, 4>(w, spec, threads);
+            if (spec.bits == 8) return dispatch_scheme<G, 8>(w, q, spec, threads);
+            if (spec.bits == 4) return dispatch_scheme<G, 4>(w, q, spec, threads);
             throw error(error_kind::invalid_argument, "bits must be 8 or 4, got " + std::to_string(spec.bits));
         }
+    }
+
+    /// @brief Quantizes `w` with a policy chosen at run time into `q`, reusing its storage (see
+    ///        quantize_into<Q>).
+    /// @throws error when spec.bits is not 8 or 4, or as quantize<Q>.
+    template <weight_element T>
+    void quantize_into(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads = 1)
+    {
+        switch (spec.granularity)
+        {
+            case granularity_kind::per_tensor: return detail::dispatch_bits<per_tensor>(w, q, spec, threads);
+            case granularity_kind::per_channel: return detail::dispatch_bits<per_channel>(w, q, spec, threads);
+            case granularity_kind::per_group: return detail::dispatch_bits<per_group<>>(w, q, spec, threads);
+        }
+        throw error(error_kind::invalid_argument, "unknown granularity");
     }
 
     /// @brief Quantizes `w` with a policy chosen at run time.
@@ -299,13 +320,9 @@ namespace orbitq
     template <weight_element T>
     quantized_tensor quantize(const matrix_view<T>& w, const quant_spec& spec, unsigned threads = 1)
     {
-        switch (spec.granularity)
-        {
-            case granularity_kind::per_tensor: return detail::dispatch_bits<per_tensor>(w, spec, threads);
-            case granularity_kind::per_channel: return detail::dispatch_bits<per_channel>(w, spec, threads);
-            case granularity_kind::per_group: return detail::dispatch_bits<per_group<>>(w, spec, threads);
-        }
-        throw error(error_kind::invalid_argument, "unknown granularity");
+        quantized_tensor q;
+        quantize_into(w, q, spec, threads);
+        return q;
     }
 
     /// @brief Dequantizes row r of q into out[0, q.cols): (code - zero_point) * scale in float32.

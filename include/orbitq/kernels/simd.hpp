@@ -186,7 +186,18 @@ namespace orbitq::kernels::simd
             requires std::derived_from<A, xsimd::avx512f>
         inline min_max reduce(const fbatch<A>& mn, const fbatch<A>& mx, A) noexcept
         {
-            return {_mm512_reduce_min_ps(mn), _mm512_reduce_max_ps(mx)};
+            // halving shuffles (GCC 12's _mm512_reduce_min_ps warns inside its own header)
+            __m512 lo = mn;
+            __m512 hi = mx;
+            lo = _mm512_min_ps(lo, _mm512_shuffle_f32x4(lo, lo, 0x4e));  // swap 256-bit halves
+            hi = _mm512_max_ps(hi, _mm512_shuffle_f32x4(hi, hi, 0x4e));
+            lo = _mm512_min_ps(lo, _mm512_shuffle_f32x4(lo, lo, 0xb1));  // swap 128-bit quarters
+            hi = _mm512_max_ps(hi, _mm512_shuffle_f32x4(hi, hi, 0xb1));
+            lo = _mm512_min_ps(lo, _mm512_permute_ps(lo, 0x4e));         // swap 64-bit pairs
+            hi = _mm512_max_ps(hi, _mm512_permute_ps(hi, 0x4e));
+            lo = _mm512_min_ps(lo, _mm512_permute_ps(lo, 0xb1));         // swap neighbours
+            hi = _mm512_max_ps(hi, _mm512_permute_ps(hi, 0xb1));
+            return {_mm512_cvtss_f32(lo), _mm512_cvtss_f32(hi)};
         }
 #endif
 
@@ -261,12 +272,12 @@ namespace orbitq::kernels::simd
                 for (std::size_t k = 0; k < NB; ++k) b[k] = load(p + k * width, arch_type{});
                 float_batch mn = b[0];
                 float_batch mx = b[0];
-                auto nan = b[0] != b[0];
+                auto nan = xsimd::isnan(b[0]);  // not b != b: xsimd 8.1's AVX-512 != is an ordered compare
                 for (std::size_t k = 1; k < NB; ++k)
                 {
                     mn = xsimd::min(mn, b[k]);
                     mx = xsimd::max(mx, b[k]);
-                    nan = nan || (b[k] != b[k]);
+                    nan = nan || xsimd::isnan(b[k]);
                 }
                 const min_max s = reduce(mn, mx, arch_type{});
                 const bool finite = !xsimd::any(nan) && std::isfinite(s.min) && std::isfinite(s.max);
@@ -285,13 +296,13 @@ namespace orbitq::kernels::simd
         constexpr float inf = std::numeric_limits<float>::infinity();
         float_batch mn0(inf), mn1(inf);
         float_batch mx0(-inf), mx1(-inf);
-        auto nan = mn0 != mn0;  // all false
+        auto nan = xsimd::isnan(mn0);  // all false
         std::size_t i = 0;
         for (; i + 2 * width <= n; i += 2 * width)
         {
             const float_batch a = detail::load(x + i, arch_type{});
             const float_batch b = detail::load(x + i + width, arch_type{});
-            nan = nan || (a != a) || (b != b);
+            nan = nan || xsimd::isnan(a) || xsimd::isnan(b);
             mn0 = xsimd::min(mn0, a);
             mx0 = xsimd::max(mx0, a);
             mn1 = xsimd::min(mn1, b);
@@ -300,7 +311,7 @@ namespace orbitq::kernels::simd
         if (i + width <= n)
         {
             const float_batch a = detail::load(x + i, arch_type{});
-            nan = nan || (a != a);
+            nan = nan || xsimd::isnan(a);
             mn0 = xsimd::min(mn0, a);
             mx0 = xsimd::max(mx0, a);
             i += width;
