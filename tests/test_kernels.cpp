@@ -1,0 +1,335 @@
+// The xsimd kernels against the scalar reference: codes bit-identical, statistics equal, the same
+// non-finite verdicts, on every length class (whole batches, tails, one element), every rounding,
+// scheme, input type and scale application. Built for the native ISA and, in CI, for the
+// baseline x86-64 (-DORBITQ_NATIVE=OFF: SSE2), so every kernel variant is checked.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <orbitq/kernels/reference.hpp>
+#include <orbitq/kernels/simd.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace orbitq;
+
+namespace
+{
+    const std::size_t lengths[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 704, 1000};
+
+    template <class T>
+    T from_float(float x)
+    {
+        if constexpr (std::same_as<T, float>) return x;
+        else if constexpr (std::same_as<T, bfloat16_t>) return to_bfloat16(x);
+        else return to_float16(x);
+    }
+
+    /// normal * sigma with ~1% outliers x20, converted to T.
+    template <class T>
+    std::vector<T> random_values(std::size_t n, unsigned seed, float sigma = 0.02f)
+    {
+        std::mt19937 gen(seed);
+        std::normal_distribution<float> d(0.0f, sigma);
+        std::vector<T> v(n);
+        for (auto& x : v) x = from_float<T>(d(gen) * (gen() % 97 == 0 ? 20.0f : 1.0f));
+        return v;
+    }
+
+    /// Values whose scaled value (with inv_scale 1 or 1/0.5) sits exactly on a .5 tie, both
+    /// signs, and values far outside the code range (they clamp). Exact in bf16 and f16.
+    template <class T>
+    std::vector<T> tie_and_clamp_values(std::size_t n)
+    {
+        static const float pattern[] = {0.5f,  -0.5f, 1.5f,  -1.5f, 2.5f,   -2.5f,  3.5f,   -3.5f,   6.5f,   -6.5f,  7.5f,
+                                        -7.5f, 8.5f,  -8.5f, 126.5f, -126.5f, 127.5f, -127.5f, -128.5f, 1000.0f, -1000.0f, 0.0f,
+                                        -0.0f, 0.25f, -0.75f, 64.5f, -64.5f, 3.0f,  -4.0f,  96.5f,  -100.5f};
+        std::vector<T> v(n);
+        for (std::size_t i = 0; i < n; ++i) v[i] = from_float<T>(pattern[(i * 7) % std::size(pattern)]);
+        return v;
+    }
+
+    template <class S>
+    encode_params params_for(const min_max& s, scale_application mode)
+    {
+        return encode_params{S::make_params(s), S::qmin, S::qmax, mode};
+    }
+
+    /// First index where the two code arrays differ, or n.
+    std::size_t first_difference(const std::vector<std::int8_t>& a, const std::vector<std::int8_t>& b)
+    {
+        for (std::size_t i = 0; i < a.size(); ++i)
+        {
+            if (a[i] != b[i]) return i;
+        }
+        return a.size();
+    }
+
+    template <rounding_policy R, class T>
+    void check_quantize_span(const std::vector<T>& x, const encode_params& e)
+    {
+        std::vector<std::int8_t> want(x.size(), 99);
+        std::vector<std::int8_t> got(x.size(), 99);
+        kernels::reference::quantize_span<R>(x.data(), x.size(), e, want.data());
+        kernels::simd::quantize_span<R>(x.data(), x.size(), e, got.data());
+        const std::size_t i = first_difference(want, got);
+        CAPTURE(i);
+        CAPTURE(e.params.scale);
+        CAPTURE(e.params.zero_point);
+        REQUIRE(i == x.size());
+    }
+
+}
+
+TEST_CASE_TEMPLATE("simd min_max_span equals the reference on every length", T, float, bfloat16_t, float16_t)
+{
+    for (std::size_t n : lengths)
+    {
+        CAPTURE(n);
+        for (unsigned seed = 0; seed < 3; ++seed)
+        {
+            const auto x = random_values<T>(n, seed);
+            bool f_ref = false;
+            bool f_simd = false;
+            const min_max want = kernels::reference::min_max_span(x.data(), n, f_ref);
+            const min_max got = kernels::simd::min_max_span(x.data(), n, f_simd);
+            CHECK(f_ref);
+            CHECK(f_simd);
+            CHECK(got == want);
+        }
+        // the extreme at every position: the reduction sees every lane and the tail
+        for (std::size_t pos = 0; pos < n; ++pos)
+        {
+            std::vector<T> x(n, from_float<T>(0.25f));
+            x[pos] = from_float<T>(-3.0f);
+            if (pos + 1 < n) x[pos + 1] = from_float<T>(5.0f);
+            bool f = false;
+            const min_max got = kernels::simd::min_max_span(x.data(), n, f);
+            bool f_ref = false;
+            REQUIRE(got == kernels::reference::min_max_span(x.data(), n, f_ref));
+        }
+    }
+}
+
+TEST_CASE_TEMPLATE("non-finite values are detected at every position class", T, float, bfloat16_t, float16_t)
+{
+    const float bads[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()};
+    for (std::size_t n : lengths)
+    {
+        for (float bad : bads)
+        {
+            // first, inside the first batch, last of a whole batch, first of the tail, last
+            const std::size_t w = kernels::simd::width;
+            for (std::size_t pos : {std::size_t{0}, std::size_t{3}, w - 1, w, 2 * w - 1, 2 * w, n / w * w, n - 1})
+            {
+                if (pos >= n) continue;
+                CAPTURE(n);
+                CAPTURE(bad);
+                CAPTURE(pos);
+                auto x = random_values<T>(n, 7);
+                x[pos] = from_float<T>(bad);
+                bool f_ref = true;
+                bool f_simd = true;
+                (void)kernels::reference::min_max_span(x.data(), n, f_ref);
+                (void)kernels::simd::min_max_span(x.data(), n, f_simd);
+                CHECK_FALSE(f_ref);
+                CHECK_FALSE(f_simd);
+                CHECK(kernels::reference::find_non_finite(x.data(), n) == std::optional<std::size_t>(pos));
+            }
+        }
+    }
+}
+
+TEST_CASE_TEMPLATE("simd quantize_span is bit-identical to the reference", T, float, bfloat16_t, float16_t)
+{
+    const scale_application modes[] = {scale_application::multiply_inverse, scale_application::divide};
+    for (std::size_t n : lengths)
+    {
+        CAPTURE(n);
+        const auto x = random_values<T>(n, 11);
+        bool f = false;
+        const min_max s = kernels::reference::min_max_span(x.data(), n, f);
+        for (scale_application mode : modes)
+        {
+            CAPTURE(static_cast<int>(mode));
+            check_quantize_span<half_to_even>(x, params_for<symmetric<8>>(s, mode));
+            check_quantize_span<half_away_from_zero>(x, params_for<symmetric<8>>(s, mode));
+            check_quantize_span<half_to_even>(x, params_for<symmetric<8, symmetric_range::full>>(s, mode));
+            check_quantize_span<half_away_from_zero>(x, params_for<symmetric<4>>(s, mode));
+            check_quantize_span<half_to_even>(x, params_for<symmetric<4, symmetric_range::full>>(s, mode));
+            check_quantize_span<half_to_even>(x, params_for<asymmetric<8>>(s, mode));
+            check_quantize_span<half_away_from_zero>(x, params_for<asymmetric<8>>(s, mode));
+            check_quantize_span<half_to_even>(x, params_for<asymmetric<4>>(s, mode));
+            check_quantize_span<half_away_from_zero>(x, params_for<asymmetric<4>>(s, mode));
+        }
+    }
+}
+
+TEST_CASE_TEMPLATE("exact .5 ties round by the policy, out-of-range values clamp", T, float, bfloat16_t, float16_t)
+{
+    for (std::size_t n : lengths)
+    {
+        CAPTURE(n);
+        const auto x = tie_and_clamp_values<T>(n);
+        for (scale_application mode : {scale_application::multiply_inverse, scale_application::divide})
+        {
+            // scale 1 and 0.5: x * inv and x / scale are exact, so the ties stay ties
+            for (float scale : {1.0f, 0.5f})
+            {
+                for (std::int32_t zp : {0, -3, 5, -128, 127})
+                {
+                    for (auto [qmin, qmax] : {std::pair{-127, 127}, std::pair{-128, 127}, std::pair{-7, 7}, std::pair{-8, 7}})
+                    {
+                        const encode_params e{quant_params{scale, 1.0f / scale, zp}, qmin, qmax, mode};
+                        check_quantize_span<half_to_even>(x, e);
+                        check_quantize_span<half_away_from_zero>(x, e);
+                    }
+                }
+            }
+        }
+    }
+    // the ties themselves, on the reference both kernels match: half to even vs away from zero
+    const encode_params unit{quant_params{1.0f, 1.0f, 0}, -127, 127, scale_application::multiply_inverse};
+    CHECK(kernels::reference::encode<half_to_even>(2.5f, unit) == 2);
+    CHECK(kernels::reference::encode<half_away_from_zero>(2.5f, unit) == 3);
+    CHECK(kernels::reference::encode<half_to_even>(-2.5f, unit) == -2);
+    CHECK(kernels::reference::encode<half_away_from_zero>(-2.5f, unit) == -3);
+    CHECK(kernels::reference::encode<half_to_even>(1000.0f, unit) == 127);
+    CHECK(kernels::reference::encode<half_to_even>(-1000.0f, unit) == -127);
+}
+
+TEST_CASE_TEMPLATE("a zero orbit encodes to zero codes in both scale modes", T, float, bfloat16_t, float16_t)
+{
+    for (std::size_t n : lengths)
+    {
+        std::vector<T> x(n, from_float<T>(0.0f));
+        if (n > 2) x[1] = from_float<T>(-0.0f);
+        bool f = false;
+        const min_max s = kernels::simd::min_max_span(x.data(), n, f);
+        CHECK(f);
+        for (scale_application mode : {scale_application::multiply_inverse, scale_application::divide})
+        {
+            const encode_params e = params_for<symmetric<8>>(s, mode);
+            CHECK(e.params.scale == 0.0f);
+            std::vector<std::int8_t> got(n, 99);
+            kernels::simd::quantize_span<half_to_even>(x.data(), n, e, got.data());
+            CHECK(first_difference(got, std::vector<std::int8_t>(n, 0)) == n);
+            check_quantize_span<half_to_even>(x, params_for<asymmetric<8>>(s, mode));
+        }
+    }
+}
+
+namespace
+{
+    /// Runs the fused group pass and the reference group by group; compares statistics,
+    /// finiteness verdicts, the order of the callbacks and the codes.
+    template <rounding_policy R, class S, class T>
+    void check_groups(const std::vector<T>& x, std::size_t group, scale_application mode)
+    {
+        const std::size_t n = x.size();
+        std::vector<std::int8_t> got(n, 99);
+        std::vector<std::int8_t> want(n, 99);
+        std::size_t next = 0;
+        kernels::simd::quantize_groups<R>(x.data(), n, group, got.data(), [&](std::size_t g, const min_max& s, bool finite) {
+            REQUIRE(g == next++);
+            const std::size_t c0 = g * group;
+            const std::size_t m = std::min(group, n - c0);
+            bool f_ref = false;
+            const min_max s_ref = kernels::reference::min_max_span(x.data() + c0, m, f_ref);
+            CHECK(finite == f_ref);
+            if (f_ref) CHECK(s == s_ref);
+            const encode_params e = params_for<S>(s_ref, mode);
+            kernels::reference::quantize_span<R>(x.data() + c0, m, e, want.data() + c0);
+            return e;
+        });
+        CHECK(next == (n + group - 1) / group);
+        const std::size_t i = first_difference(want, got);
+        CAPTURE(i);
+        CHECK(i == n);
+    }
+}
+
+TEST_CASE_TEMPLATE("fused per-group pass equals stats then encode, for every group shape", T, float, bfloat16_t, float16_t)
+{
+    const std::size_t w = kernels::simd::width;
+    // 1, 2, 4, 8 batches (in registers), 3 batches and odd sizes (general path), ragged tails
+    const std::size_t groups[] = {w, 2 * w, 4 * w, 8 * w, 3 * w, 32, 33, 7, 1};
+    for (std::size_t group : groups)
+    {
+        for (std::size_t n : {group, 3 * group, 3 * group + 5, std::size_t{704}, std::size_t{1000}})
+        {
+            CAPTURE(group);
+            CAPTURE(n);
+            const auto x = random_values<T>(n, static_cast<unsigned>(group + n));
+            for (scale_application mode : {scale_application::multiply_inverse, scale_application::divide})
+            {
+                check_groups<half_to_even, symmetric<8>>(x, group, mode);
+                check_groups<half_away_from_zero, asymmetric<8>>(x, group, mode);
+                check_groups<half_to_even, symmetric<4>>(x, group, mode);
+                check_groups<half_away_from_zero, asymmetric<4>>(x, group, mode);
+            }
+            const auto ties = tie_and_clamp_values<T>(n);
+            check_groups<half_to_even, symmetric<8>>(ties, group, scale_application::multiply_inverse);
+            check_groups<half_away_from_zero, asymmetric<4>>(ties, group, scale_application::divide);
+        }
+    }
+}
+
+TEST_CASE_TEMPLATE("fused per-group pass reports non-finite groups before encoding them", T, float, bfloat16_t, float16_t)
+{
+    const std::size_t w = kernels::simd::width;
+    for (std::size_t group : {2 * w, std::size_t{32}, std::size_t{33}})
+    {
+        for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()})
+        {
+            for (std::size_t pos : {std::size_t{0}, group - 1, group, 2 * group + 3})
+            {
+                const std::size_t n = 3 * group;
+                auto x = random_values<T>(n, 3);
+                x[pos] = from_float<T>(bad);
+                std::vector<std::int8_t> out(n);
+                std::vector<bool> finite;
+                kernels::simd::quantize_groups<half_to_even>(x.data(), n, group, out.data(), [&](std::size_t, const min_max& s, bool f) {
+                    finite.push_back(f);
+                    return params_for<symmetric<8>>(f ? s : min_max{0.0f, 0.0f}, scale_application::multiply_inverse);
+                });
+                CAPTURE(group);
+                CAPTURE(bad);
+                CAPTURE(pos);
+                REQUIRE(finite.size() == 3);
+                for (std::size_t g = 0; g < 3; ++g) CHECK(finite[g] == (g != pos / group));
+            }
+        }
+    }
+}
+
+TEST_CASE("16-bit widening is exact for every bit pattern")
+{
+    // All 65536 patterns through the kernels' loads: min_max of one value returns it exactly
+    // (NaN patterns are reported non-finite instead).
+    const std::size_t w = kernels::simd::width;
+    std::vector<bfloat16_t> b(w);
+    std::vector<float16_t> h(w);
+    for (std::uint32_t u = 0; u < 65536; u += 1)
+    {
+        for (std::size_t k = 0; k < w; ++k)
+        {
+            b[k] = bfloat16_t{static_cast<std::uint16_t>(u)};
+            h[k] = float16_t{static_cast<std::uint16_t>(u)};
+        }
+        bool fb = false;
+        bool fh = false;
+        const min_max sb = kernels::simd::min_max_span(b.data(), w, fb);
+        const min_max sh = kernels::simd::min_max_span(h.data(), w, fh);
+        const float xb = to_float(b[0]);
+        const float xh = to_float(h[0]);
+        if (fb != std::isfinite(xb) || (fb && (sb.min != xb || sb.max != xb))) FAIL_CHECK("bf16 pattern " << u);
+        if (fh != std::isfinite(xh) || (fh && (sh.min != xh || sh.max != xh))) FAIL_CHECK("f16 pattern " << u);
+    }
+}
