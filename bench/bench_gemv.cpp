@@ -141,42 +141,66 @@ namespace
         return e.q.codes.size() + e.q.scales.size() * sizeof(float) + e.q.zero_points.size() * sizeof(std::int32_t);
     }
 
-    /// The bf16 baseline: y[t, r] = sum_j bf16 w[r, j] * x[t, j], widening each weight vector once
-    /// and applying it to up to 4 tokens; rows split over threads with orbitq::parallel_rows.
-    void bf16_gemm(const bfloat16_t* w, std::size_t rows, std::size_t cols, const float* x, std::size_t tokens, float* y,
-                   unsigned threads)
+    /// L bf16 values widened to float32 (exact: a bf16 is the top half of a float32). One
+    /// zero-extending load on AVX-512, as orbitq's int8 widening uses, else a copy loop.
+    inline xsimd::batch<float> widen_bf16(const bfloat16_t* p, std::uint32_t* wide) noexcept
     {
         using fb = xsimd::batch<float>;
         using ib = xsimd::batch<std::uint32_t>;
+#if defined(__AVX512F__)
+        if constexpr (fb::size == 16)
+        {
+            const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+            return xsimd::bitwise_cast<fb>(ib(_mm512_slli_epi32(v, 16)));
+        }
+#endif
+        for (std::size_t k = 0; k < fb::size; ++k) wide[k] = p[k].bits;
+        return xsimd::bitwise_cast<fb>(ib::load_aligned(wide) << 16);
+    }
+
+    /// The bf16 baseline: y[t, r] = sum_j bf16 w[r, j] * x[t, j]. A tile of R rows x TT tokens
+    /// keeps R * TT independent FMA chains and widens each weight vector once per tile; rows
+    /// split over threads with orbitq::parallel_rows. Requires cols % L == 0 (true here).
+    template <std::size_t R, std::size_t TT>
+    void bf16_tile(const bfloat16_t* w, std::size_t r0, std::size_t rows, std::size_t cols, const float* x, std::size_t t0,
+                   float* y) noexcept
+    {
+        using fb = xsimd::batch<float>;
         constexpr std::size_t L = fb::size;
-        constexpr std::size_t tile = 4;
-        orbitq::parallel_rows(rows, threads, [&](std::size_t first, std::size_t last) {
-            alignas(64) std::uint32_t wide[L];
-            for (std::size_t r = first; r < last; ++r)
+        alignas(64) std::uint32_t wide[L];
+        fb acc[R][TT];
+        for (std::size_t r = 0; r < R; ++r)
+            for (std::size_t t = 0; t < TT; ++t) acc[r][t] = fb(0.0f);
+        for (std::size_t j = 0; j < cols; j += L)
+        {
+            fb wv[R];
+            for (std::size_t r = 0; r < R; ++r) wv[r] = widen_bf16(w + (r0 + r) * cols + j, wide);
+            for (std::size_t t = 0; t < TT; ++t)
             {
-                const bfloat16_t* wr = w + r * cols;
-                for (std::size_t t0 = 0; t0 < tokens; t0 += tile)
-                {
-                    const std::size_t nt = std::min(tile, tokens - t0);
-                    fb acc[tile] = {fb(0.0f), fb(0.0f), fb(0.0f), fb(0.0f)};
-                    std::size_t j = 0;
-                    for (; j + L <= cols; j += L)
-                    {
-                        for (std::size_t k = 0; k < L; ++k) wide[k] = wr[j + k].bits;
-                        const fb wv = xsimd::bitwise_cast<fb>(ib::load_aligned(wide) << 16);
-                        for (std::size_t t = 0; t < nt; ++t)
-                        {
-                            acc[t] = xsimd::fma(wv, fb::load_unaligned(x + (t0 + t) * cols + j), acc[t]);
-                        }
-                    }
-                    for (std::size_t t = 0; t < nt; ++t)
-                    {
-                        float s = xsimd::hadd(acc[t]);
-                        for (std::size_t k = j; k < cols; ++k) s += orbitq::to_float(wr[k]) * x[(t0 + t) * cols + k];
-                        y[(t0 + t) * rows + r] = s;
-                    }
-                }
+                const fb xv = fb::load_unaligned(x + (t0 + t) * cols + j);
+                for (std::size_t r = 0; r < R; ++r) acc[r][t] = xsimd::fma(wv[r], xv, acc[r][t]);
             }
+        }
+        for (std::size_t r = 0; r < R; ++r)
+            for (std::size_t t = 0; t < TT; ++t) y[(t0 + t) * rows + r0 + r] = xsimd::hadd(acc[r][t]);
+    }
+
+    template <std::size_t R>
+    void bf16_rows(const bfloat16_t* w, std::size_t r0, std::size_t rows, std::size_t cols, const float* x, std::size_t tokens,
+                   float* y) noexcept
+    {
+        std::size_t t0 = 0;
+        for (; t0 + 3 <= tokens; t0 += 3) bf16_tile<R, 3>(w, r0, rows, cols, x, t0, y);
+        for (; t0 < tokens; ++t0) bf16_tile<R, 1>(w, r0, rows, cols, x, t0, y);
+    }
+
+    void bf16_gemm(const bfloat16_t* w, std::size_t rows, std::size_t cols, const float* x, std::size_t tokens, float* y,
+                   unsigned threads)
+    {
+        orbitq::parallel_rows(rows, threads, [&](std::size_t first, std::size_t last) {
+            std::size_t r = first;
+            for (; r + 4 <= last; r += 4) bf16_rows<4>(w, r, rows, cols, x, tokens, y);
+            for (; r < last; ++r) bf16_rows<1>(w, r, rows, cols, x, tokens, y);
         });
     }
 
