@@ -244,7 +244,9 @@ namespace orbitq
             return static_cast<float>(code - p.enc.params.zero_point) * p.stored_scale;
         }
 
-        /// Widens a float batch into its low and high halves as double batches.
+        /// Widens a float batch into its low and high halves as double batches. The halves are
+        /// taken with vector-extension shuffles and converted with the masked (explicit source)
+        /// intrinsics: GCC 12's unmasked forms read an undefined source and warn under -Wall.
         template <class FB, class DB>
         inline void widen(const FB& f, DB& lo, DB& hi) noexcept
         {
@@ -252,22 +254,27 @@ namespace orbitq
 #if defined(__AVX512F__)
             if constexpr (FB::size == 16 && std::derived_from<typename FB::arch_type, xsimd::avx512f>)
             {
-                const __m512 r = f;
-                lo = _mm512_cvtps_pd(_mm512_castps512_ps256(r));
-                hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1)));
+                using v16 = float __attribute__((vector_size(64)));
+                const v16 v = static_cast<__m512>(f);
+                const __m256 l = reinterpret_cast<__m256>(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7));
+                const __m256 h = reinterpret_cast<__m256>(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+                lo = _mm512_mask_cvtps_pd(_mm512_setzero_pd(), 0xff, l);
+                hi = _mm512_mask_cvtps_pd(_mm512_setzero_pd(), 0xff, h);
                 return;
             }
+            else
 #endif
 #if defined(__AVX__)
             if constexpr (FB::size == 8 && std::derived_from<typename FB::arch_type, xsimd::avx>)
             {
-                const __m256 r = f;
-                lo = _mm256_cvtps_pd(_mm256_castps256_ps128(r));
-                hi = _mm256_cvtps_pd(_mm256_extractf128_ps(r, 1));
+                using v8 = float __attribute__((vector_size(32)));
+                const v8 v = static_cast<__m256>(f);
+                lo = _mm256_cvtps_pd(reinterpret_cast<__m128>(__builtin_shufflevector(v, v, 0, 1, 2, 3)));
+                hi = _mm256_cvtps_pd(reinterpret_cast<__m128>(__builtin_shufflevector(v, v, 4, 5, 6, 7)));
                 return;
             }
-#endif
             else
+#endif
             {
                 alignas(64) float fb[FB::size];
                 alignas(64) double db[FB::size];
@@ -276,6 +283,32 @@ namespace orbitq
                 lo = DB::load_aligned(db);
                 hi = DB::load_aligned(db + DB::size);
             }
+        }
+
+        /// Sum of the lanes of a and b, in a fixed order (scalar: xsimd's hadd warns on GCC 12).
+        template <class DB>
+        inline double lane_sum(const DB& a, const DB& b) noexcept
+        {
+            alignas(64) double x[DB::size];
+            alignas(64) double y[DB::size];
+            a.store_aligned(x);
+            b.store_aligned(y);
+            double s = 0.0;
+            for (std::size_t k = 0; k < DB::size; ++k) s += x[k] + y[k];
+            return s;
+        }
+
+        /// Largest lane of a and b.
+        template <class DB>
+        inline double lane_max(const DB& a, const DB& b) noexcept
+        {
+            alignas(64) double x[DB::size];
+            alignas(64) double y[DB::size];
+            a.store_aligned(x);
+            b.store_aligned(y);
+            double m = 0.0;
+            for (std::size_t k = 0; k < DB::size; ++k) m = std::max(m, std::max(x[k], y[k]));
+            return m;
         }
 
         /// max(m, |d|), one instruction where the ISA has it.
@@ -295,33 +328,34 @@ namespace orbitq
             }
         }
 
-        /// Error sums of one candidate over one row: Σŵ², Σ(w − ŵ)², max |w − ŵ|, in double.
-        struct row_sums
+        /// The error sums of one candidate over one row, Σŵ², Σ(w − ŵ)² and max |w − ŵ| in double,
+        ///        as the row's error_accumulator (Σwŵ = (Σw² + Σŵ² − Σ(w − ŵ)²) / 2: the
+        ///        subtracted term is the small one, so nothing is lost).
+        /// @param group columns per orbit; orbit j covers [j*group, min((j+1)*group, cols))
+        /// @param params one per orbit of the row
+        /// @param ref Σw² of the row; r its index
+        template <rounding_policy R>
+        error_accumulator row_error(const float* x, const double* xd, std::size_t cols, std::size_t group,
+                                    const orbit_params* params, double ref, std::size_t r) noexcept
         {
-            double_batch rec0 = double_batch(0.0), rec1 = double_batch(0.0), err0 = double_batch(0.0), err1 = double_batch(0.0);
-            double_batch mx0 = double_batch(0.0), mx1 = double_batch(0.0);
+            constexpr std::size_t w = float_batch::size;
+            constexpr std::size_t h = double_batch::size;
+            double_batch r0(0.0), r1(0.0), e0(0.0), e1(0.0), m0(0.0), m1(0.0);
             double rec = 0.0, err = 0.0, mx = 0.0;
-
-            /// Adds the orbit segment x[0, n) (xd: the same values in double).
-            template <rounding_policy R>
-            void add(const float* x, const double* xd, std::size_t n, const orbit_params& p) noexcept
+            for (std::size_t c0 = 0, j = 0; c0 < cols; c0 += group, ++j)
             {
-                constexpr std::size_t w = float_batch::size;
-                constexpr std::size_t h = double_batch::size;
-                const float_batch inv(p.enc.params.inv_scale);
-                const float_batch scale(p.enc.params.scale);
-                const float_batch lo(p.lo);
-                const float_batch hi(p.hi);
-                const float_batch s(p.stored_scale);
+                const orbit_params& p = params[j];
+                const std::size_t c1 = std::min(cols, c0 + group);
                 const bool divide = p.enc.mode == scale_application::divide;
-                std::size_t i = 0;
-                if (divide && p.enc.params.scale == 0.0f)
+                std::size_t i = c0;
+                if (!(divide && p.enc.params.scale == 0.0f))  // a zero orbit in divide mode goes to the scalar loop
                 {
-                    // Every code is the zero point: ŵ = 0. Falls through to the scalar loop.
-                }
-                else
-                {
-                    for (; i + w <= n; i += w)
+                    const float_batch inv(p.enc.params.inv_scale);
+                    const float_batch scale(p.enc.params.scale);
+                    const float_batch lo(p.lo);
+                    const float_batch hi(p.hi);
+                    const float_batch s(p.stored_scale);
+                    for (; i + w <= c1; i += w)
                     {
                         const float_batch a = float_batch::load_unaligned(x + i);
                         float_batch v = divide ? a / scale : a * inv;
@@ -331,15 +365,15 @@ namespace orbitq
                         widen(b, b0, b1);
                         const double_batch d0 = double_batch::load_unaligned(xd + i) - b0;
                         const double_batch d1 = double_batch::load_unaligned(xd + i + h) - b1;
-                        rec0 = xsimd::fma(b0, b0, rec0);
-                        rec1 = xsimd::fma(b1, b1, rec1);
-                        err0 = xsimd::fma(d0, d0, err0);
-                        err1 = xsimd::fma(d1, d1, err1);
-                        mx0 = max_abs(mx0, d0);
-                        mx1 = max_abs(mx1, d1);
+                        r0 = xsimd::fma(b0, b0, r0);
+                        r1 = xsimd::fma(b1, b1, r1);
+                        e0 = xsimd::fma(d0, d0, e0);
+                        e1 = xsimd::fma(d1, d1, e1);
+                        m0 = max_abs(m0, d0);
+                        m1 = max_abs(m1, d1);
                     }
                 }
-                for (; i < n; ++i)
+                for (; i < c1; ++i)
                 {
                     const double b = reconstruct<R>(x[i], p);
                     const double d = xd[i] - b;
@@ -348,26 +382,17 @@ namespace orbitq
                     mx = std::max(mx, std::fabs(d));
                 }
             }
-
-            /// The row's error_accumulator; ref = Σw² of the row, r its index.
-            error_accumulator finish(double ref, std::size_t r, std::size_t cols) const noexcept
-            {
-                alignas(64) double m[double_batch::size];
-                xsimd::max(mx0, mx1).store_aligned(m);
-                double top = mx;
-                for (double v : m) top = std::max(top, v);
-                error_accumulator a;
-                a.ref_sq = ref;
-                a.rec_sq = xsimd::hadd(rec0 + rec1) + rec;
-                a.err_sq = xsimd::hadd(err0 + err1) + err;
-                // Σwŵ = (Σw² + Σŵ² − Σ(w − ŵ)²) / 2: the subtracted term is the small one.
-                a.dot = 0.5 * (a.ref_sq + a.rec_sq - a.err_sq);
-                a.max_abs_err = top;
-                a.max_index = r * cols;  // the column is resolved at the end, for the winning row only
-                a.count = cols;
-                return a;
-            }
-        };
+            error_accumulator acc;
+            acc.ref_sq = ref;
+            acc.rec_sq = lane_sum(r0, r1) + rec;
+            acc.err_sq = lane_sum(e0, e1) + err;
+            mx = std::max(mx, lane_max(m0, m1));
+            acc.dot = 0.5 * (acc.ref_sq + acc.rec_sq - acc.err_sq);
+            acc.max_abs_err = mx;
+            acc.max_index = r * cols;  // the column is resolved at the end, for the winning row only
+            acc.count = cols;
+            return acc;
+        }
 
         /// Converts a row to double and returns Σw² in double.
         inline double widen_row(const float* x, std::size_t n, double* xd) noexcept
@@ -391,7 +416,7 @@ namespace orbitq
                 xd[i] = x[i];
                 s += xd[i] * xd[i];
             }
-            return xsimd::hadd(s0 + s1) + s;
+            return lane_sum(s0, s1) + s;
         }
 
         /// Orders outliers: larger ratio first, then row-major position.
@@ -427,59 +452,85 @@ namespace orbitq
             return reduce_nonempty(base + static_cast<std::ptrdiff_t>(first), base + static_cast<std::ptrdiff_t>(last));
         }
 
-        /// Calls f(c0, n, params) for each orbit of row r under plan p.
-        template <class F>
-        void for_each_orbit(const plan& p, const statistics_pyramid& P, std::size_t r, const std::string& name, F&& f)
+        /// The parameters of every orbit of row r under plan p, written to out (resized as
+        ///        needed); returns the columns per orbit. The scheme is a template parameter so
+        ///        make_params inlines into the loop over the row's groups.
+        template <scheme_policy S>
+        std::size_t row_params(const plan& p, const statistics_pyramid& P, std::size_t r, const std::string& name,
+                               std::vector<orbit_params>& out)
         {
-            const std::size_t cols = P.cols;
             switch (p.spec.granularity)
             {
-                case granularity_kind::per_tensor: f(std::size_t{0}, cols, p.tensor); return;
-                case granularity_kind::per_channel: f(std::size_t{0}, cols, resolve(p, P.row_stats[r], name)); return;
-                case granularity_kind::per_group:
+                case granularity_kind::per_tensor:
+                    out.assign(1, p.tensor);
+                    return P.cols;
+                case granularity_kind::per_channel:
+                    out.assign(1, resolve(p, P.row_stats[r], name));
+                    return P.cols;
+                case granularity_kind::per_group: break;
+            }
+            const std::size_t g = p.spec.group_size;
+            const std::size_t groups = (P.cols + g - 1) / g;
+            out.resize(groups);
+            const bool f32_scales = p.spec.scale_type == element_type::f32;
+            for (std::size_t j = 0; j < groups; ++j)
+            {
+                const min_max st = group_stat(P, r, j, p.span);
+                if (f32_scales)
                 {
-                    const std::size_t g = p.spec.group_size;
-                    const std::size_t groups = (cols + g - 1) / g;
-                    for (std::size_t j = 0; j < groups; ++j)
-                    {
-                        const std::size_t c0 = j * g;
-                        f(c0, std::min(g, cols - c0), resolve(p, group_stat(P, r, j, p.span), name));
-                    }
-                    return;
+                    // stored_params is the identity for f32 scales: the fast path.
+                    const quant_params q = S::make_params(st);
+                    orbit_params& o = out[j];
+                    o.enc = encode_params{q, S::qmin, S::qmax, p.spec.mode};
+                    o.stored_scale = q.scale;
+                    o.lo = static_cast<float>(S::qmin - q.zero_point);
+                    o.hi = static_cast<float>(S::qmax - q.zero_point);
+                }
+                else
+                {
+                    out[j] = resolve(p, st, name);
                 }
             }
+            return g;
         }
 
-        template <rounding_policy R>
-        error_accumulator row_error(const plan& p, const statistics_pyramid& P, std::size_t r, const float* x, const double* xd,
-                                    double ref, const std::string& name)
+        /// Calls f(S{}) with the scheme policy type of plan p.
+        template <class F>
+        decltype(auto) with_scheme(const plan& p, F&& f)
         {
-            row_sums sums;
-            for_each_orbit(p, P, r, name, [&](std::size_t c0, std::size_t n, const orbit_params& o) {
-                sums.add<R>(x + c0, xd + c0, n, o);
+            const bool eight = p.spec.bits == 8;
+            if (p.spec.scheme == scheme_kind::asymmetric) return eight ? f(asymmetric<8>{}) : f(asymmetric<4>{});
+            if (p.spec.range == symmetric_range::full)
+            {
+                return eight ? f(symmetric<8, symmetric_range::full>{}) : f(symmetric<4, symmetric_range::full>{});
+            }
+            return eight ? f(symmetric<8>{}) : f(symmetric<4>{});
+        }
+
+        /// Row r's error_accumulator under plan p (params: scratch).
+        inline error_accumulator candidate_row(const plan& p, const statistics_pyramid& P, std::size_t r, const float* x,
+                                               const double* xd, double ref, const std::string& name,
+                                               std::vector<orbit_params>& params)
+        {
+            return with_scheme(p, [&](auto scheme) {
+                using S = decltype(scheme);
+                const std::size_t group = row_params<S>(p, P, r, name, params);
+                return p.spec.rounding == rounding_kind::half_to_even
+                    ? row_error<half_to_even>(x, xd, P.cols, group, params.data(), ref, r)
+                    : row_error<half_away_from_zero>(x, xd, P.cols, group, params.data(), ref, r);
             });
-            return sums.finish(ref, r, P.cols);
         }
 
         /// The first column of row r where |w − ŵ| equals m under plan p (0 if none does).
         template <rounding_policy R>
-        std::size_t find_max_col(const plan& p, const statistics_pyramid& P, std::size_t r, const float* x, double m,
-                                 const std::string& name)
+        std::size_t find_max_col(const std::vector<orbit_params>& params, std::size_t group, std::size_t cols, const float* x, double m)
         {
-            std::size_t found = 0;
-            bool done = false;
-            for_each_orbit(p, P, r, name, [&](std::size_t c0, std::size_t n, const orbit_params& o) {
-                for (std::size_t c = c0; c < c0 + n && !done; ++c)
-                {
-                    const double d = static_cast<double>(x[c]) - static_cast<double>(reconstruct<R>(x[c], o));
-                    if (std::fabs(d) == m)
-                    {
-                        found = c;
-                        done = true;
-                    }
-                }
-            });
-            return found;
+            for (std::size_t c = 0; c < cols; ++c)
+            {
+                const double d = static_cast<double>(x[c]) - static_cast<double>(reconstruct<R>(x[c], params[c / group]));
+                if (std::fabs(d) == m) return c;
+            }
+            return 0;
         }
 
         /// Row r as float32: the data itself, or widened into buf.
@@ -573,6 +624,7 @@ namespace orbitq
         parallel_rows(blocks, options.threads, [&](std::size_t first, std::size_t last) {
             std::vector<float> fbuf(std::same_as<T, float> ? 0 : w.cols);
             std::vector<double> xd(w.cols);
+            std::vector<A::orbit_params> params;
             for (std::size_t b = first; b < last; ++b)
             {
                 A::block_result& out = results[b];
@@ -583,20 +635,32 @@ namespace orbitq
                     const float* x = A::row_f32(w, r, fbuf.data());
                     const double ref = A::widen_row(x, w.cols, xd.data());
 
-                    // Outliers: only rows whose largest weight can enter the top list are scanned.
+                    // Outliers: only rows, and within them base groups, whose largest weight can
+                    // enter the top list are scanned (a cheap float prefilter, then the exact ratio).
                     const double rms = std::sqrt(ref / static_cast<double>(w.cols));
                     const std::size_t n_top = options.top_weights;
                     if (rms > 0.0 && n_top > 0)
                     {
-                        const double row_ratio = static_cast<double>(P.row_stats[r].to_abs_max().value) / rms;
-                        if (out.top.size() < n_top || row_ratio >= out.top.back().ratio_to_row_rms)
+                        auto limit = [&] {
+                            return out.top.size() < n_top ? 0.0f
+                                                          : static_cast<float>(out.top.back().ratio_to_row_rms * rms * (1.0 - 1e-6));
+                        };
+                        float lim = limit();
+                        if (P.row_stats[r].to_abs_max().value >= lim)
                         {
-                            for (std::size_t c = 0; c < w.cols; ++c)
+                            for (std::size_t g = 0; g < P.groups_per_row; ++g)
                             {
-                                const double ratio = std::fabs(xd[c]) / rms;
-                                if (out.top.size() < n_top || ratio >= out.top.back().ratio_to_row_rms)
+                                if (P.group_stat(r, g).to_abs_max().value < lim) continue;
+                                const std::size_t c1 = std::min(w.cols, (g + 1) * P.group);
+                                for (std::size_t c = g * P.group; c < c1; ++c)
                                 {
-                                    A::keep_top(out.top, outlier{r, c, x[c], ratio}, n_top);
+                                    if (std::fabs(x[c]) < lim) continue;
+                                    const double ratio = std::fabs(xd[c]) / rms;
+                                    if (out.top.size() < n_top || ratio >= out.top.back().ratio_to_row_rms)
+                                    {
+                                        A::keep_top(out.top, outlier{r, c, x[c], ratio}, n_top);
+                                        lim = limit();
+                                    }
                                 }
                             }
                         }
@@ -604,10 +668,7 @@ namespace orbitq
 
                     for (std::size_t k = 0; k < C; ++k)
                     {
-                        const error_accumulator row = plans[k].spec.rounding == rounding_kind::half_to_even
-                            ? A::row_error<half_to_even>(plans[k], P, r, x, xd.data(), ref, w.name)
-                            : A::row_error<half_away_from_zero>(plans[k], P, r, x, xd.data(), ref, w.name);
-                        out.acc[k] = combine(out.acc[k], row);
+                        out.acc[k] = combine(out.acc[k], A::candidate_row(plans[k], P, r, x, xd.data(), ref, w.name, params));
                     }
                 }
             }
@@ -620,6 +681,7 @@ namespace orbitq
         t.cols = w.cols;
 
         std::vector<float> fbuf(std::same_as<T, float> ? 0 : w.cols);
+        std::vector<A::orbit_params> params;
         std::vector<outlier> top;
         for (std::size_t k = 0; k < C; ++k)
         {
@@ -629,9 +691,12 @@ namespace orbitq
             {
                 const std::size_t r = total.max_index / w.cols;
                 const float* x = A::row_f32(w, r, fbuf.data());
+                const std::size_t group = A::with_scheme(plans[k], [&](auto scheme) {
+                    return A::row_params<decltype(scheme)>(plans[k], P, r, w.name, params);
+                });
                 const std::size_t c = plans[k].spec.rounding == rounding_kind::half_to_even
-                    ? A::find_max_col<half_to_even>(plans[k], P, r, x, total.max_abs_err, w.name)
-                    : A::find_max_col<half_away_from_zero>(plans[k], P, r, x, total.max_abs_err, w.name);
+                    ? A::find_max_col<half_to_even>(params, group, w.cols, x, total.max_abs_err)
+                    : A::find_max_col<half_away_from_zero>(params, group, w.cols, x, total.max_abs_err);
                 total.max_index = r * w.cols + c;
             }
             const error_metrics m = finish(total, w.cols);
