@@ -248,7 +248,7 @@ namespace orbitq
                 }
                 else
                 {
-                    kernels::simd::quantize_groups<R>(x, w.cols, L.group, out, [&](std::size_t g, const min_max& stat, bool finite) {
+                    kernels::simd::quantize_groups<R, !S::has_zero_point>(x, w.cols, L.group, out, [&](std::size_t g, const min_max& stat, bool finite) {
                         if (!finite) detail::throw_non_finite(w, r);
                         return record(L.orbit(r, g), stat);
                     });

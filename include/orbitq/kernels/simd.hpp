@@ -201,6 +201,49 @@ namespace orbitq::kernels::simd
         }
 #endif
 
+        template <class A>
+        inline float reduce_max(const fbatch<A>& mx, A) noexcept
+        {
+            alignas(64) float hi[fbatch<A>::size];
+            mx.store_aligned(hi);
+            float m = hi[0];
+            for (std::size_t k = 1; k < fbatch<A>::size; ++k) m = m < hi[k] ? hi[k] : m;
+            return m;
+        }
+
+#if XSIMD_WITH_AVX512F
+        template <class A>
+            requires std::derived_from<A, xsimd::avx512f>
+        inline float reduce_max(const fbatch<A>& mx, A) noexcept
+        {
+            __m512 hi = mx;
+            hi = _mm512_max_ps(hi, _mm512_shuffle_f32x4(hi, hi, 0x4e));
+            hi = _mm512_max_ps(hi, _mm512_shuffle_f32x4(hi, hi, 0xb1));
+            hi = _mm512_max_ps(hi, _mm512_permute_ps(hi, 0x4e));
+            hi = _mm512_max_ps(hi, _mm512_permute_ps(hi, 0xb1));
+            return _mm512_cvtss_f32(hi);
+        }
+#endif
+
+        // ------------------------------------------------------------------ non-finite lanes
+
+        /// Lanes holding NaN or +-infinity: !(|x| <= FLT_MAX) (an unordered compare is false).
+        template <class A>
+        inline xsimd::batch_bool<float, A> non_finite(const fbatch<A>& x, A) noexcept
+        {
+            return !(xsimd::abs(x) <= fbatch<A>(std::numeric_limits<float>::max()));
+        }
+
+#if XSIMD_WITH_AVX512DQ
+        template <class A>
+            requires std::derived_from<A, xsimd::avx512dq>
+        inline xsimd::batch_bool<float, A> non_finite(const fbatch<A>& x, A) noexcept
+        {
+            // one vfpclassps: QNaN (0x01) | +inf (0x08) | -inf (0x10) | SNaN (0x80)
+            return xsimd::batch_bool<float, A>(_mm512_fpclass_ps_mask(x, 0x99));
+        }
+#endif
+
         // ------------------------------------------------------------------ rounding and encoding
 
         template <rounding_policy R>
@@ -221,47 +264,69 @@ namespace orbitq::kernels::simd
         }
 
         /// The batch form of reference::encode for one orbit's parameters.
+        ///
+        /// Computes code = R(clamp(v, qmin - zp, qmax - zp)) + zp in integers, which equals the
+        /// reference's clamp(R(v) + zp, qmin, qmax): R is monotone and fixes integers, so clamping
+        /// to integer bounds commutes with it, and where R(v) + zp is inexact in float32
+        /// (|v| >= 2^24) both forms clamp to the same bound. Half-to-even rounds in the
+        /// conversion itself (cvtps2dq, the current rounding mode, as std::nearbyint).
+        /// @pre e is `vector_exact` (otherwise use the reference, see below).
         template <rounding_policy R>
         struct encoder
         {
             float_batch inv;
             float_batch scale;
-            float_batch zp;
-            float_batch lo;
-            float_batch hi;
+            float_batch lo;  ///< qmin - zp
+            float_batch hi;  ///< qmax - zp
+            int_batch zp;
             bool divide;
             bool zero_orbit;
 
             explicit encoder(const encode_params& e) noexcept
                 : inv(e.params.inv_scale)
                 , scale(e.params.scale)
-                , zp(static_cast<float>(e.params.zero_point))
-                , lo(static_cast<float>(e.qmin))
-                , hi(static_cast<float>(e.qmax))
+                , lo(static_cast<float>(e.qmin - e.params.zero_point))
+                , hi(static_cast<float>(e.qmax - e.params.zero_point))
+                , zp(e.params.zero_point)
                 , divide(e.mode == scale_application::divide)
                 , zero_orbit(e.params.scale == 0.0f)
             {
             }
 
+            /// False only when the reference would scale a finite value to NaN: multiplying by an
+            /// infinite inverse (a subnormal scale). Such orbits are encoded by the reference.
+            static bool vector_exact(const encode_params& e) noexcept
+            {
+                return e.mode == scale_application::divide || std::isfinite(e.params.inv_scale);
+            }
+
             int_batch operator()(const float_batch& x) const noexcept
             {
-                const float_batch v = divide ? (zero_orbit ? float_batch(0.0f) : x / scale) : x * inv;
-                return xsimd::to_int(xsimd::min(xsimd::max(round<R>(v) + zp, lo), hi));
+                float_batch v = divide ? (zero_orbit ? float_batch(0.0f) : x / scale) : x * inv;
+                v = xsimd::min(xsimd::max(v, lo), hi);
+                if constexpr (std::same_as<R, half_to_even>) return xsimd::nearbyint_as_int(v) + zp;
+                else return xsimd::to_int(round<R>(v)) + zp;
             }
         };
 
-        /// Encodes n values (any n) with encoder `enc`; the tail goes through the reference.
+        /// Encodes n values (any n); the tail, and orbits the vector form cannot take, go through
+        /// the reference.
         template <rounding_policy R, weight_element T>
-        inline void encode_span(const T* x, std::size_t n, const encoder<R>& enc, const encode_params& e, std::int8_t* out) noexcept
+        inline void encode_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
         {
             std::size_t i = 0;
-            for (; i + width <= n; i += width) store_int8(enc(load(x + i, arch_type{})), out + i, arch_type{});
+            if (encoder<R>::vector_exact(e))
+            {
+                const encoder<R> enc(e);
+                for (; i + width <= n; i += width) store_int8(enc(load(x + i, arch_type{})), out + i, arch_type{});
+            }
             for (; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
         }
 
-        /// The fused pass over the whole groups of `NB` batches: load a group once, reduce it,
-        /// ask `on_group` for its parameters, encode it from registers.
-        template <rounding_policy R, std::size_t NB, weight_element T, class OnGroup>
+        /// The fused pass over whole groups of `NB` batches: load a group once, reduce it, ask
+        /// `on_group` for its parameters, encode it from registers. With AbsMax only max |x| is
+        /// reduced and reported as the statistic {-max|x|, max|x|}.
+        template <rounding_policy R, bool AbsMax, std::size_t NB, weight_element T, class OnGroup>
         inline void quantize_groups_in_registers(const T* x, std::size_t groups, std::int8_t* out, OnGroup& on_group)
         {
             constexpr std::size_t group = NB * width;
@@ -270,20 +335,38 @@ namespace orbitq::kernels::simd
                 const T* p = x + g * group;
                 float_batch b[NB];
                 for (std::size_t k = 0; k < NB; ++k) b[k] = load(p + k * width, arch_type{});
-                float_batch mn = b[0];
-                float_batch mx = b[0];
-                auto nan = xsimd::isnan(b[0]);  // not b != b: xsimd 8.1's AVX-512 != is an ordered compare
-                for (std::size_t k = 1; k < NB; ++k)
+                auto bad = non_finite(b[0], arch_type{});
+                for (std::size_t k = 1; k < NB; ++k) bad = bad || non_finite(b[k], arch_type{});
+                min_max s;
+                if constexpr (AbsMax)
                 {
-                    mn = xsimd::min(mn, b[k]);
-                    mx = xsimd::max(mx, b[k]);
-                    nan = nan || xsimd::isnan(b[k]);
+                    float_batch a = xsimd::abs(b[0]);
+                    for (std::size_t k = 1; k < NB; ++k) a = xsimd::max(a, xsimd::abs(b[k]));
+                    const float m = reduce_max(a, arch_type{});
+                    s = {-m, m};
                 }
-                const min_max s = reduce(mn, mx, arch_type{});
-                const bool finite = !xsimd::any(nan) && std::isfinite(s.min) && std::isfinite(s.max);
-                const encode_params e = on_group(g, s, finite);
-                const encoder<R> enc(e);
-                for (std::size_t k = 0; k < NB; ++k) store_int8(enc(b[k]), out + g * group + k * width, arch_type{});
+                else
+                {
+                    float_batch mn = b[0];
+                    float_batch mx = b[0];
+                    for (std::size_t k = 1; k < NB; ++k)
+                    {
+                        mn = xsimd::min(mn, b[k]);
+                        mx = xsimd::max(mx, b[k]);
+                    }
+                    s = reduce(mn, mx, arch_type{});
+                }
+                const encode_params e = on_group(g, s, !xsimd::any(bad));
+                std::int8_t* o = out + g * group;
+                if (encoder<R>::vector_exact(e)) [[likely]]
+                {
+                    const encoder<R> enc(e);
+                    for (std::size_t k = 0; k < NB; ++k) store_int8(enc(b[k]), o + k * width, arch_type{});
+                }
+                else
+                {
+                    reference::quantize_span<R>(p, group, e, o);
+                }
             }
         }
     }
@@ -296,13 +379,13 @@ namespace orbitq::kernels::simd
         constexpr float inf = std::numeric_limits<float>::infinity();
         float_batch mn0(inf), mn1(inf);
         float_batch mx0(-inf), mx1(-inf);
-        auto nan = xsimd::isnan(mn0);  // all false
+        xsimd::batch_bool<float, arch_type> bad(false);
         std::size_t i = 0;
         for (; i + 2 * width <= n; i += 2 * width)
         {
             const float_batch a = detail::load(x + i, arch_type{});
             const float_batch b = detail::load(x + i + width, arch_type{});
-            nan = nan || xsimd::isnan(a) || xsimd::isnan(b);
+            bad = bad || detail::non_finite(a, arch_type{}) || detail::non_finite(b, arch_type{});
             mn0 = xsimd::min(mn0, a);
             mx0 = xsimd::max(mx0, a);
             mn1 = xsimd::min(mn1, b);
@@ -311,7 +394,7 @@ namespace orbitq::kernels::simd
         if (i + width <= n)
         {
             const float_batch a = detail::load(x + i, arch_type{});
-            nan = nan || xsimd::isnan(a);
+            bad = bad || detail::non_finite(a, arch_type{});
             mn0 = xsimd::min(mn0, a);
             mx0 = xsimd::max(mx0, a);
             i += width;
@@ -324,7 +407,7 @@ namespace orbitq::kernels::simd
             if (!std::isfinite(v)) tail_finite = false;
             s = combine(s, min_max::observe(v));
         }
-        all_finite = tail_finite && !xsimd::any(nan) && std::isfinite(s.min) && std::isfinite(s.max);
+        all_finite = tail_finite && !xsimd::any(bad);
         return s;
     }
 
@@ -332,7 +415,7 @@ namespace orbitq::kernels::simd
     template <rounding_policy R, weight_element T>
     void quantize_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
     {
-        detail::encode_span<R>(x, n, detail::encoder<R>(e), e, out);
+        detail::encode_span<R>(x, n, e, out);
     }
 
     /// @brief The fused statistics + encode pass over one row split into groups of `group`
@@ -343,9 +426,11 @@ namespace orbitq::kernels::simd
     /// non-finite group), then the group's codes with parameters e (== reference::quantize_span).
     /// A group of 1 to 8 whole batches is read from memory once and encoded from registers;
     /// longer groups are reduced and then encoded while they are in L1.
+    /// @tparam AbsMax false: s is the group's min_max. true (for symmetric schemes, which only use
+    ///         max |x|): s may be {-max|x|, max|x|} instead, which has the same to_abs_max().
     /// @tparam OnGroup callable (std::size_t g, const min_max& s, bool finite) -> encode_params.
     /// @pre group > 0, n > 0.
-    template <rounding_policy R, weight_element T, class OnGroup>
+    template <rounding_policy R, bool AbsMax = false, weight_element T, class OnGroup>
     void quantize_groups(const T* x, std::size_t n, std::size_t group, std::int8_t* out, OnGroup&& on_group)
     {
         const std::size_t whole = n / group;
@@ -354,10 +439,10 @@ namespace orbitq::kernels::simd
         {
             switch (group / width)
             {
-                case 1: detail::quantize_groups_in_registers<R, 1>(x, whole, out, on_group); done = whole; break;
-                case 2: detail::quantize_groups_in_registers<R, 2>(x, whole, out, on_group); done = whole; break;
-                case 4: detail::quantize_groups_in_registers<R, 4>(x, whole, out, on_group); done = whole; break;
-                case 8: detail::quantize_groups_in_registers<R, 8>(x, whole, out, on_group); done = whole; break;
+                case 1: detail::quantize_groups_in_registers<R, AbsMax, 1>(x, whole, out, on_group); done = whole; break;
+                case 2: detail::quantize_groups_in_registers<R, AbsMax, 2>(x, whole, out, on_group); done = whole; break;
+                case 4: detail::quantize_groups_in_registers<R, AbsMax, 4>(x, whole, out, on_group); done = whole; break;
+                case 8: detail::quantize_groups_in_registers<R, AbsMax, 8>(x, whole, out, on_group); done = whole; break;
                 default: break;
             }
         }
