@@ -321,7 +321,11 @@ namespace orbitq::models::gemma4
                 s3 = xsimd::fma(batch::load_unaligned(a + i + 3 * w), batch::load_unaligned(b + i + 3 * w), s3);
             }
             for (; i + w <= n; i += w) s0 = xsimd::fma(batch::load_unaligned(a + i), batch::load_unaligned(b + i), s0);
-            float s = xsimd::hadd((s0 + s1) + (s2 + s3));
+            // Horizontal sum through memory (GCC 12 warns inside its own AVX-512 shuffle intrinsics).
+            alignas(64) float lanes[w];
+            ((s0 + s1) + (s2 + s3)).store_aligned(lanes);
+            float s = 0.0f;
+            for (std::size_t k = 0; k < w; ++k) s += lanes[k];
             for (; i < n; ++i) s += a[i] * b[i];
             return s;
         }

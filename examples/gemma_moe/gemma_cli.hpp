@@ -1,0 +1,595 @@
+/// @file gemma_cli.hpp
+/// @brief The orbitq-gemma command line: converts and validates the MoE expert weights of a
+///        Gemma 4 checkpoint (or of the built-in synthetic one). `run_gemma` is the whole program,
+///        callable in-process (the tests do); main.cpp only forwards to it.
+///
+/// Exit status: 0 when every gate of the converted granularity (--granularity) passes, 2 when one
+/// fails, 1 on an error (with a message that says what to do).
+#pragma once
+
+#include "orbitq/models/gemma4.hpp"
+#include "orbitq/models/gemma4_checkpoint.hpp"
+#include "orbitq/models/gemma4_synthetic.hpp"
+#include "orbitq/models/gemma4_validate.hpp"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace orbitq::gemma_cli
+{
+    namespace g4 = orbitq::models::gemma4;
+
+    /// @brief Peak resident set size of this process in bytes (VmHWM), 0 if unknown.
+    inline std::size_t peak_rss_bytes()
+    {
+        std::ifstream in("/proc/self/status");
+        std::string line;
+        while (std::getline(in, line))
+        {
+            if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+        }
+        return 0;
+    }
+
+    /// @brief Parses "0-29", "3", "0,5,10-12" into layer indices (in the order given).
+    /// @throws error (invalid_argument) on a malformed list or a layer >= n_layers.
+    inline std::vector<std::size_t> parse_layers(const std::string& text, std::size_t n_layers)
+    {
+        std::vector<std::size_t> out;
+        std::stringstream ss(text);
+        std::string item;
+        auto num = [&](const std::string& s) -> std::size_t {
+            if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos)
+            {
+                throw error(error_kind::invalid_argument, "--layers '" + text + "': '" + s + "' is not a layer number (use e.g. 0-29 or 0,5,10-12)");
+            }
+            const std::size_t v = std::stoul(s);
+            if (v >= n_layers)
+            {
+                throw error(error_kind::invalid_argument, "--layers '" + text + "': layer " + s + " does not exist (the model has "
+                                                              + std::to_string(n_layers) + " layers, 0-" + std::to_string(n_layers - 1) + ")");
+            }
+            return v;
+        };
+        while (std::getline(ss, item, ','))
+        {
+            const auto dash = item.find('-');
+            if (dash == std::string::npos)
+            {
+                out.push_back(num(item));
+                continue;
+            }
+            const std::size_t a = num(item.substr(0, dash)), b = num(item.substr(dash + 1));
+            if (a > b) throw error(error_kind::invalid_argument, "--layers '" + text + "': range " + item + " is descending");
+            for (std::size_t l = a; l <= b; ++l) out.push_back(l);
+        }
+        if (out.empty()) throw error(error_kind::invalid_argument, "--layers '" + text + "' selects no layer");
+        return out;
+    }
+
+    /// @brief Parses a granularity name: per_tensor, per_channel, per_group or per_group:N.
+    inline quant_spec parse_granularity(std::string s, const quant_spec& base, std::size_t default_group)
+    {
+        quant_spec q = base;
+        std::size_t group = default_group;
+        if (const auto colon = s.find(':'); colon != std::string::npos)
+        {
+            const std::string g = s.substr(colon + 1);
+            if (g.empty() || g.find_first_not_of("0123456789") != std::string::npos || std::stoul(g) == 0)
+            {
+                throw error(error_kind::invalid_argument, "granularity '" + s + "': the group size after ':' must be a positive integer");
+            }
+            group = std::stoul(g);
+            s = s.substr(0, colon);
+        }
+        if (s == "per_tensor" || s == "tensor") q.granularity = granularity_kind::per_tensor;
+        else if (s == "per_channel" || s == "channel") q.granularity = granularity_kind::per_channel;
+        else if (s == "per_group" || s == "group")
+        {
+            q.granularity = granularity_kind::per_group;
+            q.group_size = group;
+        }
+        else
+        {
+            throw error(error_kind::invalid_argument, "unknown granularity '" + s + "' (use per_tensor, per_channel, per_group or per_group:N)");
+        }
+        if (q.granularity != granularity_kind::per_group) q.group_size = 0;
+        return q;
+    }
+
+    /// @brief A short label: per_tensor, per_channel, per_group:32.
+    inline std::string label(const quant_spec& q)
+    {
+        std::string s = to_string(q.granularity);
+        if (q.granularity == granularity_kind::per_group) s += ":" + std::to_string(q.group_size);
+        return s;
+    }
+
+    /// @brief Everything the command line sets.
+    struct options
+    {
+        std::string checkpoint;
+        std::string write_synthetic;
+        std::size_t experts = 8;
+        std::size_t synthetic_layers = 30;
+        std::uint64_t seed = g4::synthetic_options{}.seed;
+        int bits = 8;
+        std::string granularity = "per_channel";
+        std::size_t group_size = 32;
+        std::string scheme = "symmetric";
+        std::string range = "restricted";
+        std::string layers;
+        unsigned threads = 0;
+        std::size_t min_elements = 0;
+        bool include_dense = false;
+        std::size_t tokens = 8;
+        std::string compare = "per_tensor,per_channel";
+        double gate_layer_cos = 0.997;
+        double gate_stack_cos = 0.97;
+        std::string out;
+        std::string report;
+        std::string plot;
+        bool quiet = false;
+    };
+
+    namespace detail
+    {
+        inline nlohmann::json num(double v)
+        {
+            if (std::isfinite(v)) return v;
+            return v > 0 ? nlohmann::json("inf") : nlohmann::json("-inf");
+        }
+
+        inline std::string fmt(double v, int prec)
+        {
+            if (!std::isfinite(v)) return v > 0 ? "inf" : "-inf";
+            std::ostringstream s;
+            s << std::fixed << std::setprecision(prec) << v;
+            return s.str();
+        }
+
+        inline std::string pad(std::string s, std::size_t w, bool right = true)
+        {
+            if (s.size() >= w) return s;
+            return right ? std::string(w - s.size(), ' ') + s : s + std::string(w - s.size(), ' ');
+        }
+
+        inline nlohmann::json tensor_json(const g4::tensor_report& t, const quant_spec& spec)
+        {
+            auto metrics = [](const g4::tensor_metrics& m) {
+                return nlohmann::json{{"cos", num(m.cos)},
+                                      {"sqnr_db", num(m.sqnr_db)},
+                                      {"relative_error", num(m.relative_error)},
+                                      {"max_abs_err", num(m.max_abs_err)},
+                                      {"condition_number", num(m.condition_number)},
+                                      {"bits_lost_mean", num(m.bits_lost_mean)},
+                                      {"bits_lost_max", num(m.bits_lost_max)}};
+            };
+            nlohmann::json j = metrics(t.total);
+            j["name"] = t.name;
+            j["shape"] = t.shape;
+            j["quantized"] = t.quantized;
+            j["granularity"] = t.quantized ? label(spec) : "none";
+            j["bits"] = t.quantized ? spec.bits : 16;
+            j["bits_per_weight"] = num(t.bits_per_weight);
+            if (!t.experts.empty())
+            {
+                nlohmann::json e = nlohmann::json::array();
+                for (std::size_t k = 0; k < t.experts.size(); ++k)
+                {
+                    auto m = metrics(t.experts[k]);
+                    m["expert"] = k;
+                    e.push_back(m);
+                }
+                j["experts"] = e;
+            }
+            return j;
+        }
+
+        inline nlohmann::json granularity_layer_json(const g4::granularity_layer& gl, const quant_spec& spec)
+        {
+            nlohmann::json tensors = nlohmann::json::array();
+            for (const auto& t : gl.tensors) tensors.push_back(tensor_json(t, spec));
+            return {{"granularity", label(spec)},
+                    {"tensors", tensors},
+                    {"hidden_cos", gl.hidden_cos},
+                    {"hidden_cos_min", gl.hidden_cos_min},
+                    {"hidden_rel_err_max", gl.hidden_rel_err_max},
+                    {"weight_sqnr_db", num(gl.weight_sqnr_db)},
+                    {"stack_cos", gl.stack_cos},
+                    {"stack_cos_min", gl.stack_cos_min},
+                    {"router_agreement", gl.router_agreement}};
+        }
+
+        inline nlohmann::json stack_json(const g4::stack_report& s)
+        {
+            return {{"final_cos_min", s.final_cos_min},
+                    {"final_rel_err_max", s.final_rel_err_max},
+                    {"layer_cos_min", s.layer_cos_min},
+                    {"predicted_amplification_seed", num(s.predicted_amplification_seed)},
+                    {"predicted_amplification", num(s.predicted_amplification)},
+                    {"predicted_relative_error", num(s.predicted_relative_error)},
+                    {"predicted_cosine_floor", s.predicted_cosine_floor},
+                    {"measured_amplification", num(s.measured_amplification)}};
+        }
+
+        /// Hand-written SVG: per-layer min cos(hidden) per granularity, with the gate line.
+        inline std::string plot_svg(const g4::validation_report& rep, const std::vector<quant_spec>& specs, double gate, const std::string& title)
+        {
+            const double W = 760, H = 420, L = 70, R = 170, T = 40, B = 50;
+            double lo = gate;
+            for (const auto& lr : rep.layers)
+            {
+                for (const auto& g : lr.by_spec) lo = std::min(lo, g.hidden_cos_min);
+            }
+            lo = std::max(-1.0, lo - (1.0 - lo) * 0.08);
+            const std::size_t n = rep.layers.size();
+            auto x = [&](std::size_t i) { return L + (n > 1 ? (W - L - R) * static_cast<double>(i) / static_cast<double>(n - 1) : (W - L - R) / 2); };
+            auto y = [&](double c) { return T + (H - T - B) * (1.0 - (c - lo) / (1.0 - lo)); };
+            static const char* colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
+            std::ostringstream s;
+            s << std::setprecision(6);
+            s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W << " " << H
+              << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
+            s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+            s << "<text x=\"" << L << "\" y=\"22\" font-size=\"14\">" << title << "</text>\n";
+            s << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
+            s << "<line x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
+            for (int k = 0; k <= 5; ++k)
+            {
+                const double c = lo + (1.0 - lo) * k / 5.0;
+                s << "<line x1=\"" << L - 4 << "\" y1=\"" << y(c) << "\" x2=\"" << L << "\" y2=\"" << y(c) << "\" stroke=\"black\"/>";
+                s << "<text x=\"" << L - 6 << "\" y=\"" << y(c) + 4 << "\" text-anchor=\"end\">" << fmt(c, 4) << "</text>\n";
+            }
+            for (std::size_t i = 0; i < n; ++i)
+            {
+                if (n > 16 && i % 5 != 0 && i + 1 != n) continue;
+                s << "<text x=\"" << x(i) << "\" y=\"" << H - B + 16 << "\" text-anchor=\"middle\">" << rep.layers[i].layer << "</text>\n";
+            }
+            s << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 12 << "\" text-anchor=\"middle\">layer</text>\n";
+            s << "<text x=\"16\" y=\"" << (T + H - B) / 2 << "\" transform=\"rotate(-90 16 " << (T + H - B) / 2
+              << ")\" text-anchor=\"middle\">min cos(hidden) over tokens</text>\n";
+            s << "<line x1=\"" << L << "\" y1=\"" << y(gate) << "\" x2=\"" << W - R << "\" y2=\"" << y(gate)
+              << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n";
+            s << "<text x=\"" << W - R + 6 << "\" y=\"" << y(gate) + 4 << "\">gate " << gate << "</text>\n";
+            for (std::size_t g = 0; g < specs.size(); ++g)
+            {
+                const char* col = colors[g % 6];
+                s << "<polyline fill=\"none\" stroke=\"" << col << "\" stroke-width=\"2\" points=\"";
+                for (std::size_t i = 0; i < n; ++i) s << x(i) << "," << y(rep.layers[i].by_spec[g].hidden_cos_min) << " ";
+                s << "\"/>\n";
+                for (std::size_t i = 0; i < n; ++i)
+                {
+                    s << "<circle cx=\"" << x(i) << "\" cy=\"" << y(rep.layers[i].by_spec[g].hidden_cos_min) << "\" r=\"3\" fill=\"" << col
+                      << "\"/>";
+                }
+                s << "\n<rect x=\"" << W - R + 10 << "\" y=\"" << T + 20 * g << "\" width=\"14\" height=\"4\" fill=\"" << col << "\"/>";
+                s << "<text x=\"" << W - R + 30 << "\" y=\"" << T + 20 * g + 6 << "\">" << label(specs[g]) << "</text>\n";
+            }
+            s << "</svg>\n";
+            return s.str();
+        }
+    }
+
+    /// @brief Runs the converter/validator with already-parsed options.
+    /// @return 0 pass, 2 gate failed. @throws error on any error (run_gemma turns it into exit 1).
+    inline int run(const options& o, std::ostream& out, std::ostream& err)
+    {
+        namespace fs = std::filesystem;
+        const unsigned threads = o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+        if (o.bits != 8 && o.bits != 4) throw error(error_kind::invalid_argument, "--bits must be 8 or 4");
+        if (o.tokens == 0) throw error(error_kind::invalid_argument, "--tokens must be at least 1");
+
+        g4::synthetic_options so;
+        so.experts = o.experts;
+        so.layers = o.synthetic_layers;
+        so.seed = o.seed;
+
+        if (!o.write_synthetic.empty())
+        {
+            if (!o.checkpoint.empty()) throw error(error_kind::invalid_argument, "--write-synthetic and --checkpoint exclude each other");
+            g4::synthetic_source src(so);
+            g4::write_synthetic_checkpoint(o.write_synthetic, src, threads);
+            if (!o.quiet) err << "wrote the synthetic checkpoint (" << so.layers << " layers, " << so.experts << " experts) to " << o.write_synthetic << "\n";
+            return 0;
+        }
+
+        std::unique_ptr<g4::model_source> src;
+        if (!o.checkpoint.empty()) src = std::make_unique<g4::checkpoint_source>(o.checkpoint);
+        else src = std::make_unique<g4::synthetic_source>(so);
+        const g4::config& cfg = src->cfg();
+        const bool synthetic = o.checkpoint.empty();
+
+        // Granularities: --granularity (gated) plus --compare (reported).
+        quant_spec base;
+        base.bits = o.bits;
+        if (o.scheme == "symmetric") base.scheme = scheme_kind::symmetric;
+        else if (o.scheme == "asymmetric") base.scheme = scheme_kind::asymmetric;
+        else throw error(error_kind::invalid_argument, "--scheme must be symmetric or asymmetric");
+        if (o.range == "restricted") base.range = symmetric_range::restricted;
+        else if (o.range == "full") base.range = symmetric_range::full;
+        else throw error(error_kind::invalid_argument, "--range must be restricted or full");
+        base.codes_from_stored_scale = true;  // the stored (rounded) scale is the one inference uses
+        g4::validate_options vo;
+        vo.specs.clear();
+        const quant_spec gated = parse_granularity(o.granularity, base, o.group_size);
+        std::stringstream cs(o.compare);
+        std::string item;
+        while (std::getline(cs, item, ','))
+        {
+            if (item.empty()) continue;
+            const quant_spec q = parse_granularity(item, base, o.group_size);
+            if (std::find(vo.specs.begin(), vo.specs.end(), q) == vo.specs.end()) vo.specs.push_back(q);
+        }
+        auto it = std::find(vo.specs.begin(), vo.specs.end(), gated);
+        if (it == vo.specs.end())
+        {
+            vo.specs.push_back(gated);
+            it = vo.specs.end() - 1;
+        }
+        vo.gated = static_cast<std::size_t>(it - vo.specs.begin());
+        vo.layers = o.layers.empty() ? std::vector<std::size_t>{} : parse_layers(o.layers, cfg.layers);
+        if (vo.layers.empty())
+        {
+            for (std::size_t l = 0; l < cfg.layers; ++l) vo.layers.push_back(l);
+        }
+        vo.tokens = o.tokens;
+        vo.include_dense = o.include_dense;
+        vo.min_elements = o.min_elements;
+        vo.gate_layer_cos = o.gate_layer_cos;
+        vo.gate_stack_cos = o.gate_stack_cos;
+        vo.threads = threads;
+
+        // Scales are stored in the checkpoint's float dtype (compressed-tensors convention).
+        {
+            const g4::layer_weights& w0 = src->load_layer(vo.layers.front(), threads);
+            const element_type st = std::visit([](const auto& m) { return element_type_of<typename std::decay_t<decltype(m)>::value_type>(); }, w0.gate_up);
+            for (auto& s : vo.specs) s.scale_type = st;
+        }
+        for (const auto& s : vo.specs)
+        {
+            if (s.granularity == granularity_kind::per_group && (cfg.expert_intermediate % s.group_size || cfg.hidden % s.group_size))
+            {
+                throw error(error_kind::invalid_argument, "group size " + std::to_string(s.group_size) + " does not divide the expert row lengths "
+                                                              + std::to_string(cfg.hidden) + " and " + std::to_string(cfg.expert_intermediate)
+                                                              + " (704 divides by 32 and 64, not by 128)");
+            }
+        }
+
+        std::vector<float> x0;
+        if (synthetic) x0 = static_cast<g4::synthetic_source&>(*src).model().tokens(o.tokens);
+        else
+        {
+            // A real checkpoint: synthetic residual-stream tokens of the same law (RMS near 1).
+            g4::synthetic_options to = so;
+            to.layers = 1;
+            to.experts = std::max<std::size_t>(cfg.top_k, 1);
+            g4::synthetic_model tm(to);
+            x0.resize(o.tokens * cfg.hidden);
+            const auto t = tm.tokens(o.tokens);
+            if (cfg.hidden == tm.cfg().hidden) x0 = t;
+            else
+            {
+                for (std::size_t i = 0; i < x0.size(); ++i) x0[i] = t[i % t.size()];
+            }
+        }
+
+        std::unique_ptr<g4::converted_writer> writer;
+        if (!o.out.empty())
+        {
+            writer = std::make_unique<g4::converted_writer>(o.out, *src, synthetic ? fs::path{} : fs::path(o.checkpoint), vo.specs[vo.gated],
+                                                            o.include_dense, vo.layers, threads);
+        }
+
+        if (!o.quiet)
+        {
+            err << "orbitq-gemma: " << (synthetic ? "synthetic Gemma-4-shaped weights" : o.checkpoint) << ", " << vo.layers.size() << " of "
+                << cfg.layers << " layers, " << cfg.experts << " experts (top-" << cfg.top_k << "), " << o.tokens << " tokens, " << threads
+                << " threads\n";
+        }
+        auto progress = [&](const g4::progress_info& p) {
+            if (o.quiet) return;
+            const double eta = p.done ? p.elapsed_s / p.done * (p.total - p.done) : 0.0;
+            err << "  layer " << p.layer << " (" << p.done << " of " << p.total << ")  " << detail::fmt(p.elapsed_s, 1) << " s  "
+                << detail::fmt(p.bytes / p.elapsed_s / 1e9, 2) << " GB/s quantized  ETA " << detail::fmt(eta, 0) << " s\n";
+        };
+        g4::quantized_sink sink;
+        if (writer) sink = [&](const g4::layer_weights& w, auto e, auto d) { writer->add_layer(w, e, d); };
+        const g4::validation_report rep = g4::validate(
+            cfg, [&](std::size_t l) -> const g4::layer_weights& { return src->load_layer(l, threads); }, x0, vo, sink, progress);
+        if (writer)
+        {
+            writer->finish();
+            if (!o.quiet) err << "wrote the converted checkpoint to " << o.out << "\n";
+        }
+
+        // Human table.
+        const std::size_t G = vo.specs.size();
+        out << (synthetic ? "SYNTHETIC Gemma-4-shaped weights (not the real model; see examples/gemma_moe/README.md)"
+                          : "checkpoint " + o.checkpoint)
+            << ": " << rep.layers.size() << " layers, " << cfg.experts << " experts (top-" << cfg.top_k << "), " << o.tokens
+            << " tokens\n";
+        out << "int" << o.bits << " " << o.scheme << "; converting " << label(vo.specs[vo.gated]) << "; gates: layer min cos(hidden) >= "
+            << o.gate_layer_cos << ", stack min cos >= " << o.gate_stack_cos << "\n\n";
+        out << "layer";
+        for (const auto& s : vo.specs) out << " | " << detail::pad(label(s) + (&s == &vo.specs[vo.gated] ? " *" : ""), 30, false);
+        out << "\n     ";
+        for (std::size_t g = 0; g < G; ++g) out << " | " << "min cos   SQNR dB  stack   gate ";
+        out << "\n";
+        for (const auto& lr : rep.layers)
+        {
+            out << detail::pad(std::to_string(lr.layer), 5);
+            for (std::size_t g = 0; g < G; ++g)
+            {
+                const auto& gl = lr.by_spec[g];
+                out << " | " << detail::fmt(gl.hidden_cos_min, 5) << " " << detail::pad(detail::fmt(gl.weight_sqnr_db, 1), 8) << "  "
+                    << detail::fmt(gl.stack_cos_min, 4) << "  " << (gl.hidden_cos_min >= o.gate_layer_cos ? "pass" : "FAIL");
+            }
+            out << "\n";
+        }
+        out << "layer gate (min over layers):\n";
+        for (std::size_t g = 0; g < G; ++g)
+        {
+            const auto& s = rep.stack[g];
+            out << "  " << detail::pad(label(vo.specs[g]), 14, false) << " min cos(hidden) " << detail::fmt(s.layer_cos_min, 5) << "  "
+                << (s.layer_gate_passed ? "pass" : "FAIL") << "\n";
+        }
+        out << "stack (" << rep.layers.size() << " layers, separate original and quantized streams):\n";
+        for (std::size_t g = 0; g < G; ++g)
+        {
+            const auto& s = rep.stack[g];
+            double agree = 1.0;
+            for (const auto& lr : rep.layers) agree = std::min(agree, lr.by_spec[g].router_agreement);
+            out << "  " << detail::pad(label(vo.specs[g]), 14, false) << " final min cos " << detail::fmt(s.final_cos_min, 4) << "  "
+                << (s.stack_gate_passed ? "pass" : "FAIL") << "   amplification: seed (1+δ)^N " << detail::fmt(s.predicted_amplification_seed, 2)
+                << ", predicted (Π(1+ε)−1)/ε " << detail::fmt(s.predicted_amplification, 2) << ", measured " << detail::fmt(s.measured_amplification, 2)
+                << "; cos floor " << detail::fmt(s.predicted_cosine_floor, 4) << "; router agreement min " << detail::fmt(agree, 3) << "\n";
+        }
+        const auto& gs = rep.stack[vo.gated];
+        const int code = rep.passed ? 0 : 2;
+        out << "verdict: " << label(vo.specs[vo.gated]) << " int" << o.bits << " " << (rep.passed ? "PASSES" : "FAILS") << " (layer gate "
+            << (gs.layer_gate_passed ? "pass" : "FAIL") << ", stack gate " << (gs.stack_gate_passed ? "pass" : "FAIL") << ")  [exit " << code << "]\n";
+        const double gbps = rep.quantized_source_bytes / std::max(rep.quantize_seconds, 1e-9) / 1e9;
+        out << "time " << detail::fmt(rep.total_seconds, 1) << " s (quantize+measure " << detail::fmt(rep.quantize_seconds, 1) << " s, "
+            << detail::fmt(gbps, 2) << " GB/s), peak RSS " << detail::fmt(peak_rss_bytes() / 1048576.0, 0) << " MiB\n";
+
+        if (!o.report.empty())
+        {
+            nlohmann::json layers = nlohmann::json::array();
+            for (const auto& lr : rep.layers)
+            {
+                nlohmann::json j = detail::granularity_layer_json(lr.by_spec[vo.gated], vo.specs[vo.gated]);
+                j["layer"] = lr.layer;
+                nlohmann::json by = nlohmann::json::object();
+                for (std::size_t g = 0; g < G; ++g) by[label(vo.specs[g])] = detail::granularity_layer_json(lr.by_spec[g], vo.specs[g]);
+                j["by_granularity"] = by;
+                layers.push_back(j);
+            }
+            nlohmann::json stack = detail::stack_json(gs);
+            nlohmann::json by = nlohmann::json::object();
+            for (std::size_t g = 0; g < G; ++g) by[label(vo.specs[g])] = detail::stack_json(rep.stack[g]);
+            stack["by_granularity"] = by;
+            stack["notes"] = {{"predicted_amplification_seed", "(1 + (1 - min layer cos))^N, the seed experiment's formula"},
+                              {"predicted_amplification", "(prod(1 + eps_i) - 1) / max eps_i, eps_i = per-layer relative error of the hidden state"},
+                              {"measured_amplification", "final stack relative error / max eps_i"}};
+            nlohmann::json gates_by = nlohmann::json::object();
+            for (std::size_t g = 0; g < G; ++g)
+            {
+                gates_by[label(vo.specs[g])] = {{"layer", {{"threshold", o.gate_layer_cos}, {"min", rep.stack[g].layer_cos_min}, {"passed", rep.stack[g].layer_gate_passed}}},
+                                                {"stack", {{"threshold", o.gate_stack_cos}, {"min", rep.stack[g].final_cos_min}, {"passed", rep.stack[g].stack_gate_passed}}}};
+            }
+            nlohmann::json specs = nlohmann::json::array();
+            for (const auto& s : vo.specs) specs.push_back(label(s));
+            nlohmann::json report = {
+                {"config",
+                 {{"source", synthetic ? "synthetic" : o.checkpoint},
+                  {"synthetic", synthetic},
+                  {"layers", vo.layers},
+                  {"experts", cfg.experts},
+                  {"top_k", cfg.top_k},
+                  {"hidden", cfg.hidden},
+                  {"expert_intermediate", cfg.expert_intermediate},
+                  {"dense_intermediate", cfg.dense_intermediate},
+                  {"tokens", o.tokens},
+                  {"bits", o.bits},
+                  {"granularity", label(vo.specs[vo.gated])},
+                  {"compare", specs},
+                  {"scheme", o.scheme},
+                  {"range", o.range},
+                  {"scale_dtype", std::string(element_name(vo.specs[vo.gated].scale_type))},
+                  {"include_dense", o.include_dense},
+                  {"min_elements", o.min_elements},
+                  {"threads", threads},
+                  {"out", o.out}}},
+                {"layers", layers},
+                {"stack", stack},
+                {"gates",
+                 {{"layer", {{"threshold", o.gate_layer_cos}, {"min", gs.layer_cos_min}, {"passed", gs.layer_gate_passed}}},
+                  {"stack", {{"threshold", o.gate_stack_cos}, {"min", gs.final_cos_min}, {"passed", gs.stack_gate_passed}}},
+                  {"by_granularity", gates_by}}},
+                {"passed", rep.passed},
+                {"throughput_gbps", gbps},
+                {"total_seconds", rep.total_seconds},
+                {"peak_rss_bytes", peak_rss_bytes()}};
+            io::write_file_atomic(o.report, report.dump(2) + "\n", true);
+        }
+        if (!o.plot.empty())
+        {
+            const std::string title = std::string(synthetic ? "synthetic Gemma 4" : "Gemma 4") + " MoE FFN, int" + std::to_string(o.bits)
+                                      + ": per-layer min cos(hidden)";
+            io::write_file_atomic(o.plot, detail::plot_svg(rep, vo.specs, o.gate_layer_cos, title), true);
+        }
+        return code;
+    }
+
+    /// @brief The whole program: parses argv, runs, maps errors to exit status 1.
+    inline int run_gemma(int argc, const char* const* argv, std::ostream& out = std::cout, std::ostream& err = std::cerr)
+    {
+        options o;
+        CLI::App app{"orbitq-gemma: convert and validate the MoE expert weights of Gemma 4 26B-A4B (INT8/INT4, per-tensor/channel/group).\n"
+                     "Without --checkpoint it runs on a built-in SYNTHETIC Gemma-4-shaped checkpoint.",
+                     "orbitq-gemma"};
+        app.add_option("--checkpoint", o.checkpoint, "Hugging Face checkpoint directory (index + shards, or model.safetensors)");
+        app.add_option("--write-synthetic", o.write_synthetic, "write the synthetic checkpoint to DIR as sharded safetensors");
+        app.add_option("--experts", o.experts, "experts of the synthetic model")->capture_default_str()->check(CLI::Range(1, 128));
+        app.add_option("--synthetic-layers", o.synthetic_layers, "layers of the synthetic model")->capture_default_str()->check(CLI::Range(1, 30));
+        app.add_option("--seed", o.seed, "seed of the synthetic model")->capture_default_str();
+        app.add_option("--bits", o.bits, "8 or 4")->capture_default_str();
+        app.add_option("--granularity", o.granularity, "granularity converted and gated: per_tensor, per_channel, per_group[:N]")->capture_default_str();
+        app.add_option("--group-size", o.group_size, "group size of per_group")->capture_default_str();
+        app.add_option("--scheme", o.scheme, "symmetric or asymmetric")->capture_default_str();
+        app.add_option("--range", o.range, "symmetric range: restricted ([-127,127]) or full ([-128,127])")->capture_default_str();
+        app.add_option("--layers", o.layers, "layers to process, e.g. 0-29 or 0,5,10-12 (default: all)");
+        app.add_option("--threads", o.threads, "threads (0: all cores)")->capture_default_str();
+        app.add_option("--min-elements", o.min_elements, "quantize only tensors with more elements than this")->capture_default_str();
+        app.add_flag("--include-dense", o.include_dense, "also quantize the dense (shared) MLP");
+        app.add_option("--tokens", o.tokens, "sample tokens for the forward tests")->capture_default_str();
+        app.add_option("--compare", o.compare, "granularities reported side by side, e.g. per_tensor,per_channel,per_group:32")->capture_default_str();
+        app.add_option("--gate-layer-cos", o.gate_layer_cos, "layer gate on min cos(hidden)")->capture_default_str();
+        app.add_option("--gate-stack-cos", o.gate_stack_cos, "stack gate on the final min cos")->capture_default_str();
+        app.add_option("--out", o.out, "write the converted checkpoint to DIR (must not exist, not inside the input)");
+        app.add_option("--report", o.report, "write a JSON report");
+        app.add_option("--plot", o.plot, "write an SVG plot of per-layer min cos(hidden)");
+        app.add_flag("-q,--quiet", o.quiet, "no progress on stderr");
+        CLI::App* analyze = app.add_subcommand("analyze", "per-candidate analysis of the expert tensors (reserved; not implemented yet)");
+        try
+        {
+            app.parse(argc, argv);
+        }
+        catch (const CLI::ParseError& e)
+        {
+            std::ostringstream o_out, o_err;
+            const int rc = app.exit(e, o_out, o_err);
+            out << o_out.str();
+            err << o_err.str();
+            return rc == 0 ? 0 : 1;
+        }
+        try
+        {
+            if (analyze->parsed())
+            {
+                err << "orbitq-gemma analyze: not implemented yet; run without a subcommand to convert and validate\n";
+                return 1;
+            }
+            return run(o, out, err);
+        }
+        catch (const std::exception& e)
+        {
+            err << "orbitq-gemma: error: " << e.what() << "\n";
+            return 1;
+        }
+    }
+}
