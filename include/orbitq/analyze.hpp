@@ -184,55 +184,46 @@ namespace orbitq
             float hi = 0.0f;
         };
 
-        using make_params_fn = quant_params (*)(const min_max&) noexcept;
-
         /// A candidate resolved for the loops.
         struct plan
         {
             quant_spec spec;
-            make_params_fn make = nullptr;
-            int qmin = 0;
-            int qmax = 0;
             std::size_t span = 0;  ///< base statistic groups per orbit (per_group), 0 otherwise
             orbit_params tensor;   ///< per_tensor: the one orbit
         };
 
-        template <class S>
-        plan make_plan(const quant_spec& spec)
-        {
-            plan p;
-            p.spec = spec;
-            p.make = &S::make_params;
-            p.qmin = S::qmin;
-            p.qmax = S::qmax;
-            return p;
-        }
-
-        inline plan plan_for(const quant_spec& spec)
+        /// Calls f(S{}) with the scheme policy type S of `spec` (the same dispatch as quantize).
+        /// @throws error (invalid_argument) when spec.bits is not 8 or 4.
+        template <class F>
+        decltype(auto) with_scheme(const quant_spec& spec, F&& f)
         {
             if (spec.bits != 8 && spec.bits != 4)
             {
                 throw error(error_kind::invalid_argument, "candidate '" + spec.describe() + "': bits must be 8 or 4");
             }
             const bool eight = spec.bits == 8;
-            if (spec.scheme == scheme_kind::asymmetric) return eight ? make_plan<asymmetric<8>>(spec) : make_plan<asymmetric<4>>(spec);
+            if (spec.scheme == scheme_kind::asymmetric) return eight ? f(asymmetric<8>{}) : f(asymmetric<4>{});
             if (spec.range == symmetric_range::full)
             {
-                return eight ? make_plan<symmetric<8, symmetric_range::full>>(spec) : make_plan<symmetric<4, symmetric_range::full>>(spec);
+                return eight ? f(symmetric<8, symmetric_range::full>{}) : f(symmetric<4, symmetric_range::full>{});
             }
-            return eight ? make_plan<symmetric<8>>(spec) : make_plan<symmetric<4>>(spec);
+            return eight ? f(symmetric<8>{}) : f(symmetric<4>{});
         }
 
-        /// The parameters quantize() would use for an orbit with statistic `s`.
-        inline orbit_params resolve(const plan& p, const min_max& s, const std::string& name)
+        /// The parameters quantize() would use for an orbit with statistic `s`: S::make_params,
+        /// then the scale as stored (detail::stored_params), codes from the exact or the stored
+        /// scale as the spec asks.
+        template <scheme_policy S>
+        inline orbit_params resolve(const quant_spec& spec, const min_max& s, const std::string& name)
         {
-            const quant_params exact = p.make(s);
-            const quant_params stored = orbitq::detail::stored_params(exact, p.spec, name);
+            const quant_params exact = S::make_params(s);
+            // stored_params is the identity for f32 scales: skip the call on the hot path.
+            const quant_params stored = spec.scale_type == element_type::f32 ? exact : orbitq::detail::stored_params(exact, spec, name);
             orbit_params o;
-            o.enc = encode_params{p.spec.codes_from_stored_scale ? stored : exact, p.qmin, p.qmax, p.spec.mode};
+            o.enc = encode_params{spec.codes_from_stored_scale ? stored : exact, S::qmin, S::qmax, spec.mode};
             o.stored_scale = stored.scale;
-            o.lo = static_cast<float>(p.qmin - o.enc.params.zero_point);
-            o.hi = static_cast<float>(p.qmax - o.enc.params.zero_point);
+            o.lo = static_cast<float>(S::qmin - o.enc.params.zero_point);
+            o.hi = static_cast<float>(S::qmax - o.enc.params.zero_point);
             return o;
         }
 
@@ -465,46 +456,15 @@ namespace orbitq
                     out.assign(1, p.tensor);
                     return P.cols;
                 case granularity_kind::per_channel:
-                    out.assign(1, resolve(p, P.row_stats[r], name));
+                    out.assign(1, resolve<S>(p.spec, P.row_stats[r], name));
                     return P.cols;
                 case granularity_kind::per_group: break;
             }
             const std::size_t g = p.spec.group_size;
             const std::size_t groups = (P.cols + g - 1) / g;
             out.resize(groups);
-            const bool f32_scales = p.spec.scale_type == element_type::f32;
-            for (std::size_t j = 0; j < groups; ++j)
-            {
-                const min_max st = group_stat(P, r, j, p.span);
-                if (f32_scales)
-                {
-                    // stored_params is the identity for f32 scales: the fast path.
-                    const quant_params q = S::make_params(st);
-                    orbit_params& o = out[j];
-                    o.enc = encode_params{q, S::qmin, S::qmax, p.spec.mode};
-                    o.stored_scale = q.scale;
-                    o.lo = static_cast<float>(S::qmin - q.zero_point);
-                    o.hi = static_cast<float>(S::qmax - q.zero_point);
-                }
-                else
-                {
-                    out[j] = resolve(p, st, name);
-                }
-            }
+            for (std::size_t j = 0; j < groups; ++j) out[j] = resolve<S>(p.spec, group_stat(P, r, j, p.span), name);
             return g;
-        }
-
-        /// Calls f(S{}) with the scheme policy type of plan p.
-        template <class F>
-        decltype(auto) with_scheme(const plan& p, F&& f)
-        {
-            const bool eight = p.spec.bits == 8;
-            if (p.spec.scheme == scheme_kind::asymmetric) return eight ? f(asymmetric<8>{}) : f(asymmetric<4>{});
-            if (p.spec.range == symmetric_range::full)
-            {
-                return eight ? f(symmetric<8, symmetric_range::full>{}) : f(symmetric<4, symmetric_range::full>{});
-            }
-            return eight ? f(symmetric<8>{}) : f(symmetric<4>{});
         }
 
         /// Row r's error_accumulator under plan p (params: scratch).
@@ -512,7 +472,7 @@ namespace orbitq
                                                const double* xd, double ref, const std::string& name,
                                                std::vector<orbit_params>& params)
         {
-            return with_scheme(p, [&](auto scheme) {
+            return with_scheme(p.spec, [&](auto scheme) {
                 using S = decltype(scheme);
                 const std::size_t group = row_params<S>(p, P, r, name, params);
                 return p.spec.rounding == rounding_kind::half_to_even
@@ -557,7 +517,8 @@ namespace orbitq
             std::vector<plan> plans;
             for (const quant_spec& c : candidates)
             {
-                plans.push_back(plan_for(c));
+                with_scheme(c, [](auto) {});  // checks the bits
+                plans.push_back(plan{c});
                 if (c.granularity == granularity_kind::per_group)
                 {
                     (void)make_layout<per_group<>>(rows, cols, c.group_size, c.ragged_groups);  // throws on a bad size
@@ -615,7 +576,10 @@ namespace orbitq
         for (A::plan& p : plans)
         {
             if (p.spec.granularity == granularity_kind::per_group) p.span = p.spec.group_size / g0;
-            if (p.spec.granularity == granularity_kind::per_tensor) p.tensor = A::resolve(p, P.tensor, w.name);
+            if (p.spec.granularity == granularity_kind::per_tensor)
+            {
+                p.tensor = A::with_scheme(p.spec, [&](auto s) { return A::resolve<decltype(s)>(p.spec, P.tensor, w.name); });
+            }
         }
 
         // Pass 2: per row, Σw², outliers and every candidate's error sums.
@@ -691,7 +655,7 @@ namespace orbitq
             {
                 const std::size_t r = total.max_index / w.cols;
                 const float* x = A::row_f32(w, r, fbuf.data());
-                const std::size_t group = A::with_scheme(plans[k], [&](auto scheme) {
+                const std::size_t group = A::with_scheme(plans[k].spec, [&](auto scheme) {
                     return A::row_params<decltype(scheme)>(plans[k], P, r, w.name, params);
                 });
                 const std::size_t c = plans[k].spec.rounding == rounding_kind::half_to_even
