@@ -518,7 +518,9 @@ namespace orbitq
             for (const quant_spec& c : candidates)
             {
                 with_scheme(c, [](auto) {});  // checks the bits
-                plans.push_back(plan{c});
+                plan p;
+                p.spec = c;
+                plans.push_back(p);
                 if (c.granularity == granularity_kind::per_group)
                 {
                     (void)make_layout<per_group<>>(rows, cols, c.group_size, c.ragged_groups);  // throws on a bad size
