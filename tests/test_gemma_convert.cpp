@@ -1,0 +1,313 @@
+// orbitq-gemma end to end, in-process: write a small synthetic checkpoint, convert it with --out,
+// read the output back with an independent minimal safetensors parser (nlohmann directly, no
+// orbitq I/O code) and check names, shapes, dtypes, and that the dequantized weights reproduce
+// the reported metrics. Also the error paths (malformed checkpoints, --out inside the input).
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include "../examples/gemma_moe/gemma_cli.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace
+{
+    struct scratch
+    {
+        fs::path dir = fs::temp_directory_path() / ("orbitq_test_gemma_" + std::to_string(::getpid()));
+        scratch()
+        {
+            fs::remove_all(dir);
+            fs::create_directories(dir);
+        }
+        ~scratch() { fs::remove_all(dir); }
+    };
+
+    struct cli_result
+    {
+        int rc;
+        std::string out, err;
+    };
+
+    cli_result cli(std::vector<std::string> args)
+    {
+        args.insert(args.begin(), "orbitq-gemma");
+        std::vector<const char*> argv;
+        for (auto& a : args) argv.push_back(a.c_str());
+        std::ostringstream out, err;
+        const int rc = orbitq::gemma_cli::run_gemma(static_cast<int>(argv.size()), argv.data(), out, err);
+        return {rc, out.str(), err.str()};
+    }
+
+    /// An independent safetensors reader: whole file in memory, header parsed with nlohmann.
+    struct st_file
+    {
+        std::string bytes;
+        json header;
+        std::size_t data = 0;
+
+        explicit st_file(const fs::path& p)
+        {
+            std::ifstream in(p, std::ios::binary);
+            bytes.assign(std::istreambuf_iterator<char>(in), {});
+            REQUIRE(bytes.size() >= 8);
+            std::uint64_t n = 0;
+            std::memcpy(&n, bytes.data(), 8);
+            header = json::parse(bytes.substr(8, n));
+            data = 8 + n;
+        }
+        const char* ptr(const std::string& name) const
+        {
+            return bytes.data() + data + header.at(name).at("data_offsets")[0].get<std::size_t>();
+        }
+    };
+
+    /// All tensors of a checkpoint directory: name -> (file, header entry).
+    struct st_dir
+    {
+        std::map<std::string, std::shared_ptr<st_file>> files;
+        std::map<std::string, std::string> where;
+
+        explicit st_dir(const fs::path& d)
+        {
+            const json idx = json::parse(std::ifstream(d / "model.safetensors.index.json"));
+            for (auto& [name, shard] : idx.at("weight_map").items())
+            {
+                auto& f = files[shard.get<std::string>()];
+                if (!f) f = std::make_shared<st_file>(d / shard.get<std::string>());
+                where[name] = shard.get<std::string>();
+                REQUIRE(f->header.contains(name));
+            }
+        }
+        const json& entry(const std::string& n) const { return files.at(where.at(n))->header.at(n); }
+        const char* ptr(const std::string& n) const { return files.at(where.at(n))->ptr(n); }
+        bool has(const std::string& n) const { return where.count(n) != 0; }
+    };
+
+    float bf16(const char* p, std::size_t i)
+    {
+        std::uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16);
+    }
+
+    const std::string P = "model.language_model.layers.";
+}
+
+TEST_CASE("write a synthetic checkpoint, convert it, read the output back independently")
+{
+    scratch s;
+    const fs::path in = s.dir / "in", out = s.dir / "out", report = s.dir / "report.json";
+    auto w = cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "4", "--quiet"});
+    REQUIRE_MESSAGE(w.rc == 0, w.err);
+    auto r = cli({"--checkpoint", in.string(), "--out", out.string(), "--report", report.string(), "--plot",
+                  (s.dir / "p.svg").string(), "--tokens", "3", "--quiet"});
+    REQUIRE_MESSAGE(r.rc == 0, std::string(r.err + r.out));
+    CHECK(r.out.find("verdict: per_channel int8 PASSES") != std::string::npos);
+    CHECK(fs::exists(s.dir / "p.svg"));
+    CHECK_FALSE(fs::exists(s.dir / ".out.partial"));
+
+    const st_dir src(in), dst(out);
+    const std::size_t E = 4, I = 704, H = 2816;
+    // Stacked expert tensors are gone; per-expert Linears replace them; the rest is copied.
+    for (int layer = 0; layer < 2; ++layer)
+    {
+        const std::string p = P + std::to_string(layer) + ".";
+        CHECK_FALSE(dst.has(p + "experts.gate_up_proj"));
+        CHECK_FALSE(dst.has(p + "experts.down_proj"));
+        for (std::size_t e = 0; e < E; ++e)
+        {
+            const std::string b = p + "experts." + std::to_string(e) + ".";
+            for (auto [proj, rows, cols] : {std::tuple{"gate_proj", I, H}, std::tuple{"up_proj", I, H}, std::tuple{"down_proj", H, I}})
+            {
+                const json& wgt = dst.entry(b + proj + ".weight");
+                CHECK(wgt["dtype"] == "I8");
+                CHECK(wgt["shape"] == json::array({rows, cols}));
+                const json& sc = dst.entry(b + proj + ".weight_scale");
+                CHECK(sc["dtype"] == "BF16");
+                CHECK(sc["shape"] == json::array({rows, 1}));
+                CHECK_FALSE(dst.has(b + proj + ".weight_zero_point"));
+            }
+        }
+        for (const char* n : {"router.proj.weight", "router.scale", "router.per_expert_scale", "mlp.gate_proj.weight", "layer_scalar",
+                              "pre_feedforward_layernorm.weight"})
+        {
+            const std::string name = p + n;
+            REQUIRE(dst.has(name));
+            CHECK(dst.entry(name)["dtype"] == src.entry(name)["dtype"]);
+            CHECK(dst.entry(name)["shape"] == src.entry(name)["shape"]);
+            const auto& o = src.entry(name)["data_offsets"];
+            const std::size_t nbytes = o[1].get<std::size_t>() - o[0].get<std::size_t>();
+            CHECK(std::memcmp(src.ptr(name), dst.ptr(name), nbytes) == 0);
+        }
+    }
+
+    // Dequantize layer 0's gate_up (gate and up of every expert) and compare with the report.
+    const json rep = json::parse(std::ifstream(report));
+    CHECK(rep["gates"]["layer"]["passed"] == true);
+    CHECK(rep["config"]["granularity"] == "per_channel");
+    const json& t0 = rep["layers"][0]["tensors"][0];
+    REQUIRE(t0["name"] == P + "0.experts.gate_up_proj");
+    CHECK(t0["shape"] == json::array({E, 2 * I, H}));
+    CHECK(t0["granularity"] == "per_channel");
+    CHECK(t0["bits"] == 8);
+    double ref2 = 0, err2 = 0, dot = 0, rec2 = 0, maxerr = 0;
+    std::size_t beyond_half_step = 0;
+    const char* stacked = src.ptr(P + "0.experts.gate_up_proj");
+    for (std::size_t e = 0; e < E; ++e)
+    {
+        for (std::size_t half = 0; half < 2; ++half)
+        {
+            const std::string b = P + "0.experts." + std::to_string(e) + (half ? ".up_proj" : ".gate_proj");
+            const auto* codes = reinterpret_cast<const std::int8_t*>(dst.ptr(b + ".weight"));
+            const char* scales = dst.ptr(b + ".weight_scale");
+            for (std::size_t r = 0; r < I; ++r)
+            {
+                const float scale = bf16(scales, r);
+                for (std::size_t c = 0; c < H; ++c)
+                {
+                    const double wv = bf16(stacked, ((e * 2 * I) + half * I + r) * H + c);
+                    const double q = static_cast<float>(codes[r * H + c]) * scale;
+                    ref2 += wv * wv;
+                    rec2 += q * q;
+                    dot += wv * q;
+                    err2 += (wv - q) * (wv - q);
+                    maxerr = std::max(maxerr, std::fabs(wv - q));
+                    // Inside the range every weight is within half a step of its reconstruction.
+                    if (std::fabs(wv - q) > 0.5 * scale * (1 + 1e-2)) ++beyond_half_step;
+                }
+            }
+        }
+    }
+    CHECK(beyond_half_step == 0);
+    CHECK(dot / std::sqrt(ref2 * rec2) == doctest::Approx(t0["cos"].get<double>()).epsilon(1e-9));
+    CHECK(-10 * std::log10(err2 / ref2) == doctest::Approx(t0["sqnr_db"].get<double>()).epsilon(1e-6));
+    CHECK(maxerr == doctest::Approx(t0["max_abs_err"].get<double>()).epsilon(1e-6));
+
+    // The config: quantization_config for compressed-tensors.
+    const json cfg = json::parse(std::ifstream(out / "config.json"));
+    const json& qc = cfg["quantization_config"];
+    CHECK(qc["quant_method"] == "compressed-tensors");
+    CHECK(qc["format"] == "int-quantized");
+    CHECK(qc["config_groups"]["group_0"]["weights"]["strategy"] == "channel");
+    CHECK(qc["config_groups"]["group_0"]["weights"]["num_bits"] == 8);
+    CHECK(cfg["text_config"]["num_experts"] == 4);
+
+    // Refusals: an existing --out, an --out inside the input.
+    auto again = cli({"--checkpoint", in.string(), "--out", out.string(), "--quiet", "--layers", "0"});
+    CHECK(again.rc == 1);
+    CHECK(again.err.find("already exists") != std::string::npos);
+    auto inside = cli({"--checkpoint", in.string(), "--out", (in / "q").string(), "--quiet", "--layers", "0"});
+    CHECK(inside.rc == 1);
+    CHECK(inside.err.find("inside or equal to the input") != std::string::npos);
+    CHECK_FALSE(fs::exists(in / "q"));
+
+    // INT4 asymmetric per-group: packed layout, zero points, group scales.
+    const fs::path out4 = s.dir / "out4";
+    auto r4 = cli({"--checkpoint", in.string(), "--out", out4.string(), "--bits", "4", "--granularity", "per_group:32", "--scheme",
+                   "asymmetric", "--compare", "per_group:32", "--layers", "1", "--tokens", "2", "--quiet"});
+    CHECK((r4.rc == 0 || r4.rc == 2));
+    const st_dir d4(out4);
+    const std::string b4 = P + "1.experts.3.down_proj";
+    CHECK(d4.entry(b4 + ".weight_packed")["dtype"] == "I32");
+    CHECK(d4.entry(b4 + ".weight_packed")["shape"] == json::array({H, I / 8}));
+    CHECK(d4.entry(b4 + ".weight_shape")["shape"] == json::array({2}));
+    CHECK(d4.entry(b4 + ".weight_scale")["shape"] == json::array({H, I / 32}));
+    CHECK(d4.entry(b4 + ".weight_zero_point")["dtype"] == "I8");
+    CHECK(d4.has(P + "0.experts.gate_up_proj"));  // layer 0 not selected: copied unchanged
+    const json cfg4 = json::parse(std::ifstream(out4 / "config.json"));
+    CHECK(cfg4["quantization_config"]["format"] == "pack-quantized");
+    CHECK(cfg4["quantization_config"]["config_groups"]["group_0"]["weights"]["group_size"] == 32);
+    // Unpack one row and check it against the source within a step.
+    {
+        const auto* packed = reinterpret_cast<const std::uint8_t*>(d4.ptr(b4 + ".weight_packed"));
+        const char* sc = d4.ptr(b4 + ".weight_scale");
+        const auto* zp = reinterpret_cast<const std::int8_t*>(d4.ptr(b4 + ".weight_zero_point"));
+        const char* srcd = src.ptr(P + "1.experts.down_proj");
+        const std::size_t row = 5;
+        for (std::size_t c = 0; c < I; ++c)
+        {
+            const std::uint32_t word = static_cast<std::uint32_t>(packed[row * I / 2 + c / 2]);
+            const int nib = (c % 2 ? word >> 4 : word) & 0xf;
+            const int code = nib - 8;  // offset binary
+            const float scale = bf16(sc, row * (I / 32) + c / 32);
+            const double q = (code - zp[row * (I / 32) + c / 32]) * double(scale);
+            const double wv = bf16(srcd, (3 * H + row) * I + c);
+            CHECK(std::fabs(wv - q) <= 0.55 * scale + 1e-12);
+        }
+    }
+}
+
+TEST_CASE("malformed checkpoints and bad options: exit status 1 with a message saying what to do")
+{
+    scratch s;
+    // A truncated header.
+    const fs::path bad = s.dir / "bad";
+    fs::create_directories(bad);
+    {
+        std::ofstream f(bad / "model.safetensors", std::ios::binary);
+        const std::uint64_t n = 1000;
+        f.write(reinterpret_cast<const char*>(&n), 8);
+        f << "{\"a\":";
+    }
+    auto r = cli({"--checkpoint", bad.string(), "--quiet"});
+    CHECK(r.rc == 1);
+    CHECK(r.err.find("model.safetensors") != std::string::npos);
+
+    // A valid safetensors file that is not a Gemma 4 checkpoint.
+    const fs::path other = s.dir / "other";
+    fs::create_directories(other);
+    {
+        const std::string h = R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+        std::ofstream f(other / "model.safetensors", std::ios::binary);
+        const std::uint64_t n = h.size();
+        f.write(reinterpret_cast<const char*>(&n), 8);
+        f << h;
+        const float v[2] = {1, 2};
+        f.write(reinterpret_cast<const char*>(v), 8);
+    }
+    r = cli({"--checkpoint", other.string(), "--quiet"});
+    CHECK(r.rc == 1);
+    CHECK(r.err.find("experts.gate_up_proj") != std::string::npos);
+
+    // A Gemma config that promises a layer the shards lack.
+    const fs::path in = s.dir / "in";
+    REQUIRE(cli({"--write-synthetic", in.string(), "--synthetic-layers", "1", "--experts", "2", "--quiet"}).rc == 0);
+    json cfg = json::parse(std::ifstream(in / "config.json"));
+    cfg["text_config"]["num_hidden_layers"] = 2;
+    std::ofstream(in / "config.json") << cfg.dump();
+    r = cli({"--checkpoint", in.string(), "--quiet"});
+    CHECK(r.rc == 1);
+    CHECK(r.err.find("lacks tensor 'model.language_model.layers.1.") != std::string::npos);
+
+    CHECK(cli({"--layers", "40", "--quiet"}).rc == 1);
+    CHECK(cli({"--granularity", "per_block", "--quiet"}).rc == 1);
+    CHECK(cli({"--granularity", "per_group:128", "--quiet", "--layers", "0"}).err.find("does not divide") != std::string::npos);
+    CHECK(cli({"--bits", "3", "--quiet"}).rc == 1);
+    CHECK(cli({"--no-such-flag"}).rc == 1);
+    CHECK(cli({"--help"}).rc == 0);
+}
+
+TEST_CASE("parse_layers")
+{
+    using orbitq::gemma_cli::parse_layers;
+    CHECK(parse_layers("0-3", 30) == std::vector<std::size_t>{0, 1, 2, 3});
+    CHECK(parse_layers("5,1,7-8", 30) == std::vector<std::size_t>{5, 1, 7, 8});
+    CHECK_THROWS_AS(parse_layers("3-1", 30), orbitq::error);
+    CHECK_THROWS_AS(parse_layers("30", 30), orbitq::error);
+    CHECK_THROWS_AS(parse_layers("a", 30), orbitq::error);
+}

@@ -1,0 +1,300 @@
+// The Gemma 4 MoE FFN forward pass, its pieces, the synthetic generator and the validator, on
+// hand-checked values and on a tiny configuration.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include "orbitq/models/gemma4.hpp"
+#include "orbitq/models/gemma4_synthetic.hpp"
+#include "orbitq/models/gemma4_validate.hpp"
+
+#include <cmath>
+#include <vector>
+
+using namespace orbitq;
+using namespace orbitq::models::gemma4;
+
+TEST_CASE("gelu_tanh on hand-computed values")
+{
+    CHECK(gelu_tanh(0.0f) == 0.0f);
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    CHECK(gelu_tanh(1.0f) == doctest::Approx(0.8411919906).epsilon(1e-6));
+    CHECK(gelu_tanh(-1.0f) == doctest::Approx(-0.1588080094).epsilon(1e-6));
+    CHECK(gelu_tanh(3.0f) == doctest::Approx(2.9963625).epsilon(1e-6));
+}
+
+TEST_CASE("rms_norm uses the weight as-is, not 1 + w")
+{
+    const std::vector<float> v = {3.0f, -4.0f};  // mean square 12.5
+    std::vector<float> out(2);
+    rms_norm(v.data(), 2, {2.0f, 0.5f}, 0.0, out.data());
+    CHECK(out[0] == doctest::Approx(3.0 / std::sqrt(12.5) * 2.0));
+    CHECK(out[1] == doctest::Approx(-4.0 / std::sqrt(12.5) * 0.5));
+    rms_norm(v.data(), 2, {}, 1e-6, out.data());
+    CHECK(out[0] == doctest::Approx(3.0 / std::sqrt(12.5 + 1e-6)));
+}
+
+TEST_CASE("softmax, top-k, renormalisation and per_expert_scale")
+{
+    std::vector<float> p = {0.0f, std::log(3.0f), std::log(2.0f), std::log(4.0f)};  // 1:3:2:4
+    softmax(p);
+    CHECK(p[0] == doctest::Approx(0.1));
+    CHECK(p[3] == doctest::Approx(0.4));
+    const token_route r = top_k_route(p, 2, {1.0f, 1.0f, 1.0f, 0.5f});
+    REQUIRE(r.experts.size() == 2);
+    CHECK(r.experts[0] == 3);
+    CHECK(r.experts[1] == 1);
+    CHECK(r.weights[0] == doctest::Approx(4.0 / 7.0 * 0.5));  // renormalised over the chosen, then scaled
+    CHECK(r.weights[1] == doctest::Approx(3.0 / 7.0));
+    // Ties go to the lower index.
+    const token_route t = top_k_route({0.25f, 0.25f, 0.25f, 0.25f}, 2, {1, 1, 1, 1});
+    CHECK(t.experts == std::vector<std::size_t>{0, 1});
+}
+
+namespace
+{
+    /// A tiny layer: H = 16, E = 4 (top 2), I = 8, dense 12. Matrix entries are k · 2^-6 with
+    /// integer k in [-127, 127] and every row holding a ±127, so INT8 symmetric per-channel
+    /// represents them exactly.
+    struct tiny_layer
+    {
+        config c;
+        std::vector<float> gate_up, down, dg, du, dd, router;
+        layer_weights w;
+
+        tiny_layer()
+        {
+            c.hidden = 16;
+            c.layers = 2;
+            c.experts = 4;
+            c.top_k = 2;
+            c.expert_intermediate = 8;
+            c.dense_intermediate = 12;
+            std::uint64_t s = 12345;
+            auto fill = [&](std::vector<float>& v, std::size_t rows, std::size_t cols) {
+                v.resize(rows * cols);
+                for (std::size_t r = 0; r < rows; ++r)
+                {
+                    for (std::size_t k = 0; k < cols; ++k)
+                    {
+                        s = s * 6364136223846793005ull + 1442695040888963407ull;
+                        const int code = static_cast<int>((s >> 33) % 255) - 127;
+                        v[r * cols + k] = static_cast<float>(k == r % cols ? 127 : code) / 64.0f;
+                    }
+                }
+            };
+            const std::size_t H = c.hidden, E = c.experts, I = c.expert_intermediate, D = c.dense_intermediate;
+            fill(gate_up, E * 2 * I, H);
+            fill(down, E * H, I);
+            fill(dg, D, H);
+            fill(du, D, H);
+            fill(dd, H, D);
+            fill(router, E, H);
+            w.gate_up = make_view<float>(gate_up.data(), shape_type{E, 2 * I, H}, "gate_up");
+            w.down = make_view<float>(down.data(), shape_type{E, H, I}, "down");
+            w.dense_gate = make_view<float>(dg.data(), D, H, "dg");
+            w.dense_up = make_view<float>(du.data(), D, H, "du");
+            w.dense_down = make_view<float>(dd.data(), H, D, "dd");
+            w.router_proj = make_view<float>(router.data(), E, H, "router");
+            w.router_scale.assign(H, 1.0f);
+            w.per_expert_scale = {1.0f, 0.5f, 2.0f, 1.0f};
+            for (auto& n : w.norms) n.assign(H, 1.0f);
+            w.layer_scalar = 0.75f;
+        }
+
+        std::vector<float> tokens(std::size_t T) const
+        {
+            std::vector<float> x(T * c.hidden);
+            for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i) + 0.1f);
+            return x;
+        }
+    };
+}
+
+TEST_CASE("expert-by-expert forward equals a direct dense computation")
+{
+    tiny_layer t;
+    const auto& c = t.c;
+    const std::size_t H = c.hidden, I = c.expert_intermediate, D = c.dense_intermediate, T = 3;
+    const auto x = t.tokens(T);
+    std::vector<float> y(T * H);
+    view_operators ops(c, t.w, 2);
+    ffn_forward(c, t.w, ops, x.data(), T, y.data(), nullptr, 2);
+
+    // Direct, token by token, in double.
+    auto rms = [&](const float* v, std::vector<double>& o) {
+        double ss = 0;
+        for (std::size_t i = 0; i < H; ++i) ss += double(v[i]) * v[i];
+        const double inv = 1.0 / std::sqrt(ss / H + c.rms_eps);
+        o.assign(H, 0);
+        for (std::size_t i = 0; i < H; ++i) o[i] = v[i] * inv;
+    };
+    auto rmsd = [&](std::vector<double> v) {
+        double ss = 0;
+        for (double a : v) ss += a * a;
+        const double inv = 1.0 / std::sqrt(ss / v.size() + c.rms_eps);
+        for (double& a : v) a *= inv;
+        return v;
+    };
+    auto gelu = [](double v) { return 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); };
+    for (std::size_t tk = 0; tk < T; ++tk)
+    {
+        const float* xt = x.data() + tk * H;
+        std::vector<double> h;
+        rms(xt, h);
+        std::vector<double> a(D), d(H, 0.0);
+        for (std::size_t j = 0; j < D; ++j)
+        {
+            double g = 0, u = 0;
+            for (std::size_t i = 0; i < H; ++i)
+            {
+                g += t.dg[j * H + i] * h[i];
+                u += t.du[j * H + i] * h[i];
+            }
+            a[j] = gelu(g) * u;
+        }
+        for (std::size_t i = 0; i < H; ++i)
+        {
+            for (std::size_t j = 0; j < D; ++j) d[i] += t.dd[i * D + j] * a[j];
+        }
+        const auto b1 = rmsd(d);
+        // router
+        std::vector<double> logits(c.experts, 0.0);
+        for (std::size_t e = 0; e < c.experts; ++e)
+        {
+            for (std::size_t i = 0; i < H; ++i) logits[e] += t.router[e * H + i] * h[i] / std::sqrt(double(H));
+        }
+        std::vector<float> p(logits.begin(), logits.end());
+        softmax(p);
+        const token_route r = top_k_route(p, c.top_k, t.w.per_expert_scale);
+        std::vector<double> acc(H, 0.0);
+        for (std::size_t k = 0; k < r.experts.size(); ++k)
+        {
+            const std::size_t e = r.experts[k];
+            std::vector<double> act(I);
+            for (std::size_t j = 0; j < I; ++j)
+            {
+                double g = 0, u = 0;
+                for (std::size_t i = 0; i < H; ++i)
+                {
+                    g += t.gate_up[(e * 2 * I + j) * H + i] * h[i];
+                    u += t.gate_up[(e * 2 * I + I + j) * H + i] * h[i];
+                }
+                act[j] = gelu(g) * u;
+            }
+            for (std::size_t i = 0; i < H; ++i)
+            {
+                double s = 0;
+                for (std::size_t j = 0; j < I; ++j) s += t.down[(e * H + i) * I + j] * act[j];
+                acc[i] += r.weights[k] * s;
+            }
+        }
+        auto b2 = rmsd(acc);
+        for (std::size_t i = 0; i < H; ++i) b2[i] += b1[i];
+        const auto f = rmsd(b2);
+        for (std::size_t i = 0; i < H; ++i)
+        {
+            CHECK(y[tk * H + i] == doctest::Approx((xt[i] + f[i]) * 0.75).epsilon(1e-4));
+        }
+    }
+}
+
+TEST_CASE("quantized forward equals the source forward when the weights are exactly representable")
+{
+    tiny_layer t;
+    quant_spec spec;
+    spec.granularity = granularity_kind::per_channel;
+    auto gu = quantize(std::get<matrix_view<float>>(t.w.gate_up), spec);
+    auto dn = quantize(std::get<matrix_view<float>>(t.w.down), spec);
+    const auto m = measure(std::get<matrix_view<float>>(t.w.gate_up), gu);
+    CHECK(m.max_abs_err == 0.0);
+    const std::size_t T = 5, H = t.c.hidden;
+    const auto x = t.tokens(T);
+    std::vector<float> y0(T * H), y1(T * H);
+    view_operators src(t.c, t.w, 1);
+    quantized_operators q(t.c, t.w, {&gu, &dn}, {nullptr, nullptr, nullptr}, 2);
+    ffn_forward(t.c, t.w, src, x.data(), T, y0.data(), nullptr, 1);
+    ffn_forward(t.c, t.w, q, x.data(), T, y1.data(), nullptr, 2);
+    CHECK(y0 == y1);
+
+    // The validator reports cos 1, full router agreement and passes both gates.
+    validate_options o;
+    o.tokens = T;
+    o.threads = 2;
+    const auto rep = validate(t.c, [&](std::size_t l) -> const layer_weights& { t.w.layer = l; return t.w; }, x, o);
+    REQUIRE(rep.layers.size() == 2);
+    const auto& pc = rep.layers[1].by_spec[1];
+    CHECK(pc.hidden_cos_min == doctest::Approx(1.0).epsilon(1e-12));
+    CHECK(pc.stack_cos_min == doctest::Approx(1.0).epsilon(1e-12));
+    CHECK(pc.router_agreement == 1.0);
+    CHECK(pc.tensors[0].total.max_abs_err == 0.0);
+    REQUIRE(pc.tensors[0].experts.size() == 4);
+    CHECK(rep.passed);
+}
+
+TEST_CASE("a coarse per-tensor scale costs accuracy the validator sees, and the gate fails")
+{
+    tiny_layer t;
+    // One outlier 50x the largest weight in expert 2 of gate_up.
+    t.gate_up[2 * 16 * 16 + 5] = 127.0f * 50.0f / 64.0f;
+    const std::size_t T = 4;
+    validate_options o;
+    o.tokens = T;
+    o.layers = {0};
+    o.gated = 0;  // gate per_tensor
+    const auto rep = validate(t.c, [&](std::size_t) -> const layer_weights& { return t.w; }, t.tokens(T), o);
+    const auto& pt = rep.layers[0].by_spec[0];
+    const auto& pc = rep.layers[0].by_spec[1];
+    CHECK(pt.tensors[0].total.sqnr_db < pc.tensors[0].total.sqnr_db);
+    CHECK(pt.tensors[0].total.bits_lost_max >= std::log2(50.0) - 1e-9);
+    CHECK(pc.tensors[0].total.bits_lost_max == 0.0);
+    CHECK(pt.hidden_cos_min < pc.hidden_cos_min);
+    CHECK(rep.stack[0].predicted_amplification_seed == doctest::Approx(amplification_seed(pt.hidden_cos_min, 1)));
+    CHECK_FALSE(rep.stack[0].layer_gate_passed);
+    CHECK_FALSE(rep.passed);
+}
+
+TEST_CASE("the matrix products do not depend on the thread count")
+{
+    tiny_layer t;
+    const auto x = t.tokens(7);
+    std::vector<float> a(7 * 64), b(7 * 64);
+    apply(t.w.gate_up, x.data(), 7, a.data(), 1);
+    apply(t.w.gate_up, x.data(), 7, b.data(), 3);
+    CHECK(a == b);
+}
+
+TEST_CASE("the synthetic generator is deterministic, thread-independent and has its documented law")
+{
+    synthetic_options so;
+    so.experts = 2;
+    so.layers = 3;
+    synthetic_model m(so);
+    CHECK(m.cfg().top_k == 2);
+    const std::string name = names::expert(m.cfg(), 1, expert_matrix::down);
+    const std::size_t n = 2 * 2816 * 704;
+    std::vector<bfloat16_t> a(n), b(n);
+    m.fill(name, 1, a.data(), n, 1);
+    m.fill(name, 1, b.data(), n, 2);
+    CHECK(std::equal(a.begin(), a.end(), b.begin(), [](auto p, auto q) { return p.bits == q.bits; }));
+    // Bulk RMS near sigma = 1/sqrt(704); the outliers reach K_L sigma (0.75 .. 1.25).
+    double ss = 0, amax = 0;
+    for (auto v : a)
+    {
+        ss += double(to_float(v)) * to_float(v);
+        amax = std::max(amax, double(std::fabs(to_float(v))));
+    }
+    const double sigma = 1.0 / std::sqrt(704.0);
+    CHECK(std::sqrt(ss / n) == doctest::Approx(sigma).epsilon(0.15));
+    CHECK(amax >= 0.74 * m.severity(1) * sigma);
+    CHECK(amax <= 1.26 * std::max(m.severity(1), 8.0) * sigma);
+    // Severities span [k_min, k_max].
+    double lo = 1e9, hi = 0;
+    for (std::size_t l = 0; l < 3; ++l)
+    {
+        lo = std::min(lo, m.severity(l));
+        hi = std::max(hi, m.severity(l));
+    }
+    CHECK(lo == doctest::Approx(so.k_min));
+    CHECK(hi == doctest::Approx(so.k_max));
+    CHECK_THROWS_AS(m.fill("no.such.tensor", 0, a.data(), 1, 1), orbitq::error);
+}
