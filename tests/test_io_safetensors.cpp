@@ -18,7 +18,11 @@
 #include <random>
 #include <sstream>
 
+#include <csignal>
+
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -590,6 +594,76 @@ TEST_CASE("safetensors_writer: atomicity, misuse and overwrite")
     }
 }
 
+namespace
+{
+    /// Lowers RLIMIT_FSIZE (a stand-in for a full disk: writes and allocations past it fail with
+    /// EFBIG) and ignores SIGXFSZ, restoring both on destruction.
+    struct file_size_limit
+    {
+        ::rlimit old{};
+        void (*old_handler)(int) = nullptr;
+        explicit file_size_limit(std::uint64_t bytes)
+        {
+            ::getrlimit(RLIMIT_FSIZE, &old);
+            old_handler = std::signal(SIGXFSZ, SIG_IGN);
+            ::rlimit lim = old;
+            lim.rlim_cur = bytes;
+            ::setrlimit(RLIMIT_FSIZE, &lim);
+        }
+        ~file_size_limit()
+        {
+            ::setrlimit(RLIMIT_FSIZE, &old);
+            std::signal(SIGXFSZ, old_handler);
+        }
+    };
+}
+
+TEST_CASE("no space (file-size limit): a clear io error before any data is produced, nothing partial left")
+{
+    scratch_dir dir;
+    SUBCASE("safetensors_writer")
+    {
+        std::string msg;
+        {
+            file_size_limit limit(1 << 20);
+            try
+            {
+                safetensors_writer w(dir.path / "big.safetensors", {{"a", dtype::u8, {2 << 20}}});
+            }
+            catch (const orbitq::error& e)
+            {
+                CHECK(e.kind() == error_kind::io);
+                msg = e.what();
+            }
+        }
+        CAPTURE(msg);
+        CHECK(msg.find("big.safetensors") != std::string::npos);
+        CHECK(msg.find("reserve") != std::string::npos);
+        CHECK(dir.listing().empty());
+    }
+    SUBCASE("write_checkpoint")
+    {
+        int produced = 0;
+        bool thrown = false;
+        {
+            file_size_limit limit(1 << 20);
+            try
+            {
+                write_checkpoint(dir.path, {{"a", dtype::u8, {1000}}, {"b", dtype::u8, {2 << 20}}},
+                                 [&](const tensor_decl&, std::span<std::byte>) { ++produced; }, 1 << 20);
+            }
+            catch (const orbitq::error& e)
+            {
+                thrown = true;
+                CHECK(e.kind() == error_kind::io);
+            }
+        }
+        CHECK(thrown);
+        CHECK(produced == 1);  // "b" was never produced: its shard could not be reserved
+        CHECK(dir.listing() == std::vector<std::string>{"model-00001-of-00002.safetensors"});
+    }
+}
+
 TEST_CASE("write_file_atomic")
 {
     scratch_dir dir;
@@ -724,6 +798,112 @@ TEST_CASE("write_checkpoint: a failing producer leaves no index and no temporari
     // Without an index the directory is an incomplete checkpoint, so a rerun may replace it.
     write_checkpoint(dir.path, decls, [](const tensor_decl&, std::span<std::byte>) {}, 15);
     CHECK(checkpoint::open(dir.path).names().size() == 3);
+}
+
+TEST_CASE("kill -9 during write_checkpoint: no incomplete file under a final name; a rerun completes and cleans up")
+{
+    std::vector<tensor_decl> decls;
+    for (int i = 0; i < 40; ++i)
+    {
+        std::string name = "t";  // appended: GCC 12 warns falsely (-Wrestrict) on "t" + to_string(i)
+        name += std::to_string(i);
+        decls.push_back({name, dtype::f32, {128, 128}});  // 64 KiB each
+    }
+    auto fill = [](const tensor_decl& d, std::span<std::byte> b) {
+        const auto p = pattern(b.size(), static_cast<unsigned>(std::stoi(d.name.substr(1))));
+        std::copy(p.begin(), p.end(), b.begin());
+    };
+    for (const int kill_after_ms : {15, 90, 200})
+    {
+        CAPTURE(kill_after_ms);
+        scratch_dir dir;
+        const pid_t child = ::fork();
+        REQUIRE(child >= 0);
+        if (child == 0)
+        {
+            try
+            {
+                write_checkpoint(dir.path, decls,
+                                 [&](const tensor_decl& d, std::span<std::byte> b) {
+                                     fill(d, b);
+                                     ::usleep(5000);
+                                 },
+                                 std::size_t(256) << 10);
+            }
+            catch (...)
+            {
+                ::_exit(1);
+            }
+            ::_exit(0);
+        }
+        ::usleep(static_cast<useconds_t>(kill_after_ms) * 1000);
+        ::kill(child, SIGKILL);
+        int status = 0;
+        ::waitpid(child, &status, 0);
+        CHECK(WIFSIGNALED(status));
+
+        // Whatever carries a final name is complete.
+        bool index_present = false;
+        std::size_t hidden = 0;
+        for (const auto& e : fs::directory_iterator(dir.path))
+        {
+            const std::string name = e.path().filename().string();
+            if (name.front() == '.')
+            {
+                ++hidden;
+                continue;
+            }
+            if (name == "model.safetensors.index.json")
+            {
+                index_present = true;
+                continue;
+            }
+            CHECK(is_shard_file_name(name));
+            CHECK_NOTHROW((void)safetensors_file::open(e.path()));
+        }
+        CHECK(hidden <= 1);  // at most the shard being written when the signal came
+        if (index_present) CHECK(checkpoint::open(dir.path).size() == decls.size());
+
+        // A rerun (no overwrite needed: without an index the checkpoint is incomplete) finishes
+        // and removes the dead writer's temporary.
+        if (!index_present)
+        {
+            write_checkpoint(dir.path, decls, fill, std::size_t(256) << 10);
+        }
+        for (const auto& e : fs::directory_iterator(dir.path)) CHECK(e.path().filename().string().front() != '.');
+        const auto c = checkpoint::open(dir.path);
+        REQUIRE(c.size() == decls.size());
+        for (const auto& d : decls) CHECK(same(c.bytes(d.name), pattern(d.bytes(), static_cast<unsigned>(std::stoi(d.name.substr(1))))));
+    }
+}
+
+TEST_CASE("remove_stale_temporaries only removes dead writers' temporaries of matching names")
+{
+    scratch_dir dir;
+    const pid_t dead = ::fork();
+    if (dead == 0) ::_exit(0);
+    ::waitpid(dead, nullptr, 0);
+    // Names built by appends: GCC 12 warns falsely (-Wrestrict) on "lit" + string + "lit" chains.
+    auto tmp = [](std::string_view final_name, const std::string& pid, char n) {
+        std::string s = ".";
+        s += final_name;
+        s += ".tmp.";
+        s += pid;
+        s += '.';
+        s += n;
+        return s;
+    };
+    const std::string d = std::to_string(dead);
+    const std::string live = std::to_string(::getppid());
+    const std::string shard = "model-00001-of-00002.safetensors";
+    for (const std::string& n : {tmp(shard, d, '0'), tmp(shard, live, '3'), tmp("other.json", d, '1'), tmp(shard, "x", '1'),
+                                 std::string("model-00002-of-00002.safetensors")})
+    {
+        write_raw(dir.path / n, "x");
+    }
+    CHECK(remove_stale_temporaries(dir.path, [](std::string_view n) { return is_shard_file_name(n); }) == 1);
+    CHECK(dir.listing() == std::vector<std::string>{tmp(shard, live, '3'), tmp(shard, "x", '1'), tmp("other.json", d, '1'),
+                                                    "model-00002-of-00002.safetensors"});
 }
 
 TEST_CASE("checkpoint::open: single file layouts")

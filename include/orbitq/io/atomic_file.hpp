@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -23,6 +24,7 @@
 #include <utility>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -292,7 +294,53 @@ namespace orbitq::io
     inline void write_file_atomic(const std::filesystem::path& path, std::string_view contents, bool overwrite = true)
     {
         temp_file f(path, overwrite);
+        f.reserve(contents.size());
         f.write_at(0, std::as_bytes(std::span<const char>(contents.data(), contents.size())));
         f.commit();
+    }
+
+    /// @brief Removes temporaries that a killed writer left in `dir`: hidden files named
+    ///        `.<final>.tmp.<pid>.<n>` (as temp_file names them) whose `<final>` satisfies
+    ///        `is_ours` and whose process no longer exists on this machine. Temporaries of live
+    ///        processes, and every other file, are left alone. Never throws.
+    /// @return the number of files removed.
+    /// @pre no process on another machine writes into `dir` (a pid is only meaningful locally).
+    template <class Predicate>
+    std::size_t remove_stale_temporaries(const std::filesystem::path& dir, Predicate is_ours) noexcept
+    {
+        std::size_t removed = 0;
+        std::error_code ec;
+        for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+        {
+            const std::string name = it->path().filename().string();
+            const auto tmp = name.rfind(".tmp.");
+            if (name.size() < 2 || name[0] != '.' || tmp == std::string::npos || tmp < 1) continue;
+            const std::string final_name = name.substr(1, tmp - 1);
+            const std::string rest = name.substr(tmp + 5);  // "<pid>.<n>"
+            const auto dot = rest.find('.');
+            if (dot == std::string::npos || dot == 0 || dot + 1 >= rest.size()) continue;
+            if (rest.find_first_not_of("0123456789.") != std::string::npos) continue;
+            long pid = 0;
+            try
+            {
+                pid = std::stol(rest.substr(0, dot));
+            }
+            catch (...)
+            {
+                continue;
+            }
+            if (pid <= 0 || pid == static_cast<long>(::getpid())) continue;
+            if (::kill(static_cast<::pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive, or unknown
+            try
+            {
+                if (!is_ours(std::string_view(final_name))) continue;
+            }
+            catch (...)
+            {
+                continue;
+            }
+            if (::unlink(it->path().c_str()) == 0) ++removed;
+        }
+        return removed;
     }
 }

@@ -1077,6 +1077,23 @@ namespace orbitq::io
         return "model-" + pad5(k) + "-of-" + pad5(m) + ".safetensors";
     }
 
+    /// @brief True for names of the form model-NNNNN-of-NNNNN.safetensors (five or more digits).
+    inline bool is_shard_file_name(std::string_view name)
+    {
+        auto digits = [&](std::size_t& i) {
+            const std::size_t start = i;
+            while (i < name.size() && name[i] >= '0' && name[i] <= '9') ++i;
+            return i - start >= 5;
+        };
+        auto literal = [&](std::size_t& i, std::string_view lit) {
+            if (name.substr(i, lit.size()) != lit) return false;
+            i += lit.size();
+            return true;
+        };
+        std::size_t i = 0;
+        return literal(i, "model-") && digits(i) && literal(i, "-of-") && digits(i) && literal(i, ".safetensors") && i == name.size();
+    }
+
     /// @brief Splits declarations, in order, into shards of at most max_shard_bytes of data; a
     ///        tensor larger than that gets a shard of its own. Returns each shard's [first, last)
     ///        range of declaration indices.
@@ -1110,7 +1127,10 @@ namespace orbitq::io
     /// tensor. model.safetensors.index.json ({"metadata": {"total_size": N}, "weight_map":
     /// {name: shard}}) is written last and is the commit point: a checkpoint is complete exactly
     /// when its index exists. Hence, with overwrite=false, an existing index is refused, while
-    /// shard files without an index (left by an interrupted run) are replaced.
+    /// shard files without an index (left by an interrupted run) are replaced, and hidden
+    /// temporaries of shards or index left by a killed process are removed first (see
+    /// remove_stale_temporaries). With overwrite=true, shards of an older checkpoint that the new
+    /// index does not name are left in place (unreferenced).
     /// @throws error_kind::invalid_argument on bad declarations or max_shard_bytes == 0;
     ///         error_kind::io on write failures or a refused overwrite; whatever `produce` throws.
     ///         On any exception, no file of this call is left under a final name except shards
@@ -1139,6 +1159,8 @@ namespace orbitq::io
         std::error_code ec;
         fs::create_directories(dir, ec);
         if (ec) throw error(error_kind::io, "cannot create checkpoint directory '" + dir.string() + "': " + ec.message());
+        // A killed earlier run may have left (preallocated, possibly huge) temporaries.
+        remove_stale_temporaries(dir, [](std::string_view name) { return name == checkpoint::index_name || is_shard_file_name(name); });
 
         const auto plan = plan_shards(decls, max_shard_bytes);
         if (plan.size() > 99999) throw error(error_kind::invalid_argument, "writing checkpoint '" + dir.string() + "': more than 99999 shards");
