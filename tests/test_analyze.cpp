@@ -267,6 +267,21 @@ TEST_CASE("analyze: hand-computed 2 x 4 case")
     }
 }
 
+TEST_CASE("analyze equals quantize + measure when almost every weight rounds to zero")
+{
+    // One weight 10^4 times the others: under per-tensor int4 every other weight's code is 0, so
+    // Σwŵ is small next to Σw² and Σ(w − ŵ)² (the derived dot product is then least accurate).
+    for (float big : {1e2f, 1e4f})
+    {
+        CAPTURE(big);
+        const std::size_t rows = 24, cols = 64;
+        auto data = make_weights(rows, cols, 9);
+        data[5 * cols + 3] = big;
+        const auto w = make_view(data.data(), rows, cols, "degenerate");
+        check_all(w, default_candidates(cols));
+    }
+}
+
 TEST_CASE("analyze: an all-zero tensor reconstructs exactly")
 {
     const std::vector<float> data(64, 0.0f);
