@@ -24,7 +24,8 @@
 /// below depend on |zp| * sum|x| instead of on the weights.
 ///
 /// Accuracy (proved by the standard floating-point summation argument, checked by the tests):
-/// with u = 2^-24, L = SIMD lanes, k = ceil(group / L) + groups_per_row + L + 2 and
+/// with u = 2^-24, L = SIMD lanes, k = f * (ceil(group / L) + groups_per_row) + L + 2 (f = 1
+/// with a fused multiply-add, f = 2 without one, e.g. baseline SSE2) and
 /// gamma_k = k u / (1 - k u), every output satisfies
 ///   |y[r] - y_ref[r]| <= gamma_k * sum_j |w_deq[r, j] * x[j]|
 /// where y_ref is computed in double from dequantize(w) (w_deq) and the same activations widened
@@ -70,6 +71,13 @@ namespace orbitq
         using float_batch = kernels::simd::float_batch;
         using int_batch = kernels::simd::int_batch;
         inline constexpr std::size_t lanes = float_batch::size;
+
+        /// Whether xsimd::fma is a fused multiply-add (one rounding) on the target.
+#if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
+        inline constexpr bool fused_multiply_add = true;
+#else
+        inline constexpr bool fused_multiply_add = false;
+#endif
 
         /// Loads int_batch::size int8 values and sign-extends them to int32 lanes.
         template <class B>
@@ -278,7 +286,8 @@ namespace orbitq
             std::size_t token_stride;        ///< activation buffer floats between two tokens
             std::size_t chunks;              ///< chunks of a full group
             std::size_t last_chunks;         ///< chunks of the last group
-            std::size_t rows;                ///< output row stride (rows of W)
+            std::size_t out_rows;            ///< output row stride (rows computed)
+            std::size_t row0;                ///< first row computed (output row 0)
         };
 
         /// The register tile: rows [r0, r0 + R) times tokens [t0, t0 + T). Per (row, token) the
@@ -348,7 +357,7 @@ namespace orbitq
 #pragma GCC unroll 16
             for (std::size_t r = 0; r < R; ++r)
 #pragma GCC unroll 16
-                for (std::size_t t = 0; t < T; ++t) y[(t0 + t) * a.rows + r0 + r] = xsimd::hadd(total[r][t]);
+                for (std::size_t t = 0; t < T; ++t) y[(t0 + t) * a.out_rows + (r0 + r - a.row0)] = xsimd::hadd(total[r][t]);
         }
 
         /// Rows per tile and tokens per tile. More rows give gemv independent FMA chains; gemm
@@ -403,7 +412,8 @@ namespace orbitq
         }
 
         template <std::size_t R, std::size_t T>
-        void run(const quantized_tensor& w, const plan& p, const float* xbuf, std::size_t tokens, float* y, unsigned threads)
+        void run(const quantized_tensor& w, const plan& p, std::size_t row0, std::size_t rows, const float* xbuf,
+                 std::size_t tokens, float* y, unsigned threads)
         {
             tile_args a{};
             a.scales = w.scales.data();
@@ -413,12 +423,15 @@ namespace orbitq
             a.groups = p.groups;
             a.group_stride = p.group_stride;
             a.token_stride = p.row_stride;
-            a.rows = p.rows;
+            a.out_rows = rows;
+            a.row0 = row0;
             const std::size_t C = p.interleaved ? 2 : 1;  // per_chunk of the source used below
             a.chunks = p.vectors(0) / C;
             a.last_chunks = p.vectors(p.groups - 1) / C;
             a.group_advance = p.direct ? p.group : p.group_stride;
-            parallel_rows(p.rows, threads, [&](std::size_t first, std::size_t last) {
+            parallel_rows(rows, threads, [&](std::size_t first, std::size_t last) {
+                first += row0;
+                last += row0;
                 if (!p.direct) return run_rows_widened<R, T>(w, p, a, first, last, xbuf, tokens, y);
                 const std::int8_t* codes = w.codes.data();
                 if (p.int4)
@@ -432,30 +445,35 @@ namespace orbitq
         }
 
         template <class X>
-        void multiply(const quantized_tensor& w, std::span<const X> x, std::size_t tokens, std::span<float> y, unsigned threads,
-                      const char* who)
+        void multiply(const quantized_tensor& w, std::size_t row0, std::size_t rows, std::span<const X> x, std::size_t tokens,
+                      std::span<float> y, unsigned threads, const char* who)
         {
             const plan p = make_plan(w);
+            const std::string name(who);
             if (tokens == 0 || tokens > gemm_max_tokens)
             {
-                throw error(error_kind::invalid_argument, std::string(who) + ": tokens must be in [1, 64], got " + std::to_string(tokens));
+                throw error(error_kind::invalid_argument, name + ": tokens must be in [1, 64], got " + std::to_string(tokens));
+            }
+            if (row0 > p.rows || rows > p.rows - row0)
+            {
+                throw error(error_kind::invalid_argument, name + ": rows [" + std::to_string(row0) + ", " + std::to_string(row0 + rows)
+                                                              + ") outside the weight's " + std::to_string(p.rows) + " rows");
             }
             if (x.size() != tokens * p.cols)
             {
-                throw error(error_kind::shape_mismatch, std::string(who) + ": x has " + std::to_string(x.size())
-                                                            + " elements, expected " + std::to_string(tokens) + " x "
-                                                            + std::to_string(p.cols));
+                throw error(error_kind::shape_mismatch, name + ": x has " + std::to_string(x.size()) + " elements, expected "
+                                                            + std::to_string(tokens) + " x " + std::to_string(p.cols));
             }
-            if (y.size() != tokens * p.rows)
+            if (y.size() != tokens * rows)
             {
-                throw error(error_kind::shape_mismatch, std::string(who) + ": y has " + std::to_string(y.size())
-                                                            + " elements, expected " + std::to_string(tokens) + " x "
-                                                            + std::to_string(p.rows));
+                throw error(error_kind::shape_mismatch, name + ": y has " + std::to_string(y.size()) + " elements, expected "
+                                                            + std::to_string(tokens) + " x " + std::to_string(rows));
             }
+            if (rows == 0) return;
             std::vector<float, xsimd::aligned_allocator<float>> xbuf(tokens * p.row_stride);
             for (std::size_t t = 0; t < tokens; ++t) pack_activations(p, x.data() + t * p.cols, xbuf.data() + t * p.row_stride);
-            if (tokens == 1) run<gemv_rows, 1>(w, p, xbuf.data(), 1, y.data(), threads);
-            else run<gemm_rows, gemm_tokens>(w, p, xbuf.data(), tokens, y.data(), threads);
+            if (tokens == 1) run<gemv_rows, 1>(w, p, row0, rows, xbuf.data(), 1, y.data(), threads);
+            else run<gemm_rows, gemm_tokens>(w, p, row0, rows, xbuf.data(), tokens, y.data(), threads);
         }
     }
 
@@ -468,7 +486,10 @@ namespace orbitq
     inline double gemv_error_bound(const quantized_tensor& w) noexcept
     {
         const std::size_t L = detail::gemv::lanes;
-        const double k = static_cast<double>((w.layout.group + L - 1) / L + w.layout.groups_per_row + L + 2);
+        // Without a fused multiply-add (x86-64 baseline SSE2), each chain step rounds twice.
+        const std::size_t per_step = detail::gemv::fused_multiply_add ? 1 : 2;
+        const std::size_t chain = (w.layout.group + L - 1) / L + w.layout.groups_per_row;
+        const double k = static_cast<double>(per_step * chain + L + 2);
         const double u = 0x1p-24;
         return k * u / (1.0 - k * u);
     }
@@ -486,7 +507,7 @@ namespace orbitq
     template <activation_element X>
     void gemv(const quantized_tensor& w, std::span<const X> x, std::span<float> y, unsigned threads = 1)
     {
-        detail::gemv::multiply(w, x, 1, y, threads, "gemv");
+        detail::gemv::multiply(w, 0, w.rows, x, 1, y, threads, "gemv");
     }
 
     /// @brief Y = X W^T for a small batch: Y[t, r] = sum_j W[r, j] X[t, j].
@@ -502,6 +523,18 @@ namespace orbitq
     template <activation_element X>
     void gemm(const quantized_tensor& w, std::span<const X> x, std::size_t tokens, std::span<float> y, unsigned threads = 1)
     {
-        detail::gemv::multiply(w, x, tokens, y, threads, "gemm");
+        detail::gemv::multiply(w, 0, w.rows, x, tokens, y, threads, "gemm");
+    }
+
+    /// @brief gemm on the row block [row0, row0 + rows) of w: Y[t, i] = sum_j W[row0 + i, j] X[t, j],
+    ///        e.g. one expert's slice of a stacked [E * R, C] expert tensor. Bit-identical to the
+    ///        corresponding rows of the whole-matrix gemm.
+    /// @param y row-major [tokens, rows] (overwritten).
+    /// @throws error (invalid_argument) when the block is not inside w's rows; as gemm otherwise.
+    template <activation_element X>
+    void gemm(const quantized_tensor& w, std::size_t row0, std::size_t rows, std::span<const X> x, std::size_t tokens,
+              std::span<float> y, unsigned threads = 1)
+    {
+        detail::gemv::multiply(w, row0, rows, x, tokens, y, threads, "gemm");
     }
 }
