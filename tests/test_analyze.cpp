@@ -282,6 +282,14 @@ TEST_CASE("analyze equals quantize + measure when almost every weight rounds to 
     }
 }
 
+TEST_CASE("analyze equals quantize + measure on a strided sub-matrix view")
+{
+    const std::size_t rows = 20, stride = 100, cols = 64;
+    const auto data = make_weights(rows, stride, 10);
+    matrix_view<float> w{data.data() + 7, rows, cols, stride, {rows, cols}, "strided"};
+    check_all(w, default_candidates(cols));
+}
+
 TEST_CASE("analyze: an all-zero tensor reconstructs exactly")
 {
     const std::vector<float> data(64, 0.0f);

@@ -723,7 +723,7 @@ namespace orbitq
         if (target_sqnr_db) target += (target.empty() ? "" : " and ") + std::string("SQNR >= ") + A::format_double("%.4g dB", *target_sqnr_db);
         auto describe = [](const candidate_result& c) {
             return c.spec.describe() + " (" + A::format_double("%.4f", c.bits_per_weight) + " bits/weight, cos "
-                + A::format_double("%.6f", c.cosine) + ", SQNR " + A::format_double("%.2f dB", c.sqnr_db) + ")";
+                + A::format_double("%.7f", c.cosine) + ", SQNR " + A::format_double("%.2f dB", c.sqnr_db) + ")";
         };
 
         std::optional<std::size_t> best;
