@@ -29,8 +29,9 @@
 /// per thread: see bench/bench_analyze.cpp.
 ///
 /// Determinism: rows are processed in fixed blocks of analyze_options::block_rows rows; each block
-/// combines its rows' error_accumulators in row order and the blocks are combined in block order,
-/// so the results do not depend on the thread count.
+/// accumulates its rows in row order (per SIMD lane, reduced once at the end of the block into an
+/// error_accumulator) and the blocks' accumulators are combined in block order, so the results do
+/// not depend on the thread count.
 #pragma once
 
 #include "orbitq/algebra/orbits.hpp"
@@ -297,19 +298,6 @@ namespace orbitq
             return s;
         }
 
-        /// Largest lane of a and b.
-        template <class DB>
-        inline double lane_max(const DB& a, const DB& b) noexcept
-        {
-            alignas(64) double x[DB::size];
-            alignas(64) double y[DB::size];
-            a.store_aligned(x);
-            b.store_aligned(y);
-            double m = 0.0;
-            for (std::size_t k = 0; k < DB::size; ++k) m = std::max(m, std::max(x[k], y[k]));
-            return m;
-        }
-
         /// max(m, |d|), one instruction where the ISA has it.
         template <class DB>
         inline DB max_abs(const DB& m, const DB& d) noexcept
@@ -327,50 +315,101 @@ namespace orbitq
             }
         }
 
-        /// The error sums of one candidate over one row, Σŵ², Σ(w − ŵ)² and max |w − ŵ| in double,
-        ///        as the row's error_accumulator (Σwŵ = (Σw² + Σŵ² − Σ(w − ŵ)²) / 2: the
-        ///        subtracted term is the small one, so nothing is lost).
+        /// One candidate's running sums over a block of rows, kept in lanes so that a row costs
+        /// no horizontal reduction: Σŵ², Σ(w − ŵ)² per lane, and per lane the largest |w − ŵ|
+        /// with the first row where it occurred (strictly greater replaces, so the first row wins).
+        /// Scalar tails (orbits that are not whole batches) have their own lane.
+        struct lane_sums
+        {
+            double_batch rec0 = double_batch(0.0), rec1 = double_batch(0.0);
+            double_batch err0 = double_batch(0.0), err1 = double_batch(0.0);
+            double_batch max0 = double_batch(0.0), max1 = double_batch(0.0);
+            double_batch row0 = double_batch(0.0), row1 = double_batch(0.0);  ///< exact: rows < 2^53
+            double rec = 0.0, err = 0.0, max = 0.0;
+            std::size_t max_row = 0;
+
+            /// The block's error_accumulator; ref = Σw² of the block's rows, n its element count.
+            error_accumulator finish(double ref, std::size_t n, std::size_t cols) const noexcept
+            {
+                error_accumulator a;
+                a.ref_sq = ref;
+                a.rec_sq = lane_sum(rec0, rec1) + rec;
+                a.err_sq = lane_sum(err0, err1) + err;
+                // Σwŵ = (Σw² + Σŵ² − Σ(w − ŵ)²) / 2, exactly in real arithmetic.
+                a.dot = 0.5 * (a.ref_sq + a.rec_sq - a.err_sq);
+                a.count = n;
+                alignas(64) double m[2 * double_batch::size];
+                alignas(64) double r[2 * double_batch::size];
+                max0.store_aligned(m);
+                max1.store_aligned(m + double_batch::size);
+                row0.store_aligned(r);
+                row1.store_aligned(r + double_batch::size);
+                a.max_abs_err = max;
+                std::size_t row = max_row;
+                for (std::size_t k = 0; k < 2 * double_batch::size; ++k)
+                {
+                    const auto rk = static_cast<std::size_t>(r[k]);
+                    if (m[k] > a.max_abs_err || (m[k] == a.max_abs_err && m[k] > 0.0 && rk < row))
+                    {
+                        a.max_abs_err = m[k];
+                        row = rk;
+                    }
+                }
+                a.max_index = row * cols;  // the column is resolved at the end, for the winning row only
+                return a;
+            }
+        };
+
+        /// Adds one row of one candidate to its lane sums.
+        /// @tparam NB when > 0: every orbit is exactly NB batches (the loop over an orbit unrolls)
         /// @param group columns per orbit; orbit j covers [j*group, min((j+1)*group, cols))
         /// @param params one per orbit of the row
-        /// @param ref Σw² of the row; r its index
-        template <rounding_policy R>
-        error_accumulator row_error(const float* x, const double* xd, std::size_t cols, std::size_t group,
-                                    const orbit_params* params, double ref, std::size_t r) noexcept
+        template <rounding_policy R, std::size_t NB = 0>
+        void row_error(const float* x, const double* xd, std::size_t cols, std::size_t group, const orbit_params* params,
+                       std::size_t r, lane_sums& acc) noexcept
         {
             constexpr std::size_t w = float_batch::size;
             constexpr std::size_t h = double_batch::size;
-            double_batch r0(0.0), r1(0.0), e0(0.0), e1(0.0), m0(0.0), m1(0.0);
+            double_batch r0 = acc.rec0, r1 = acc.rec1, e0 = acc.err0, e1 = acc.err1;
+            double_batch m0(0.0), m1(0.0);
             double rec = 0.0, err = 0.0, mx = 0.0;
+            // One batch: encode (as quantize's kernel), ŵ in f32, then the sums in f64.
+            auto step = [&](std::size_t i, const float_batch& v_of_a, const float_batch& lo, const float_batch& hi, const float_batch& s) {
+                const float_batch v = xsimd::min(xsimd::max(simd::detail::round<R>(v_of_a), lo), hi);
+                const float_batch b = v * s;
+                double_batch b0, b1;
+                widen(b, b0, b1);
+                const double_batch d0 = double_batch::load_unaligned(xd + i) - b0;
+                const double_batch d1 = double_batch::load_unaligned(xd + i + h) - b1;
+                r0 = xsimd::fma(b0, b0, r0);
+                r1 = xsimd::fma(b1, b1, r1);
+                e0 = xsimd::fma(d0, d0, e0);
+                e1 = xsimd::fma(d1, d1, e1);
+                m0 = max_abs(m0, d0);
+                m1 = max_abs(m1, d1);
+            };
             for (std::size_t c0 = 0, j = 0; c0 < cols; c0 += group, ++j)
             {
                 const orbit_params& p = params[j];
                 const std::size_t c1 = std::min(cols, c0 + group);
-                const bool divide = p.enc.mode == scale_application::divide;
+                const float_batch lo(p.lo);
+                const float_batch hi(p.hi);
+                const float_batch s(p.stored_scale);
                 std::size_t i = c0;
-                if (!(divide && p.enc.params.scale == 0.0f))  // a zero orbit in divide mode goes to the scalar loop
+                if (p.enc.mode == scale_application::multiply_inverse)
                 {
                     const float_batch inv(p.enc.params.inv_scale);
-                    const float_batch scale(p.enc.params.scale);
-                    const float_batch lo(p.lo);
-                    const float_batch hi(p.hi);
-                    const float_batch s(p.stored_scale);
-                    for (; i + w <= c1; i += w)
+                    if constexpr (NB > 0)
                     {
-                        const float_batch a = float_batch::load_unaligned(x + i);
-                        float_batch v = divide ? a / scale : a * inv;
-                        v = xsimd::min(xsimd::max(simd::detail::round<R>(v), lo), hi);
-                        const float_batch b = v * s;
-                        double_batch b0, b1;
-                        widen(b, b0, b1);
-                        const double_batch d0 = double_batch::load_unaligned(xd + i) - b0;
-                        const double_batch d1 = double_batch::load_unaligned(xd + i + h) - b1;
-                        r0 = xsimd::fma(b0, b0, r0);
-                        r1 = xsimd::fma(b1, b1, r1);
-                        e0 = xsimd::fma(d0, d0, e0);
-                        e1 = xsimd::fma(d1, d1, e1);
-                        m0 = max_abs(m0, d0);
-                        m1 = max_abs(m1, d1);
+                        for (std::size_t k = 0; k < NB; ++k) step(c0 + k * w, float_batch::load_unaligned(x + c0 + k * w) * inv, lo, hi, s);
+                        continue;
                     }
+                    for (; i + w <= c1; i += w) step(i, float_batch::load_unaligned(x + i) * inv, lo, hi, s);
+                }
+                else if (p.enc.params.scale != 0.0f)  // a zero orbit in divide mode goes to the scalar loop
+                {
+                    const float_batch scale(p.enc.params.scale);
+                    for (; i + w <= c1; i += w) step(i, float_batch::load_unaligned(x + i) / scale, lo, hi, s);
                 }
                 for (; i < c1; ++i)
                 {
@@ -381,16 +420,44 @@ namespace orbitq
                     mx = std::max(mx, std::fabs(d));
                 }
             }
-            error_accumulator acc;
-            acc.ref_sq = ref;
-            acc.rec_sq = lane_sum(r0, r1) + rec;
-            acc.err_sq = lane_sum(e0, e1) + err;
-            mx = std::max(mx, lane_max(m0, m1));
-            acc.dot = 0.5 * (acc.ref_sq + acc.rec_sq - acc.err_sq);
-            acc.max_abs_err = mx;
-            acc.max_index = r * cols;  // the column is resolved at the end, for the winning row only
-            acc.count = cols;
-            return acc;
+            acc.rec0 = r0;
+            acc.rec1 = r1;
+            acc.err0 = e0;
+            acc.err1 = e1;
+            const double_batch row(static_cast<double>(r));
+            const auto g0 = m0 > acc.max0;
+            const auto g1 = m1 > acc.max1;
+            acc.max0 = xsimd::select(g0, m0, acc.max0);
+            acc.max1 = xsimd::select(g1, m1, acc.max1);
+            acc.row0 = xsimd::select(g0, row, acc.row0);
+            acc.row1 = xsimd::select(g1, row, acc.row1);
+            acc.rec += rec;
+            acc.err += err;
+            if (mx > acc.max)
+            {
+                acc.max = mx;
+                acc.max_row = r;
+            }
+        }
+
+        /// row_error with the orbit loop unrolled where every orbit is 1, 2, 4 or 8 whole batches.
+        template <rounding_policy R>
+        void row_error_dispatch(const float* x, const double* xd, std::size_t cols, std::size_t group, const orbit_params* params,
+                                std::size_t r, lane_sums& acc) noexcept
+        {
+            constexpr std::size_t w = float_batch::size;
+            if (group % w == 0 && cols % group == 0)
+            {
+                switch (group / w)
+                {
+                    case 1: return row_error<R, 1>(x, xd, cols, group, params, r, acc);
+                    case 2: return row_error<R, 2>(x, xd, cols, group, params, r, acc);
+                    case 4: return row_error<R, 4>(x, xd, cols, group, params, r, acc);
+                    case 8: return row_error<R, 8>(x, xd, cols, group, params, r, acc);
+                    default: break;
+                }
+            }
+            row_error<R>(x, xd, cols, group, params, r, acc);
         }
 
         /// Converts a row to double and returns Σw² in double.
@@ -475,17 +542,15 @@ namespace orbitq
             return g;
         }
 
-        /// Row r's error_accumulator under plan p (params: scratch).
-        inline error_accumulator candidate_row(const plan& p, const statistics_pyramid& P, std::size_t r, const float* x,
-                                               const double* xd, double ref, const std::string& name,
-                                               std::vector<orbit_params>& params)
+        /// Adds row r under plan p to acc (params: scratch).
+        inline void candidate_row(const plan& p, const statistics_pyramid& P, std::size_t r, const float* x, const double* xd,
+                                  const std::string& name, std::vector<orbit_params>& params, lane_sums& acc)
         {
-            return with_scheme(p.spec, [&](auto scheme) {
+            with_scheme(p.spec, [&](auto scheme) {
                 using S = decltype(scheme);
                 const std::size_t group = row_params<S>(p, P, r, name, params);
-                return p.spec.rounding == rounding_kind::half_to_even
-                    ? row_error<half_to_even>(x, xd, P.cols, group, params.data(), ref, r)
-                    : row_error<half_away_from_zero>(x, xd, P.cols, group, params.data(), ref, r);
+                if (p.spec.rounding == rounding_kind::half_to_even) row_error_dispatch<half_to_even>(x, xd, P.cols, group, params.data(), r, acc);
+                else row_error_dispatch<half_away_from_zero>(x, xd, P.cols, group, params.data(), r, acc);
             });
         }
 
@@ -599,15 +664,19 @@ namespace orbitq
             std::vector<float> fbuf(std::same_as<T, float> ? 0 : w.cols);
             std::vector<double> xd(w.cols);
             std::vector<A::orbit_params> params;
+            std::vector<A::lane_sums> lanes(C);
             for (std::size_t b = first; b < last; ++b)
             {
                 A::block_result& out = results[b];
-                out.acc.assign(C, error_accumulator{});
+                lanes.assign(C, A::lane_sums{});
+                double block_ref = 0.0;
+                const std::size_t r0 = b * options.block_rows;
                 const std::size_t r1 = std::min(w.rows, (b + 1) * options.block_rows);
-                for (std::size_t r = b * options.block_rows; r < r1; ++r)
+                for (std::size_t r = r0; r < r1; ++r)
                 {
                     const float* x = A::row_f32(w, r, fbuf.data());
                     const double ref = A::widen_row(x, w.cols, xd.data());
+                    block_ref += ref;
 
                     // Outliers: only rows, and within them base groups, whose largest weight can
                     // enter the top list are scanned (a cheap float prefilter, then the exact ratio).
@@ -640,11 +709,10 @@ namespace orbitq
                         }
                     }
 
-                    for (std::size_t k = 0; k < C; ++k)
-                    {
-                        out.acc[k] = combine(out.acc[k], A::candidate_row(plans[k], P, r, x, xd.data(), ref, w.name, params));
-                    }
+                    for (std::size_t k = 0; k < C; ++k) A::candidate_row(plans[k], P, r, x, xd.data(), w.name, params, lanes[k]);
                 }
+                out.acc.resize(C);
+                for (std::size_t k = 0; k < C; ++k) out.acc[k] = lanes[k].finish(block_ref, (r1 - r0) * w.cols, w.cols);
             }
         });
 
