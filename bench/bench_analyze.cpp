@@ -99,10 +99,10 @@ namespace
     }
 
     template <class T>
-    void bm_analyze(benchmark::State& state, const std::vector<T>& data)
+    void bm_analyze(benchmark::State& state, const std::vector<T>& data, std::size_t rows = seed_rows, std::size_t cols = seed_cols)
     {
-        const auto view = orbitq::make_view(data.data(), seed_rows, seed_cols, "seed");
-        const auto candidates = orbitq::default_candidates(seed_cols);
+        const auto view = orbitq::make_view(data.data(), rows, cols, "seed");
+        const auto candidates = orbitq::default_candidates(cols);
         orbitq::analyze_options o;
         o.threads = static_cast<unsigned>(state.range(0));
         const double roof = roofline_seconds();
@@ -116,8 +116,10 @@ namespace
             seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
         state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * view.size() * sizeof(T)));
-        // Roofline time over analyze time for the same matrix (wall clock; analyze may use threads).
-        state.counters["roofline_ratio"] = roof * static_cast<double>(state.iterations()) / seconds;
+        // Roofline time over analyze time for the same number of elements (wall clock; analyze
+        // may use threads).
+        const double elements = static_cast<double>(rows * cols) / static_cast<double>(seed_rows * seed_cols);
+        state.counters["roofline_ratio"] = roof * elements * static_cast<double>(state.iterations()) / seconds;
         state.counters["candidates"] = static_cast<double>(candidates.size());
     }
 
@@ -135,6 +137,14 @@ namespace
                                          [](benchmark::State& s) { bm_analyze(s, seed_weights_bf16()); })
                 ->Arg(t)->ArgName("threads")->Unit(benchmark::kMillisecond)->UseRealTime();
         }
+        // One Gemma 4 expert's down_proj (2816, 704) and gate_up_proj (1408, 2816), bf16 as in the
+        // checkpoint: the shapes orbitq-gemma analyze works on (the first rows of the seed matrix).
+        benchmark::RegisterBenchmark("analyze/2816x704/bf16/expert_down", [](benchmark::State& s) {
+            bm_analyze(s, seed_weights_bf16(), 2816, 704);
+        })->Arg(1)->ArgName("threads")->Unit(benchmark::kMillisecond)->UseRealTime();
+        benchmark::RegisterBenchmark("analyze/1408x2816/bf16/expert_gate_up", [](benchmark::State& s) {
+            bm_analyze(s, seed_weights_bf16(), 1408, 2816);
+        })->Arg(1)->ArgName("threads")->Unit(benchmark::kMillisecond)->UseRealTime();
         return 0;
     }();
 }
