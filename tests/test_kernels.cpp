@@ -115,6 +115,40 @@ TEST_CASE_TEMPLATE("simd min_max_span equals the reference on every length", T, 
     }
 }
 
+TEST_CASE_TEMPLATE("simd abs_max_span gives the reference's max |x| on every length", T, float, bfloat16_t, float16_t)
+{
+    for (std::size_t n : lengths)
+    {
+        CAPTURE(n);
+        for (unsigned seed = 0; seed < 3; ++seed)
+        {
+            const auto x = random_values<T>(n, seed);
+            bool f_ref = false;
+            bool f = false;
+            const min_max want = kernels::reference::min_max_span(x.data(), n, f_ref);
+            const min_max got = kernels::simd::abs_max_span(x.data(), n, f);
+            CHECK(f);
+            CHECK(got.to_abs_max() == want.to_abs_max());
+            CHECK(got.max == want.to_abs_max().value);
+        }
+        for (std::size_t pos = 0; pos < n; ++pos)
+        {
+            std::vector<T> x(n, from_float<T>(0.25f));
+            x[pos] = from_float<T>(pos % 2 ? -3.0f : 3.0f);
+            bool f = false;
+            REQUIRE(kernels::simd::abs_max_span(x.data(), n, f).max == 3.0f);
+            for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity()})
+            {
+                x[pos] = from_float<T>(bad);
+                bool finite = true;
+                (void)kernels::simd::abs_max_span(x.data(), n, finite);
+                REQUIRE_FALSE(finite);
+            }
+        }
+    }
+}
+
 TEST_CASE_TEMPLATE("non-finite values are detected at every position class", T, float, bfloat16_t, float16_t)
 {
     const float bads[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
@@ -333,5 +367,137 @@ TEST_CASE("16-bit widening is exact for every bit pattern")
         const float xh = to_float(h[0]);
         if (fb != std::isfinite(xb) || (fb && (sb.min != xb || sb.max != xb))) FAIL_CHECK("bf16 pattern " << u);
         if (fh != std::isfinite(xh) || (fh && (sh.min != xh || sh.max != xh))) FAIL_CHECK("f16 pattern " << u);
+    }
+}
+
+namespace
+{
+    /// quantize_groups_with_params against the reference, group by group: codes, scales and
+    /// zero points, and the groups it hands to on_group (only those outside whole clean tiles).
+    /// @return how many groups went through on_group
+    template <rounding_policy R, class S, class T>
+    std::size_t check_groups_with_params(const std::vector<T>& x, std::size_t group)
+    {
+        std::size_t handed = 0;
+        const std::size_t n = x.size();
+        const std::size_t groups = (n + group - 1) / group;
+        std::vector<std::int8_t> got(n, 99);
+        std::vector<float> scales(groups, -1.0f);
+        std::vector<std::int32_t> zps(groups, -1000);
+        kernels::simd::quantize_groups_with_params<R, S>(x.data(), n, group, scales.data(), S::has_zero_point ? zps.data() : nullptr,
+                                                          got.data(), [&](std::size_t g, const min_max& s, bool finite) {
+                                                              REQUIRE(finite);
+                                                              ++handed;
+                                                              const quant_params p = S::make_params(s);
+                                                              scales[g] = p.scale;
+                                                              zps[g] = p.zero_point;
+                                                              return encode_params{p, S::qmin, S::qmax, scale_application::multiply_inverse};
+                                                          });
+        std::vector<std::int8_t> want(n, 99);
+        for (std::size_t g = 0; g < groups; ++g)
+        {
+            const std::size_t c0 = g * group;
+            const std::size_t m = std::min(group, n - c0);
+            bool f = false;
+            const quant_params p = S::make_params(kernels::reference::min_max_span(x.data() + c0, m, f));
+            CAPTURE(g);
+            REQUIRE(scales[g] == p.scale);
+            if (S::has_zero_point) REQUIRE(zps[g] == p.zero_point);
+            kernels::reference::quantize_span<R>(x.data() + c0, m, encode_params{p, S::qmin, S::qmax, scale_application::multiply_inverse},
+                                                 want.data() + c0);
+        }
+        const std::size_t i = first_difference(want, got);
+        CAPTURE(i);
+        CHECK(i == n);
+        return handed;
+    }
+
+    template <class T>
+    void check_all_schemes_with_params(const std::vector<T>& x, std::size_t group)
+    {
+        check_groups_with_params<half_to_even, symmetric<8>>(x, group);
+        check_groups_with_params<half_away_from_zero, symmetric<8>>(x, group);
+        check_groups_with_params<half_to_even, symmetric<8, symmetric_range::full>>(x, group);
+        check_groups_with_params<half_to_even, symmetric<4>>(x, group);
+        check_groups_with_params<half_away_from_zero, symmetric<4, symmetric_range::full>>(x, group);
+        check_groups_with_params<half_to_even, asymmetric<8>>(x, group);
+        check_groups_with_params<half_away_from_zero, asymmetric<8>>(x, group);
+        check_groups_with_params<half_to_even, asymmetric<4>>(x, group);
+    }
+}
+
+TEST_CASE_TEMPLATE("tiles of groups with vector parameters equal the reference", T, float, bfloat16_t, float16_t)
+{
+    const std::size_t w = kernels::simd::width;
+    for (std::size_t group : {w, 2 * w, std::size_t{32}, 3 * w})
+    {
+        // whole tiles, tiles plus spare groups, a ragged last group
+        for (std::size_t n : {w * group, 2 * w * group + 3 * group, 2 * w * group + group / 2 + 1, std::size_t{704}})
+        {
+            CAPTURE(group);
+            CAPTURE(n);
+            auto x = random_values<T>(n, static_cast<unsigned>(n + group));
+            check_all_schemes_with_params(x, group);
+            if (group <= 2 * w && n == w * group)
+            {
+                // one whole clean tile: nothing goes group by group
+                CHECK(check_groups_with_params<half_to_even, symmetric<8>>(x, group) == 0);
+                CHECK(check_groups_with_params<half_to_even, asymmetric<4>>(x, group) == 0);
+            }
+            // an all-zero group, an all-positive and an all-negative group inside a tile
+            for (std::size_t k = 0; k < group && 3 * group <= n; ++k)
+            {
+                x[k] = from_float<T>(0.0f);
+                x[group + k] = from_float<T>(0.01f + 0.001f * static_cast<float>(k));
+                x[2 * group + k] = from_float<T>(-0.5f - 0.01f * static_cast<float>(k));
+            }
+            check_all_schemes_with_params(x, group);
+            check_all_schemes_with_params(tie_and_clamp_values<T>(n), group);
+        }
+    }
+}
+
+TEST_CASE("tiles with a subnormal scale (infinite inverse) fall back to the reference")
+{
+    const std::size_t w = kernels::simd::width;
+    std::vector<float> x(4 * w * w);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i % 3 == 0) ? 0.0f : 1e-41f * static_cast<float>(i % 7);
+    CHECK(std::isinf(symmetric<8>::make_params(min_max{0.0f, 6e-41f}).inv_scale));
+    check_all_schemes_with_params(x, w);
+    check_all_schemes_with_params(x, 2 * w);
+}
+
+TEST_CASE("a non-finite value inside a tile is reported for its own group, in order")
+{
+    const std::size_t w = kernels::simd::width;
+    const std::size_t group = 2 * w;
+    const std::size_t n = 2 * w * group;
+    for (std::size_t pos : {std::size_t{0}, group * 5 + 3, n - 1})
+    {
+        auto x = random_values<float>(n, 5);
+        x[pos] = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> scales(n / group);
+        std::vector<std::int8_t> out(n);
+        std::vector<std::size_t> seen;
+        bool thrown = false;
+        try
+        {
+            kernels::simd::quantize_groups_with_params<half_to_even, symmetric<8>>(
+                x.data(), n, group, scales.data(), nullptr, out.data(), [&](std::size_t g, const min_max& s, bool finite) {
+                    seen.push_back(g);
+                    if (!finite) throw std::runtime_error("non-finite");
+                    return encode_params{symmetric<8>::make_params(s), -127, 127, scale_application::multiply_inverse};
+                });
+        }
+        catch (const std::runtime_error&)
+        {
+            thrown = true;
+        }
+        CAPTURE(pos);
+        CHECK(thrown);
+        REQUIRE_FALSE(seen.empty());
+        CHECK(seen.back() == pos / group);
+        // the groups of the failing tile before the bad one were handed over in order
+        for (std::size_t k = 1; k < seen.size(); ++k) CHECK(seen[k] == seen[k - 1] + 1);
     }
 }

@@ -54,10 +54,12 @@ namespace orbitq
         p.groups_per_row = (w.cols + group - 1) / group;
         p.groups.resize(p.rows * p.groups_per_row);
         p.row_stats.resize(p.rows);
+        const std::size_t ahead = kernels::simd::prefetch_rows_ahead(w.cols * sizeof(T));
         parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
             for (std::size_t r = first; r < last; ++r)
             {
                 const T* x = w.row(r);
+                if (r + ahead < last) kernels::simd::prefetch(w.row(r + ahead), w.cols * sizeof(T));
                 bool finite = true;
                 for (std::size_t g = 0; g < p.groups_per_row; ++g)
                 {

@@ -18,6 +18,7 @@
 #pragma once
 
 #include "orbitq/kernels/reference.hpp"
+#include "orbitq/policy/scheme.hpp"
 
 #include <xsimd/xsimd.hpp>
 
@@ -371,6 +372,26 @@ namespace orbitq::kernels::simd
         }
     }
 
+    /// @brief Asks for the cache lines of [p, p + bytes) to be brought in (a hint; no effect on
+    ///        results). The row drivers call it on a row ahead of the one they encode, so memory
+    ///        keeps streaming while a row's second pass runs from L1.
+    inline void prefetch(const void* p, std::size_t bytes) noexcept
+    {
+#if defined(__GNUC__) || defined(__clang__)
+        const char* c = static_cast<const char*>(p);
+        for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+#else
+        (void)p;
+        (void)bytes;
+#endif
+    }
+
+    /// @brief How many rows of `row_bytes` ahead a row-by-row pass should prefetch: about 6 KiB.
+    inline std::size_t prefetch_rows_ahead(std::size_t row_bytes) noexcept
+    {
+        return std::max<std::size_t>(1, 6144 / std::max<std::size_t>(1, row_bytes));
+    }
+
     /// @brief min and max of n values and whether all were finite. Equal (==) to
     ///        reference::min_max_span. @pre n > 0.
     template <weight_element T>
@@ -409,6 +430,38 @@ namespace orbitq::kernels::simd
         }
         all_finite = tail_finite && !xsimd::any(bad);
         return s;
+    }
+
+    /// @brief max |x| of n values, reported as the statistic {-max|x|, max|x|} (what symmetric
+    ///        schemes use: its to_abs_max() equals that of min_max_span), and whether all were
+    ///        finite. Works on the magnitude bits as integers: |x| orders as its bits & 0x7fffffff,
+    ///        and every NaN and infinity sorts above FLT_MAX, so one max gives both answers.
+    /// @pre n > 0.
+    template <weight_element T>
+    min_max abs_max_span(const T* x, std::size_t n, bool& all_finite) noexcept
+    {
+        using bits_batch = xsimd::batch<std::int32_t, arch_type>;
+        const bits_batch magnitude(0x7fffffff);
+        bits_batch m0(0), m1(0);
+        std::size_t i = 0;
+        for (; i + 2 * width <= n; i += 2 * width)
+        {
+            m0 = xsimd::max(m0, xsimd::bitwise_cast<bits_batch>(detail::load(x + i, arch_type{})) & magnitude);
+            m1 = xsimd::max(m1, xsimd::bitwise_cast<bits_batch>(detail::load(x + i + width, arch_type{})) & magnitude);
+        }
+        if (i + width <= n)
+        {
+            m0 = xsimd::max(m0, xsimd::bitwise_cast<bits_batch>(detail::load(x + i, arch_type{})) & magnitude);
+            i += width;
+        }
+        alignas(64) std::int32_t lanes[width];
+        xsimd::max(m0, m1).store_aligned(lanes);
+        std::int32_t m = 0;
+        for (std::size_t k = 0; k < width; ++k) m = std::max(m, lanes[k]);
+        for (; i < n; ++i) m = std::max(m, static_cast<std::int32_t>(std::bit_cast<std::uint32_t>(to_float(x[i])) & 0x7fffffffu));
+        all_finite = m <= 0x7f7fffff;
+        const float a = std::bit_cast<float>(m);
+        return {-a, a};
     }
 
     /// @brief Encodes n values of one orbit into int8 codes; bit-identical to reference::quantize_span.
@@ -451,9 +504,304 @@ namespace orbitq::kernels::simd
             const std::size_t c0 = g * group;
             const std::size_t m = std::min(group, n - c0);
             bool finite = true;
-            const min_max s = min_max_span(x + c0, m, finite);
+            const min_max s = AbsMax ? abs_max_span(x + c0, m, finite) : min_max_span(x + c0, m, finite);
             const encode_params e = on_group(g, s, finite);
             quantize_span<R>(x + c0, m, e, out + c0);
         }
+    }
+
+    namespace detail
+    {
+        // ------------------------------------------------------------------ tiles of groups
+        // A tile is `width` consecutive whole groups of a row. Their statistics are reduced into
+        // one batch (lane j = group j), the scheme's parameters are computed for all of them in
+        // one go, then every group is encoded from L1.
+
+        /// Lane j of the result = op-reduction of m[j] (16 AVX-512 batches: a transposing
+        /// reduction tree, 3 instructions per combine; elsewhere: per batch through memory).
+        template <class Op, class A>
+        inline fbatch<A> reduce_lanes(const fbatch<A> (&m)[fbatch<A>::size], Op op, A) noexcept
+        {
+            constexpr std::size_t w = fbatch<A>::size;
+            alignas(64) float buf[w];
+            alignas(64) float res[w];
+            for (std::size_t j = 0; j < w; ++j)
+            {
+                m[j].store_aligned(buf);
+                float r = buf[0];
+                for (std::size_t k = 1; k < w; ++k) r = op(r, buf[k]);
+                res[j] = r;
+            }
+            return fbatch<A>::load_aligned(res);
+        }
+
+#if XSIMD_WITH_AVX512F
+        template <class Op, class A>
+            requires std::derived_from<A, xsimd::avx512f>
+        inline fbatch<A> reduce_lanes(const fbatch<A> (&m)[16], Op op, A) noexcept
+        {
+            // level 1: [m0 256-bit halves combined | m1 ...] -> 8 batches of 2 groups x 8 lanes
+            __m512 c[8];
+            for (int i = 0; i < 8; ++i)
+            {
+                c[i] = op(fbatch<A>(_mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], 0x44)),
+                          fbatch<A>(_mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], 0xee)));
+            }
+            // level 2: 4 batches of 4 groups x 4 lanes (one 128-bit chunk per group)
+            __m512 d[4];
+            for (int i = 0; i < 4; ++i)
+            {
+                d[i] = op(fbatch<A>(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88)),
+                          fbatch<A>(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xdd)));
+            }
+            // level 3: within each 128-bit chunk k: 2 lanes of group 4i+k and 2 of group 4(i+1)+k
+            __m512 e[2];
+            for (int i = 0; i < 2; ++i)
+            {
+                e[i] = op(fbatch<A>(_mm512_shuffle_ps(d[2 * i], d[2 * i + 1], 0x44)),
+                          fbatch<A>(_mm512_shuffle_ps(d[2 * i], d[2 * i + 1], 0xee)));
+            }
+            // level 4: chunk k = groups k, k+4, k+8, k+12 (from d0, d1, d2, d3)
+            const __m512 f = op(fbatch<A>(_mm512_shuffle_ps(e[0], e[1], 0x88)), fbatch<A>(_mm512_shuffle_ps(e[0], e[1], 0xdd)));
+            // lane 4k + j holds group k + 4j: gather lane g from 4 (g % 4) + g / 4
+            const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            return fbatch<A>(_mm512_permutexvar_ps(idx, f));
+        }
+#endif
+
+        struct min_op
+        {
+            template <class V>
+            V operator()(const V& a, const V& b) const noexcept
+            {
+                if constexpr (std::same_as<V, float>) return b < a ? b : a;
+                else return xsimd::min(a, b);
+            }
+        };
+
+        struct max_op
+        {
+            template <class V>
+            V operator()(const V& a, const V& b) const noexcept
+            {
+                if constexpr (std::same_as<V, float>) return a < b ? b : a;
+                else return xsimd::max(a, b);
+            }
+        };
+
+        /// Parameters of `width` orbits at once.
+        struct batch_params
+        {
+            float_batch scale;
+            float_batch inv;
+            int_batch zero_point;
+        };
+
+        template <class S>
+        struct is_builtin_scheme : std::false_type {};
+        template <int B, symmetric_range Range>
+        struct is_builtin_scheme<symmetric<B, Range>> : std::true_type {};
+        template <int B>
+        struct is_builtin_scheme<asymmetric<B>> : std::true_type {};
+
+        /// The batch form of S::make_params for orbitq's schemes (the same float32 operations in
+        /// the same order, so equal lane by lane; test_kernels checks it); any other scheme goes
+        /// lane by lane through S::make_params itself.
+        template <class S>
+        inline batch_params make_batch_params(const float_batch& mn, const float_batch& mx) noexcept
+        {
+            const auto inverse = [](const float_batch& scale) {
+                // detail::with_inverse: !(scale > 0) gives (0, 0)
+                const auto pos = scale > float_batch(0.0f);
+                return std::pair{xsimd::select(pos, scale, float_batch(0.0f)), xsimd::select(pos, float_batch(1.0f) / scale, float_batch(0.0f))};
+            };
+            if constexpr (is_builtin_scheme<S>::value && !S::has_zero_point)
+            {
+                // min_max::to_abs_max: a = -min; a < max ? max : a
+                const float_batch a = -mn;
+                const float_batch amax = xsimd::select(a < mx, mx, a);
+                const auto [scale, inv] = inverse(amax / float_batch(S::divisor));
+                return {scale, inv, int_batch(0)};
+            }
+            else if constexpr (is_builtin_scheme<S>::value)
+            {
+                const float_batch zero(0.0f);
+                const float_batch lo = xsimd::select(mn < zero, mn, zero);
+                const float_batch hi = xsimd::select(mx > zero, mx, zero);
+                const float_batch scale = (hi - lo) / float_batch(float(S::qmax - S::qmin));
+                const auto pos = scale > zero;
+                float_batch zp = float_batch(float(S::qmin)) - xsimd::nearbyint(lo / scale);
+                const float_batch qmin(float(S::qmin));
+                const float_batch qmax(float(S::qmax));
+                zp = xsimd::select(zp < qmin, qmin, xsimd::select(zp > qmax, qmax, zp));
+                const auto [s, inv] = inverse(scale);
+                return {s, inv, xsimd::to_int(xsimd::select(pos, zp, zero))};
+            }
+            else
+            {
+                alignas(64) float lo[width];
+                alignas(64) float hi[width];
+                alignas(64) float sc[width];
+                alignas(64) float in[width];
+                alignas(64) std::int32_t zp[width];
+                mn.store_aligned(lo);
+                mx.store_aligned(hi);
+                for (std::size_t j = 0; j < width; ++j)
+                {
+                    const quant_params p = S::make_params(min_max{lo[j], hi[j]});
+                    sc[j] = p.scale;
+                    in[j] = p.inv_scale;
+                    zp[j] = p.zero_point;
+                }
+                return {float_batch::load_aligned(sc), float_batch::load_aligned(in), int_batch::load_aligned(zp)};
+            }
+        }
+
+        /// The code of each lane of v (already scaled) for the range [lo, hi] = [qmin - zp, qmax - zp].
+        template <rounding_policy R>
+        inline int_batch to_code(float_batch v, const float_batch& lo, const float_batch& hi) noexcept
+        {
+            v = xsimd::min(xsimd::max(v, lo), hi);
+            if constexpr (std::same_as<R, half_to_even>) return xsimd::nearbyint_as_int(v);
+            else return xsimd::to_int(round<R>(v));
+        }
+
+        /// One tile of `width` groups of NB batches, multiply_inverse scaling. Returns false,
+        /// having written nothing, when a value is not finite or an inverse scale is infinite:
+        /// the caller then takes the tile group by group (which reports the error in order).
+        template <rounding_policy R, class S, std::size_t NB, weight_element T>
+        inline bool quantize_tile(const T* x, std::size_t count, float* scales, std::int32_t* zero_points, std::int8_t* out) noexcept
+        {
+            constexpr std::size_t group = NB * width;
+            constexpr bool abs_only = !S::has_zero_point && is_builtin_scheme<S>::value;
+            float_batch mn[width];
+            float_batch mx[width];
+            xsimd::batch_bool<float, arch_type> bad(false);
+            for (std::size_t j = count; j < width; ++j)
+            {
+                // lanes past a partial tile: zero orbits, computed and never stored
+                mn[j] = float_batch(0.0f);
+                mx[j] = float_batch(0.0f);
+            }
+            for (std::size_t j = 0; j < count; ++j)
+            {
+                const T* p = x + j * group;
+                float_batch lo = load(p, arch_type{});
+                bad = bad || non_finite(lo, arch_type{});
+                if constexpr (abs_only)
+                {
+                    lo = xsimd::abs(lo);
+                    for (std::size_t k = 1; k < NB; ++k)
+                    {
+                        const float_batch b = load(p + k * width, arch_type{});
+                        bad = bad || non_finite(b, arch_type{});
+                        lo = xsimd::max(lo, xsimd::abs(b));
+                    }
+                    mx[j] = lo;
+                }
+                else
+                {
+                    float_batch hi = lo;
+                    for (std::size_t k = 1; k < NB; ++k)
+                    {
+                        const float_batch b = load(p + k * width, arch_type{});
+                        bad = bad || non_finite(b, arch_type{});
+                        lo = xsimd::min(lo, b);
+                        hi = xsimd::max(hi, b);
+                    }
+                    mn[j] = lo;
+                    mx[j] = hi;
+                }
+            }
+            if (xsimd::any(bad)) return false;
+            const float_batch vmax = reduce_lanes(mx, max_op{}, arch_type{});
+            const float_batch vmin = abs_only ? -vmax : reduce_lanes(mn, min_op{}, arch_type{});
+            const batch_params bp = make_batch_params<S>(vmin, vmax);
+            if (xsimd::any(xsimd::isinf(bp.inv))) return false;
+            alignas(64) float inv[width];
+            bp.inv.store_aligned(inv);
+            alignas(64) std::int32_t zp[width];
+            if constexpr (S::has_zero_point) bp.zero_point.store_aligned(zp);
+            if (count == width)
+            {
+                bp.scale.store_unaligned(scales);
+                if constexpr (S::has_zero_point) bp.zero_point.store_unaligned(zero_points);
+            }
+            else
+            {
+                alignas(64) float sc[width];
+                bp.scale.store_aligned(sc);
+                std::copy_n(sc, count, scales);
+                if constexpr (S::has_zero_point) std::copy_n(zp, count, zero_points);
+            }
+            const float_batch qmin(float(S::qmin));
+            const float_batch qmax(float(S::qmax));
+            for (std::size_t j = 0; j < count; ++j)
+            {
+                const T* p = x + j * group;
+                std::int8_t* o = out + j * group;
+                const float_batch s(inv[j]);
+                if constexpr (S::has_zero_point)
+                {
+                    const float_batch lo(float(S::qmin - zp[j]));
+                    const float_batch hi(float(S::qmax - zp[j]));
+                    const int_batch z(zp[j]);
+                    for (std::size_t k = 0; k < NB; ++k)
+                    {
+                        store_int8(to_code<R>(load(p + k * width, arch_type{}) * s, lo, hi) + z, o + k * width, arch_type{});
+                    }
+                }
+                else
+                {
+                    for (std::size_t k = 0; k < NB; ++k)
+                    {
+                        store_int8(to_code<R>(load(p + k * width, arch_type{}) * s, qmin, qmax), o + k * width, arch_type{});
+                    }
+                }
+            }
+            return true;
+        }
+
+        template <rounding_policy R, class S, std::size_t NB, weight_element T, class OnGroup>
+        inline void quantize_tiles(const T* x, std::size_t n, float* scales, std::int32_t* zero_points, std::int8_t* out,
+                                   OnGroup& on_group)
+        {
+            constexpr std::size_t group = NB * width;
+            const std::size_t whole = n / group;
+            for (std::size_t g0 = 0; g0 < whole; g0 += width)
+            {
+                const std::size_t count = std::min(width, whole - g0);
+                const std::size_t c0 = g0 * group;
+                if (!quantize_tile<R, S, NB>(x + c0, count, scales + g0, zero_points ? zero_points + g0 : nullptr, out + c0))
+                {
+                    quantize_groups<R, !S::has_zero_point>(x + c0, count * group, group, out + c0,
+                                                            [&](std::size_t g, const min_max& s, bool f) { return on_group(g0 + g, s, f); });
+                }
+            }
+            if (whole * group < n)  // a ragged last group
+            {
+                const std::size_t c0 = whole * group;
+                quantize_groups<R, !S::has_zero_point>(x + c0, n - c0, group, out + c0,
+                                                        [&](std::size_t g, const min_max& s, bool f) { return on_group(whole + g, s, f); });
+            }
+        }
+    }
+
+    /// @brief quantize_groups for a scheme S whose parameters are stored as computed (float32
+    ///        scales, multiply_inverse scaling): groups of `width` or 2 `width` values are taken
+    ///        up to `width` groups at a time, their parameters computed together in vectors and
+    ///        written to scales[g] (and zero_points[g] when S has one); other group sizes, a
+    ///        ragged last group, and a tile holding a non-finite value or an infinite inverse
+    ///        scale go through
+    ///        `on_group` exactly as in quantize_groups. Codes, scales and zero points equal those
+    ///        of quantize_groups with on_group storing S::make_params.
+    /// @pre group > 0, n > 0, scales (and zero_points when S has one) hold ceil(n / group) orbits.
+    template <rounding_policy R, scheme_policy S, weight_element T, class OnGroup>
+    void quantize_groups_with_params(const T* x, std::size_t n, std::size_t group, float* scales, std::int32_t* zero_points,
+                                     std::int8_t* out, OnGroup&& on_group)
+    {
+        if (group == width) return detail::quantize_tiles<R, S, 1>(x, n, scales, zero_points, out, on_group);
+        if (group == 2 * width) return detail::quantize_tiles<R, S, 2>(x, n, scales, zero_points, out, on_group);
+        quantize_groups<R, !S::has_zero_point>(x, n, group, out, on_group);
     }
 }
