@@ -77,6 +77,12 @@ namespace orbitq::gemma_cli
             for (std::size_t l = a; l <= b; ++l) out.push_back(l);
         }
         if (out.empty()) throw error(error_kind::invalid_argument, "--layers '" + text + "' selects no layer");
+        std::vector<std::size_t> sorted = out;
+        std::sort(sorted.begin(), sorted.end());
+        if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+        {
+            throw error(error_kind::invalid_argument, "--layers '" + text + "' names a layer twice");
+        }
         return out;
     }
 
@@ -391,7 +397,7 @@ namespace orbitq::gemma_cli
         if (!o.out.empty())
         {
             writer = std::make_unique<g4::converted_writer>(o.out, *src, synthetic ? fs::path{} : fs::path(o.checkpoint), vo.specs[vo.gated],
-                                                            o.include_dense, vo.layers, threads);
+                                                            o.include_dense, vo.layers.size(), threads);
         }
 
         if (!o.quiet)
@@ -406,10 +412,8 @@ namespace orbitq::gemma_cli
             err << "  layer " << p.layer << " (" << p.done << " of " << p.total << ")  " << detail::fmt(p.elapsed_s, 1) << " s  "
                 << detail::fmt(p.bytes / p.elapsed_s / 1e9, 2) << " GB/s quantized  ETA " << detail::fmt(eta, 0) << " s\n";
         };
-        g4::quantized_sink sink;
-        if (writer) sink = [&](const g4::layer_weights& w, auto e, auto d) { writer->add_layer(w, e, d); };
         const g4::validation_report rep = g4::validate(
-            cfg, [&](std::size_t l) -> const g4::layer_weights& { return src->load_layer(l, threads); }, x0, vo, sink, progress);
+            cfg, [&](std::size_t l) -> const g4::layer_weights& { return src->load_layer(l, threads); }, x0, vo, writer.get(), progress);
         if (writer)
         {
             writer->finish();

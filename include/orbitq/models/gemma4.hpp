@@ -16,8 +16,9 @@
 /// with rms(v) = v·(mean(v²)+eps)^-1/2 and RMSNorm_w(v) = rms(v) ⊙ w (weight used as-is).
 ///
 /// Every matrix product goes through `ffn_operators`, so the same forward runs on the source
-/// weights (`view_operators`) and on quantized weights (`quantized_operators`): what is
-/// validated is the arithmetic an inference engine performs on the stored codes and scales.
+/// weights (`view_operators`, float32 dot products of the widened rows) and on quantized weights
+/// (`quantized_operators`, orbitq::gemm on the codes and stored scales): what is validated is the
+/// arithmetic an inference engine performs on the stored codes and scales.
 ///
 /// Token batches are row-major: token t of a batch of vectors of length n is x[t*n, (t+1)*n).
 #pragma once
@@ -26,6 +27,7 @@
 #include "orbitq/core/float16.hpp"
 #include "orbitq/core/parallel.hpp"
 #include "orbitq/core/view.hpp"
+#include "orbitq/gemv.hpp"
 #include "orbitq/quantize.hpp"
 
 #include <xsimd/xsimd.hpp>
@@ -34,6 +36,7 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <functional>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -204,6 +207,9 @@ namespace orbitq::models::gemma4
         std::vector<float> per_expert_scale;                 ///< [E]
         std::array<std::vector<float>, norm_count> norms;    ///< each [H]
         float layer_scalar = 1.0f;
+        /// Optional: tells the source that expert e's matrices are not needed for now (a
+        /// memory-mapped checkpoint drops their pages; they are re-read on the next use).
+        std::function<void(std::size_t e)> release_expert;
 
         const std::vector<float>& norm(norm_id n) const { return norms[static_cast<std::size_t>(n)]; }
 
@@ -377,19 +383,36 @@ namespace orbitq::models::gemma4
             w);
     }
 
-    /// @brief y = Ŵ x for rows [row0, row0 + rows) of a quantized tensor, dequantizing one row at
-    ///        a time into a per-thread buffer ((code − zero_point) · scale in float32, exactly the
-    ///        values `dequantize_row` gives).
-    inline void apply(const quantized_tensor& q, std::size_t row0, std::size_t rows, const float* x, std::size_t tokens,
-                      float* y, unsigned threads)
+    /// @brief y = Ŵ x for a quantized tensor, computed by the inference kernel orbitq::gemm
+    ///        straight from the codes and stored scales (in batches of at most gemm_max_tokens
+    ///        tokens): what is validated is what inference computes.
+    inline void apply(const quantized_tensor& q, const float* x, std::size_t tokens, float* y, unsigned threads)
     {
-        apply_rows(
-            rows, q.cols,
-            [&](std::size_t r, float* buf) {
-                dequantize_row(q, row0 + r, buf);
-                return static_cast<const float*>(buf);
-            },
-            x, tokens, y, threads);
+        for (std::size_t t0 = 0; t0 < tokens; t0 += gemm_max_tokens)
+        {
+            const std::size_t n = std::min(gemm_max_tokens, tokens - t0);
+            gemm(q, std::span<const float>(x + t0 * q.cols, n * q.cols), n, std::span<float>(y + t0 * q.rows, n * q.rows), threads);
+        }
+    }
+
+    /// @brief Copies rows [row0, row0 + rows) of a per-tensor quantized tensor (one expert of a
+    ///        stacked tensor) into `out`, keeping the tensor's single scale (and zero point).
+    /// @throws error (invalid_argument) for another granularity or rows outside q.
+    inline void slice_rows(const quantized_tensor& q, std::size_t row0, std::size_t rows, quantized_tensor& out)
+    {
+        if (q.spec.granularity != granularity_kind::per_tensor || row0 + rows > q.rows)
+        {
+            throw error(error_kind::invalid_argument, "slice_rows: a per-tensor quantized tensor and rows inside it are required");
+        }
+        out.shape = {rows, q.cols};
+        out.rows = rows;
+        out.cols = q.cols;
+        out.spec = q.spec;
+        out.layout = make_layout<per_tensor>(rows, q.cols);
+        out.codes.assign(q.codes.begin() + static_cast<std::ptrdiff_t>(row0 * q.row_bytes()),
+                         q.codes.begin() + static_cast<std::ptrdiff_t>((row0 + rows) * q.row_bytes()));
+        out.scales = q.scales;
+        out.zero_points = q.zero_points;
     }
 
     /// @brief The matrix products of one layer's FFN. Implementations decide how weights are
@@ -425,6 +448,7 @@ namespace orbitq::models::gemma4
             const std::size_t rows = m == expert_matrix::gate_up ? 2 * m_cfg.expert_intermediate : m_cfg.hidden;
             const any_view& v = m == expert_matrix::gate_up ? m_w.gate_up : m_w.down;
             std::visit([&](const auto& s) { apply(any_view{row_block(s, e * rows, rows, s.name)}, x, tokens, y, m_threads); }, v);
+            if (m == expert_matrix::down && m_w.release_expert) m_w.release_expert(e);
         }
 
     private:
@@ -433,41 +457,55 @@ namespace orbitq::models::gemma4
         unsigned m_threads;
     };
 
-    /// @brief ffn_operators on quantized tensors: the stacked expert tensors (E*rows rows each)
-    ///        and optionally the dense matrices. A null pointer falls back to the source weights
-    ///        (a tensor left unquantized, e.g. below --min-elements).
+    /// @brief One expert's quantized matrices {gate_up [2I, H], down [H, I]}. A null tensor means
+    ///        "not quantized: use the source weights".
+    struct expert_slices
+    {
+        std::array<const quantized_tensor*, 2> q = {nullptr, nullptr};
+    };
+
+    /// @brief ffn_operators on quantized weights: experts through a provider (which may quantize
+    ///        expert by expert on demand), dense matrices quantized or (null) source.
     class quantized_operators : public ffn_operators
     {
     public:
-        /// @param experts_q {gate_up, down} quantized, or nullptrs.
-        /// @param dense_q {gate, up, down} quantized, or nullptrs.
-        quantized_operators(const config& c, const layer_weights& w, std::array<const quantized_tensor*, 2> experts_q,
+        using expert_provider = std::function<expert_slices(std::size_t e)>;
+
+        /// @param experts returns expert e's quantized slices; called once per use.
+        /// @param dense_q {gate, up, down} quantized, or nullptrs to use the source views.
+        quantized_operators(const config& c, const layer_weights& w, expert_provider experts,
                             std::array<const quantized_tensor*, 3> dense_q, unsigned threads)
             : m_cfg(c)
             , m_src(c, w, threads)
-            , m_experts(experts_q)
+            , m_experts(std::move(experts))
             , m_dense(dense_q)
             , m_threads(threads)
         {
         }
+
         void dense(dense_matrix m, const float* x, std::size_t tokens, float* y) const override
         {
             const quantized_tensor* q = m_dense[static_cast<std::size_t>(m)];
             if (q == nullptr) m_src.dense(m, x, tokens, y);
-            else apply(*q, 0, q->rows, x, tokens, y, m_threads);
+            else apply(*q, x, tokens, y, m_threads);
         }
         void expert(std::size_t e, expert_matrix m, const float* x, std::size_t tokens, float* y) const override
         {
-            const quantized_tensor* q = m_experts[static_cast<std::size_t>(m)];
-            if (q == nullptr) return m_src.expert(e, m, x, tokens, y);
+            const std::size_t k = static_cast<std::size_t>(m);
+            const expert_slices s = m_experts(e);
+            if (s.q[k] == nullptr) return m_src.expert(e, m, x, tokens, y);
             const std::size_t rows = m == expert_matrix::gate_up ? 2 * m_cfg.expert_intermediate : m_cfg.hidden;
-            apply(*q, e * rows, rows, x, tokens, y, m_threads);
+            if (s.q[k]->rows != rows || s.q[k]->cols != (m == expert_matrix::gate_up ? m_cfg.hidden : m_cfg.expert_intermediate))
+            {
+                throw error(error_kind::shape_mismatch, "quantized expert " + std::to_string(e) + " has the wrong shape");
+            }
+            apply(*s.q[k], x, tokens, y, m_threads);
         }
 
     private:
         const config& m_cfg;
         view_operators m_src;
-        std::array<const quantized_tensor*, 2> m_experts;
+        expert_provider m_experts;
         std::array<const quantized_tensor*, 3> m_dense;
         unsigned m_threads;
     };

@@ -25,20 +25,26 @@
 #include "orbitq/io/safetensors.hpp"
 #include "orbitq/models/gemma4.hpp"
 #include "orbitq/models/gemma4_synthetic.hpp"
+#include "orbitq/models/gemma4_validate.hpp"
 #include "orbitq/quantize.hpp"
 
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 namespace orbitq::models::gemma4
 {
@@ -225,6 +231,10 @@ namespace orbitq::models::gemma4
             m_w.per_expert_scale = to_floats(view(names::per_expert_scale(m_cfg, layer)));
             for (std::size_t n = 0; n < norm_count; ++n) m_w.norms[n] = to_floats(view(names::norm(m_cfg, layer, static_cast<norm_id>(n))));
             m_w.layer_scalar = to_floats(view(names::layer_scalar(m_cfg, layer)))[0];
+            m_w.release_expert = [this](std::size_t e) {
+                drop(m_w.gate_up, e * 2 * m_cfg.expert_intermediate, 2 * m_cfg.expert_intermediate);
+                drop(m_w.down, e * m_cfg.hidden, m_cfg.hidden);
+            };
             m_current = layer;
             return m_w;
         }
@@ -259,6 +269,21 @@ namespace orbitq::models::gemma4
             }
             throw error(error_kind::format, "unsupported dtype of '" + name + "'");
         }
+        /// Drops the mapped pages wholly inside rows [first, first + rows) of a view (the file
+        /// is mapped read-only and private, so they are simply re-read on the next access).
+        static void drop(const any_view& v, std::size_t first, std::size_t rows)
+        {
+            std::visit(
+                [&](const auto& m) {
+                    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+                    const auto begin = reinterpret_cast<std::uintptr_t>(m.row(first));
+                    const auto end = begin + rows * m.stride * sizeof(typename std::decay_t<decltype(m)>::value_type);
+                    const std::uintptr_t b = (begin + page - 1) / page * page, e = end / page * page;
+                    if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+                },
+                v);
+        }
+
         void release_current()
         {
             if (m_current == static_cast<std::size_t>(-1)) return;
@@ -335,96 +360,96 @@ namespace orbitq::models::gemma4
             return out;
         }
 
-        /// A tensor to write: its declaration and a function producing its bytes on demand (so
-        /// a shard is written one tensor at a time, never held whole in memory).
-        struct pending_tensor
-        {
-            io::tensor_decl decl;
-            std::function<std::vector<std::byte>()> produce;
-        };
-
-        /// One Linear (rows [row0, row0 + rows) of q) in compressed-tensors naming.
-        /// @pre q outlives the returned producers.
-        inline std::vector<pending_tensor> encode_linear(const quantized_tensor& q, std::size_t row0, std::size_t rows,
+        /// The tensors of one quantized Linear [rows, cols] in compressed-tensors naming, in the
+        /// order encode_linear produces them.
+        inline std::vector<io::tensor_decl> linear_decls(const quant_spec& spec, std::size_t rows, std::size_t cols,
                                                          const std::string& base, io::dtype scale_type)
         {
-            std::vector<pending_tensor> o;
-            const std::size_t cols = q.cols;
-            const quantized_tensor* qp = &q;
-            if (q.spec.bits == 8)
+            std::vector<io::tensor_decl> d;
+            if (spec.bits == 8)
             {
-                o.push_back({{base + ".weight", io::dtype::i8, {rows, cols}}, [=] {
-                                 std::vector<std::byte> codes(rows * cols);
-                                 std::memcpy(codes.data(), qp->codes.data() + row0 * cols, rows * cols);
-                                 return codes;
-                             }});
+                d.push_back({base + ".weight", io::dtype::i8, {rows, cols}});
             }
             else
             {
                 if (cols % 8 != 0) throw error(error_kind::invalid_argument, base + ": int4 packing needs in_features divisible by 8");
-                o.push_back({{base + ".weight_packed", io::dtype::i32, {rows, cols / 8}}, [=] {
-                                 const std::size_t rb = qp->row_bytes();
-                                 std::vector<std::byte> packed(rows * rb);
-                                 for (std::size_t i = 0; i < rows * rb; ++i)
-                                 {
-                                     // two's complement nibbles -> offset binary (code + 8): flip bit 3 of each nibble
-                                     packed[i] = static_cast<std::byte>(static_cast<std::uint8_t>(qp->codes[row0 * rb + i]) ^ 0x88u);
-                                 }
-                                 return packed;
-                             }});
-                o.push_back({{base + ".weight_shape", io::dtype::i64, {2}}, [=] {
-                                 std::vector<std::byte> shape(16);
-                                 const std::int64_t dims[2] = {static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols)};
-                                 std::memcpy(shape.data(), dims, 16);
-                                 return shape;
-                             }});
+                d.push_back({base + ".weight_packed", io::dtype::i32, {rows, cols / 8}});
+                d.push_back({base + ".weight_shape", io::dtype::i64, {2}});
             }
-            const bool per_tensor = q.spec.granularity == granularity_kind::per_tensor;
-            const shape_type sshape = per_tensor ? shape_type{1} : shape_type{rows, q.layout.groups_per_row};
-            auto orbits = [=] {
-                std::vector<std::size_t> out;
-                if (per_tensor) return std::vector<std::size_t>{0};
+            const shape_type sshape = spec.granularity == granularity_kind::per_tensor    ? shape_type{1}
+                                      : spec.granularity == granularity_kind::per_channel ? shape_type{rows, 1}
+                                                                                          : shape_type{rows, cols / spec.group_size};
+            d.push_back({base + ".weight_scale", scale_type, sshape});
+            if (spec.scheme == scheme_kind::asymmetric) d.push_back({base + ".weight_zero_point", io::dtype::i8, sshape});
+            return d;
+        }
+
+        /// The bytes of one Linear (rows [row0, row0 + rows) of q), in linear_decls order.
+        inline std::vector<std::vector<std::byte>> encode_linear(const quantized_tensor& q, std::size_t row0, std::size_t rows,
+                                                                 io::dtype scale_type)
+        {
+            std::vector<std::vector<std::byte>> o;
+            const std::size_t cols = q.cols;
+            if (q.spec.bits == 8)
+            {
+                std::vector<std::byte> codes(rows * cols);
+                std::memcpy(codes.data(), q.codes.data() + row0 * cols, rows * cols);
+                o.push_back(std::move(codes));
+            }
+            else
+            {
+                const std::size_t rb = q.row_bytes();
+                std::vector<std::byte> packed(rows * rb);
+                for (std::size_t i = 0; i < rows * rb; ++i)
+                {
+                    // two's complement nibbles -> offset binary (code + 8): flip bit 3 of each nibble
+                    packed[i] = static_cast<std::byte>(static_cast<std::uint8_t>(q.codes[row0 * rb + i]) ^ 0x88u);
+                }
+                o.push_back(std::move(packed));
+                std::vector<std::byte> shape(16);
+                const std::int64_t dims[2] = {static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols)};
+                std::memcpy(shape.data(), dims, 16);
+                o.push_back(std::move(shape));
+            }
+            std::vector<std::size_t> orbits;
+            if (q.spec.granularity == granularity_kind::per_tensor) orbits = {0};
+            else
+            {
                 for (std::size_t r = row0; r < row0 + rows; ++r)
                 {
-                    for (std::size_t g = 0; g < qp->layout.groups_per_row; ++g) out.push_back(qp->layout.orbit(r, g));
+                    for (std::size_t g = 0; g < q.layout.groups_per_row; ++g) orbits.push_back(q.layout.orbit(r, g));
                 }
-                return out;
-            };
-            o.push_back({{base + ".weight_scale", scale_type, sshape}, [=] {
-                             std::vector<float> scales;
-                             for (std::size_t k : orbits()) scales.push_back(qp->scales[k]);
-                             return encode_floats(scales, scale_type);
-                         }});
+            }
+            std::vector<float> scales;
+            for (std::size_t k : orbits) scales.push_back(q.scales[k]);
+            o.push_back(encode_floats(scales, scale_type));
             if (!q.zero_points.empty())
             {
-                o.push_back({{base + ".weight_zero_point", io::dtype::i8, sshape}, [=] {
-                                 std::vector<std::byte> z;
-                                 for (std::size_t k : orbits()) z.push_back(static_cast<std::byte>(static_cast<std::int8_t>(qp->zero_points[k])));
-                                 return z;
-                             }});
+                std::vector<std::byte> z;
+                for (std::size_t k : orbits) z.push_back(static_cast<std::byte>(static_cast<std::int8_t>(q.zero_points[k])));
+                o.push_back(std::move(z));
             }
             return o;
         }
     }
 
-    /// @brief Writes a converted checkpoint, one shard per layer as the layers are validated,
+    /// @brief Writes a converted checkpoint as the validator produces the quantized tensors: one
+    ///        shard per converted layer (its experts written one by one as they are quantized),
     ///        then the remaining tensors, the index and config.json (see the file brief).
     ///
-    /// Output goes to a hidden staging directory next to `dir` that is renamed onto `dir` by
-    /// finish(), so `dir` appears complete or not at all.
-    class converted_writer
+    /// Output goes to a hidden staging directory next to `dir` that finish() renames onto `dir`,
+    /// so `dir` appears complete or not at all; an unfinished writer removes it.
+    class converted_writer : public conversion_sink
     {
     public:
-        /// @param layers the layers whose experts are converted (in the order add_layer is called).
         /// @throws error (invalid_argument) when dir exists, or is inside or equal to the input
         ///         directory; error (io) when the staging directory cannot be created.
         converted_writer(std::filesystem::path dir, model_source& src, const std::filesystem::path& input_dir, quant_spec spec,
-                         bool include_dense, std::vector<std::size_t> layers, unsigned threads)
+                         bool include_dense, std::size_t converted_layers, unsigned threads)
             : m_dir(std::move(dir))
             , m_src(src)
             , m_spec(spec)
             , m_include_dense(include_dense)
-            , m_layers(std::move(layers))
             , m_threads(threads)
         {
             namespace fs = std::filesystem;
@@ -445,18 +470,19 @@ namespace orbitq::models::gemma4
                 throw error(error_kind::invalid_argument,
                             "--out '" + m_dir.string() + "' already exists; remove it or choose another directory");
             }
-            m_stage = m_dir.parent_path() / ("." + m_dir.filename().string() + ".partial");
+            m_stage = (m_dir.has_parent_path() ? m_dir.parent_path() : fs::path(".")) / ("." + m_dir.filename().string() + ".partial");
             fs::remove_all(m_stage, ec);
             fs::create_directories(m_stage, ec);
             if (ec) throw error(error_kind::io, "cannot create '" + m_stage.string() + "': " + ec.message());
             for (const auto& d : src.tensors()) m_pending[d.name] = d;
-            m_shards = m_layers.size() + 1;
+            m_shards = converted_layers + 1;
         }
 
         converted_writer(const converted_writer&) = delete;
         converted_writer& operator=(const converted_writer&) = delete;
-        ~converted_writer()
+        ~converted_writer() override
         {
+            m_layer.reset();
             if (!m_finished)
             {
                 std::error_code ec;
@@ -470,60 +496,87 @@ namespace orbitq::models::gemma4
             return std::visit([](const auto& m) { return io::to_dtype(element_type_of<typename std::decay_t<decltype(m)>::value_type>()); }, v);
         }
 
-        /// @brief Writes the shard of one layer: its unquantized tensors copied, its quantized
-        ///        tensors split per expert (a null quantized tensor is copied unchanged).
-        void add_layer(const layer_weights& w, std::array<const quantized_tensor*, 2> experts, std::array<const quantized_tensor*, 3> dense)
+        void begin_layer(const layer_weights& w, std::array<bool, 2> experts, std::array<bool, 3> dense) override
         {
             const config& c = m_src.cfg();
             const std::string prefix = names::layer_prefix(c, w.layer);
-            std::vector<detail::pending_tensor> out;
-            std::set<std::string> replaced;
-            const io::dtype st = scale_dtype(w.gate_up);
-            auto add = [&](std::vector<detail::pending_tensor>&& o) {
-                for (auto& t : o) out.push_back(std::move(t));
-            };
             const std::size_t I = c.expert_intermediate, H = c.hidden;
-            if (experts[0])
+            m_scale_type = scale_dtype(w.gate_up);
+            std::vector<io::tensor_decl> decls;
+            std::set<std::string> replaced;
+            auto add = [&](std::vector<io::tensor_decl>&& d) { decls.insert(decls.end(), d.begin(), d.end()); };
+            for (std::size_t e = 0; e < c.experts; ++e)
             {
-                replaced.insert(names::expert(c, w.layer, expert_matrix::gate_up));
-                for (std::size_t e = 0; e < c.experts; ++e)
+                const std::string b = prefix + "experts." + std::to_string(e) + ".";
+                if (experts[0])
                 {
-                    add(detail::encode_linear(*experts[0], e * 2 * I, I, prefix + "experts." + std::to_string(e) + ".gate_proj", st));
-                    add(detail::encode_linear(*experts[0], e * 2 * I + I, I, prefix + "experts." + std::to_string(e) + ".up_proj", st));
+                    add(detail::linear_decls(m_spec, I, H, b + "gate_proj", m_scale_type));
+                    add(detail::linear_decls(m_spec, I, H, b + "up_proj", m_scale_type));
                 }
+                if (experts[1]) add(detail::linear_decls(m_spec, H, I, b + "down_proj", m_scale_type));
             }
-            if (experts[1])
-            {
-                replaced.insert(names::expert(c, w.layer, expert_matrix::down));
-                for (std::size_t e = 0; e < c.experts; ++e)
-                {
-                    add(detail::encode_linear(*experts[1], e * H, H, prefix + "experts." + std::to_string(e) + ".down_proj", st));
-                }
-            }
+            if (experts[0]) replaced.insert(names::expert(c, w.layer, expert_matrix::gate_up));
+            if (experts[1]) replaced.insert(names::expert(c, w.layer, expert_matrix::down));
             static constexpr const char* dense_stem[3] = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+            const std::size_t D = c.dense_intermediate;
+            const std::array<std::pair<std::size_t, std::size_t>, 3> dshape = {{{D, H}, {D, H}, {H, D}}};
             for (std::size_t k = 0; k < 3; ++k)
             {
                 if (!dense[k]) continue;
                 replaced.insert(names::dense(c, w.layer, static_cast<dense_matrix>(k)));
-                add(detail::encode_linear(*dense[k], 0, dense[k]->rows, prefix + dense_stem[k], st));
+                add(detail::linear_decls(m_spec, dshape[k].first, dshape[k].second, prefix + dense_stem[k], m_scale_type));
             }
-            // Copy every other tensor of this layer.
+            m_copies.clear();
             for (auto it = m_pending.lower_bound(prefix); it != m_pending.end() && it->first.rfind(prefix, 0) == 0;)
             {
-                if (!replaced.count(it->first)) out.push_back(copy_of(it->second));
+                if (!replaced.count(it->first))
+                {
+                    decls.push_back(it->second);
+                    m_copies.push_back(it->second);
+                }
                 it = m_pending.erase(it);
             }
-            write_shard(out);
+            m_prefix = prefix;
+            m_layer_decls = decls;
+            m_layer.emplace(m_stage / shard_name(), decls, std::map<std::string, std::string>{{"format", "pt"}}, true);
+        }
+
+        void expert(const layer_weights&, std::size_t e, const expert_slices& s) override
+        {
+            const config& c = m_src.cfg();
+            const std::size_t I = c.expert_intermediate, H = c.hidden;
+            const std::string b = m_prefix + "experts." + std::to_string(e) + ".";
+            if (s.q[0])
+            {
+                write_linear(*s.q[0], 0, I, b + "gate_proj");
+                write_linear(*s.q[0], I, I, b + "up_proj");
+            }
+            if (s.q[1]) write_linear(*s.q[1], 0, H, b + "down_proj");
+        }
+
+        void end_layer(const layer_weights&, std::array<const quantized_tensor*, 3> dense) override
+        {
+            static constexpr const char* dense_stem[3] = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+            for (std::size_t k = 0; k < 3; ++k)
+            {
+                if (dense[k]) write_linear(*dense[k], 0, dense[k]->rows, m_prefix + dense_stem[k]);
+            }
+            for (const auto& d : m_copies) write_copy(*m_layer, d);
+            m_layer->commit();
+            m_layer.reset();
         }
 
         /// @brief Writes the remaining tensors, the index and config.json, then publishes the
         ///        directory.
         void finish()
         {
-            std::vector<detail::pending_tensor> out;
-            for (auto& [name, d] : m_pending) out.push_back(copy_of(d));
+            std::vector<io::tensor_decl> rest;
+            for (auto& [name, d] : m_pending) rest.push_back(d);
             m_pending.clear();
-            write_shard(out);
+            m_layer_decls = rest;
+            io::safetensors_writer w(m_stage / shard_name(), rest, {{"format", "pt"}}, true);
+            for (const auto& d : rest) write_copy(w, d);
+            w.commit();
             const nlohmann::json index = {{"metadata", {{"total_size", m_total}}}, {"weight_map", m_weight_map}};
             io::write_file_atomic(m_stage / std::string(io::checkpoint::index_name), index.dump(2) + "\n", true);
             nlohmann::json cfg = m_src.config_json();
@@ -536,29 +589,36 @@ namespace orbitq::models::gemma4
         }
 
     private:
-        detail::pending_tensor copy_of(const io::tensor_decl& d) const
+        std::string shard_name()
         {
-            return {d, [this, d] {
-                        std::vector<std::byte> b(d.bytes());
-                        m_src.read(d.name, b, m_threads);
-                        return b;
-                    }};
+            if (m_written >= m_shards) throw error(error_kind::invalid_argument, "converted_writer: more layers than announced");
+            m_current_shard = io::shard_file_name(++m_written, m_shards);
+            return m_current_shard;
         }
 
-        void write_shard(const std::vector<detail::pending_tensor>& tensors)
+        void record(const std::string& name, std::size_t bytes)
         {
-            const std::string name = io::shard_file_name(++m_written, m_shards);
-            std::vector<io::tensor_decl> decls;
-            for (const auto& t : tensors) decls.push_back(t.decl);
-            io::safetensors_writer w(m_stage / name, decls, {{"format", "pt"}}, true);
-            for (const auto& t : tensors)
+            m_weight_map[name] = m_current_shard;
+            m_total += bytes;
+        }
+
+        void write_linear(const quantized_tensor& q, std::size_t row0, std::size_t rows, const std::string& base)
+        {
+            const auto decls = detail::linear_decls(m_spec, rows, q.cols, base, m_scale_type);
+            const auto data = detail::encode_linear(q, row0, rows, m_scale_type);
+            for (std::size_t i = 0; i < decls.size(); ++i)
             {
-                const std::vector<std::byte> b = t.produce();
-                w.write(t.decl.name, std::span<const std::byte>(b));
-                m_weight_map[t.decl.name] = name;
-                m_total += b.size();
+                m_layer->write(decls[i].name, std::span<const std::byte>(data[i]));
+                record(decls[i].name, data[i].size());
             }
-            w.commit();
+        }
+
+        void write_copy(io::safetensors_writer& w, const io::tensor_decl& d)
+        {
+            std::vector<std::byte> b(d.bytes());
+            m_src.read(d.name, b, m_threads);
+            w.write(d.name, std::span<const std::byte>(b));
+            record(d.name, b.size());
         }
 
         std::filesystem::path m_dir;
@@ -566,9 +626,14 @@ namespace orbitq::models::gemma4
         model_source& m_src;
         quant_spec m_spec;
         bool m_include_dense;
-        std::vector<std::size_t> m_layers;
         unsigned m_threads;
+        io::dtype m_scale_type = io::dtype::bf16;
         std::map<std::string, io::tensor_decl> m_pending;
+        std::vector<io::tensor_decl> m_copies;
+        std::vector<io::tensor_decl> m_layer_decls;
+        std::string m_prefix;
+        std::optional<io::safetensors_writer> m_layer;
+        std::string m_current_shard;
         nlohmann::json m_weight_map = nlohmann::json::object();
         std::size_t m_total = 0;
         std::size_t m_written = 0;

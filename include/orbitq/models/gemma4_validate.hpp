@@ -23,6 +23,8 @@
 #include "orbitq/models/gemma4.hpp"
 #include "orbitq/quantize.hpp"
 
+#include <array>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -131,10 +133,20 @@ namespace orbitq::models::gemma4
         double bytes = 0.0;         ///< source bytes quantized so far
     };
 
-    /// @brief Called with the gated granularity's quantized tensors of each layer, for writing.
-    ///        experts: {gate_up, down} (null when not quantized); dense: {gate, up, down}.
-    using quantized_sink = std::function<void(const layer_weights&, std::array<const quantized_tensor*, 2> experts,
-                                              std::array<const quantized_tensor*, 3> dense)>;
+    /// @brief Receives the gated granularity's quantized tensors as they are produced (to write
+    ///        a converted checkpoint): begin_layer, then expert() once per expert in any order,
+    ///        then end_layer. The quantized tensors are only valid during the call.
+    class conversion_sink
+    {
+    public:
+        virtual ~conversion_sink() = default;
+        /// @brief experts: {gate_up, down} will be quantized; dense: {gate, up, down} will be.
+        virtual void begin_layer(const layer_weights& w, std::array<bool, 2> experts, std::array<bool, 3> dense) = 0;
+        /// @brief Expert e's matrices (a null tensor: that stacked tensor is not quantized).
+        virtual void expert(const layer_weights& w, std::size_t e, const expert_slices& s) = 0;
+        /// @brief dense: {gate, up, down} quantized, or null for those kept in source precision.
+        virtual void end_layer(const layer_weights& w, std::array<const quantized_tensor*, 3> dense) = 0;
+    };
 
     namespace detail
     {
@@ -143,22 +155,23 @@ namespace orbitq::models::gemma4
             return std::visit([](const auto& m) { return sizeof(typename std::decay_t<decltype(m)>::value_type); }, v);
         }
 
-        /// Per-row error accumulators and source row amax of a quantized tensor, in parallel.
+        /// Per-row error accumulators and source row amax of rows [q_row0, q_row0 + w.rows) of a
+        /// quantized tensor against the view w, written at acc[out0 + r], row_amax[out0 + r].
         template <weight_element T>
-        void measure_rows(const matrix_view<T>& w, const quantized_tensor& q, std::vector<error_accumulator>& acc,
-                          std::vector<float>& row_amax, unsigned threads)
+        void measure_rows(const matrix_view<T>& w, const quantized_tensor& q, std::size_t q_row0, std::vector<error_accumulator>& acc,
+                          std::vector<float>& row_amax, std::size_t out0, unsigned threads)
         {
-            acc.assign(w.rows, error_accumulator{});
-            row_amax.assign(w.rows, 0.0f);
             parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                 std::vector<float> buf(w.cols);
                 for (std::size_t r = first; r < last; ++r)
                 {
-                    dequantize_row(q, r, buf.data());
-                    acc[r].add(w.row(r), buf.data(), w.cols, r * w.cols);
+                    dequantize_row(q, q_row0 + r, buf.data());
+                    error_accumulator a;
+                    a.add(w.row(r), buf.data(), w.cols, (out0 + r) * w.cols);
+                    acc[out0 + r] = a;
                     float m = 0.0f;
                     for (std::size_t c = 0; c < w.cols; ++c) m = std::max(m, std::fabs(to_float(w.row(r)[c])));
-                    row_amax[r] = m;
+                    row_amax[out0 + r] = m;
                 }
             });
         }
@@ -215,46 +228,54 @@ namespace orbitq::models::gemma4
         }
     }
 
-    /// @brief Quantizes one tensor view and measures it (per expert when `experts` > 1).
-    /// @param experts number of equal row blocks to report separately (1: none).
-    inline tensor_report quantize_and_measure(const any_view& v, const quant_spec& spec, std::size_t experts,
-                                              quantized_tensor& q, error_accumulator& combined, unsigned threads)
+    /// @brief The report of one tensor from its per-row accumulators (per expert when experts > 1).
+    inline tensor_report report_from_rows(const any_view& v, const quant_spec& spec, std::size_t experts,
+                                          const std::vector<error_accumulator>& acc, const std::vector<float>& row_amax,
+                                          double bits_per_weight, error_accumulator& combined)
     {
         tensor_report rep;
+        std::visit([&](const auto& m) { rep.name = m.name; rep.shape = m.shape; }, v);
+        const std::size_t rows = rows_of(v), cols = cols_of(v);
+        const float tensor_amax = *std::max_element(row_amax.begin(), row_amax.end());
+        if (experts > 1)
+        {
+            // Per expert first, then the tensor as the combine of the experts (the same order the
+            // accumulators would be combined in row order).
+            const std::size_t per = rows / experts;
+            for (std::size_t e = 0; e < experts; ++e)
+            {
+                rep.experts.push_back(detail::summarize(acc, row_amax, e * per, (e + 1) * per, cols, spec.granularity, tensor_amax));
+            }
+        }
+        rep.total = detail::summarize(acc, row_amax, 0, rows, cols, spec.granularity, tensor_amax, &combined);
+        rep.quantized = true;
+        rep.bits_per_weight = bits_per_weight;
+        return rep;
+    }
+
+    /// @brief Quantizes a whole tensor and measures it (per expert when experts > 1).
+    inline tensor_report quantize_and_measure(const any_view& v, const quant_spec& spec, std::size_t experts, quantized_tensor& q,
+                                              error_accumulator& combined, unsigned threads)
+    {
+        std::vector<error_accumulator> acc(rows_of(v));
+        std::vector<float> row_amax(rows_of(v));
         std::visit(
             [&](const auto& m) {
-                rep.name = m.name;
-                rep.shape = m.shape;
                 q = quantize(m, spec, threads);
-                std::vector<error_accumulator> acc;
-                std::vector<float> row_amax;
-                detail::measure_rows(m, q, acc, row_amax, threads);
-                const float tensor_amax = *std::max_element(row_amax.begin(), row_amax.end());
-                rep.total = detail::summarize(acc, row_amax, 0, m.rows, m.cols, spec.granularity, tensor_amax, &combined);
-                if (experts > 1)
-                {
-                    const std::size_t per = m.rows / experts;
-                    for (std::size_t e = 0; e < experts; ++e)
-                    {
-                        rep.experts.push_back(
-                            detail::summarize(acc, row_amax, e * per, (e + 1) * per, m.cols, spec.granularity, tensor_amax));
-                    }
-                }
+                detail::measure_rows(m, q, 0, acc, row_amax, 0, threads);
             },
             v);
-        rep.quantized = true;
-        rep.bits_per_weight = q.bits_per_weight();
-        return rep;
+        return report_from_rows(v, spec, experts, acc, row_amax, q.bits_per_weight(), combined);
     }
 
     /// @brief Runs the layer tests and the stack for every granularity of `opt.specs`.
     /// @param load returns the weights of a layer (valid until the next call).
     /// @param x0 tokens × H residual stream entering the first selected layer.
-    /// @param sink if set, receives the gated granularity's quantized tensors of each layer.
+    /// @param sink if not null, receives the gated granularity's quantized tensors.
     /// @param progress if set, called after each layer.
     /// @throws error on a bad option or a shape mismatch.
     inline validation_report validate(const config& c, const std::function<const layer_weights&(std::size_t)>& load,
-                                      std::vector<float> x0, validate_options opt, const quantized_sink& sink = {},
+                                      std::vector<float> x0, validate_options opt, conversion_sink* sink = nullptr,
                                       const std::function<void(const progress_info&)>& progress = {})
     {
         using clock = std::chrono::steady_clock;
@@ -302,41 +323,147 @@ namespace orbitq::models::gemma4
                 const quant_spec& spec = opt.specs[g];
                 granularity_layer gl;
                 auto t0 = clock::now();
-                std::array<quantized_tensor, 5> qs;
-                std::array<const quantized_tensor*, 2> eq = {nullptr, nullptr};
+                const bool sinking = sink && g == opt.gated;
+                std::array<quantized_tensor, 3> dense_qs;
                 std::array<const quantized_tensor*, 3> dq = {nullptr, nullptr, nullptr};
                 error_accumulator layer_acc;
-                auto handle = [&](const any_view& v, std::size_t slot, std::size_t experts, bool wanted) -> const quantized_tensor* {
-                    const std::size_t n = rows_of(v) * cols_of(v);
-                    if (!wanted || n <= opt.min_elements)
-                    {
-                        tensor_report t;
-                        std::visit([&](const auto& m) { t.name = m.name; t.shape = m.shape; }, v);
-                        t.bits_per_weight = 8.0 * static_cast<double>(detail::element_bytes(v));
-                        gl.tensors.push_back(std::move(t));
-                        return nullptr;
-                    }
-                    error_accumulator acc;
-                    gl.tensors.push_back(quantize_and_measure(v, spec, experts, qs[slot], acc, opt.threads));
-                    layer_acc = combine(layer_acc, acc);
-                    rep.quantized_source_bytes += static_cast<double>(n * detail::element_bytes(v));
-                    return &qs[slot];
+                auto kept = [&](const any_view& v) {
+                    tensor_report t;
+                    std::visit([&](const auto& m) { t.name = m.name; t.shape = m.shape; }, v);
+                    t.bits_per_weight = 8.0 * static_cast<double>(detail::element_bytes(v));
+                    return t;
                 };
-                eq[0] = handle(w.gate_up, 0, c.experts, true);
-                eq[1] = handle(w.down, 1, c.experts, true);
-                dq[0] = handle(w.dense_gate, 2, 1, opt.include_dense);
-                dq[1] = handle(w.dense_up, 3, 1, opt.include_dense);
-                dq[2] = handle(w.dense_down, 4, 1, opt.include_dense);
+                auto wanted = [&](const any_view& v) { return rows_of(v) * cols_of(v) > opt.min_elements; };
+
+                // Experts: per-tensor needs the stacked tensor's statistic, so it quantizes the
+                // stacked tensors whole; finer granularities quantize expert by expert on demand
+                // (identical codes: their orbits lie inside rows), so memory holds one expert.
+                const std::array<const any_view*, 2> ev = {&w.gate_up, &w.down};
+                const std::array<std::size_t, 2> erows = {2 * c.expert_intermediate, c.hidden};
+                std::array<bool, 2> equant = {wanted(w.gate_up), wanted(w.down)};
+                const std::array<bool, 3> dquant = {opt.include_dense && wanted(w.dense_gate), opt.include_dense && wanted(w.dense_up),
+                                                    opt.include_dense && wanted(w.dense_down)};
+                if (sinking) sink->begin_layer(w, equant, dquant);
+                std::array<std::vector<error_accumulator>, 2> eacc;
+                std::array<std::vector<float>, 2> eamax;
+                std::array<double, 2> ebpw = {0.0, 0.0};
+                std::array<quantized_tensor, 2> stacked;
+                const bool whole = spec.granularity == granularity_kind::per_tensor;
+                for (std::size_t k = 0; k < 2; ++k)
+                {
+                    if (!equant[k]) continue;
+                    eacc[k].resize(rows_of(*ev[k]));
+                    eamax[k].resize(rows_of(*ev[k]));
+                    if (whole)
+                    {
+                        std::visit(
+                            [&](const auto& m) {
+                                stacked[k] = quantize(m, spec, opt.threads);
+                                detail::measure_rows(m, stacked[k], 0, eacc[k], eamax[k], 0, opt.threads);
+                            },
+                            *ev[k]);
+                        ebpw[k] = stacked[k].bits_per_weight();
+                        rep.quantized_source_bytes += static_cast<double>(rows_of(*ev[k]) * cols_of(*ev[k]) * detail::element_bytes(*ev[k]));
+                    }
+                }
+                if (whole && w.release_expert)
+                {
+                    for (std::size_t e = 0; e < c.experts; ++e) w.release_expert(e);
+                }
+                std::vector<bool> done(c.experts, false);
+                std::size_t cached = static_cast<std::size_t>(-1);
+                std::array<quantized_tensor, 2> per_expert;
+                auto provide = [&](std::size_t e) -> expert_slices {
+                    expert_slices s;
+                    if (whole)
+                    {
+                        for (std::size_t k = 0; k < 2; ++k)
+                        {
+                            if (!equant[k]) continue;
+                            s.q[k] = &per_expert[k];
+                            if (cached != e) slice_rows(stacked[k], e * erows[k], erows[k], per_expert[k]);
+                        }
+                        cached = e;
+                    }
+                    else
+                    {
+                        for (std::size_t k = 0; k < 2; ++k)
+                        {
+                            if (!equant[k]) continue;
+                            s.q[k] = &per_expert[k];
+                            if (cached == e) continue;
+                            std::visit(
+                                [&](const auto& m) {
+                                    const auto block = row_block(m, e * erows[k], erows[k], m.name);
+                                    quantize_into(block, per_expert[k], spec, opt.threads);
+                                    detail::measure_rows(block, per_expert[k], 0, eacc[k], eamax[k], e * erows[k], opt.threads);
+                                },
+                                *ev[k]);
+                            if (e == 0) ebpw[k] = per_expert[k].bits_per_weight();
+                            rep.quantized_source_bytes += static_cast<double>(erows[k] * cols_of(*ev[k]) * detail::element_bytes(*ev[k]));
+                        }
+                        cached = e;
+                    }
+                    if (!done[e])
+                    {
+                        done[e] = true;
+                        if (sinking) sink->expert(w, e, s);
+                        if (!whole && w.release_expert) w.release_expert(e);
+                    }
+                    return s;
+                };
+
+                // Dense MLP (whole matrices; optional).
+                const std::array<const any_view*, 3> dv = {&w.dense_gate, &w.dense_up, &w.dense_down};
+                std::array<tensor_report, 3> dense_reports;
+                for (std::size_t k = 0; k < 3; ++k)
+                {
+                    if (!dquant[k])
+                    {
+                        dense_reports[k] = kept(*dv[k]);
+                    }
+                    else
+                    {
+                        error_accumulator acc;
+                        dense_reports[k] = quantize_and_measure(*dv[k], spec, 1, dense_qs[k], acc, opt.threads);
+                        layer_acc = combine(layer_acc, acc);
+                        rep.quantized_source_bytes += static_cast<double>(rows_of(*dv[k]) * cols_of(*dv[k]) * detail::element_bytes(*dv[k]));
+                        dq[k] = &dense_qs[k];
+                    }
+                }
                 quantize_s += std::chrono::duration<double>(clock::now() - t0).count();
-                gl.weight_sqnr_db = layer_acc.count ? layer_acc.sqnr_db() : std::numeric_limits<double>::infinity();
 
                 // Quantized weights on 2T tokens: the original stream (layer test) and this
                 // granularity's own stream (stack).
                 std::copy(x_orig.begin(), x_orig.end(), xin.begin());
                 std::copy(x_q[g].begin(), x_q[g].end(), xin.begin() + static_cast<std::ptrdiff_t>(T * H));
-                quantized_operators qops(c, w, eq, dq, opt.threads);
+                quantized_operators qops(c, w, provide, dq, opt.threads);
                 std::vector<token_route> routes_q;
                 ffn_forward(c, w, qops, xin.data(), 2 * T, yq.data(), &routes_q, opt.threads);
+                // Experts no token chose: quantized for the metrics and the output all the same.
+                auto t1 = clock::now();
+                for (std::size_t e = 0; e < c.experts; ++e)
+                {
+                    if (!done[e]) provide(e);
+                }
+                quantize_s += std::chrono::duration<double>(clock::now() - t1).count();
+                if (sinking) sink->end_layer(w, dq);
+
+                std::vector<tensor_report> expert_reports;
+                for (std::size_t k = 0; k < 2; ++k)
+                {
+                    if (!equant[k])
+                    {
+                        expert_reports.push_back(kept(*ev[k]));
+                        continue;
+                    }
+                    error_accumulator acc;
+                    expert_reports.push_back(report_from_rows(*ev[k], spec, c.experts, eacc[k], eamax[k], ebpw[k], acc));
+                    layer_acc = combine(layer_acc, acc);
+                }
+                gl.tensors = std::move(expert_reports);
+                for (auto& t : dense_reports) gl.tensors.push_back(std::move(t));
+                gl.weight_sqnr_db = layer_acc.count ? layer_acc.sqnr_db() : std::numeric_limits<double>::infinity();
 
                 std::size_t agree = 0;
                 for (std::size_t t = 0; t < T; ++t)
@@ -354,7 +481,6 @@ namespace orbitq::models::gemma4
                 gl.stack_cos_min = *std::min_element(gl.stack_cos.begin(), gl.stack_cos.end());
                 gl.router_agreement = static_cast<double>(agree) / static_cast<double>(T);
                 std::copy(yq.begin() + static_cast<std::ptrdiff_t>(T * H), yq.end(), x_q[g].begin());
-                if (g == opt.gated && sink) sink(w, eq, dq);
                 lr.by_spec.push_back(std::move(gl));
             }
             x_orig.swap(y_orig);
