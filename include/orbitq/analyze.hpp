@@ -18,15 +18,16 @@
 /// Numerical contract: the cosine, relative error, SQNR and max abs error of each candidate equal
 /// those of `measure(w, quantize(w, spec))` up to double rounding (relative difference <= 1e-9,
 /// tested), and bits_per_weight equals quantized_tensor::bits_per_weight(). Σwŵ is derived per
-/// row as (Σw² + Σŵ² − Σ(w − ŵ)²) / 2: its absolute error is a few ulps of Σw², negligible next
+/// block of rows as (Σw² + Σŵ² − Σ(w − ŵ)²) / 2: its absolute error is a few ulps of Σw², negligible next
 /// to Σwŵ unless nearly all of the tensor's energy is lost (tested with a 10^4 outlier under
 /// per-tensor int4, where every other code is 0).
 ///
-/// Cost: per element and candidate, about 16 AVX-512 operations per 16 weights (encode in f32,
-/// widen ŵ to f64, two FMAs, one vrangepd), ~0.09 ns on this project's Zen 5 core; the f32
-/// roofline loop (read f32, write int8) is ~0.12 ns per element. The double-precision sums the
-/// 1e-9 contract needs are what bound analyze at roughly 1/(0.7 * candidates) of the roofline
-/// per thread: see bench/bench_analyze.cpp.
+/// Cost: per candidate, about 16 AVX-512 operations per 16 weights (encode in f32, widen ŵ to
+/// f64, subtract, two FMAs, one vrangepd): ~1.7 ns per 16 weights per candidate on this project's
+/// Zen 5 core with the row in L1, plus the parameters of each orbit. The f32 roofline loop (read
+/// f32, write int8) takes ~0.13 ns per weight, so with the 16 default candidates of a 704-wide row
+/// analyze runs at roughly 1/15 of the roofline per thread: the double-precision error sums that
+/// the 1e-9 contract needs make it compute-bound, not memory-bound (bench/bench_analyze.cpp).
 ///
 /// Determinism: rows are processed in fixed blocks of analyze_options::block_rows rows; each block
 /// accumulates its rows in row order (per SIMD lane, reduced once at the end of the block into an
