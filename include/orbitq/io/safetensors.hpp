@@ -310,58 +310,127 @@ namespace orbitq::io
             std::size_t m_size = 0;
         };
 
+        /// @brief A SAX consumer that builds the DOM like nlohmann's own parser but stops at the
+        ///        first duplicate key in any object (nlohmann keeps the last one silently) and
+        ///        records the top-level keys in document order. Linear time: nlohmann's callback
+        ///        parser rescans the parent object after every child object, which is quadratic
+        ///        in the number of tensors.
+        class strict_json_builder : public nlohmann::json_sax<nlohmann::json>
+        {
+        public:
+            using json = nlohmann::json;
+
+            strict_json_builder(json& root, std::vector<std::string>* top_level_keys)
+                : m_root(root)
+                , m_top_level_keys(top_level_keys)
+            {
+            }
+
+            bool null() override { return add(nullptr); }
+            bool boolean(bool v) override { return add(v); }
+            bool number_integer(number_integer_t v) override { return add(v); }
+            bool number_unsigned(number_unsigned_t v) override { return add(v); }
+            bool number_float(number_float_t v, const string_t&) override { return add(v); }
+            bool string(string_t& v) override { return add(std::move(v)); }
+            bool binary(binary_t& v) override { return add(json::binary(std::move(v))); }
+            bool start_object(std::size_t) override { return open(json::object()); }
+            bool end_object() override { return close(); }
+            bool start_array(std::size_t) override { return open(json::array()); }
+            bool end_array() override { return close(); }
+
+            bool key(string_t& k) override
+            {
+                json& obj = *m_stack.back();
+                if (obj.contains(k))
+                {
+                    duplicate = k;
+                    duplicate_at_top_level = m_stack.size() == 1;
+                    return false;  // stops the parser
+                }
+                if (m_stack.size() == 1 && m_top_level_keys != nullptr) m_top_level_keys->push_back(k);
+                m_slot = &obj[k];
+                return true;
+            }
+
+            bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override
+            {
+                error_text = e.what();
+                return false;
+            }
+
+            std::optional<std::string> duplicate;
+            bool duplicate_at_top_level = false;
+            std::string error_text;
+
+        private:
+            json* place(json&& v)
+            {
+                if (m_stack.empty())
+                {
+                    m_root = std::move(v);
+                    return &m_root;
+                }
+                json& parent = *m_stack.back();
+                if (parent.is_array())
+                {
+                    parent.push_back(std::move(v));
+                    return &parent.back();
+                }
+                *m_slot = std::move(v);
+                return m_slot;
+            }
+            bool add(json&& v)
+            {
+                place(std::move(v));
+                return true;
+            }
+            bool open(json&& v)
+            {
+                m_stack.push_back(place(std::move(v)));
+                return true;
+            }
+            bool close()
+            {
+                m_stack.pop_back();
+                return true;
+            }
+
+            json& m_root;
+            std::vector<std::string>* m_top_level_keys;
+            std::vector<json*> m_stack;
+            json* m_slot = nullptr;
+        };
+
         /// @brief Parses JSON text, rejecting duplicate keys in any object, and records the
         ///        top-level keys in document order.
-        /// @throws error_kind::format "<context>: ..." on invalid JSON (including invalid UTF-8 and NUL bytes)
-        ///         or a duplicate key.
+        /// @throws error_kind::format "<context>: ..." on invalid JSON (including invalid UTF-8
+        ///         and NUL bytes) or a duplicate key.
         inline nlohmann::json parse_json_strict(std::string_view text, const std::string& context,
-                                                std::vector<std::string>* top_level_keys = nullptr)
+                                                std::vector<std::string>* top_level_keys = nullptr, std::string_view what = "header")
         {
-            std::vector<std::set<std::string, std::less<>>> open_objects;
-            std::optional<std::string> duplicate;
-            int duplicate_depth = 0;
-            auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-                using ev = nlohmann::json::parse_event_t;
-                if (event == ev::object_start)
-                {
-                    open_objects.emplace_back();
-                }
-                else if (event == ev::object_end)
-                {
-                    if (!open_objects.empty()) open_objects.pop_back();
-                }
-                else if (event == ev::key && !open_objects.empty() && parsed.is_string())
-                {
-                    const auto& key = parsed.get_ref<const std::string&>();
-                    if (!open_objects.back().insert(key).second && !duplicate)
-                    {
-                        duplicate = key;
-                        duplicate_depth = depth;
-                    }
-                    if (depth == 1 && top_level_keys != nullptr) top_level_keys->push_back(key);
-                }
-                return true;
-            };
             // nlohmann's lexer takes a NUL byte for the end of input and would silently ignore
             // whatever follows; a raw NUL is never valid JSON, so reject it here.
             if (const auto nul = text.find('\0'); nul != std::string_view::npos)
             {
-                format_error(context + ": header is not valid JSON: NUL byte at offset " + std::to_string(nul) + " of the JSON text");
+                format_error(context + ": " + std::string(what) + " is not valid JSON: NUL byte at offset " + std::to_string(nul) + " of the JSON text");
             }
             nlohmann::json j;
+            strict_json_builder builder(j, top_level_keys);
+            bool ok = false;
             try
             {
-                j = nlohmann::json::parse(text.begin(), text.end(), callback);
+                ok = nlohmann::json::sax_parse(text.begin(), text.end(), &builder);
             }
             catch (const nlohmann::json::exception& e)
             {
-                format_error(context + ": header is not valid JSON: " + printable(e.what(), 400));
+                format_error(context + ": " + std::string(what) + " is not valid JSON: " + printable(e.what(), 400));
             }
-            if (duplicate)
+            if (builder.duplicate)
             {
-                format_error(context + (duplicate_depth == 1 ? ": duplicate tensor name '" : ": duplicate JSON key '")
-                             + printable(*duplicate) + "' in header");
+                format_error(context + (builder.duplicate_at_top_level ? ": duplicate tensor name '" : ": duplicate JSON key '")
+                             + printable(*builder.duplicate) + "' in " + std::string(what));
             }
+            if (!ok) format_error(context + ": " + std::string(what) + " is not valid JSON: " + printable(builder.error_text, 400));
             return j;
         }
 
@@ -836,7 +905,7 @@ namespace orbitq::io
                     if (text.size() > std::size_t(1) << 30) detail::format_error(ctx + ": larger than 1 GiB");
                 }
             }
-            const nlohmann::json j = detail::parse_json_strict(text, ctx);
+            const nlohmann::json j = detail::parse_json_strict(text, ctx, nullptr, "index");
             if (!j.is_object()) detail::format_error(ctx + ": not a JSON object");
             const auto wm = j.find("weight_map");
             if (wm == j.end()) detail::format_error(ctx + ": missing \"weight_map\"");
@@ -958,24 +1027,30 @@ namespace orbitq::io
                 }
             }
 
-            nlohmann::ordered_json header = nlohmann::ordered_json::object();
-            if (!metadata.empty()) header["__metadata__"] = metadata;
-            for (std::size_t i = 0; i < decls.size(); ++i)
-            {
-                header[decls[i].name] = {{"dtype", dtype_name(decls[i].type)},
-                                         {"shape", decls[i].shape},
-                                         {"data_offsets", {begins[i], begins[i] + sizes[i]}}};
-            }
-            std::string text;
+            // Assembled entry by entry (an ordered_json object looks keys up linearly, which is
+            // quadratic for shards of many tensors); the text equals ordered_json's compact dump.
+            std::string text = "{";
             try
             {
-                text = header.dump();
+                if (!metadata.empty()) text += "\"__metadata__\":" + nlohmann::json(metadata).dump() + ",";
+                for (std::size_t i = 0; i < decls.size(); ++i)
+                {
+                    const nlohmann::ordered_json entry = {{"dtype", dtype_name(decls[i].type)},
+                                                          {"shape", decls[i].shape},
+                                                          {"data_offsets", {begins[i], begins[i] + sizes[i]}}};
+                    text += nlohmann::json(decls[i].name).dump();
+                    text += ':';
+                    text += entry.dump();
+                    text += ',';
+                }
             }
             catch (const nlohmann::json::exception& e)
             {
                 throw error(error_kind::invalid_argument, "writing '" + target + "': a tensor name or metadata string is not valid UTF-8 ("
                                                               + detail::printable(e.what()) + ")");
             }
+            if (text.back() == ',') text.back() = '}';
+            else text += '}';
             text.append((8 - text.size() % 8) % 8, ' ');
             if (text.size() > detail::max_header_size)
             {
