@@ -23,7 +23,9 @@
 #include "orbitq/policy/rounding.hpp"
 #include "orbitq/policy/scheme.hpp"
 
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -152,15 +154,20 @@ namespace orbitq
 
     namespace detail
     {
-        /// Packs n int8 codes in [-8, 7] into ceil(n/2) bytes, low nibble first.
+        /// Packs n int8 codes in [-8, 7] into ceil(n/2) bytes, low nibble first. Written on
+        /// 16-bit pairs so the compiler vectorizes it (one shift, two masks and a narrowing
+        /// per vector of pairs).
         inline void pack_int4(const std::int8_t* in, std::size_t n, std::int8_t* out) noexcept
         {
-            std::size_t i = 0;
-            for (; i + 1 < n; i += 2)
+            const std::size_t pairs = n / 2;
+            for (std::size_t k = 0; k < pairs; ++k)
             {
-                out[i / 2] = static_cast<std::int8_t>((in[i] & 0x0f) | ((in[i + 1] & 0x0f) << 4));
+                std::uint16_t u;  // little-endian: code 2k in the low byte, code 2k+1 in the high byte
+                std::memcpy(&u, in + 2 * k, sizeof(u));
+                if constexpr (std::endian::native == std::endian::big) u = static_cast<std::uint16_t>((u >> 8) | (u << 8));
+                out[k] = static_cast<std::int8_t>((u & 0x0fu) | ((u >> 4) & 0xf0u));
             }
-            if (i < n) out[i / 2] = static_cast<std::int8_t>(in[i] & 0x0f);
+            if (n % 2 != 0) out[pairs] = static_cast<std::int8_t>(in[n - 1] & 0x0f);
         }
 
         /// The parameters as stored: the scale rounded to spec.scale_type (inverse recomputed).
