@@ -543,16 +543,20 @@ namespace orbitq
             return g;
         }
 
-        /// Adds row r under plan p to acc (params: scratch).
-        inline void candidate_row(const plan& p, const statistics_pyramid& P, std::size_t r, const float* x, const double* xd,
-                                  const std::string& name, std::vector<orbit_params>& params, lane_sums& acc)
+        /// The parameters of every orbit of row r under plan p (into params); returns the columns
+        /// per orbit.
+        inline std::size_t candidate_params(const plan& p, const statistics_pyramid& P, std::size_t r, const std::string& name,
+                                            std::vector<orbit_params>& params)
         {
-            with_scheme(p.spec, [&](auto scheme) {
-                using S = decltype(scheme);
-                const std::size_t group = row_params<S>(p, P, r, name, params);
-                if (p.spec.rounding == rounding_kind::half_to_even) row_error_dispatch<half_to_even>(x, xd, P.cols, group, params.data(), r, acc);
-                else row_error_dispatch<half_away_from_zero>(x, xd, P.cols, group, params.data(), r, acc);
-            });
+            return with_scheme(p.spec, [&](auto scheme) { return row_params<decltype(scheme)>(p, P, r, name, params); });
+        }
+
+        /// Adds row r under plan p to acc, with the row's orbit parameters from candidate_params.
+        inline void candidate_row(const plan& p, std::size_t r, const float* x, const double* xd, std::size_t cols, std::size_t group,
+                                  const std::vector<orbit_params>& params, lane_sums& acc) noexcept
+        {
+            if (p.spec.rounding == rounding_kind::half_to_even) row_error_dispatch<half_to_even>(x, xd, cols, group, params.data(), r, acc);
+            else row_error_dispatch<half_away_from_zero>(x, xd, cols, group, params.data(), r, acc);
         }
 
         /// The first column of row r where |w − ŵ| equals m under plan p (0 if none does).
@@ -664,7 +668,8 @@ namespace orbitq
         parallel_rows(blocks, options.threads, [&](std::size_t first, std::size_t last) {
             std::vector<float> fbuf(std::same_as<T, float> ? 0 : w.cols);
             std::vector<double> xd(w.cols);
-            std::vector<A::orbit_params> params;
+            std::vector<std::vector<A::orbit_params>> params(C);
+            std::vector<std::size_t> groups(C);
             std::vector<A::lane_sums> lanes(C);
             for (std::size_t b = first; b < last; ++b)
             {
@@ -710,7 +715,10 @@ namespace orbitq
                         }
                     }
 
-                    for (std::size_t k = 0; k < C; ++k) A::candidate_row(plans[k], P, r, x, xd.data(), w.name, params, lanes[k]);
+                    // All candidates' parameters first, so their divisions overlap one another
+                    // instead of each stalling the start of its candidate's loop.
+                    for (std::size_t k = 0; k < C; ++k) groups[k] = A::candidate_params(plans[k], P, r, w.name, params[k]);
+                    for (std::size_t k = 0; k < C; ++k) A::candidate_row(plans[k], r, x, xd.data(), w.cols, groups[k], params[k], lanes[k]);
                 }
                 out.acc.resize(C);
                 for (std::size_t k = 0; k < C; ++k) out.acc[k] = lanes[k].finish(block_ref, (r1 - r0) * w.cols, w.cols);
