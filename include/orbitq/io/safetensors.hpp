@@ -40,6 +40,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -52,6 +53,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -62,6 +64,9 @@
 
 namespace orbitq::io
 {
+    static_assert(std::endian::native == std::endian::little,
+                  "safetensors data is little-endian; zero-copy views need a little-endian host");
+
     // ------------------------------------------------------------------------------------------
     // dtypes
     // ------------------------------------------------------------------------------------------
@@ -1105,6 +1110,7 @@ namespace orbitq::io
 
         /// @brief Typed convenience: writes a span of elements as bytes.
         template <class T>
+            requires std::is_trivially_copyable_v<T>
         void write(std::string_view name, std::span<const T> data)
         {
             write(name, std::as_bytes(data));
