@@ -252,7 +252,7 @@ namespace orbitq
         inline void widen(const FB& f, DB& lo, DB& hi) noexcept
         {
             static_assert(2 * DB::size == FB::size, "a double batch must hold half a float batch");
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__GNUC__)  // GCC and Clang: vector extensions
             if constexpr (FB::size == 16 && std::derived_from<typename FB::arch_type, xsimd::avx512f>)
             {
                 using v16 = float __attribute__((vector_size(64)));
@@ -265,7 +265,7 @@ namespace orbitq
             }
             else
 #endif
-#if defined(__AVX__)
+#if defined(__AVX__) && defined(__GNUC__)
             if constexpr (FB::size == 8 && std::derived_from<typename FB::arch_type, xsimd::avx>)
             {
                 using v8 = float __attribute__((vector_size(32)));
