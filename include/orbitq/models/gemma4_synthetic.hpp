@@ -64,6 +64,7 @@ namespace orbitq::models::gemma4
         float dense_level = 0.3f;             ///< level of post_feedforward_layernorm_1 (dense branch)
         float ffn_level = 0.3f;               ///< level of post_feedforward_layernorm (FFN output vs residual)
         float layer_scalar = 0.96f;
+        float router_sigma = 1.5f;            ///< standard deviation of router.proj entries
         double severity_override = 0.0;       ///< > 0: every layer uses this K (calibration)
     };
 
@@ -179,7 +180,7 @@ namespace orbitq::models::gemma4
             {
                 need(E * H);
                 const std::uint64_t k = key(synth_tensor::router_proj, layer, 0);
-                for (std::size_t i = 0; i < E * H; ++i) out[i] = to_bfloat16(1.5f * detail::normal_from(detail::mix64(k + i)));
+                for (std::size_t i = 0; i < E * H; ++i) out[i] = to_bfloat16(m_opt.router_sigma * detail::normal_from(detail::mix64(k + i)));
             }
             else if (name == names::router_scale(c, layer))
             {
