@@ -777,6 +777,26 @@ TEST_CASE("write_checkpoint: shards, index, round trip through checkpoint::open"
     CHECK(c2.names() == std::vector<std::string>{"only"});
     CHECK(c2.bytes("only")[0] == std::byte{9});
     CHECK(fs::exists(out / "model-00001-of-00001.safetensors"));
+    // The four shards of the replaced checkpoint are gone.
+    std::vector<std::string> after;
+    for (const auto& e : fs::directory_iterator(out)) after.push_back(e.path().filename().string());
+    std::sort(after.begin(), after.end());
+    CHECK(after == std::vector<std::string>{"model-00001-of-00001.safetensors", "model.safetensors.index.json"});
+}
+
+TEST_CASE("path_is_within")
+{
+    scratch_dir dir;
+    fs::create_directories(dir.path / "in" / "sub");
+    fs::create_directory_symlink(dir.path / "in", dir.path / "link");
+    CHECK(path_is_within(dir.path / "in", dir.path / "in"));
+    CHECK(path_is_within(dir.path / "in" / "sub", dir.path / "in"));
+    CHECK(path_is_within(dir.path / "in" / "sub" / "new" / "deeper", dir.path / "in"));  // need not exist
+    CHECK(path_is_within(dir.path / "link" / "sub", dir.path / "in"));                    // through a symlink
+    CHECK(path_is_within(dir.path / "in" / "sub" / ".." / "x", dir.path / "in" / ""));
+    CHECK(!path_is_within(dir.path / "in" / ".." / "out", dir.path / "in"));
+    CHECK(!path_is_within(dir.path / "inner", dir.path / "in"));  // a prefix of the name is not inside
+    CHECK(!path_is_within(dir.path, dir.path / "in"));
 }
 
 TEST_CASE("write_checkpoint: a failing producer leaves no index and no temporaries; a rerun completes")

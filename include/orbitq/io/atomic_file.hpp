@@ -343,4 +343,24 @@ namespace orbitq::io
         }
         return removed;
     }
+
+    /// @brief True when `p` is `dir` or lies inside it, after resolving symlinks, "." and ".."
+    ///        of the parts that exist (std::filesystem::weakly_canonical). Use it to refuse an
+    ///        output directory equal to or inside an input checkpoint.
+    /// @throws error_kind::io if a path cannot be resolved.
+    inline bool path_is_within(const std::filesystem::path& p, const std::filesystem::path& dir)
+    {
+        std::error_code ec;
+        const auto a = std::filesystem::weakly_canonical(std::filesystem::absolute(p, ec), ec);
+        if (ec) throw error(error_kind::io, "cannot resolve path '" + p.string() + "': " + ec.message());
+        const auto b = std::filesystem::weakly_canonical(std::filesystem::absolute(dir, ec), ec);
+        if (ec) throw error(error_kind::io, "cannot resolve path '" + dir.string() + "': " + ec.message());
+        auto ai = a.begin();
+        for (auto bi = b.begin(); bi != b.end(); ++bi, ++ai)
+        {
+            if (bi->empty()) continue;  // a trailing separator yields an empty last element
+            if (ai == a.end() || *ai != *bi) return false;
+        }
+        return true;
+    }
 }

@@ -1210,8 +1210,9 @@ namespace orbitq::io
     /// when its index exists. Hence, with overwrite=false, an existing index is refused, while
     /// shard files without an index (left by an interrupted run) are replaced, and hidden
     /// temporaries of shards or index left by a killed process are removed first (see
-    /// remove_stale_temporaries). With overwrite=true, shards of an older checkpoint that the new
-    /// index does not name are left in place (unreferenced).
+    /// remove_stale_temporaries). With overwrite=true, once the new index is written, files named
+    /// like shards (model-NNNNN-of-NNNNN.safetensors) that the new index does not name are
+    /// removed, so that a smaller checkpoint replacing a larger one leaves no stray shards.
     /// @throws error_kind::invalid_argument on bad declarations or max_shard_bytes == 0;
     ///         error_kind::io on write failures or a refused overwrite; whatever `produce` throws.
     ///         On any exception, no file of this call is left under a final name except shards
@@ -1273,5 +1274,21 @@ namespace orbitq::io
         }
         const nlohmann::json index_json = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
         write_file_atomic(index, index_json.dump(2) + "\n", overwrite);
+
+        // When replacing a checkpoint, shards of the old one that the new index does not name
+        // would be picked up by tools that glob *.safetensors: remove them, now that the new
+        // checkpoint is complete.
+        if (overwrite)
+        {
+            std::set<std::string> current;
+            for (std::size_t k = 0; k < plan.size(); ++k) current.insert(shard_file_name(k + 1, plan.size()));
+            std::vector<fs::path> stale;
+            for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+            {
+                const std::string name = it->path().filename().string();
+                if (is_shard_file_name(name) && current.count(name) == 0) stale.push_back(it->path());
+            }
+            for (const auto& p : stale) fs::remove(p, ec);
+        }
     }
 }
