@@ -6,8 +6,9 @@
 ///        - a bf16-weight baseline: a plain xsimd gemv/gemm over bfloat16 weights (widen, FMA).
 ///
 /// Two working sets: "hot" multiplies one expert's matrix again and again (it stays in L2/L3
-/// for the smaller formats), "cold" cycles through 16 distinct experts' matrices (16 x 16 MB of
-/// f32 for gate_up, more than the last-level cache), which is what an MoE layer sees.
+/// for the smaller formats); "cold" cycles through distinct experts' matrices, at least 16 and
+/// enough for 128 MB (4x this machine's 32 MB L3), at most the 128 experts of a Gemma 4 layer,
+/// which is what an MoE layer sees. The label gives the count and the working set.
 ///
 /// Names: gemv/<shape>/<format>/batch:<T>/threads:<n>/<hot|cold>
 /// Bytes processed = weight bytes read per call (codes + scales + zero points, or the f32/bf16
@@ -22,6 +23,7 @@
 #include <cblas.h>
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -42,8 +44,11 @@ namespace
 
     const bench_shape shapes[] = {{"gate_up_1408x2816", 1408, 2816}, {"down_2816x704", 2816, 704}};
 
-    /// Distinct experts in the cold working set.
-    constexpr std::size_t cold_experts = 16;
+    /// The cold working set: distinct experts, at least 16 and at most the 128 of a Gemma 4 layer,
+    /// enough for cold_bytes of weights (4x this machine's 32 MB L3).
+    constexpr std::size_t min_cold_experts = 16;
+    constexpr std::size_t max_cold_experts = 128;
+    constexpr std::size_t cold_bytes = std::size_t{128} << 20;
 
     /// One weight format of one expert.
     struct expert
@@ -104,6 +109,13 @@ namespace
         return w;
     }
 
+    std::size_t weight_bytes(const expert& e, format f)
+    {
+        if (f == format::f32_blas) return e.f32.size() * sizeof(float);
+        if (f == format::bf16) return e.bf16.size() * sizeof(bfloat16_t);
+        return e.q.codes.size() + e.q.scales.size() * sizeof(float) + e.q.zero_points.size() * sizeof(std::int32_t);
+    }
+
     /// The experts of one (shape, format), built on first use and kept.
     const std::vector<expert>& experts_for(const bench_shape& s, format f)
     {
@@ -111,9 +123,10 @@ namespace
         auto& slot = cache[{s.name, f}];
         if (!slot)
         {
-            slot = std::make_unique<std::vector<expert>>(cold_experts);
-            for (std::size_t e = 0; e < cold_experts; ++e)
+            slot = std::make_unique<std::vector<expert>>();
+            for (std::size_t e = 0, n = 1; e < n; ++e)
             {
+                slot->emplace_back();
                 const std::vector<float> w = make_weights(s, e);
                 expert& x = (*slot)[e];
                 if (f == format::bf16)
@@ -129,16 +142,14 @@ namespace
                 {
                     x.q = orbitq::quantize(orbitq::make_view(w.data(), s.rows, s.cols), spec_of(f));
                 }
+                if (e == 0)
+                {
+                    const std::size_t per = weight_bytes(x, f);
+                    n = std::clamp((cold_bytes + per - 1) / per, min_cold_experts, max_cold_experts);
+                }
             }
         }
         return *slot;
-    }
-
-    std::size_t weight_bytes(const expert& e, format f)
-    {
-        if (f == format::f32_blas) return e.f32.size() * sizeof(float);
-        if (f == format::bf16) return e.bf16.size() * sizeof(bfloat16_t);
-        return e.q.codes.size() + e.q.scales.size() * sizeof(float) + e.q.zero_points.size() * sizeof(std::int32_t);
     }
 
     /// L bf16 values widened to float32 (exact: a bf16 is the top half of a float32). One
@@ -242,8 +253,9 @@ namespace
             }
             benchmark::DoNotOptimize(y.data());
             benchmark::ClobberMemory();
-            if (cold) e = (e + 1) % cold_experts;
+            if (cold) e = (e + 1) % ex.size();
         }
+        if (cold) state.SetLabel(std::to_string(ex.size()) + " experts, " + std::to_string(ex.size() * weight_bytes(ex[0], f) >> 20) + " MB");
         state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * weight_bytes(ex[0], f)));
         state.counters["flops"] = benchmark::Counter(2.0 * static_cast<double>(s.rows * s.cols * tokens) * static_cast<double>(state.iterations()),
                                                      benchmark::Counter::kIsRate);

@@ -108,6 +108,17 @@ namespace orbitq
             return B::load_aligned(buf);
         }
 
+        /// Asks for the cache lines of [first, last) to be loaded (a hint; no effect elsewhere).
+        inline void prefetch_range(const void* first, const void* last) noexcept
+        {
+#if defined(__GNUC__)
+            for (auto p = static_cast<const char*>(first); p < static_cast<const char*>(last); p += 64) __builtin_prefetch(p);
+#else
+            (void)first;
+            (void)last;
+#endif
+        }
+
         /// How a tensor's rows are summed and where each activation goes in the float buffer.
         struct plan
         {
@@ -208,6 +219,7 @@ namespace orbitq
             std::size_t cols;
 
             row_pointer row(std::size_t r) const noexcept { return codes + r * cols; }
+            void prefetch_rows(std::size_t first, std::size_t last) const noexcept { prefetch_range(row(first), row(last)); }
             static void load(row_pointer row, std::size_t col, const int_batch& zp, float_batch* out) noexcept
             {
                 int_batch v = widen_int8<int_batch>(row + col);
@@ -228,6 +240,7 @@ namespace orbitq
             std::size_t row_bytes;
 
             row_pointer row(std::size_t r) const noexcept { return codes + r * row_bytes; }
+            void prefetch_rows(std::size_t first, std::size_t last) const noexcept { prefetch_range(row(first), row(last)); }
             static void load(row_pointer row, std::size_t col, const int_batch& zp, float_batch* out) noexcept
             {
                 const int_batch b = widen_int8<int_batch>(row + col / 2);
@@ -255,6 +268,7 @@ namespace orbitq
             std::size_t row_stride;
 
             row_pointer row(std::size_t r) const noexcept { return data + (r - first) * row_stride; }
+            void prefetch_rows(std::size_t, std::size_t) const noexcept {}  // in L1 already
             static void load(row_pointer row, std::size_t pos, const int_batch&, float_batch* out) noexcept
             {
                 out[0] = float_batch::load_aligned(row + pos);
@@ -288,6 +302,7 @@ namespace orbitq
             std::size_t last_chunks;         ///< chunks of the last group
             std::size_t out_rows;            ///< output row stride (rows computed)
             std::size_t row0;                ///< first row computed (output row 0)
+            std::size_t row_end;             ///< one past the last row of this thread's range
         };
 
         /// The register tile: rows [r0, r0 + R) times tokens [t0, t0 + T). Per (row, token) the
@@ -300,6 +315,15 @@ namespace orbitq
             typename Source::row_pointer row[R];
             const float* scale_row[R];
             const std::int32_t* zp_row[R];
+            if (t0 == 0)
+            {
+                // Memory-bound at batch 1: ask for the next tile's codes and scales while this one
+                // computes (the rows are contiguous, so this is one block of each).
+                const std::size_t n0 = std::min(r0 + R, a.row_end);
+                const std::size_t n1 = std::min(r0 + 2 * R, a.row_end);
+                src.prefetch_rows(n0, n1);
+                prefetch_range(a.scales + n0 * a.orbit_row_step, a.scales + n1 * a.orbit_row_step);
+            }
 #pragma GCC unroll 16
             for (std::size_t r = 0; r < R; ++r)
             {
@@ -432,15 +456,17 @@ namespace orbitq
             parallel_rows(rows, threads, [&](std::size_t first, std::size_t last) {
                 first += row0;
                 last += row0;
-                if (!p.direct) return run_rows_widened<R, T>(w, p, a, first, last, xbuf, tokens, y);
+                tile_args ta = a;
+                ta.row_end = last;
+                if (!p.direct) return run_rows_widened<R, T>(w, p, ta, first, last, xbuf, tokens, y);
                 const std::int8_t* codes = w.codes.data();
                 if (p.int4)
                 {
-                    if (p.asymmetric) return run_rows_k<R, T>(int4_codes<true>{codes, w.row_bytes()}, a, first, last, xbuf, tokens, y);
-                    return run_rows_k<R, T>(int4_codes<false>{codes, w.row_bytes()}, a, first, last, xbuf, tokens, y);
+                    if (p.asymmetric) return run_rows_k<R, T>(int4_codes<true>{codes, w.row_bytes()}, ta, first, last, xbuf, tokens, y);
+                    return run_rows_k<R, T>(int4_codes<false>{codes, w.row_bytes()}, ta, first, last, xbuf, tokens, y);
                 }
-                if (p.asymmetric) return run_rows_k<R, T>(int8_codes<true>{codes, p.cols}, a, first, last, xbuf, tokens, y);
-                return run_rows_k<R, T>(int8_codes<false>{codes, p.cols}, a, first, last, xbuf, tokens, y);
+                if (p.asymmetric) return run_rows_k<R, T>(int8_codes<true>{codes, p.cols}, ta, first, last, xbuf, tokens, y);
+                return run_rows_k<R, T>(int8_codes<false>{codes, p.cols}, ta, first, last, xbuf, tokens, y);
             });
         }
 
