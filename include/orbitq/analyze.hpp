@@ -467,8 +467,8 @@ namespace orbitq
             constexpr std::size_t w = float_batch::size;
             constexpr std::size_t h = double_batch::size;
             double_batch s0(0.0), s1(0.0);
-            std::size_t i = 0;
-            for (; i + w <= n; i += w)
+            const std::size_t body = n - n % w;
+            for (std::size_t i = 0; i < body; i += w)
             {
                 double_batch a0, a1;
                 widen(float_batch::load_unaligned(x + i), a0, a1);
@@ -478,7 +478,7 @@ namespace orbitq
                 s1 = xsimd::fma(a1, a1, s1);
             }
             double s = 0.0;
-            for (; i < n; ++i)
+            for (std::size_t i = body; i < n; ++i)
             {
                 xd[i] = x[i];
                 s += xd[i] * xd[i];
