@@ -246,8 +246,34 @@ namespace orbitq
         // Rows are read once from memory and encoded from L1; asking for a row ~6 KiB ahead keeps
         // memory streaming while a row's encode pass runs (measured: +0.08..0.15 of the roofline).
         const std::size_t ahead = kernels::simd::prefetch_rows_ahead(w.cols * sizeof(T));
+        // The statistic of a whole row; symmetric schemes only need max |x|.
+        auto row_stat = [&](std::size_t r, bool& finite) {
+            if constexpr (S::has_zero_point) return kernels::simd::min_max_span(w.row(r), w.cols, finite);
+            else return kernels::simd::abs_max_span(w.row(r), w.cols, finite);
+        };
+        // per_group, int8 codes, contiguous rows, groups dividing the rows: the rows of a range
+        // are one sequence of groups (orbits and codes are laid out the same way), so the fused
+        // pass runs over the range without a break at each row.
+        const bool vector_params = spec.scale_type == element_type::f32 && spec.mode == scale_application::multiply_inverse;
+        const bool flat_groups =
+            detail::is_per_group<G>::value && S::bits == 8 && vector_params && w.stride == w.cols && w.cols % L.group == 0;
         parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+            if (flat_groups)
+            {
+                const std::size_t gpr = L.groups_per_row;
+                kernels::simd::quantize_groups_with_params<R, S>(
+                    w.row(first), (last - first) * w.cols, L.group, q.scales.data() + first * gpr,
+                    S::has_zero_point ? q.zero_points.data() + first * gpr : nullptr, q.codes.data() + first * w.cols,
+                    [&](std::size_t g, const min_max& stat, bool finite) {
+                        if (!finite) detail::throw_non_finite(w, first + g / gpr);
+                        return record(first * gpr + g, stat);
+                    });
+                return;
+            }
             std::vector<std::int8_t> row_buf(S::bits == 4 ? w.cols : 0);
+            bool next_finite = true;
+            min_max next{};
+            if constexpr (std::same_as<G, per_channel>) next = row_stat(first, next_finite);
             for (std::size_t r = first; r < last; ++r)
             {
                 const T* x = w.row(r);
@@ -257,13 +283,23 @@ namespace orbitq
                 {
                     kernels::simd::quantize_span<R>(x, w.cols, tensor_enc, out);
                 }
+                else if constexpr (std::same_as<G, per_channel>)
+                {
+                    // The statistic of row r + 1 is taken before row r is encoded, so the latency
+                    // of row r's parameters (a reduction, two divisions) overlaps useful work.
+                    // Parameters are still recorded, and errors raised, in row order.
+                    if (!next_finite) detail::throw_non_finite(w, r);
+                    const encode_params e = record(r, next);
+                    if (r + 1 < last) next = row_stat(r + 1, next_finite);
+                    kernels::simd::quantize_span<R>(x, w.cols, e, out);
+                }
                 else
                 {
                     auto on_group = [&](std::size_t g, const min_max& stat, bool finite) {
                         if (!finite) detail::throw_non_finite(w, r);
                         return record(L.orbit(r, g), stat);
                     };
-                    if (spec.scale_type == element_type::f32 && spec.mode == scale_application::multiply_inverse)
+                    if (vector_params)
                     {
                         // parameters as computed: whole tiles of groups get them in vectors
                         const std::size_t o = L.orbit(r, 0);

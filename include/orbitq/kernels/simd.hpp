@@ -166,6 +166,34 @@ namespace orbitq::kernels::simd
         }
 #endif
 
+        /// Four batches at once (4 width codes, in order). @pre every lane is in [-128, 127].
+        template <class A>
+        inline void store_int8_x4(const ibatch<A>& a, const ibatch<A>& b, const ibatch<A>& c, const ibatch<A>& d, std::int8_t* out,
+                                  A) noexcept
+        {
+            constexpr std::size_t w = ibatch<A>::size;
+            store_int8(a, out, A{});
+            store_int8(b, out + w, A{});
+            store_int8(c, out + 2 * w, A{});
+            store_int8(d, out + 3 * w, A{});
+        }
+
+#if XSIMD_WITH_AVX512BW
+        template <class A>
+            requires std::derived_from<A, xsimd::avx512bw>
+        inline void store_int8_x4(const ibatch<A>& a, const ibatch<A>& b, const ibatch<A>& c, const ibatch<A>& d, std::int8_t* out,
+                                  A) noexcept
+        {
+            // saturating packs work per 128-bit lane k: dwords [a_k, b_k, c_k, d_k]; one
+            // permutation puts them in order (a_0..a_3, b_0..b_3, ...). 5 instructions, one store.
+            const __m512i ab = _mm512_packs_epi32(a, b);
+            const __m512i cd = _mm512_packs_epi32(c, d);
+            const __m512i abcd = _mm512_packs_epi16(ab, cd);
+            const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            _mm512_storeu_si512(out, _mm512_permutexvar_epi32(order, abcd));
+        }
+#endif
+
         // ------------------------------------------------------------------ horizontal min / max
         // Lane order does not matter: min and max are exact, and a NaN lane is reported by the
         // callers' own NaN mask (the statistic of an orbit holding a NaN is never used).
@@ -319,6 +347,12 @@ namespace orbitq::kernels::simd
             if (encoder<R>::vector_exact(e))
             {
                 const encoder<R> enc(e);
+                for (; i + 4 * width <= n; i += 4 * width)
+                {
+                    store_int8_x4(enc(load(x + i, arch_type{})), enc(load(x + i + width, arch_type{})),
+                                  enc(load(x + i + 2 * width, arch_type{})), enc(load(x + i + 3 * width, arch_type{})), out + i,
+                                  arch_type{});
+                }
                 for (; i + width <= n; i += width) store_int8(enc(load(x + i, arch_type{})), out + i, arch_type{});
             }
             for (; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
@@ -394,19 +428,24 @@ namespace orbitq::kernels::simd
 
     /// @brief min and max of n values and whether all were finite. Equal (==) to
     ///        reference::min_max_span. @pre n > 0.
+    ///
+    /// Non-finite values are caught by accumulating x * 0 (NaN exactly when x is NaN or +-inf,
+    /// and NaN stays NaN under addition): one fused multiply-add per batch, no mask chain.
     template <weight_element T>
     min_max min_max_span(const T* x, std::size_t n, bool& all_finite) noexcept
     {
         constexpr float inf = std::numeric_limits<float>::infinity();
+        const float_batch zero(0.0f);
         float_batch mn0(inf), mn1(inf);
         float_batch mx0(-inf), mx1(-inf);
-        xsimd::batch_bool<float, arch_type> bad(false);
+        float_batch poison0(0.0f), poison1(0.0f);
         std::size_t i = 0;
         for (; i + 2 * width <= n; i += 2 * width)
         {
             const float_batch a = detail::load(x + i, arch_type{});
             const float_batch b = detail::load(x + i + width, arch_type{});
-            bad = bad || detail::non_finite(a, arch_type{}) || detail::non_finite(b, arch_type{});
+            poison0 = xsimd::fma(a, zero, poison0);
+            poison1 = xsimd::fma(b, zero, poison1);
             mn0 = xsimd::min(mn0, a);
             mx0 = xsimd::max(mx0, a);
             mn1 = xsimd::min(mn1, b);
@@ -415,7 +454,7 @@ namespace orbitq::kernels::simd
         if (i + width <= n)
         {
             const float_batch a = detail::load(x + i, arch_type{});
-            bad = bad || detail::non_finite(a, arch_type{});
+            poison0 = xsimd::fma(a, zero, poison0);
             mn0 = xsimd::min(mn0, a);
             mx0 = xsimd::max(mx0, a);
             i += width;
@@ -428,7 +467,7 @@ namespace orbitq::kernels::simd
             if (!std::isfinite(v)) tail_finite = false;
             s = combine(s, min_max::observe(v));
         }
-        all_finite = tail_finite && !xsimd::any(bad);
+        all_finite = tail_finite && !xsimd::any(xsimd::isnan(poison0 + poison1));
         return s;
     }
 
@@ -666,58 +705,84 @@ namespace orbitq::kernels::simd
             else return xsimd::to_int(round<R>(v));
         }
 
-        /// One tile of `width` groups of NB batches, multiply_inverse scaling. Returns false,
-        /// having written nothing, when a value is not finite or an inverse scale is infinite:
-        /// the caller then takes the tile group by group (which reports the error in order).
-        template <rounding_policy R, class S, std::size_t NB, weight_element T>
-        inline bool quantize_tile(const T* x, std::size_t count, float* scales, std::int32_t* zero_points, std::int8_t* out) noexcept
+        /// Parameters of a tile of `count` <= width groups of NB batches, and whether the fast
+        /// path may use them: false when a value is not finite or an inverse scale is infinite
+        /// (the caller then takes the tile group by group, which reports an error in order).
+        struct tile_params
+        {
+            batch_params bp;
+            bool ok = false;
+        };
+
+        template <class S, std::size_t NB, weight_element T>
+        inline tile_params compute_tile_params(const T* x, std::size_t count) noexcept
         {
             constexpr std::size_t group = NB * width;
             constexpr bool abs_only = !S::has_zero_point && is_builtin_scheme<S>::value;
+            using bits_batch = xsimd::batch<std::int32_t, arch_type>;
             float_batch mn[width];
             float_batch mx[width];
-            xsimd::batch_bool<float, arch_type> bad(false);
-            for (std::size_t j = count; j < width; ++j)
+            bool finite = true;
+            if constexpr (abs_only)
             {
-                // lanes past a partial tile: zero orbits, computed and never stored
-                mn[j] = float_batch(0.0f);
-                mx[j] = float_batch(0.0f);
-            }
-            for (std::size_t j = 0; j < count; ++j)
-            {
-                const T* p = x + j * group;
-                float_batch lo = load(p, arch_type{});
-                bad = bad || non_finite(lo, arch_type{});
-                if constexpr (abs_only)
+                // max |x| on the magnitude bits (see abs_max_span): NaN and inf sort above FLT_MAX
+                const bits_batch magnitude(0x7fffffff);
+                bits_batch all(0);
+                for (std::size_t j = 0; j < count; ++j)
                 {
-                    lo = xsimd::abs(lo);
+                    const T* p = x + j * group;
+                    bits_batch m = xsimd::bitwise_cast<bits_batch>(load(p, arch_type{})) & magnitude;
                     for (std::size_t k = 1; k < NB; ++k)
                     {
-                        const float_batch b = load(p + k * width, arch_type{});
-                        bad = bad || non_finite(b, arch_type{});
-                        lo = xsimd::max(lo, xsimd::abs(b));
+                        m = xsimd::max(m, xsimd::bitwise_cast<bits_batch>(load(p + k * width, arch_type{})) & magnitude);
                     }
-                    mx[j] = lo;
+                    all = xsimd::max(all, m);
+                    mx[j] = xsimd::bitwise_cast<float_batch>(m);
                 }
-                else
+                for (std::size_t j = count; j < width; ++j) mx[j] = float_batch(0.0f);  // unused lanes: zero orbits
+                finite = !xsimd::any(all > bits_batch(0x7f7fffff));
+            }
+            else
+            {
+                // non-finite values poison x * 0 (see min_max_span)
+                const float_batch zero(0.0f);
+                float_batch poison(0.0f);
+                for (std::size_t j = 0; j < count; ++j)
                 {
+                    const T* p = x + j * group;
+                    float_batch lo = load(p, arch_type{});
                     float_batch hi = lo;
+                    poison = xsimd::fma(lo, zero, poison);
                     for (std::size_t k = 1; k < NB; ++k)
                     {
                         const float_batch b = load(p + k * width, arch_type{});
-                        bad = bad || non_finite(b, arch_type{});
+                        poison = xsimd::fma(b, zero, poison);
                         lo = xsimd::min(lo, b);
                         hi = xsimd::max(hi, b);
                     }
                     mn[j] = lo;
                     mx[j] = hi;
                 }
+                for (std::size_t j = count; j < width; ++j)
+                {
+                    mn[j] = float_batch(0.0f);
+                    mx[j] = float_batch(0.0f);
+                }
+                finite = !xsimd::any(xsimd::isnan(poison));
             }
-            if (xsimd::any(bad)) return false;
+            if (!finite) return {};
             const float_batch vmax = reduce_lanes(mx, max_op{}, arch_type{});
             const float_batch vmin = abs_only ? -vmax : reduce_lanes(mn, min_op{}, arch_type{});
             const batch_params bp = make_batch_params<S>(vmin, vmax);
-            if (xsimd::any(xsimd::isinf(bp.inv))) return false;
+            return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
+        }
+
+        /// Stores the parameters of a tile of `count` groups and encodes it (multiply_inverse).
+        template <rounding_policy R, class S, std::size_t NB, weight_element T>
+        inline void encode_tile(const T* x, std::size_t count, const batch_params& bp, float* scales, std::int32_t* zero_points,
+                                std::int8_t* out) noexcept
+        {
+            constexpr std::size_t group = NB * width;
             alignas(64) float inv[width];
             bp.inv.store_aligned(inv);
             alignas(64) std::int32_t zp[width];
@@ -736,7 +801,21 @@ namespace orbitq::kernels::simd
             }
             const float_batch qmin(float(S::qmin));
             const float_batch qmax(float(S::qmax));
-            for (std::size_t j = 0; j < count; ++j)
+            std::size_t j = 0;
+            if constexpr (NB == 2 && !S::has_zero_point)
+            {
+                // two groups = four batches, narrowed and stored together
+                for (; j + 2 <= count; j += 2)
+                {
+                    const T* p = x + j * group;
+                    const float_batch s0(inv[j]);
+                    const float_batch s1(inv[j + 1]);
+                    store_int8_x4(to_code<R>(load(p, arch_type{}) * s0, qmin, qmax), to_code<R>(load(p + width, arch_type{}) * s0, qmin, qmax),
+                                  to_code<R>(load(p + 2 * width, arch_type{}) * s1, qmin, qmax),
+                                  to_code<R>(load(p + 3 * width, arch_type{}) * s1, qmin, qmax), out + j * group, arch_type{});
+                }
+            }
+            for (; j < count; ++j)
             {
                 const T* p = x + j * group;
                 std::int8_t* o = out + j * group;
@@ -759,7 +838,6 @@ namespace orbitq::kernels::simd
                     }
                 }
             }
-            return true;
         }
 
         template <rounding_policy R, class S, std::size_t NB, weight_element T, class OnGroup>
@@ -768,11 +846,22 @@ namespace orbitq::kernels::simd
         {
             constexpr std::size_t group = NB * width;
             const std::size_t whole = n / group;
+            // Software pipelined: the parameters of tile t + 1 are computed before tile t is
+            // encoded, so their latency (a reduction tree, two divisions) overlaps the encoding.
+            tile_params next{};
+            if (whole > 0) next = compute_tile_params<S, NB>(x, std::min(width, whole));
             for (std::size_t g0 = 0; g0 < whole; g0 += width)
             {
                 const std::size_t count = std::min(width, whole - g0);
                 const std::size_t c0 = g0 * group;
-                if (!quantize_tile<R, S, NB>(x + c0, count, scales + g0, zero_points ? zero_points + g0 : nullptr, out + c0))
+                const tile_params cur = next;
+                if (g0 + 4 * width <= whole) prefetch(x + (g0 + 3 * width) * group, width * group * sizeof(T));
+                if (g0 + width < whole) next = compute_tile_params<S, NB>(x + c0 + width * group, std::min(width, whole - g0 - width));
+                if (cur.ok)
+                {
+                    encode_tile<R, S, NB>(x + c0, count, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, out + c0);
+                }
+                else
                 {
                     quantize_groups<R, !S::has_zero_point>(x + c0, count * group, group, out + c0,
                                                             [&](std::size_t g, const min_max& s, bool f) { return on_group(g0 + g, s, f); });
