@@ -29,6 +29,17 @@
 /// section by decreasing element size (stable in declaration order), so every tensor starts at an
 /// offset aligned to its element size, without gaps (the Rust safetensors reader rejects gaps).
 /// The header's JSON keys keep the declaration order, which is the order tensors() reports.
+///
+/// Example:
+/// @code
+///   auto ckpt = orbitq::io::checkpoint::open("gemma-4-26b");           // index + shards
+///   auto w = ckpt.view<orbitq::bfloat16_t>("model.language_model.layers.0.experts.down_proj");
+///   // ... quantize w (zero-copy from the page cache), then drop its pages:
+///   ckpt.release("model.language_model.layers.0.experts.down_proj");
+///
+///   orbitq::io::write_checkpoint("out", decls,
+///       [&](const orbitq::io::tensor_decl& d, std::span<std::byte> buf) { fill(d, buf); });
+/// @endcode
 #pragma once
 
 #include "orbitq/core/error.hpp"
@@ -802,7 +813,7 @@ namespace orbitq::io
             if (ec || !fs::exists(st)) throw error(error_kind::io, "checkpoint path '" + path.string() + "' does not exist");
             if (fs::is_regular_file(st))
             {
-                c.m_directory = path.parent_path();
+                c.m_directory = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
                 c.add_all(safetensors_file::open(path));
                 return c;
             }
