@@ -1,8 +1,10 @@
 /// @file orbitq.hpp
-/// @brief Umbrella header: the whole core library (quantizers, statistics, metrics, xtensor adaptors).
+/// @brief Umbrella header: the whole core library (quantizers, statistics, analysis, metrics, xtensor adaptors).
+/// The kernels for inference (gemv.hpp) and the safetensors I/O (io/, needs nlohmann_json) are included separately.
 #pragma once
 
 #include "orbitq/algebra/orbits.hpp"
+#include "orbitq/analyze.hpp"
 #include "orbitq/algebra/statistics.hpp"
 #include "orbitq/core/error.hpp"
 #include "orbitq/core/float16.hpp"
