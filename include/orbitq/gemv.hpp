@@ -35,9 +35,13 @@
 /// x propagates to y as in any float product. gemv_error_bound(w) returns gamma_k.
 ///
 /// Kernels: xsimd (xsimd::default_arch: AVX-512 with -march=native on x86-64), several rows and
-/// tokens per register tile for independent FMA chains. xsimd 8.1 has no int8 -> int32 widening
-/// load, so detail::widen_int8 uses the one instruction each x86 SIMD level has for it and a
-/// scalar copy elsewhere.
+/// tokens per register tile for independent FMA chains (8 rows for gemv, 4 rows x 3 tokens for
+/// gemm). xsimd 8.1 has no int8 -> int32 widening load, so detail::widen_int8 uses the one
+/// instruction each x86 SIMD level has for it and a scalar copy elsewhere. Codes are read in
+/// place when the group size and the row length are multiples of L (int8) or 2L (int4): every
+/// Gemma 4 expert layout (per-channel, groups of 32..256). Other layouts (int4 rows of odd
+/// length, group 6, a ragged last group) widen each tile of rows into an L1 scratch buffer first:
+/// same sums, slower. At batch 1 the kernel prefetches the head of each row of the next tile.
 #pragma once
 
 #include "orbitq/core/error.hpp"
