@@ -398,10 +398,18 @@ TEST_CASE("valid edge cases the specification allows")
                                      "x"));
         CHECK(f.tensors().size() == 3);
     }
-    SUBCASE("unknown keys in an entry are ignored; F8 types are opaque")
+    SUBCASE("unknown keys in an entry are ignored, even nested ones; F8 types are opaque")
     {
-        const auto f = open_ok("extra.safetensors", image(R"({"a":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2],"note":[1,2]}})", "xy"));
+        const auto f = open_ok("extra.safetensors",
+                               image(R"({"a":{"note":[1,{"k":[2,{"k":3}]}],"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2],"z":{"dtype":"F32"}}})", "xy"));
         CHECK(f.at("a").type == dtype::f8_e4m3);
+        CHECK(f.at("a").shape == shape_type{2});
+    }
+    SUBCASE("nesting up to the limit is fine")
+    {
+        const auto f = open_ok("nested.safetensors",
+                               image(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":)" + std::string(60, '[') + std::string(60, ']') + "}}", "x"));
+        CHECK(f.tensors().size() == 1);
     }
 }
 
@@ -460,6 +468,9 @@ TEST_CASE("every malformed file is rejected with a clear error naming the file (
     expect_format_error(dir, "metadata_not_object", image(R"({"__metadata__":["a"]})"), {"__metadata__", "not an object"});
     expect_format_error(dir, "metadata_number_value", image(R"({"__metadata__":{"step":5}})"), {"__metadata__", "'step'"});
     expect_format_error(dir, "metadata_nested", image(R"({"__metadata__":{"a":{"b":"c"}}})"), {"__metadata__", "'a'"});
+    expect_format_error(dir, "nesting_too_deep", image(R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":)" + std::string(100, '[') + std::string(100, ']') + "}}", eight), {"deeper than 64"});
+    expect_format_error(dir, "nesting_too_deep_shape", image(R"({"t":{"dtype":"U8","shape":)" + std::string(80, '[') + std::string(80, ']') + R"(,"data_offsets":[0,1]}})", eight), {"deeper than 64"});
+    expect_format_error(dir, "duplicate_unknown_field", image(R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":[1,{"y":2}],"x":3}})", eight), {"duplicate JSON key 'x'"});
     // A name with control bytes is shown escaped, not raw.
     expect_format_error(dir, "name_escaped", image("{\"bad\\u0001name\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", eight), {"bad\\x01name"});
 }

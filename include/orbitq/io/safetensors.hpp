@@ -16,8 +16,10 @@
 /// the dtype is unknown; a shape entry is negative or not an integer; the element count or byte
 /// size overflows 64 bits; data_offsets is not [begin, end] with begin <= end <= data section
 /// size; end - begin differs from elements x dtype size; two non-empty tensors overlap;
-/// "__metadata__" is not a string-to-string object. Gaps between tensors are allowed, as the
-/// specification allows them. Unknown keys inside a tensor entry are ignored.
+/// "__metadata__" is not a string-to-string object; JSON nests deeper than 64 levels. Gaps
+/// between tensors are allowed, as the specification allows them. Unknown keys inside a tensor
+/// entry are ignored (their values are not even stored, so a hostile header cannot make the
+/// reader hold much more memory than the header's own size).
 ///
 /// The mapping is MAP_PRIVATE, PROT_READ: nothing is ever written to an input. As with any mmap,
 /// a file truncated by another process while mapped raises SIGBUS on access; do not modify
@@ -331,14 +333,21 @@ namespace orbitq::io
         ///        records the top-level keys in document order. Linear time: nlohmann's callback
         ///        parser rescans the parent object after every child object, which is quadratic
         ///        in the number of tensors.
+        ///
+        /// Bounded memory for hostile headers: nesting deeper than max_depth stops the parse, and
+        /// with skip_unknown_entry_fields the values of unknown keys inside a top-level entry
+        /// (anything but dtype/shape/data_offsets, outside "__metadata__") are not stored (the key
+        /// is kept, holding null, so that duplicates are still caught).
         class strict_json_builder : public nlohmann::json_sax<nlohmann::json>
         {
         public:
             using json = nlohmann::json;
+            static constexpr std::size_t max_depth = 64;
 
-            strict_json_builder(json& root, std::vector<std::string>* top_level_keys)
+            strict_json_builder(json& root, std::vector<std::string>* top_level_keys, bool skip_unknown_entry_fields)
                 : m_root(root)
                 , m_top_level_keys(top_level_keys)
+                , m_skip_unknown(skip_unknown_entry_fields)
             {
             }
 
@@ -356,6 +365,7 @@ namespace orbitq::io
 
             bool key(string_t& k) override
             {
+                if (m_skipping > 0) return true;
                 json& obj = *m_stack.back();
                 if (obj.contains(k))
                 {
@@ -363,7 +373,13 @@ namespace orbitq::io
                     duplicate_at_top_level = m_stack.size() == 1;
                     return false;  // stops the parser
                 }
-                if (m_stack.size() == 1 && m_top_level_keys != nullptr) m_top_level_keys->push_back(k);
+                if (m_stack.size() == 1)
+                {
+                    if (m_top_level_keys != nullptr) m_top_level_keys->push_back(k);
+                    m_in_metadata = k == "__metadata__";
+                }
+                m_skip_next = m_skip_unknown && m_stack.size() == 2 && !m_in_metadata && m_root.is_object() && k != "dtype"
+                              && k != "shape" && k != "data_offsets";
                 m_slot = &obj[k];
                 return true;
             }
@@ -376,6 +392,7 @@ namespace orbitq::io
 
             std::optional<std::string> duplicate;
             bool duplicate_at_top_level = false;
+            bool too_deep = false;
             std::string error_text;
 
         private:
@@ -397,32 +414,54 @@ namespace orbitq::io
             }
             bool add(json&& v)
             {
+                if (m_skipping > 0) return true;
+                if (std::exchange(m_skip_next, false)) return true;  // the key stays, holding null
                 place(std::move(v));
                 return true;
             }
             bool open(json&& v)
             {
-                m_stack.push_back(place(std::move(v)));
+                if (m_skipping > 0 || std::exchange(m_skip_next, false))
+                {
+                    ++m_skipping;
+                }
+                else
+                {
+                    m_stack.push_back(place(std::move(v)));
+                }
+                if (m_stack.size() + m_skipping > max_depth)
+                {
+                    too_deep = true;
+                    return false;
+                }
                 return true;
             }
             bool close()
             {
-                m_stack.pop_back();
+                if (m_skipping > 0) --m_skipping;
+                else m_stack.pop_back();
                 return true;
             }
 
             json& m_root;
             std::vector<std::string>* m_top_level_keys;
+            bool m_skip_unknown;
             std::vector<json*> m_stack;
             json* m_slot = nullptr;
+            std::size_t m_skipping = 0;  // depth inside a value being skipped
+            bool m_skip_next = false;    // the next value belongs to an unknown entry field
+            bool m_in_metadata = false;
         };
 
-        /// @brief Parses JSON text, rejecting duplicate keys in any object, and records the
-        ///        top-level keys in document order.
-        /// @throws error_kind::format "<context>: ..." on invalid JSON (including invalid UTF-8
-        ///         and NUL bytes) or a duplicate key.
-        inline nlohmann::json parse_json_strict(std::string_view text, const std::string& context,
-                                                std::vector<std::string>* top_level_keys = nullptr, std::string_view what = "header")
+        /// @brief Parses JSON text, rejecting duplicate keys in any object and nesting deeper
+        ///        than strict_json_builder::max_depth, and records the top-level keys in document
+        ///        order (see strict_json_builder for skip_unknown_entry_fields).
+        /// @param what "header" or "index", for messages.
+        /// @throws error_kind::format "<context>: <what> ..." on invalid JSON (including invalid
+        ///         UTF-8 and NUL bytes), a duplicate key or too deep nesting.
+        inline nlohmann::json parse_json_strict(std::string_view text, const std::string& context, std::string_view what,
+                                                std::vector<std::string>* top_level_keys = nullptr,
+                                                bool skip_unknown_entry_fields = false)
         {
             // nlohmann's lexer takes a NUL byte for the end of input and would silently ignore
             // whatever follows; a raw NUL is never valid JSON, so reject it here.
@@ -431,7 +470,7 @@ namespace orbitq::io
                 format_error(context + ": " + std::string(what) + " is not valid JSON: NUL byte at offset " + std::to_string(nul) + " of the JSON text");
             }
             nlohmann::json j;
-            strict_json_builder builder(j, top_level_keys);
+            strict_json_builder builder(j, top_level_keys, skip_unknown_entry_fields);
             bool ok = false;
             try
             {
@@ -445,6 +484,11 @@ namespace orbitq::io
             {
                 format_error(context + (builder.duplicate_at_top_level ? ": duplicate tensor name '" : ": duplicate JSON key '")
                              + printable(*builder.duplicate) + "' in " + std::string(what));
+            }
+            if (builder.too_deep)
+            {
+                format_error(context + ": " + std::string(what) + " nests JSON deeper than "
+                             + std::to_string(strict_json_builder::max_depth) + " levels");
             }
             if (!ok) format_error(context + ": " + std::string(what) + " is not valid JSON: " + printable(builder.error_text, 400));
             return j;
@@ -563,7 +607,7 @@ namespace orbitq::io
             const std::string_view text(reinterpret_cast<const char*>(file.data() + 8), out.header_size);
 
             std::vector<std::string> order;
-            const nlohmann::json j = parse_json_strict(text, ctx, &order);
+            const nlohmann::json j = parse_json_strict(text, ctx, "header", &order, /*skip_unknown_entry_fields=*/true);
             if (!j.is_object()) format_error(ctx + ": header is a JSON " + std::string(j.type_name()) + ", not an object");
 
             out.tensors.reserve(order.size());
@@ -921,7 +965,7 @@ namespace orbitq::io
                     if (text.size() > std::size_t(1) << 30) detail::format_error(ctx + ": larger than 1 GiB");
                 }
             }
-            const nlohmann::json j = detail::parse_json_strict(text, ctx, nullptr, "index");
+            const nlohmann::json j = detail::parse_json_strict(text, ctx, "index");
             if (!j.is_object()) detail::format_error(ctx + ": not a JSON object");
             const auto wm = j.find("weight_map");
             if (wm == j.end()) detail::format_error(ctx + ": missing \"weight_map\"");
