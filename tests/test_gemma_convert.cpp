@@ -302,6 +302,26 @@ TEST_CASE("malformed checkpoints and bad options: exit status 1 with a message s
     CHECK(cli({"--help"}).rc == 0);
 }
 
+TEST_CASE("analyze subcommand: per-candidate costs and selection on a small synthetic checkpoint")
+{
+    scratch s;
+    const fs::path in = s.dir / "in", report = s.dir / "a.json";
+    REQUIRE(cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "2", "--quiet"}).rc == 0);
+    auto r = cli({"analyze", "--checkpoint", in.string(), "--layers", "1", "--candidates", "per_tensor,per_channel,per_group:32@4/asym",
+                  "--target-cos", "0.999", "--report", report.string(), "--quiet"});
+    REQUIRE_MESSAGE(r.rc == 0, std::string(r.err + r.out));
+    const json a = json::parse(std::ifstream(report));
+    REQUIRE(a["tensors"].size() == 2);
+    const json& t = a["tensors"][0];
+    CHECK(t["name"] == P + "1.experts.gate_up_proj");
+    REQUIRE(t["candidates"].size() == 3);
+    // On this layer's outliers, per-channel beats per-tensor, and the selection is per_channel int8.
+    CHECK(t["candidates"][1]["sqnr_db"].get<double>() > t["candidates"][0]["sqnr_db"].get<double>());
+    CHECK(t["selection"]["index"] == 1);
+    CHECK(t["largest_weights"].size() == 3);
+    CHECK(cli({"analyze", "--candidates", "per_channel@3", "--quiet", "--layers", "0"}).rc == 1);
+}
+
 TEST_CASE("parse_layers")
 {
     using orbitq::gemma_cli::parse_layers;

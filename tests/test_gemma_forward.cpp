@@ -8,6 +8,7 @@
 #include "orbitq/models/gemma4_validate.hpp"
 
 #include <cmath>
+#include <memory>
 #include <vector>
 
 using namespace orbitq;
@@ -265,22 +266,35 @@ TEST_CASE("a coarse per-tensor scale costs accuracy the validator sees, and the 
     CHECK_FALSE(rep.passed);
 }
 
-TEST_CASE("slice_rows of a per-tensor stacked tensor keeps the one scale")
+TEST_CASE("quantize_block_per_tensor equals the rows of the whole per-tensor quantization")
 {
     tiny_layer t;
-    quant_spec spec;
-    spec.granularity = granularity_kind::per_tensor;
-    const auto q = quantize(std::get<matrix_view<float>>(t.w.gate_up), spec);
-    quantized_tensor s;
-    slice_rows(q, 32, 16, s);
-    CHECK(s.rows == 16);
-    CHECK(s.scales == q.scales);
-    std::vector<float> a(16), b(16);
-    dequantize_row(q, 40, a.data());
-    dequantize_row(s, 8, b.data());
-    CHECK(a == b);
-    spec.granularity = granularity_kind::per_channel;
-    CHECK_THROWS_AS(slice_rows(quantize(std::get<matrix_view<float>>(t.w.gate_up), spec), 0, 16, s), orbitq::error);
+    t.gate_up[3 * 16 * 16 + 7] = 9.0f;  // the stacked amax lies in the last expert
+    const auto& g = std::get<matrix_view<float>>(t.w.gate_up);
+    quant_spec a, b, c;
+    a.granularity = b.granularity = c.granularity = granularity_kind::per_tensor;
+    b.bits = 4;
+    b.scheme = scheme_kind::asymmetric;
+    b.scale_type = element_type::bf16;
+    b.codes_from_stored_scale = true;
+    c.range = symmetric_range::full;
+    c.rounding = rounding_kind::half_away_from_zero;
+    for (const quant_spec& spec : {a, b, c})
+    {
+        const auto whole = quantize(g, spec);
+        const min_max st = compute_statistics(g, g.cols).tensor;
+        for (std::size_t e = 0; e < 4; ++e)
+        {
+            quantized_tensor q;
+            quantize_block_per_tensor(row_block(g, e * 16, 16, "gu"), st, spec, q, 2);
+            CHECK(q.scales == whole.scales);
+            CHECK(q.zero_points == whole.zero_points);
+            const std::size_t rb = whole.row_bytes();
+            CHECK(q.codes == std::vector<std::int8_t>(whole.codes.begin() + e * 16 * rb, whole.codes.begin() + (e + 1) * 16 * rb));
+        }
+    }
+    quantized_tensor q;
+    CHECK_THROWS_AS(quantize_block_per_tensor(g, min_max{}, quant_spec{}, q, 1), orbitq::error);
 }
 
 TEST_CASE("the matrix products do not depend on the thread count")

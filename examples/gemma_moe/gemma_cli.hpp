@@ -7,6 +7,7 @@
 /// fails, 1 on an error (with a message that says what to do).
 #pragma once
 
+#include "orbitq/analyze.hpp"
 #include "orbitq/models/gemma4.hpp"
 #include "orbitq/models/gemma4_checkpoint.hpp"
 #include "orbitq/models/gemma4_synthetic.hpp"
@@ -149,6 +150,10 @@ namespace orbitq::gemma_cli
         std::string report;
         std::string plot;
         bool quiet = false;
+        // analyze subcommand
+        std::string candidates;                ///< empty: default_candidates(cols) per tensor
+        std::optional<double> target_cos;
+        std::optional<double> target_sqnr_db;
     };
 
     namespace detail
@@ -539,6 +544,121 @@ namespace orbitq::gemma_cli
         return code;
     }
 
+    /// @brief `orbitq-gemma analyze`: what every candidate policy would cost each selected
+    ///        layer's stacked expert tensors (orbitq::analyze: no codes written), the outliers
+    ///        behind the cost, and, with a target, the cheapest candidate that meets it.
+    /// @return 0, or 2 when a target is given and some tensor has no candidate meeting it.
+    inline int run_analyze(const options& o, std::ostream& out, std::ostream& err)
+    {
+        const unsigned threads = o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+        g4::synthetic_options so;
+        so.experts = o.experts;
+        so.layers = o.synthetic_layers;
+        so.seed = o.seed;
+        std::unique_ptr<g4::model_source> src;
+        if (!o.checkpoint.empty()) src = std::make_unique<g4::checkpoint_source>(o.checkpoint);
+        else src = std::make_unique<g4::synthetic_source>(so);
+        const g4::config& cfg = src->cfg();
+        const std::vector<std::size_t> layers = o.layers.empty() ? parse_layers("0-" + std::to_string(cfg.layers - 1), cfg.layers)
+                                                                 : parse_layers(o.layers, cfg.layers);
+        quant_spec base;
+        base.codes_from_stored_scale = true;
+        std::vector<quant_spec> given;
+        std::stringstream cs(o.candidates);
+        std::string item;
+        while (std::getline(cs, item, ','))
+        {
+            if (item.empty()) continue;
+            // name[:group][@bits][/asym]
+            quant_spec q = base;
+            std::string name = item;
+            if (const auto slash = name.find('/'); slash != std::string::npos)
+            {
+                const std::string sch = name.substr(slash + 1);
+                if (sch != "asym" && sch != "sym") throw error(error_kind::invalid_argument, "candidate '" + item + "': scheme must be /sym or /asym");
+                q.scheme = sch == "asym" ? scheme_kind::asymmetric : scheme_kind::symmetric;
+                name = name.substr(0, slash);
+            }
+            if (const auto at = name.find('@'); at != std::string::npos)
+            {
+                const std::string b = name.substr(at + 1);
+                if (b != "8" && b != "4") throw error(error_kind::invalid_argument, "candidate '" + item + "': bits must be @8 or @4");
+                q.bits = std::stoi(b);
+                name = name.substr(0, at);
+            }
+            given.push_back(parse_granularity(name, q, o.group_size));
+        }
+        nlohmann::json report = nlohmann::json::array();
+        bool all_met = true;
+        for (std::size_t layer : layers)
+        {
+            const g4::layer_weights& w = src->load_layer(layer, threads);
+            for (const g4::any_view* v : {&w.gate_up, &w.down})
+            {
+                const tensor_analysis a = std::visit(
+                    [&](const auto& m) {
+                        std::vector<quant_spec> cands = given.empty() ? default_candidates(m.cols) : given;
+                        const element_type st = element_type_of<typename std::decay_t<decltype(m)>::value_type>();
+                        for (auto& c : cands)
+                        {
+                            c.scale_type = st;
+                            c.codes_from_stored_scale = true;
+                        }
+                        analyze_options ao;
+                        ao.threads = threads;
+                        ao.top_rows = 3;
+                        ao.top_weights = 3;
+                        return analyze(m, cands, ao);
+                    },
+                    *v);
+                if (w.release_expert)
+                {
+                    for (std::size_t e = 0; e < cfg.experts; ++e) w.release_expert(e);
+                }
+                out << a.name << "  " << orbitq::detail::shape_string(a.shape) << "  condition number " << detail::fmt(a.condition_number, 1) << "\n";
+                out << "  " << detail::pad("candidate", 32, false) << detail::pad("bits/w", 8) << detail::pad("cos", 11) << detail::pad("SQNR dB", 9)
+                    << detail::pad("max err", 11) << "\n";
+                nlohmann::json cj = nlohmann::json::array();
+                for (const auto& c : a.candidates)
+                {
+                    std::string name = c.spec.describe();
+                    out << "  " << detail::pad(name, 32, false) << detail::pad(detail::fmt(c.bits_per_weight, 3), 8)
+                        << detail::pad(detail::fmt(c.cosine, 6), 11) << detail::pad(detail::fmt(c.sqnr_db, 1), 9)
+                        << detail::pad(detail::fmt(c.max_abs_err, 5), 11) << "\n";
+                    cj.push_back({{"candidate", name},
+                                  {"bits_per_weight", c.bits_per_weight},
+                                  {"cos", detail::num(c.cosine)},
+                                  {"sqnr_db", detail::num(c.sqnr_db)},
+                                  {"max_abs_err", detail::num(c.max_abs_err)}});
+                }
+                nlohmann::json rows = nlohmann::json::array(), weights = nlohmann::json::array();
+                for (const auto& r : a.worst_rows)
+                {
+                    rows.push_back({{"row", r.row}, {"expert", r.row / (a.rows / cfg.experts)}, {"bits_lost", detail::num(r.bits_lost)}});
+                }
+                for (const auto& x : a.largest_weights)
+                {
+                    out << "  outlier: expert " << x.row / (a.rows / cfg.experts) << " row " << x.row % (a.rows / cfg.experts) << " col " << x.col
+                        << " value " << x.value << " = " << detail::fmt(x.ratio_to_row_rms, 1) << " x row RMS\n";
+                    weights.push_back({{"row", x.row}, {"col", x.col}, {"value", x.value}, {"ratio_to_row_rms", x.ratio_to_row_rms}});
+                }
+                nlohmann::json tj = {{"layer", layer}, {"name", a.name}, {"shape", a.shape}, {"condition_number", a.condition_number},
+                                     {"candidates", cj}, {"worst_rows", rows}, {"largest_weights", weights}};
+                if (o.target_cos || o.target_sqnr_db)
+                {
+                    const selection sel = select_candidate(a, o.target_cos, o.target_sqnr_db);
+                    out << "  " << sel.reason << "\n";
+                    tj["selection"] = {{"index", sel.index ? nlohmann::json(*sel.index) : nlohmann::json(nullptr)}, {"reason", sel.reason}};
+                    all_met = all_met && sel.index.has_value();
+                }
+                report.push_back(tj);
+            }
+            if (!o.quiet) err << "  analyzed layer " << layer << "\n";
+        }
+        if (!o.report.empty()) io::write_file_atomic(o.report, nlohmann::json{{"tensors", report}}.dump(2) + "\n", true);
+        return all_met ? 0 : 2;
+    }
+
     /// @brief The whole program: parses argv, runs, maps errors to exit status 1.
     inline int run_gemma(int argc, const char* const* argv, std::ostream& out = std::cout, std::ostream& err = std::cerr)
     {
@@ -568,7 +688,15 @@ namespace orbitq::gemma_cli
         app.add_option("--report", o.report, "write a JSON report");
         app.add_option("--plot", o.plot, "write an SVG plot of per-layer min cos(hidden)");
         app.add_flag("-q,--quiet", o.quiet, "no progress on stderr");
-        CLI::App* analyze = app.add_subcommand("analyze", "per-candidate analysis of the expert tensors (reserved; not implemented yet)");
+        CLI::App* analyze_cmd = app.add_subcommand(
+            "analyze", "what every candidate policy would cost each layer's expert tensors (no codes written); the global options "
+                       "--checkpoint, --experts, --layers, --threads, --report, --quiet apply");
+        analyze_cmd->add_option("--candidates", o.candidates,
+                                "comma-separated candidates NAME[:group][@bits][/asym], e.g. per_channel@8,per_group:32@4/asym "
+                                "(default: per_tensor, per_channel, per_group 32/64/128 where they divide, int8/int4, sym/asym)");
+        analyze_cmd->add_option("--target-cos", o.target_cos, "select the cheapest candidate with at least this cosine");
+        analyze_cmd->add_option("--target-sqnr", o.target_sqnr_db, "select the cheapest candidate with at least this SQNR (dB)");
+        analyze_cmd->fallthrough();
         try
         {
             app.parse(argc, argv);
@@ -583,11 +711,7 @@ namespace orbitq::gemma_cli
         }
         try
         {
-            if (analyze->parsed())
-            {
-                err << "orbitq-gemma analyze: not implemented yet; run without a subcommand to convert and validate\n";
-                return 1;
-            }
+            if (analyze_cmd->parsed()) return run_analyze(o, out, err);
             return run(o, out, err);
         }
         catch (const std::exception& e)

@@ -395,26 +395,6 @@ namespace orbitq::models::gemma4
         }
     }
 
-    /// @brief Copies rows [row0, row0 + rows) of a per-tensor quantized tensor (one expert of a
-    ///        stacked tensor) into `out`, keeping the tensor's single scale (and zero point).
-    /// @throws error (invalid_argument) for another granularity or rows outside q.
-    inline void slice_rows(const quantized_tensor& q, std::size_t row0, std::size_t rows, quantized_tensor& out)
-    {
-        if (q.spec.granularity != granularity_kind::per_tensor || row0 + rows > q.rows)
-        {
-            throw error(error_kind::invalid_argument, "slice_rows: a per-tensor quantized tensor and rows inside it are required");
-        }
-        out.shape = {rows, q.cols};
-        out.rows = rows;
-        out.cols = q.cols;
-        out.spec = q.spec;
-        out.layout = make_layout<per_tensor>(rows, q.cols);
-        out.codes.assign(q.codes.begin() + static_cast<std::ptrdiff_t>(row0 * q.row_bytes()),
-                         q.codes.begin() + static_cast<std::ptrdiff_t>((row0 + rows) * q.row_bytes()));
-        out.scales = q.scales;
-        out.zero_points = q.zero_points;
-    }
-
     /// @brief The matrix products of one layer's FFN. Implementations decide how weights are
     ///        stored (source precision, quantized, ...); the forward pass only calls these.
     class ffn_operators

@@ -19,6 +19,7 @@
 /// granularity's quantized expert tensors at a time.
 #pragma once
 
+#include "orbitq/analyze.hpp"
 #include "orbitq/metrics.hpp"
 #include "orbitq/models/gemma4.hpp"
 #include "orbitq/quantize.hpp"
@@ -253,6 +254,45 @@ namespace orbitq::models::gemma4
         return rep;
     }
 
+    /// @brief Quantizes a row block (one expert) of a larger tensor with the per-tensor scale of
+    ///        the whole tensor, given that tensor's statistic: the codes and parameters equal those
+    ///        rows of quantize(whole tensor, per_tensor spec), without holding the whole result.
+    /// @pre `whole` is the min_max of the whole tensor (compute_statistics(...).tensor).
+    /// @throws error (invalid_argument) unless spec.granularity is per_tensor; as quantize
+    ///         otherwise (bad bits, a scale not representable in spec.scale_type).
+    template <weight_element T>
+    void quantize_block_per_tensor(const matrix_view<T>& block, const min_max& whole, const quant_spec& spec, quantized_tensor& q,
+                                   unsigned threads)
+    {
+        if (spec.granularity != granularity_kind::per_tensor)
+        {
+            throw error(error_kind::invalid_argument, "quantize_block_per_tensor needs a per_tensor spec");
+        }
+        orbitq::detail::analysis::with_scheme(spec, [&](auto scheme) {
+            using S = decltype(scheme);
+            const auto p = orbitq::detail::analysis::resolve<S>(spec, whole, block.name);
+            q.shape = {block.rows, block.cols};
+            q.rows = block.rows;
+            q.cols = block.cols;
+            q.spec = spec;
+            q.layout = make_layout<per_tensor>(block.rows, block.cols);
+            q.codes.resize(q.rows * q.row_bytes());
+            q.scales.assign(1, p.stored_scale);
+            if constexpr (S::has_zero_point) q.zero_points.assign(1, p.enc.params.zero_point);
+            else q.zero_points.clear();
+            parallel_rows(block.rows, threads, [&](std::size_t first, std::size_t last) {
+                std::vector<std::int8_t> row_buf(S::bits == 4 ? block.cols : 0);
+                for (std::size_t r = first; r < last; ++r)
+                {
+                    std::int8_t* out = S::bits == 8 ? q.codes.data() + r * block.cols : row_buf.data();
+                    if (spec.rounding == rounding_kind::half_to_even) kernels::simd::quantize_span<half_to_even>(block.row(r), block.cols, p.enc, out);
+                    else kernels::simd::quantize_span<half_away_from_zero>(block.row(r), block.cols, p.enc, out);
+                    if constexpr (S::bits == 4) orbitq::detail::pack_int4(row_buf.data(), block.cols, q.codes.data() + r * q.row_bytes());
+                }
+            });
+        });
+    }
+
     /// @brief Quantizes a whole tensor and measures it (per expert when experts > 1).
     inline tensor_report quantize_and_measure(const any_view& v, const quant_spec& spec, std::size_t experts, quantized_tensor& q,
                                               error_accumulator& combined, unsigned threads)
@@ -335,9 +375,10 @@ namespace orbitq::models::gemma4
                 };
                 auto wanted = [&](const any_view& v) { return rows_of(v) * cols_of(v) > opt.min_elements; };
 
-                // Experts: per-tensor needs the stacked tensor's statistic, so it quantizes the
-                // stacked tensors whole; finer granularities quantize expert by expert on demand
-                // (identical codes: their orbits lie inside rows), so memory holds one expert.
+                // Experts are quantized one at a time, on demand (when the forward first needs
+                // them; the unrouted ones after it), so memory holds one expert's codes. Finer
+                // granularities give the same codes as the stacked tensor (their orbits lie inside
+                // rows); per-tensor first reduces the stacked tensor's statistic, block by block.
                 const std::array<const any_view*, 2> ev = {&w.gate_up, &w.down};
                 const std::array<std::size_t, 2> erows = {2 * c.expert_intermediate, c.hidden};
                 std::array<bool, 2> equant = {wanted(w.gate_up), wanted(w.down)};
@@ -347,68 +388,62 @@ namespace orbitq::models::gemma4
                 std::array<std::vector<error_accumulator>, 2> eacc;
                 std::array<std::vector<float>, 2> eamax;
                 std::array<double, 2> ebpw = {0.0, 0.0};
-                std::array<quantized_tensor, 2> stacked;
+                std::array<min_max, 2> stacked_stat;
                 const bool whole = spec.granularity == granularity_kind::per_tensor;
                 for (std::size_t k = 0; k < 2; ++k)
                 {
                     if (!equant[k]) continue;
                     eacc[k].resize(rows_of(*ev[k]));
                     eamax[k].resize(rows_of(*ev[k]));
-                    if (whole)
-                    {
-                        std::visit(
-                            [&](const auto& m) {
-                                stacked[k] = quantize(m, spec, opt.threads);
-                                detail::measure_rows(m, stacked[k], 0, eacc[k], eamax[k], 0, opt.threads);
-                            },
-                            *ev[k]);
-                        ebpw[k] = stacked[k].bits_per_weight();
-                        rep.quantized_source_bytes += static_cast<double>(rows_of(*ev[k]) * cols_of(*ev[k]) * detail::element_bytes(*ev[k]));
-                    }
                 }
-                if (whole && w.release_expert)
+                if (whole)
                 {
-                    for (std::size_t e = 0; e < c.experts; ++e) w.release_expert(e);
+                    // The stacked tensors' statistics, one expert block at a time.
+                    for (std::size_t e = 0; e < c.experts; ++e)
+                    {
+                        for (std::size_t k = 0; k < 2; ++k)
+                        {
+                            if (!equant[k]) continue;
+                            std::visit(
+                                [&](const auto& m) {
+                                    const auto block = row_block(m, e * erows[k], erows[k], m.name);
+                                    const min_max st = compute_statistics(block, block.cols, opt.threads).tensor;
+                                    stacked_stat[k] = e == 0 ? st : combine(stacked_stat[k], st);
+                                },
+                                *ev[k]);
+                        }
+                        if (w.release_expert) w.release_expert(e);
+                    }
                 }
                 std::vector<bool> done(c.experts, false);
                 std::size_t cached = static_cast<std::size_t>(-1);
                 std::array<quantized_tensor, 2> per_expert;
                 auto provide = [&](std::size_t e) -> expert_slices {
                     expert_slices s;
-                    if (whole)
+                    for (std::size_t k = 0; k < 2; ++k)
                     {
-                        for (std::size_t k = 0; k < 2; ++k)
-                        {
-                            if (!equant[k]) continue;
-                            s.q[k] = &per_expert[k];
-                            if (cached != e) slice_rows(stacked[k], e * erows[k], erows[k], per_expert[k]);
-                        }
-                        cached = e;
+                        if (!equant[k]) continue;
+                        s.q[k] = &per_expert[k];
+                        if (cached == e) continue;
+                        const auto tq = clock::now();
+                        std::visit(
+                            [&](const auto& m) {
+                                const auto block = row_block(m, e * erows[k], erows[k], m.name);
+                                if (whole) quantize_block_per_tensor(block, stacked_stat[k], spec, per_expert[k], opt.threads);
+                                else quantize_into(block, per_expert[k], spec, opt.threads);
+                                detail::measure_rows(block, per_expert[k], 0, eacc[k], eamax[k], e * erows[k], opt.threads);
+                            },
+                            *ev[k]);
+                        quantize_s += std::chrono::duration<double>(clock::now() - tq).count();
+                        if (e == 0) ebpw[k] = per_expert[k].bits_per_weight();
+                        rep.quantized_source_bytes += static_cast<double>(erows[k] * cols_of(*ev[k]) * detail::element_bytes(*ev[k]));
                     }
-                    else
-                    {
-                        for (std::size_t k = 0; k < 2; ++k)
-                        {
-                            if (!equant[k]) continue;
-                            s.q[k] = &per_expert[k];
-                            if (cached == e) continue;
-                            std::visit(
-                                [&](const auto& m) {
-                                    const auto block = row_block(m, e * erows[k], erows[k], m.name);
-                                    quantize_into(block, per_expert[k], spec, opt.threads);
-                                    detail::measure_rows(block, per_expert[k], 0, eacc[k], eamax[k], e * erows[k], opt.threads);
-                                },
-                                *ev[k]);
-                            if (e == 0) ebpw[k] = per_expert[k].bits_per_weight();
-                            rep.quantized_source_bytes += static_cast<double>(erows[k] * cols_of(*ev[k]) * detail::element_bytes(*ev[k]));
-                        }
-                        cached = e;
-                    }
+                    cached = e;
                     if (!done[e])
                     {
                         done[e] = true;
                         if (sinking) sink->expert(w, e, s);
-                        if (!whole && w.release_expert) w.release_expert(e);
+                        if (w.release_expert) w.release_expert(e);
                     }
                     return s;
                 };
@@ -441,12 +476,10 @@ namespace orbitq::models::gemma4
                 std::vector<token_route> routes_q;
                 ffn_forward(c, w, qops, xin.data(), 2 * T, yq.data(), &routes_q, opt.threads);
                 // Experts no token chose: quantized for the metrics and the output all the same.
-                auto t1 = clock::now();
                 for (std::size_t e = 0; e < c.experts; ++e)
                 {
                     if (!done[e]) provide(e);
                 }
-                quantize_s += std::chrono::duration<double>(clock::now() - t1).count();
                 if (sinking) sink->end_layer(w, dq);
 
                 std::vector<tensor_report> expert_reports;
