@@ -276,21 +276,27 @@ TEST_CASE("gemm: each token bit-identical to gemv; results independent of the th
     }
 }
 
-TEST_CASE("gemv: bfloat16 activations equal float activations holding the same values")
+TEST_CASE("gemv: bfloat16 and float16 activations equal float activations holding the same values")
 {
     std::mt19937 rng(5);
     const std::vector<float> m = random_matrix(9, 128, rng);
-    std::vector<float> x = random_matrix(1, 128, rng);
-    std::vector<bfloat16_t> xb(x.size());
-    for (std::size_t i = 0; i < x.size(); ++i)
+    const std::vector<float> x0 = random_matrix(1, 128, rng);
+    std::vector<bfloat16_t> xb(x0.size());
+    std::vector<float16_t> xh(x0.size());
+    std::vector<float> xbf(x0.size());
+    std::vector<float> xhf(x0.size());
+    for (std::size_t i = 0; i < x0.size(); ++i)
     {
-        xb[i] = to_bfloat16(x[i]);
-        x[i] = to_float(xb[i]);
+        xb[i] = to_bfloat16(x0[i]);
+        xbf[i] = to_float(xb[i]);
+        xh[i] = to_float16(x0[i]);
+        xhf[i] = to_float(xh[i]);
     }
     for (const case_spec& c : all_layouts(128))
     {
         const quantized_tensor q = quantize_matrix(m, 9, 128, c.spec);
-        CHECK(bit_equal(run_gemv(q, x), run_gemv(q, xb)));
+        CHECK(bit_equal(run_gemv(q, xbf), run_gemv(q, xb)));
+        CHECK(bit_equal(run_gemv(q, xhf), run_gemv(q, xh)));
     }
 }
 
