@@ -7,6 +7,7 @@
 
 #include <orbitq/kernels/reference.hpp>
 #include <orbitq/kernels/simd.hpp>
+#include <orbitq/quantize.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -499,5 +500,114 @@ TEST_CASE("a non-finite value inside a tile is reported for its own group, in or
         CHECK(seen.back() == pos / group);
         // the groups of the failing tile before the bad one were handed over in order
         for (std::size_t k = 1; k < seen.size(); ++k) CHECK(seen[k] == seen[k - 1] + 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver's fast paths (tiles over contiguous rows, pipelined rows, int4 chunks) against a
+// scalar re-derivation from the reference kernels, on shapes large enough to use them.
+
+namespace
+{
+    template <class G, class S, rounding_policy R, class T>
+    void check_driver(const std::vector<T>& x, std::size_t rows, std::size_t cols, std::size_t group, unsigned threads)
+    {
+        quant_spec spec;
+        spec.group_size = group;
+        const auto view = make_view(x.data(), rows, cols, "w");
+        const quantized_tensor q = quantize<quantizer<G, S, R>>(view, spec, threads);
+        const std::size_t gsize = std::same_as<G, per_group<>> ? group : cols;
+        std::vector<std::int8_t> codes(cols);
+        std::vector<std::int8_t> packed((cols + 1) / 2);
+        min_max tensor = min_max::identity();
+        for (std::size_t r = 0; r < rows; ++r)
+        {
+            bool f = false;
+            tensor = combine(tensor, kernels::reference::min_max_span(view.row(r), cols, f));
+        }
+        for (std::size_t r = 0; r < rows; ++r)
+        {
+            for (std::size_t c0 = 0; c0 < cols; c0 += gsize)
+            {
+                const std::size_t m = std::min(gsize, cols - c0);
+                bool f = false;
+                const min_max s = std::same_as<G, per_tensor> ? tensor : kernels::reference::min_max_span(view.row(r) + c0, m, f);
+                const quant_params p = S::make_params(s);
+                const std::size_t o = q.layout.orbit(r, c0 / q.layout.group);
+                REQUIRE(q.scales[o] == p.scale);
+                REQUIRE(q.zero_point(o) == p.zero_point);
+                kernels::reference::quantize_span<R>(view.row(r) + c0, m, encode_params{p, S::qmin, S::qmax, spec.mode}, codes.data() + c0);
+            }
+            for (std::size_t c = 0; c < cols; ++c)
+            {
+                if (q.code(r, c) != codes[c])
+                {
+                    CAPTURE(r);
+                    CAPTURE(c);
+                    REQUIRE(q.code(r, c) == codes[c]);
+                }
+            }
+        }
+    }
+
+    template <class T>
+    void check_driver_all(std::size_t rows, std::size_t cols, std::size_t group)
+    {
+        CAPTURE(rows);
+        CAPTURE(cols);
+        CAPTURE(group);
+        const auto x = random_values<T>(rows * cols, static_cast<unsigned>(rows + cols));
+        for (unsigned threads : {1u, 2u})
+        {
+            check_driver<per_group<>, symmetric<8>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_group<>, asymmetric<8>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_group<>, symmetric<4>, half_away_from_zero>(x, rows, cols, group, threads);
+            check_driver<per_group<>, asymmetric<4>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_channel, symmetric<8>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_channel, asymmetric<4>, half_away_from_zero>(x, rows, cols, group, threads);
+            check_driver<per_tensor, asymmetric<8>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_tensor, symmetric<4>, half_to_even>(x, rows, cols, group, threads);
+        }
+    }
+}
+
+TEST_CASE_TEMPLATE("quantize's fast paths equal the reference on tile-sized shapes", T, float, bfloat16_t, float16_t)
+{
+    check_driver_all<T>(37, 704, 32);   // 22 groups a row: tiles span rows
+    check_driver_all<T>(9, 2816, 16);   // 176 groups a row
+    check_driver_all<T>(300, 64, 32);   // several rows per int4 chunk
+    check_driver_all<T>(5, 99, 33);     // odd columns: general path, odd int4 rows
+}
+
+TEST_CASE("a non-finite value in a tile spanning rows names its own row and column")
+{
+    const std::size_t rows = 40;
+    const std::size_t cols = 704;
+    for (std::size_t at : {std::size_t{0}, 5 * cols + 700, 17 * cols + 33, rows * cols - 1})
+    {
+        for (int bits : {8, 4})
+        {
+            for (scheme_kind sch : {scheme_kind::symmetric, scheme_kind::asymmetric})
+            {
+                auto x = random_values<float>(rows * cols, 1);
+                x[at] = std::numeric_limits<float>::infinity();
+                quant_spec spec{.granularity = granularity_kind::per_group, .group_size = 32, .bits = bits, .scheme = sch};
+                CAPTURE(at);
+                CAPTURE(bits);
+                for (unsigned threads : {1u, 2u})
+                {
+                    try
+                    {
+                        (void)quantize(make_view(x.data(), rows, cols, "w"), spec, threads);
+                        FAIL("expected non_finite_error");
+                    }
+                    catch (const non_finite_error& e)
+                    {
+                        CHECK(e.row() == at / cols);
+                        CHECK(e.col() == at % cols);
+                    }
+                }
+            }
+        }
     }
 }

@@ -251,23 +251,37 @@ namespace orbitq
             if constexpr (S::has_zero_point) return kernels::simd::min_max_span(w.row(r), w.cols, finite);
             else return kernels::simd::abs_max_span(w.row(r), w.cols, finite);
         };
-        // per_group, int8 codes, contiguous rows, groups dividing the rows: the rows of a range
-        // are one sequence of groups (orbits and codes are laid out the same way), so the fused
-        // pass runs over the range without a break at each row.
+        // per_group, contiguous rows, groups dividing the rows: the rows of a range are one
+        // sequence of groups (orbits and codes are laid out the same way), so the fused pass runs
+        // over the range without a break at each row. int8 codes go straight to the output;
+        // int4 codes go through a buffer of a few rows (~8 KiB), packed row by row.
         const bool vector_params = spec.scale_type == element_type::f32 && spec.mode == scale_application::multiply_inverse;
-        const bool flat_groups =
-            detail::is_per_group<G>::value && S::bits == 8 && vector_params && w.stride == w.cols && w.cols % L.group == 0;
+        const bool flat_groups = detail::is_per_group<G>::value && vector_params && w.stride == w.cols && w.cols % L.group == 0;
         parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
             if (flat_groups)
             {
                 const std::size_t gpr = L.groups_per_row;
-                kernels::simd::quantize_groups_with_params<R, S>(
-                    w.row(first), (last - first) * w.cols, L.group, q.scales.data() + first * gpr,
-                    S::has_zero_point ? q.zero_points.data() + first * gpr : nullptr, q.codes.data() + first * w.cols,
-                    [&](std::size_t g, const min_max& stat, bool finite) {
-                        if (!finite) detail::throw_non_finite(w, first + g / gpr);
-                        return record(first * gpr + g, stat);
-                    });
+                const std::size_t chunk = S::bits == 8 ? last - first : std::max<std::size_t>(1, 8192 / w.cols);
+                std::vector<std::int8_t> buf(S::bits == 8 ? 0 : chunk * w.cols);
+                for (std::size_t r0 = first; r0 < last; r0 += chunk)
+                {
+                    const std::size_t r1 = std::min(last, r0 + chunk);
+                    std::int8_t* out = S::bits == 8 ? q.codes.data() + r0 * w.cols : buf.data();
+                    kernels::simd::quantize_groups_with_params<R, S>(
+                        w.row(r0), (r1 - r0) * w.cols, L.group, q.scales.data() + r0 * gpr,
+                        S::has_zero_point ? q.zero_points.data() + r0 * gpr : nullptr, out,
+                        [&](std::size_t g, const min_max& stat, bool finite) {
+                            if (!finite) detail::throw_non_finite(w, r0 + g / gpr);
+                            return record(r0 * gpr + g, stat);
+                        });
+                    if constexpr (S::bits == 4)
+                    {
+                        for (std::size_t r = r0; r < r1; ++r)
+                        {
+                            detail::pack_int4(buf.data() + (r - r0) * w.cols, w.cols, q.codes.data() + r * q.row_bytes());
+                        }
+                    }
+                }
                 return;
             }
             std::vector<std::int8_t> row_buf(S::bits == 4 ? w.cols : 0);

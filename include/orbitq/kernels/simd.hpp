@@ -802,6 +802,25 @@ namespace orbitq::kernels::simd
             const float_batch qmin(float(S::qmin));
             const float_batch qmax(float(S::qmax));
             std::size_t j = 0;
+            if constexpr (NB == 2 && S::has_zero_point)
+            {
+                for (; j + 2 <= count; j += 2)
+                {
+                    const T* p = x + j * group;
+                    const float_batch s0(inv[j]);
+                    const float_batch s1(inv[j + 1]);
+                    const float_batch lo0(float(S::qmin - zp[j]));
+                    const float_batch hi0(float(S::qmax - zp[j]));
+                    const float_batch lo1(float(S::qmin - zp[j + 1]));
+                    const float_batch hi1(float(S::qmax - zp[j + 1]));
+                    const int_batch z0(zp[j]);
+                    const int_batch z1(zp[j + 1]);
+                    store_int8_x4(to_code<R>(load(p, arch_type{}) * s0, lo0, hi0) + z0,
+                                  to_code<R>(load(p + width, arch_type{}) * s0, lo0, hi0) + z0,
+                                  to_code<R>(load(p + 2 * width, arch_type{}) * s1, lo1, hi1) + z1,
+                                  to_code<R>(load(p + 3 * width, arch_type{}) * s1, lo1, hi1) + z1, out + j * group, arch_type{});
+                }
+            }
             if constexpr (NB == 2 && !S::has_zero_point)
             {
                 // two groups = four batches, narrowed and stored together
