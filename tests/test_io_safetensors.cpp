@@ -783,6 +783,15 @@ TEST_CASE("write_checkpoint: shards, index, round trip through checkpoint::open"
 
     // Refuses to overwrite a complete checkpoint; overwrite=true replaces it.
     CHECK_THROWS_AS(write_checkpoint(out, decls, produce, 100), orbitq::error);
+    // An overwrite that fails half-way leaves no index: never the old index over mixed shards.
+    CHECK_THROWS_AS(write_checkpoint(out, decls,
+                                     [](const tensor_decl& d, std::span<std::byte>) {
+                                         if (d.name == "model.big") throw orbitq::error(error_kind::io, "interrupted");
+                                     },
+                                     100, {}, true),
+                    orbitq::error);
+    CHECK(!fs::exists(out / "model.safetensors.index.json"));
+    CHECK_THROWS_AS(checkpoint::open(out), orbitq::error);
     write_checkpoint(out, {{"only", dtype::u8, {3}}}, [](const tensor_decl&, std::span<std::byte> b) { b[0] = std::byte{9}; }, 100, {}, true);
     const auto c2 = checkpoint::open(out);
     CHECK(c2.names() == std::vector<std::string>{"only"});

@@ -1265,7 +1265,9 @@ namespace orbitq::io
     /// when its index exists. Hence, with overwrite=false, an existing index is refused, while
     /// shard files without an index (left by an interrupted run) are replaced, and hidden
     /// temporaries of shards or index left by a killed process are removed first (see
-    /// remove_stale_temporaries). With overwrite=true, once the new index is written, files named
+    /// remove_stale_temporaries). With overwrite=true, the old index is removed before the first
+    /// shard is written (an interrupted rewrite leaves no index, never an old index over a mix of
+    /// old and new shards) and, once the new index is written, files named
     /// like shards (model-NNNNN-of-NNNNN.safetensors) that the new index does not name are
     /// removed, so that a smaller checkpoint replacing a larger one leaves no stray shards.
     /// @throws error_kind::invalid_argument on bad declarations or max_shard_bytes == 0;
@@ -1298,6 +1300,13 @@ namespace orbitq::io
         if (ec) throw error(error_kind::io, "cannot create checkpoint directory '" + dir.string() + "': " + ec.message());
         // A killed earlier run may have left (preallocated, possibly huge) temporaries.
         remove_stale_temporaries(dir, [](std::string_view name) { return name == checkpoint::index_name || is_shard_file_name(name); });
+        // Replacing a checkpoint: withdraw its index first, so that an interrupted rewrite leaves
+        // an incomplete checkpoint (no index), never an old index over a mix of old and new shards.
+        if (overwrite && detail::path_exists(index))
+        {
+            if (::unlink(index.c_str()) != 0) detail::throw_io("cannot remove the old index", index, errno);
+            detail::fsync_directory(dir);
+        }
 
         const auto plan = plan_shards(decls, max_shard_bytes);
         if (plan.size() > 99999) throw error(error_kind::invalid_argument, "writing checkpoint '" + dir.string() + "': more than 99999 shards");
