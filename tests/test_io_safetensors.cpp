@@ -853,7 +853,7 @@ TEST_CASE("kill -9 during write_checkpoint: no incomplete file under a final nam
         const auto p = pattern(b.size(), static_cast<unsigned>(std::stoi(d.name.substr(1))));
         std::copy(p.begin(), p.end(), b.begin());
     };
-    for (const int kill_after_ms : {15, 90, 200})
+    for (const int kill_after_ms : {15, 70, 140})
     {
         CAPTURE(kill_after_ms);
         scratch_dir dir;
@@ -880,7 +880,8 @@ TEST_CASE("kill -9 during write_checkpoint: no incomplete file under a final nam
         ::kill(child, SIGKILL);
         int status = 0;
         ::waitpid(child, &status, 0);
-        CHECK(WIFSIGNALED(status));
+        // Killed mid-run (the usual case: the child sleeps 200 ms in all), or finished cleanly.
+        CHECK((WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 0)));
 
         // Whatever carries a final name is complete.
         bool index_present = false;
