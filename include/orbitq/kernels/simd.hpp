@@ -479,6 +479,32 @@ namespace orbitq::kernels::simd
     template <weight_element T>
     min_max abs_max_span(const T* x, std::size_t n, bool& all_finite) noexcept
     {
+        if constexpr (!std::same_as<T, float>)
+        {
+            // 16-bit inputs: the same on their own magnitude bits, twice the lanes per batch and
+            // no widening; NaN and inf sort above the largest finite pattern of either format.
+            using half_batch = xsimd::batch<std::int16_t, arch_type>;
+            constexpr std::size_t hw = half_batch::size;
+            constexpr std::int16_t largest_finite = std::same_as<T, bfloat16_t> ? 0x7f7f : 0x7bff;
+            const half_batch magnitude(0x7fff);
+            half_batch m0(0), m1(0);
+            const auto* u = reinterpret_cast<const std::int16_t*>(x);
+            std::size_t i = 0;
+            for (; i + 2 * hw <= n; i += 2 * hw)
+            {
+                m0 = xsimd::max(m0, half_batch::load_unaligned(u + i) & magnitude);
+                m1 = xsimd::max(m1, half_batch::load_unaligned(u + i + hw) & magnitude);
+            }
+            for (; i + hw <= n; i += hw) m0 = xsimd::max(m0, half_batch::load_unaligned(u + i) & magnitude);
+            alignas(64) std::int16_t lanes[hw];
+            xsimd::max(m0, m1).store_aligned(lanes);
+            std::int16_t m = 0;
+            for (std::size_t k = 0; k < hw; ++k) m = std::max(m, lanes[k]);
+            for (; i < n; ++i) m = std::max(m, static_cast<std::int16_t>(x[i].bits & 0x7fff));
+            all_finite = m <= largest_finite;
+            const float a = to_float(T{static_cast<std::uint16_t>(m)});
+            return {-a, a};
+        }
         using bits_batch = xsimd::batch<std::int32_t, arch_type>;
         const bits_batch magnitude(0x7fffffff);
         bits_batch m0(0), m1(0);
