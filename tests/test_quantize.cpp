@@ -28,6 +28,14 @@ namespace
         return v;
     }
 
+    /// max |x| of n values, computed independently of orbitq's statistics.
+    float abs_max_of(const float* x, std::size_t n)
+    {
+        float amax = 0.0f;
+        for (std::size_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+        return amax;
+    }
+
     template <class Q>
     quant_spec spec_for(std::size_t cols)
     {
@@ -283,8 +291,7 @@ TEST_CASE("coremltools linear_symmetric per_channel: scale amax/127, np.round(w 
         const auto q = quantize(make_view(v.data(), 6, cols), s);
         for (std::size_t r = 0; r < 6; ++r)
         {
-            float amax = 0.0f;
-            for (std::size_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(v[r * cols + c]));
+            const float amax = abs_max_of(v.data() + r * cols, cols);
             const float scale = amax / 127.0f;
             REQUIRE(q.scales[r] == scale);
             for (std::size_t c = 0; c < cols; ++c)
@@ -305,8 +312,7 @@ TEST_CASE("PyTorch quantize_per_channel qint8 with observer scales amax/127.5")
         const auto q = quantize(make_view(v.data(), 5, cols), s);
         for (std::size_t r = 0; r < 5; ++r)
         {
-            float amax = 0.0f;
-            for (std::size_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(v[r * cols + c]));
+            const float amax = abs_max_of(v.data() + r * cols, cols);
             const float scale = amax / (float(127 - (-128)) / 2.0f);  // MinMaxObserver, qint8 symmetric
             REQUIRE(q.scales[r] == scale);
             const float inv = 1.0f / scale;
@@ -333,8 +339,7 @@ TEST_CASE("ggml Q8_0: blocks of 32, d = amax/127, roundf(x * (1/d)), f16 d store
             for (std::size_t b = 0; b < blocks; ++b)
             {
                 const float* x = v.data() + r * cols + b * 32;
-                float amax = 0.0f;
-                for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+                const float amax = abs_max_of(x, 32);
                 const float d = amax / ((1 << 7) - 1);
                 const float id = d ? 1.0f / d : 0.0f;
                 REQUIRE(q.scales[r * blocks + b] == to_float(to_float16(d)));  // GGML_FP32_TO_FP16(d)
@@ -420,8 +425,7 @@ TEST_CASE("group sizes: zero and non-dividing sizes are errors unless ragged gro
     CHECK(kind_of({.granularity = granularity_kind::per_group, .group_size = 32}) == error_kind::bad_group_size);
     const auto q = quantize(w, {.granularity = granularity_kind::per_group, .group_size = 32, .ragged_groups = true});
     CHECK(q.scales.size() == 4);  // two groups per row: 32 + 8
-    float amax = 0.0f;
-    for (std::size_t c = 32; c < 40; ++c) amax = std::max(amax, std::fabs(v[c]));
+    const float amax = abs_max_of(v.data() + 32, 8);
     CHECK(q.scales[1] == amax / 127.0f);
     CHECK(kind_of({.bits = 5}) == error_kind::invalid_argument);
 }
