@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
@@ -150,7 +151,11 @@ namespace orbitq::gemma_cli
         std::string report;
         std::string plot;
         bool quiet = false;
-        // analyze subcommand
+        bool force = false;                    ///< replace an existing --out
+        bool skip_nonfinite = false;           ///< copy tensors with NaN/Inf unquantized instead of failing
+        bool bits_given = false;               ///< --bits was on the command line (auto: only that width)
+        bool scheme_given = false;             ///< --scheme was on the command line (auto: only that scheme)
+        // analyze subcommand (targets also drive --granularity auto)
         std::string candidates;                ///< empty: default_candidates(cols) per tensor
         std::optional<double> target_cos;
         std::optional<double> target_sqnr_db;
@@ -192,9 +197,12 @@ namespace orbitq::gemma_cli
             nlohmann::json j = metrics(t.total);
             j["name"] = t.name;
             j["shape"] = t.shape;
+            (void)spec;
             j["quantized"] = t.quantized;
-            j["granularity"] = t.quantized ? label(spec) : "none";
-            j["bits"] = t.quantized ? spec.bits : 16;
+            j["granularity"] = t.quantized ? label(t.spec) : "none";
+            j["bits"] = t.quantized ? t.spec.bits : 16;
+            if (t.quantized) j["scheme"] = to_string(t.spec.scheme);
+            if (!t.skipped.empty()) j["skipped"] = t.skipped;
             j["bits_per_weight"] = num(t.bits_per_weight);
             if (!t.experts.empty())
             {
@@ -210,11 +218,11 @@ namespace orbitq::gemma_cli
             return j;
         }
 
-        inline nlohmann::json granularity_layer_json(const g4::granularity_layer& gl, const quant_spec& spec)
+        inline nlohmann::json granularity_layer_json(const g4::granularity_layer& gl, const quant_spec& spec, const std::string& name)
         {
             nlohmann::json tensors = nlohmann::json::array();
             for (const auto& t : gl.tensors) tensors.push_back(tensor_json(t, spec));
-            return {{"granularity", label(spec)},
+            return {{"granularity", name},
                     {"tensors", tensors},
                     {"hidden_cos", gl.hidden_cos},
                     {"hidden_cos_min", gl.hidden_cos_min},
@@ -237,8 +245,69 @@ namespace orbitq::gemma_cli
                     {"measured_amplification", num(s.measured_amplification)}};
         }
 
+        /// The root cause of a per-tensor failure: analyze() of one layer's stacked expert tensors
+        /// (gate_up, down; rows = (expert, row)) under the per-tensor candidate only: the rows that
+        /// lose the most bits to the shared scale, the weights largest relative to their row RMS,
+        /// and the condition number. Prints a compact block and returns the same data as JSON.
+        inline nlohmann::json root_cause(g4::model_source& src, std::size_t layer, const quant_spec& per_tensor, double layer_cos,
+                                         unsigned threads, std::ostream& out)
+        {
+            const g4::config& cfg = src.cfg();
+            const g4::layer_weights& w = src.load_layer(layer, threads);
+            nlohmann::json tensors = nlohmann::json::array();
+            out << "root cause: layer " << layer << " is the first to fail the layer gate per_tensor (min cos(hidden) " << fmt(layer_cos, 5)
+                << ")\n";
+            for (const g4::any_view* v : {&w.gate_up, &w.down})
+            {
+                const tensor_analysis a = std::visit(
+                    [&](const auto& m) {
+                        analyze_options ao;
+                        ao.threads = threads;
+                        ao.top_rows = 3;
+                        ao.top_weights = 3;
+                        return analyze(m, std::vector<quant_spec>{per_tensor}, ao);
+                    },
+                    *v);
+                if (w.release_expert)
+                {
+                    for (std::size_t e = 0; e < cfg.experts; ++e) w.release_expert(e);
+                }
+                const std::size_t per = a.rows / cfg.experts;
+                std::string stem = a.name;
+                if (const auto dot = stem.rfind("experts."); dot != std::string::npos) stem = stem.substr(dot);
+                const auto& c = a.candidates.front();
+                out << "  " << stem << " " << orbitq::detail::shape_string(a.shape) << ": condition number " << fmt(a.condition_number, 1)
+                    << ", per_tensor cos " << fmt(c.cosine, 6) << ", SQNR " << fmt(c.sqnr_db, 1) << " dB\n";
+                out << "    rows losing most bits to the per-tensor scale:";
+                nlohmann::json rows = nlohmann::json::array(), weights = nlohmann::json::array();
+                for (std::size_t i = 0; i < a.worst_rows.size(); ++i)
+                {
+                    const auto& r = a.worst_rows[i];
+                    out << (i ? ";" : "") << " expert " << r.row / per << " row " << r.row % per << " " << fmt(r.bits_lost, 2) << " bits";
+                    rows.push_back({{"expert", r.row / per}, {"row", r.row % per}, {"bits_lost", num(r.bits_lost)}, {"row_amax", r.row_amax}});
+                }
+                out << "\n    largest weights / row RMS:";
+                for (std::size_t i = 0; i < a.largest_weights.size(); ++i)
+                {
+                    const auto& x = a.largest_weights[i];
+                    out << (i ? ";" : "") << " expert " << x.row / per << " row " << x.row % per << " col " << x.col << " = " << x.value << " ("
+                        << fmt(x.ratio_to_row_rms, 1) << "x)";
+                    weights.push_back({{"expert", x.row / per}, {"row", x.row % per}, {"col", x.col}, {"value", x.value}, {"ratio_to_row_rms", num(x.ratio_to_row_rms)}});
+                }
+                out << "\n";
+                tensors.push_back({{"name", a.name},
+                                   {"shape", a.shape},
+                                   {"condition_number", num(a.condition_number)},
+                                   {"per_tensor_cos", num(c.cosine)},
+                                   {"per_tensor_sqnr_db", num(c.sqnr_db)},
+                                   {"worst_rows", rows},
+                                   {"largest_weights", weights}});
+            }
+            return {{"layer", layer}, {"granularity", "per_tensor"}, {"hidden_cos_min", layer_cos}, {"tensors", tensors}};
+        }
+
         /// Hand-written SVG: per-layer min cos(hidden) per granularity, with the gate line.
-        inline std::string plot_svg(const g4::validation_report& rep, const std::vector<quant_spec>& specs, double gate, const std::string& title)
+        inline std::string plot_svg(const g4::validation_report& rep, const std::vector<std::string>& specs, double gate, const std::string& title)
         {
             const double W = 760, H = 420, L = 70, R = 170, T = 40, B = 50;
             double lo = gate;
@@ -288,7 +357,7 @@ namespace orbitq::gemma_cli
                       << "\"/>";
                 }
                 s << "\n<rect x=\"" << W - R + 10 << "\" y=\"" << T + 20 * g << "\" width=\"14\" height=\"4\" fill=\"" << col << "\"/>";
-                s << "<text x=\"" << W - R + 30 << "\" y=\"" << T + 20 * g + 6 << "\">" << label(specs[g]) << "</text>\n";
+                s << "<text x=\"" << W - R + 30 << "\" y=\"" << T + 20 * g + 6 << "\">" << specs[g] << "</text>\n";
             }
             s << "</svg>\n";
             return s.str();
@@ -336,7 +405,18 @@ namespace orbitq::gemma_cli
         base.codes_from_stored_scale = true;  // the stored (rounded) scale is the one inference uses
         g4::validate_options vo;
         vo.specs.clear();
-        const quant_spec gated = parse_granularity(o.granularity, base, o.group_size);
+        const bool automatic = o.granularity == "auto";
+        if (automatic && !o.target_cos && !o.target_sqnr_db)
+        {
+            throw error(error_kind::invalid_argument, "--granularity auto needs --target-cos and/or --target-sqnr");
+        }
+        if (!automatic && (o.target_cos || o.target_sqnr_db))
+        {
+            throw error(error_kind::invalid_argument, "--target-cos/--target-sqnr apply to --granularity auto (or to the analyze subcommand)");
+        }
+        // auto: the gated entry is its own column (per-tensor specs chosen during the run); its
+        // quant_spec is a placeholder never used for an expert or dense tensor.
+        const quant_spec gated = parse_granularity(automatic ? "per_channel" : o.granularity, base, o.group_size);
         std::stringstream cs(o.compare);
         std::string item;
         while (std::getline(cs, item, ','))
@@ -345,7 +425,7 @@ namespace orbitq::gemma_cli
             const quant_spec q = parse_granularity(item, base, o.group_size);
             if (std::find(vo.specs.begin(), vo.specs.end(), q) == vo.specs.end()) vo.specs.push_back(q);
         }
-        auto it = std::find(vo.specs.begin(), vo.specs.end(), gated);
+        auto it = automatic ? vo.specs.end() : std::find(vo.specs.begin(), vo.specs.end(), gated);
         if (it == vo.specs.end())
         {
             vo.specs.push_back(gated);
@@ -363,6 +443,54 @@ namespace orbitq::gemma_cli
         vo.gate_layer_cos = o.gate_layer_cos;
         vo.gate_stack_cos = o.gate_stack_cos;
         vo.threads = threads;
+        vo.skip_nonfinite = o.skip_nonfinite;
+        auto spec_name = [&](std::size_t g) { return automatic && g == vo.gated ? std::string("auto") : label(vo.specs[g]); };
+        std::vector<std::string> spec_names;
+        for (std::size_t g = 0; g < vo.specs.size(); ++g) spec_names.push_back(spec_name(g));
+
+        // --granularity auto: per tensor, orbitq::analyze over the candidates and
+        // select_candidate's cheapest one meeting the target.
+        struct choice
+        {
+            std::string name;
+            std::string spec;
+            double bits_per_weight;
+            std::string reason;
+        };
+        std::vector<choice> choices;
+        if (automatic)
+        {
+            vo.choose = [&](const g4::any_view& v, const quant_spec&) {
+                return std::visit(
+                    [&](const auto& m) {
+                        std::vector<quant_spec> cands;
+                        for (quant_spec c : default_candidates(m.cols))
+                        {
+                            if (o.bits_given && c.bits != o.bits) continue;
+                            if (o.scheme_given && c.scheme != base.scheme) continue;
+                            c.range = base.range;
+                            c.scale_type = element_type_of<typename std::decay_t<decltype(m)>::value_type>();
+                            c.codes_from_stored_scale = true;
+                            cands.push_back(c);
+                        }
+                        analyze_options ao;
+                        ao.threads = threads;
+                        ao.top_rows = 0;
+                        ao.top_weights = 0;
+                        const tensor_analysis a = analyze(m, cands, ao);
+                        const selection sel = select_candidate(a, o.target_cos, o.target_sqnr_db);
+                        if (!sel.index)
+                        {
+                            throw error(error_kind::invalid_argument, "--granularity auto: no candidate meets the target for '" + m.name + "': " + sel.reason
+                                                                          + " (lower the target, or allow int8 by leaving out --bits 4)");
+                        }
+                        const auto& c = a.candidates[*sel.index];
+                        choices.push_back({m.name, c.spec.describe(), c.bits_per_weight, sel.reason});
+                        return c.spec;
+                    },
+                    v);
+            };
+        }
 
         // Scales are stored in the checkpoint's float dtype (compressed-tensors convention).
         {
@@ -402,7 +530,7 @@ namespace orbitq::gemma_cli
         if (!o.out.empty())
         {
             writer = std::make_unique<g4::converted_writer>(o.out, *src, synthetic ? fs::path{} : fs::path(o.checkpoint), vo.specs[vo.gated],
-                                                            o.include_dense, vo.layers.size(), threads);
+                                                            o.include_dense, vo.layers.size(), threads, o.force);
         }
 
         if (!o.quiet)
@@ -431,10 +559,10 @@ namespace orbitq::gemma_cli
                           : "checkpoint " + o.checkpoint)
             << ": " << rep.layers.size() << " layers, " << cfg.experts << " experts (top-" << cfg.top_k << "), " << o.tokens
             << " tokens\n";
-        out << "int" << o.bits << " " << o.scheme << "; converting " << label(vo.specs[vo.gated]) << "; gates: layer min cos(hidden) >= "
+        out << "int" << o.bits << " " << o.scheme << "; converting " << spec_name(vo.gated) << "; gates: layer min cos(hidden) >= "
             << o.gate_layer_cos << ", stack min cos >= " << o.gate_stack_cos << "\n\n";
         out << "layer";
-        for (const auto& s : vo.specs) out << " | " << detail::pad(label(s) + (&s == &vo.specs[vo.gated] ? " *" : ""), 30, false);
+        for (std::size_t g = 0; g < vo.specs.size(); ++g) out << " | " << detail::pad(spec_name(g) + (g == vo.gated ? " *" : ""), 30, false);
         out << "\n     ";
         for (std::size_t g = 0; g < G; ++g) out << " | " << "min cos   SQNR dB  stack   gate ";
         out << "\n";
@@ -453,7 +581,7 @@ namespace orbitq::gemma_cli
         for (std::size_t g = 0; g < G; ++g)
         {
             const auto& s = rep.stack[g];
-            out << "  " << detail::pad(label(vo.specs[g]), 14, false) << " min cos(hidden) " << detail::fmt(s.layer_cos_min, 5) << "  "
+            out << "  " << detail::pad(spec_name(g), 14, false) << " min cos(hidden) " << detail::fmt(s.layer_cos_min, 5) << "  "
                 << (s.layer_gate_passed ? "pass" : "FAIL") << "\n";
         }
         out << "stack (" << rep.layers.size() << " layers, separate original and quantized streams):\n";
@@ -462,14 +590,34 @@ namespace orbitq::gemma_cli
             const auto& s = rep.stack[g];
             double agree = 1.0;
             for (const auto& lr : rep.layers) agree = std::min(agree, lr.by_spec[g].router_agreement);
-            out << "  " << detail::pad(label(vo.specs[g]), 14, false) << " final min cos " << detail::fmt(s.final_cos_min, 4) << "  "
+            out << "  " << detail::pad(spec_name(g), 14, false) << " final min cos " << detail::fmt(s.final_cos_min, 4) << "  "
                 << (s.stack_gate_passed ? "pass" : "FAIL") << "   amplification: seed (1+δ)^N " << detail::fmt(s.predicted_amplification_seed, 2)
                 << ", predicted (Π(1+ε)−1)/ε " << detail::fmt(s.predicted_amplification, 2) << ", measured " << detail::fmt(s.measured_amplification, 2)
                 << "; cos floor " << detail::fmt(s.predicted_cosine_floor, 4) << "; router agreement min " << detail::fmt(agree, 3) << "\n";
         }
+        if (automatic)
+        {
+            out << "auto granularity (target" << (o.target_cos ? " cos >= " + detail::fmt(*o.target_cos, 6) : "")
+                << (o.target_sqnr_db ? " SQNR >= " + detail::fmt(*o.target_sqnr_db, 1) + " dB" : "") << "), chosen per tensor:\n";
+            for (const auto& c : choices) out << "  " << c.name << ": " << c.reason << "\n";
+        }
+        for (const auto& s : rep.skipped) out << "skipped (kept unquantized, --skip-nonfinite): " << s << "\n";
+        // Root cause of the first per-tensor failure (a second look at that one layer only).
+        nlohmann::json root_cause_json = nullptr;
+        for (std::size_t g = 0; g < G; ++g)
+        {
+            if (vo.specs[g].granularity != granularity_kind::per_tensor) continue;
+            for (const auto& lr : rep.layers)
+            {
+                if (lr.by_spec[g].hidden_cos_min >= o.gate_layer_cos) continue;
+                root_cause_json = detail::root_cause(*src, lr.layer, vo.specs[g], lr.by_spec[g].hidden_cos_min, threads, out);
+                break;
+            }
+            break;
+        }
         const auto& gs = rep.stack[vo.gated];
         const int code = rep.passed ? 0 : 2;
-        out << "verdict: " << label(vo.specs[vo.gated]) << " int" << o.bits << " " << (rep.passed ? "PASSES" : "FAILS") << " (layer gate "
+        out << "verdict: " << spec_name(vo.gated) << " int" << o.bits << " " << (rep.passed ? "PASSES" : "FAILS") << " (layer gate "
             << (gs.layer_gate_passed ? "pass" : "FAIL") << ", stack gate " << (gs.stack_gate_passed ? "pass" : "FAIL") << ")  [exit " << code << "]\n";
         const double gbps = rep.quantized_source_bytes / std::max(rep.quantize_seconds, 1e-9) / 1e9;
         out << "time " << detail::fmt(rep.total_seconds, 1) << " s (quantize+measure " << detail::fmt(rep.quantize_seconds, 1) << " s, "
@@ -477,19 +625,30 @@ namespace orbitq::gemma_cli
 
         if (!o.report.empty())
         {
+            nlohmann::json choices_json = nullptr;
+            if (automatic)
+            {
+                choices_json = {{"target_cos", o.target_cos ? nlohmann::json(*o.target_cos) : nlohmann::json(nullptr)},
+                                {"target_sqnr_db", o.target_sqnr_db ? nlohmann::json(*o.target_sqnr_db) : nlohmann::json(nullptr)},
+                                {"tensors", nlohmann::json::array()}};
+                for (const auto& c : choices)
+                {
+                    choices_json["tensors"].push_back({{"name", c.name}, {"chosen", c.spec}, {"bits_per_weight", c.bits_per_weight}, {"reason", c.reason}});
+                }
+            }
             nlohmann::json layers = nlohmann::json::array();
             for (const auto& lr : rep.layers)
             {
-                nlohmann::json j = detail::granularity_layer_json(lr.by_spec[vo.gated], vo.specs[vo.gated]);
+                nlohmann::json j = detail::granularity_layer_json(lr.by_spec[vo.gated], vo.specs[vo.gated], spec_name(vo.gated));
                 j["layer"] = lr.layer;
                 nlohmann::json by = nlohmann::json::object();
-                for (std::size_t g = 0; g < G; ++g) by[label(vo.specs[g])] = detail::granularity_layer_json(lr.by_spec[g], vo.specs[g]);
+                for (std::size_t g = 0; g < G; ++g) by[spec_name(g)] = detail::granularity_layer_json(lr.by_spec[g], vo.specs[g], spec_name(g));
                 j["by_granularity"] = by;
                 layers.push_back(j);
             }
             nlohmann::json stack = detail::stack_json(gs);
             nlohmann::json by = nlohmann::json::object();
-            for (std::size_t g = 0; g < G; ++g) by[label(vo.specs[g])] = detail::stack_json(rep.stack[g]);
+            for (std::size_t g = 0; g < G; ++g) by[spec_name(g)] = detail::stack_json(rep.stack[g]);
             stack["by_granularity"] = by;
             stack["notes"] = {{"predicted_amplification_seed", "(1 + (1 - min layer cos))^N, the seed experiment's formula"},
                               {"predicted_amplification", "(prod(1 + eps_i) - 1) / max eps_i, eps_i = per-layer relative error of the hidden state"},
@@ -497,11 +656,11 @@ namespace orbitq::gemma_cli
             nlohmann::json gates_by = nlohmann::json::object();
             for (std::size_t g = 0; g < G; ++g)
             {
-                gates_by[label(vo.specs[g])] = {{"layer", {{"threshold", o.gate_layer_cos}, {"min", rep.stack[g].layer_cos_min}, {"passed", rep.stack[g].layer_gate_passed}}},
+                gates_by[spec_name(g)] = {{"layer", {{"threshold", o.gate_layer_cos}, {"min", rep.stack[g].layer_cos_min}, {"passed", rep.stack[g].layer_gate_passed}}},
                                                 {"stack", {{"threshold", o.gate_stack_cos}, {"min", rep.stack[g].final_cos_min}, {"passed", rep.stack[g].stack_gate_passed}}}};
             }
             nlohmann::json specs = nlohmann::json::array();
-            for (const auto& s : vo.specs) specs.push_back(label(s));
+            for (const auto& s : spec_names) specs.push_back(s);
             nlohmann::json report = {
                 {"config",
                  {{"source", synthetic ? "synthetic" : o.checkpoint},
@@ -514,7 +673,7 @@ namespace orbitq::gemma_cli
                   {"dense_intermediate", cfg.dense_intermediate},
                   {"tokens", o.tokens},
                   {"bits", o.bits},
-                  {"granularity", label(vo.specs[vo.gated])},
+                  {"granularity", spec_name(vo.gated)},
                   {"compare", specs},
                   {"scheme", o.scheme},
                   {"range", o.range},
@@ -530,6 +689,9 @@ namespace orbitq::gemma_cli
                   {"stack", {{"threshold", o.gate_stack_cos}, {"min", gs.final_cos_min}, {"passed", gs.stack_gate_passed}}},
                   {"by_granularity", gates_by}}},
                 {"passed", rep.passed},
+                {"root_cause", root_cause_json},
+                {"auto", choices_json},
+                {"skipped_nonfinite", rep.skipped},
                 {"throughput_gbps", gbps},
                 {"total_seconds", rep.total_seconds},
                 {"peak_rss_bytes", peak_rss_bytes()}};
@@ -539,7 +701,7 @@ namespace orbitq::gemma_cli
         {
             const std::string title = std::string(synthetic ? "synthetic Gemma 4" : "Gemma 4") + " MoE FFN, int" + std::to_string(o.bits)
                                       + ": per-layer min cos(hidden)";
-            io::write_file_atomic(o.plot, detail::plot_svg(rep, vo.specs, o.gate_layer_cos, title), true);
+            io::write_file_atomic(o.plot, detail::plot_svg(rep, spec_names, o.gate_layer_cos, title), true);
         }
         return code;
     }
@@ -671,10 +833,11 @@ namespace orbitq::gemma_cli
         app.add_option("--experts", o.experts, "experts of the synthetic model")->capture_default_str()->check(CLI::Range(1, 128));
         app.add_option("--synthetic-layers", o.synthetic_layers, "layers of the synthetic model")->capture_default_str()->check(CLI::Range(1, 30));
         app.add_option("--seed", o.seed, "seed of the synthetic model")->capture_default_str();
-        app.add_option("--bits", o.bits, "8 or 4")->capture_default_str();
-        app.add_option("--granularity", o.granularity, "granularity converted and gated: per_tensor, per_channel, per_group[:N]")->capture_default_str();
+        CLI::Option* bits_opt = app.add_option("--bits", o.bits, "8 or 4 (with --granularity auto: only this width is considered)")->capture_default_str();
+        app.add_option("--granularity", o.granularity, "granularity converted and gated: per_tensor, per_channel, per_group[:N], or auto (per tensor, the fewest bits per weight "
+                       "meeting --target-cos/--target-sqnr, chosen by orbitq::analyze)")->capture_default_str();
         app.add_option("--group-size", o.group_size, "group size of per_group")->capture_default_str();
-        app.add_option("--scheme", o.scheme, "symmetric or asymmetric")->capture_default_str();
+        CLI::Option* scheme_opt = app.add_option("--scheme", o.scheme, "symmetric or asymmetric (with --granularity auto: only this scheme is considered)")->capture_default_str();
         app.add_option("--range", o.range, "symmetric range: restricted ([-127,127]) or full ([-128,127])")->capture_default_str();
         app.add_option("--layers", o.layers, "layers to process, e.g. 0-29 or 0,5,10-12 (default: all)");
         app.add_option("--threads", o.threads, "threads (0: all cores)")->capture_default_str();
@@ -688,14 +851,19 @@ namespace orbitq::gemma_cli
         app.add_option("--report", o.report, "write a JSON report");
         app.add_option("--plot", o.plot, "write an SVG plot of per-layer min cos(hidden)");
         app.add_flag("-q,--quiet", o.quiet, "no progress on stderr");
+        app.add_flag("--force", o.force, "replace an existing --out (atomically: the new directory is swapped in, the old one removed)");
+        app.add_flag("--skip-nonfinite", o.skip_nonfinite, "copy tensors holding NaN/Inf unquantized (reported) instead of stopping with exit status 1");
+        app.add_option("--target-cos", o.target_cos, "with --granularity auto: the cosine each tensor must reach");
+        app.add_option("--target-sqnr", o.target_sqnr_db, "with --granularity auto: the SQNR (dB) each tensor must reach");
         CLI::App* analyze_cmd = app.add_subcommand(
             "analyze", "what every candidate policy would cost each layer's expert tensors (no codes written); the global options "
                        "--checkpoint, --experts, --layers, --threads, --report, --quiet apply");
         analyze_cmd->add_option("--candidates", o.candidates,
                                 "comma-separated candidates NAME[:group][@bits][/asym], e.g. per_channel@8,per_group:32@4/asym "
                                 "(default: per_tensor, per_channel, per_group 32/64/128 where they divide, int8/int4, sym/asym)");
-        analyze_cmd->add_option("--target-cos", o.target_cos, "select the cheapest candidate with at least this cosine");
-        analyze_cmd->add_option("--target-sqnr", o.target_sqnr_db, "select the cheapest candidate with at least this SQNR (dB)");
+        std::optional<double> a_cos, a_sqnr;
+        analyze_cmd->add_option("--target-cos", a_cos, "select the cheapest candidate with at least this cosine");
+        analyze_cmd->add_option("--target-sqnr", a_sqnr, "select the cheapest candidate with at least this SQNR (dB)");
         analyze_cmd->fallthrough();
         try
         {
@@ -709,9 +877,18 @@ namespace orbitq::gemma_cli
             err << o_err.str();
             return rc == 0 ? 0 : 1;
         }
+        o.bits_given = bits_opt->count() > 0;
+        o.scheme_given = scheme_opt->count() > 0;
         try
         {
-            if (analyze_cmd->parsed()) return run_analyze(o, out, err);
+            // A full disk or a file size limit must be an error (EFBIG), not a kill by SIGXFSZ.
+            std::signal(SIGXFSZ, SIG_IGN);
+            if (analyze_cmd->parsed())
+            {
+                if (a_cos) o.target_cos = a_cos;
+                if (a_sqnr) o.target_sqnr_db = a_sqnr;
+                return run_analyze(o, out, err);
+            }
             return run(o, out, err);
         }
         catch (const std::exception& e)

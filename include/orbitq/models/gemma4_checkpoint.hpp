@@ -43,6 +43,9 @@
 #include <string>
 #include <vector>
 
+#include <cerrno>
+#include <cstdio>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -437,15 +440,20 @@ namespace orbitq::models::gemma4
     ///        shard per converted layer (its experts written one by one as they are quantized),
     ///        then the remaining tensors, the index and config.json (see the file brief).
     ///
-    /// Output goes to a hidden staging directory next to `dir` that finish() renames onto `dir`,
-    /// so `dir` appears complete or not at all; an unfinished writer removes it.
+    /// Output goes to a hidden staging directory next to `dir` (`.NAME.partial`) that finish()
+    /// renames onto `dir`, so `dir` appears complete or not at all; an unfinished writer removes
+    /// it, and a writer killed before that leaves only the hidden staging directory, which the
+    /// next writer for the same `dir` removes. With `overwrite`, an existing `dir` is swapped
+    /// with the staging directory in one atomic step (renameat2 RENAME_EXCHANGE) and the old
+    /// contents, now under the staging name, are then removed: no stale shard survives.
     class converted_writer : public conversion_sink
     {
     public:
-        /// @throws error (invalid_argument) when dir exists, or is inside or equal to the input
-        ///         directory; error (io) when the staging directory cannot be created.
+        /// @throws error (invalid_argument) when dir exists (unless overwrite; and even then when
+        ///         it is not a directory), or is inside or equal to the input directory; error (io)
+        ///         when the staging directory cannot be created.
         converted_writer(std::filesystem::path dir, model_source& src, const std::filesystem::path& input_dir, quant_spec spec,
-                         bool include_dense, std::size_t converted_layers, unsigned threads)
+                         bool include_dense, std::size_t converted_layers, unsigned threads, bool overwrite = false)
             : m_dir(std::move(dir))
             , m_src(src)
             , m_spec(spec)
@@ -454,21 +462,30 @@ namespace orbitq::models::gemma4
         {
             namespace fs = std::filesystem;
             std::error_code ec;
-            const fs::path out_abs = fs::weakly_canonical(fs::absolute(m_dir), ec);
             if (!input_dir.empty())
             {
-                const fs::path in_abs = fs::weakly_canonical(fs::absolute(input_dir), ec);
-                const auto rel = out_abs.lexically_relative(in_abs);
-                if (out_abs == in_abs || (!rel.empty() && *rel.begin() != ".."))
+                // A single-file checkpoint: its directory is the input.
+                const fs::path in_dir = fs::is_directory(input_dir, ec)  ? input_dir
+                                       : input_dir.has_parent_path() ? input_dir.parent_path()
+                                                                     : fs::path(".");
+                if (io::path_is_within(m_dir, in_dir))
                 {
                     throw error(error_kind::invalid_argument, "--out '" + m_dir.string() + "' is inside or equal to the input checkpoint '"
                                                                   + input_dir.string() + "'; choose a directory outside it");
                 }
             }
-            if (fs::exists(m_dir, ec))
+            if (fs::exists(fs::symlink_status(m_dir, ec)))
             {
-                throw error(error_kind::invalid_argument,
-                            "--out '" + m_dir.string() + "' already exists; remove it or choose another directory");
+                if (!overwrite)
+                {
+                    throw error(error_kind::invalid_argument,
+                                "--out '" + m_dir.string() + "' already exists; remove it, choose another directory, or pass --force to replace it");
+                }
+                if (!fs::is_directory(fs::symlink_status(m_dir, ec)))
+                {
+                    throw error(error_kind::invalid_argument, "--out '" + m_dir.string() + "' exists and is not a directory; --force replaces only directories");
+                }
+                m_replace = true;
             }
             m_stage = (m_dir.has_parent_path() ? m_dir.parent_path() : fs::path(".")) / ("." + m_dir.filename().string() + ".partial");
             fs::remove_all(m_stage, ec);
@@ -496,7 +513,8 @@ namespace orbitq::models::gemma4
             return std::visit([](const auto& m) { return io::to_dtype(element_type_of<typename std::decay_t<decltype(m)>::value_type>()); }, v);
         }
 
-        void begin_layer(const layer_weights& w, std::array<bool, 2> experts, std::array<bool, 3> dense) override
+        void begin_layer(const layer_weights& w, std::array<bool, 2> experts, std::array<bool, 3> dense,
+                         const std::array<quant_spec, 5>& specs) override
         {
             const config& c = m_src.cfg();
             const std::string prefix = names::layer_prefix(c, w.layer);
@@ -510,13 +528,22 @@ namespace orbitq::models::gemma4
                 const std::string b = prefix + "experts." + std::to_string(e) + ".";
                 if (experts[0])
                 {
-                    add(detail::linear_decls(m_spec, I, H, b + "gate_proj", m_scale_type));
-                    add(detail::linear_decls(m_spec, I, H, b + "up_proj", m_scale_type));
+                    add(detail::linear_decls(specs[0], I, H, b + "gate_proj", m_scale_type));
+                    add(detail::linear_decls(specs[0], I, H, b + "up_proj", m_scale_type));
                 }
-                if (experts[1]) add(detail::linear_decls(m_spec, H, I, b + "down_proj", m_scale_type));
+                if (experts[1]) add(detail::linear_decls(specs[1], H, I, b + "down_proj", m_scale_type));
             }
-            if (experts[0]) replaced.insert(names::expert(c, w.layer, expert_matrix::gate_up));
-            if (experts[1]) replaced.insert(names::expert(c, w.layer, expert_matrix::down));
+            const std::string lp = "re:.*layers\\." + std::to_string(w.layer) + "\\.";
+            if (experts[0])
+            {
+                replaced.insert(names::expert(c, w.layer, expert_matrix::gate_up));
+                target(specs[0], lp + "experts\\.\\d+\\.(gate|up)_proj$");
+            }
+            if (experts[1])
+            {
+                replaced.insert(names::expert(c, w.layer, expert_matrix::down));
+                target(specs[1], lp + "experts\\.\\d+\\.down_proj$");
+            }
             static constexpr const char* dense_stem[3] = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
             const std::size_t D = c.dense_intermediate;
             const std::array<std::pair<std::size_t, std::size_t>, 3> dshape = {{{D, H}, {D, H}, {H, D}}};
@@ -524,7 +551,10 @@ namespace orbitq::models::gemma4
             {
                 if (!dense[k]) continue;
                 replaced.insert(names::dense(c, w.layer, static_cast<dense_matrix>(k)));
-                add(detail::linear_decls(m_spec, dshape[k].first, dshape[k].second, prefix + dense_stem[k], m_scale_type));
+                add(detail::linear_decls(specs[2 + k], dshape[k].first, dshape[k].second, prefix + dense_stem[k], m_scale_type));
+                std::string stem = dense_stem[k];
+                stem.replace(stem.find('.'), 1, "\\.");
+                target(specs[2 + k], lp + stem + "$");
             }
             m_copies.clear();
             for (auto it = m_pending.lower_bound(prefix); it != m_pending.end() && it->first.rfind(prefix, 0) == 0;)
@@ -581,14 +611,59 @@ namespace orbitq::models::gemma4
             io::write_file_atomic(m_stage / std::string(io::checkpoint::index_name), index.dump(2) + "\n", true);
             nlohmann::json cfg = m_src.config_json();
             cfg["quantization_config"] = quantization_config_json(m_spec, m_include_dense);
+            if (m_targets.size() > 1 || (m_targets.size() == 1 && m_targets.begin()->second.first != m_spec))
+            {
+                // Several specs (automatic granularity): one config group per spec, targeting the
+                // layers' modules that use it.
+                nlohmann::json groups = nlohmann::json::object();
+                nlohmann::json specs = nlohmann::json::object();
+                std::size_t n = 0;
+                for (const auto& [key, st] : m_targets)
+                {
+                    const nlohmann::json one = quantization_config_json(st.first, m_include_dense);
+                    nlohmann::json grp = one["config_groups"]["group_0"];
+                    grp["targets"] = st.second;
+                    groups["group_" + std::to_string(n++)] = grp;
+                    specs[key] = st.second;
+                }
+                auto& qc = cfg["quantization_config"];
+                qc["config_groups"] = groups;
+                qc["format"] = "mixed-precision";
+                qc["orbitq"]["spec"] = "auto";
+                qc["orbitq"]["specs"] = specs;
+            }
             io::write_file_atomic(m_stage / "config.json", cfg.dump(2) + "\n", true);
-            std::error_code ec;
-            std::filesystem::rename(m_stage, m_dir, ec);
-            if (ec) throw error(error_kind::io, "cannot rename '" + m_stage.string() + "' to '" + m_dir.string() + "': " + ec.message());
-            m_finished = true;
+            io::detail::fsync_directory(m_stage);
+            if (m_replace && std::filesystem::exists(m_dir))
+            {
+                // Swap atomically; the old output now sits under the hidden staging name.
+                if (::renameat2(AT_FDCWD, m_stage.c_str(), AT_FDCWD, m_dir.c_str(), RENAME_EXCHANGE) != 0)
+                {
+                    io::detail::throw_io("cannot exchange the new output with the existing", m_dir, errno);
+                }
+                m_finished = true;
+                std::error_code ec;
+                std::filesystem::remove_all(m_stage, ec);
+            }
+            else
+            {
+                std::error_code ec;
+                std::filesystem::rename(m_stage, m_dir, ec);
+                if (ec) throw error(error_kind::io, "cannot rename '" + m_stage.string() + "' to '" + m_dir.string() + "': " + ec.message());
+                m_finished = true;
+            }
+            io::detail::fsync_directory(m_dir.has_parent_path() ? m_dir.parent_path() : std::filesystem::path("."));
         }
 
     private:
+        /// Records that the modules matching `regex` use `spec` (for the config groups).
+        void target(const quant_spec& spec, const std::string& regex)
+        {
+            auto& t = m_targets[spec.describe()];
+            t.first = spec;
+            t.second.push_back(regex);
+        }
+
         std::string shard_name()
         {
             if (m_written >= m_shards) throw error(error_kind::invalid_argument, "converted_writer: more layers than announced");
@@ -604,7 +679,7 @@ namespace orbitq::models::gemma4
 
         void write_linear(const quantized_tensor& q, std::size_t row0, std::size_t rows, const std::string& base)
         {
-            const auto decls = detail::linear_decls(m_spec, rows, q.cols, base, m_scale_type);
+            const auto decls = detail::linear_decls(q.spec, rows, q.cols, base, m_scale_type);
             const auto data = detail::encode_linear(q, row0, rows, m_scale_type);
             for (std::size_t i = 0; i < decls.size(); ++i)
             {
@@ -630,6 +705,7 @@ namespace orbitq::models::gemma4
         io::dtype m_scale_type = io::dtype::bf16;
         std::map<std::string, io::tensor_decl> m_pending;
         std::vector<io::tensor_decl> m_copies;
+        std::map<std::string, std::pair<quant_spec, std::vector<std::string>>> m_targets;
         std::vector<io::tensor_decl> m_layer_decls;
         std::string m_prefix;
         std::optional<io::safetensors_writer> m_layer;
@@ -639,5 +715,6 @@ namespace orbitq::models::gemma4
         std::size_t m_written = 0;
         std::size_t m_shards = 0;
         bool m_finished = false;
+        bool m_replace = false;
     };
 }

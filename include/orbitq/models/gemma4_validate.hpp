@@ -32,7 +32,9 @@
 #include <cstddef>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <optional>
+#include <tuple>
 #include <set>
 #include <string>
 #include <vector>
@@ -52,6 +54,16 @@ namespace orbitq::models::gemma4
         double gate_layer_cos = 0.997;
         double gate_stack_cos = 0.97;
         unsigned threads = 0;                ///< 0: hardware concurrency
+        /// If set, picks the spec of each tensor the gated granularity quantizes (automatic
+        /// granularity): called once per tensor and layer with the source view and the gated spec;
+        /// the result replaces the gated spec for that tensor (the other granularities are
+        /// unaffected). It may throw to stop the run.
+        std::function<quant_spec(const any_view&, const quant_spec&)> choose;
+        /// A NaN or infinity in a tensor that would be quantized: false (default) stops the run
+        /// with an error naming the tensor and the position (expert, row, column); true keeps such
+        /// tensors in source precision (copied unquantized) and lists them in
+        /// validation_report::skipped.
+        bool skip_nonfinite = false;
     };
 
     /// @brief Metrics of one quantized tensor, or of one expert's slice of it.
@@ -71,7 +83,9 @@ namespace orbitq::models::gemma4
     {
         std::string name;
         shape_type shape;
-        bool quantized = false;           ///< false: kept in source precision (below min_elements)
+        bool quantized = false;           ///< false: kept in source precision (below min_elements, or skipped)
+        quant_spec spec;                  ///< the spec it was quantized with (meaningful when quantized)
+        std::string skipped;              ///< why it was kept unquantized despite its size (a non-finite value), else empty
         double bits_per_weight = 0.0;
         tensor_metrics total;
         std::vector<tensor_metrics> experts;  ///< per expert for stacked expert tensors, else empty
@@ -122,6 +136,7 @@ namespace orbitq::models::gemma4
         double total_seconds = 0.0;
         double quantized_source_bytes = 0.0;  ///< bytes of source weights quantized (all granularities)
         bool passed = true;                   ///< both gates of the gated granularity
+        std::vector<std::string> skipped;     ///< tensors kept unquantized for a non-finite value: "name: where"
     };
 
     /// @brief Progress of validate(): called after each layer.
@@ -141,8 +156,10 @@ namespace orbitq::models::gemma4
     {
     public:
         virtual ~conversion_sink() = default;
-        /// @brief experts: {gate_up, down} will be quantized; dense: {gate, up, down} will be.
-        virtual void begin_layer(const layer_weights& w, std::array<bool, 2> experts, std::array<bool, 3> dense) = 0;
+        /// @brief experts: {gate_up, down} will be quantized; dense: {gate, up, down} will be;
+        ///        specs: the spec of each of {gate_up, down, dense gate, up, down}.
+        virtual void begin_layer(const layer_weights& w, std::array<bool, 2> experts, std::array<bool, 3> dense,
+                                 const std::array<quant_spec, 5>& specs) = 0;
         /// @brief Expert e's matrices (a null tensor: that stacked tensor is not quantized).
         virtual void expert(const layer_weights& w, std::size_t e, const expert_slices& s) = 0;
         /// @brief dense: {gate, up, down} quantized, or null for those kept in source precision.
@@ -221,6 +238,44 @@ namespace orbitq::models::gemma4
             return a.relative_error();
         }
 
+        /// The first (row-major) NaN or infinity of a view: {row, col, value}, or nothing.
+        template <weight_element T>
+        std::optional<std::tuple<std::size_t, std::size_t, float>> first_non_finite(const matrix_view<T>& m, unsigned threads)
+        {
+            std::mutex mu;
+            std::optional<std::tuple<std::size_t, std::size_t, float>> best;
+            parallel_rows(m.rows, threads, [&](std::size_t first, std::size_t last) {
+                for (std::size_t r = first; r < last; ++r)
+                {
+                    const T* x = m.row(r);
+                    bool bad = false;
+                    for (std::size_t c = 0; c < m.cols; ++c) bad |= !std::isfinite(to_float(x[c]));
+                    if (!bad) continue;
+                    for (std::size_t c = 0; c < m.cols; ++c)
+                    {
+                        const float v = to_float(x[c]);
+                        if (std::isfinite(v)) continue;
+                        std::lock_guard lock(mu);
+                        if (!best || std::get<0>(*best) > r) best = std::tuple{r, c, v};
+                        return;
+                    }
+                }
+            });
+            return best;
+        }
+
+        /// "expert e, row r, column c" (stacked tensors: rows are experts x rows_per_expert) or
+        /// "row r, column c".
+        inline std::string position(std::size_t row, std::size_t col, std::size_t experts, std::size_t rows)
+        {
+            if (experts > 1 && rows % experts == 0)
+            {
+                const std::size_t per = rows / experts;
+                return "expert " + std::to_string(row / per) + ", row " + std::to_string(row % per) + ", column " + std::to_string(col);
+            }
+            return "row " + std::to_string(row) + ", column " + std::to_string(col);
+        }
+
         inline bool same_set(std::vector<std::size_t> a, std::vector<std::size_t> b)
         {
             std::sort(a.begin(), a.end());
@@ -250,6 +305,7 @@ namespace orbitq::models::gemma4
         }
         rep.total = detail::summarize(acc, row_amax, 0, rows, cols, spec.granularity, tensor_amax, &combined);
         rep.quantized = true;
+        rep.spec = spec;
         rep.bits_per_weight = bits_per_weight;
         return rep;
     }
@@ -354,6 +410,38 @@ namespace orbitq::models::gemma4
             layer_report lr;
             lr.layer = layer;
 
+            // NaN/Inf in a tensor that would be quantized: an error naming the position, or (with
+            // skip_nonfinite) the tensor is kept in source precision.
+            std::set<std::string> nonfinite;
+            {
+                std::vector<std::pair<const any_view*, std::size_t>> scan = {{&w.gate_up, c.experts}, {&w.down, c.experts}};
+                if (opt.include_dense) scan.insert(scan.end(), {{&w.dense_gate, 1}, {&w.dense_up, 1}, {&w.dense_down, 1}});
+                for (const auto& [v, experts] : scan)
+                {
+                    if (rows_of(*v) * cols_of(*v) <= opt.min_elements) continue;
+                    std::visit(
+                        [&](const auto& m) {
+                            const auto bad = detail::first_non_finite(m, opt.threads);
+                            if (!bad) return;
+                            const auto [r, col, value] = *bad;
+                            const std::string where = "non-finite value " + std::to_string(value) + " at "
+                                                      + detail::position(r, col, experts, m.rows);
+                            if (!opt.skip_nonfinite)
+                            {
+                                throw error(error_kind::non_finite, "tensor '" + m.name + "' (layer " + std::to_string(layer) + "): " + where
+                                                                        + "; fix the checkpoint, or pass --skip-nonfinite to copy such tensors unquantized");
+                            }
+                            nonfinite.insert(m.name);
+                            rep.skipped.push_back(m.name + ": " + where);
+                        },
+                        *v);
+                }
+                if (w.release_expert)
+                {
+                    for (std::size_t e = 0; e < c.experts; ++e) w.release_expert(e);
+                }
+            }
+
             view_operators src(c, w, opt.threads);
             std::vector<token_route> routes_orig;
             ffn_forward(c, w, src, x_orig.data(), T, y_orig.data(), &routes_orig, opt.threads);
@@ -370,10 +458,14 @@ namespace orbitq::models::gemma4
                 auto kept = [&](const any_view& v) {
                     tensor_report t;
                     std::visit([&](const auto& m) { t.name = m.name; t.shape = m.shape; }, v);
+                    if (nonfinite.count(t.name)) t.skipped = "non-finite values";
                     t.bits_per_weight = 8.0 * static_cast<double>(detail::element_bytes(v));
                     return t;
                 };
-                auto wanted = [&](const any_view& v) { return rows_of(v) * cols_of(v) > opt.min_elements; };
+                auto wanted = [&](const any_view& v) {
+                    if (rows_of(v) * cols_of(v) <= opt.min_elements) return false;
+                    return std::visit([&](const auto& m) { return !nonfinite.count(m.name); }, v);
+                };
 
                 // Experts are quantized one at a time, on demand (when the forward first needs
                 // them; the unrouted ones after it), so memory holds one expert's codes. Finer
@@ -384,26 +476,42 @@ namespace orbitq::models::gemma4
                 std::array<bool, 2> equant = {wanted(w.gate_up), wanted(w.down)};
                 const std::array<bool, 3> dquant = {opt.include_dense && wanted(w.dense_gate), opt.include_dense && wanted(w.dense_up),
                                                     opt.include_dense && wanted(w.dense_down)};
-                if (sinking) sink->begin_layer(w, equant, dquant);
+                // The spec of each tensor: the granularity's, or the chosen one (automatic).
+                std::array<quant_spec, 5> tspec = {spec, spec, spec, spec, spec};
+                if (g == opt.gated && opt.choose)
+                {
+                    const std::array<const any_view*, 5> all = {&w.gate_up, &w.down, &w.dense_gate, &w.dense_up, &w.dense_down};
+                    const std::array<bool, 5> q = {equant[0], equant[1], dquant[0], dquant[1], dquant[2]};
+                    for (std::size_t k = 0; k < 5; ++k)
+                    {
+                        if (q[k]) tspec[k] = opt.choose(*all[k], spec);
+                    }
+                    if (w.release_expert)
+                    {
+                        for (std::size_t e = 0; e < c.experts; ++e) w.release_expert(e);
+                    }
+                }
+                if (sinking) sink->begin_layer(w, equant, dquant, tspec);
                 std::array<std::vector<error_accumulator>, 2> eacc;
                 std::array<std::vector<float>, 2> eamax;
                 std::array<double, 2> ebpw = {0.0, 0.0};
                 std::array<min_max, 2> stacked_stat;
-                const bool whole = spec.granularity == granularity_kind::per_tensor;
+                const std::array<bool, 2> whole = {tspec[0].granularity == granularity_kind::per_tensor,
+                                                   tspec[1].granularity == granularity_kind::per_tensor};
                 for (std::size_t k = 0; k < 2; ++k)
                 {
                     if (!equant[k]) continue;
                     eacc[k].resize(rows_of(*ev[k]));
                     eamax[k].resize(rows_of(*ev[k]));
                 }
-                if (whole)
+                if (whole[0] || whole[1])
                 {
                     // The stacked tensors' statistics, one expert block at a time.
                     for (std::size_t e = 0; e < c.experts; ++e)
                     {
                         for (std::size_t k = 0; k < 2; ++k)
                         {
-                            if (!equant[k]) continue;
+                            if (!equant[k] || !whole[k]) continue;
                             std::visit(
                                 [&](const auto& m) {
                                     const auto block = row_block(m, e * erows[k], erows[k], m.name);
@@ -429,8 +537,8 @@ namespace orbitq::models::gemma4
                         std::visit(
                             [&](const auto& m) {
                                 const auto block = row_block(m, e * erows[k], erows[k], m.name);
-                                if (whole) quantize_block_per_tensor(block, stacked_stat[k], spec, per_expert[k], opt.threads);
-                                else quantize_into(block, per_expert[k], spec, opt.threads);
+                                if (whole[k]) quantize_block_per_tensor(block, stacked_stat[k], tspec[k], per_expert[k], opt.threads);
+                                else quantize_into(block, per_expert[k], tspec[k], opt.threads);
                                 detail::measure_rows(block, per_expert[k], 0, eacc[k], eamax[k], e * erows[k], opt.threads);
                             },
                             *ev[k]);
@@ -460,7 +568,7 @@ namespace orbitq::models::gemma4
                     else
                     {
                         error_accumulator acc;
-                        dense_reports[k] = quantize_and_measure(*dv[k], spec, 1, dense_qs[k], acc, opt.threads);
+                        dense_reports[k] = quantize_and_measure(*dv[k], tspec[2 + k], 1, dense_qs[k], acc, opt.threads);
                         layer_acc = combine(layer_acc, acc);
                         rep.quantized_source_bytes += static_cast<double>(rows_of(*dv[k]) * cols_of(*dv[k]) * detail::element_bytes(*dv[k]));
                         dq[k] = &dense_qs[k];
@@ -491,7 +599,7 @@ namespace orbitq::models::gemma4
                         continue;
                     }
                     error_accumulator acc;
-                    expert_reports.push_back(report_from_rows(*ev[k], spec, c.experts, eacc[k], eamax[k], ebpw[k], acc));
+                    expert_reports.push_back(report_from_rows(*ev[k], tspec[k], c.experts, eacc[k], eamax[k], ebpw[k], acc));
                     layer_acc = combine(layer_acc, acc);
                 }
                 gl.tensors = std::move(expert_reports);

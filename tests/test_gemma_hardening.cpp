@@ -1,0 +1,226 @@
+// orbitq-gemma, in-process, on small synthetic checkpoints: --granularity auto (per-tensor
+// choice by orbitq::analyze, the converted checkpoint following it), the root-cause block of
+// the first layer failing per-tensor, NaN/Inf weights (exit 1 naming the position, or
+// --skip-nonfinite), --force, and --out refused inside the input.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include "../examples/gemma_moe/gemma_cli.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace
+{
+    struct scratch
+    {
+        fs::path dir = fs::temp_directory_path() / ("orbitq_test_gemma_hardening_" + std::to_string(::getpid()));
+        scratch()
+        {
+            fs::remove_all(dir);
+            fs::create_directories(dir);
+        }
+        ~scratch() { fs::remove_all(dir); }
+    };
+
+    struct cli_result
+    {
+        int rc;
+        std::string out, err;
+    };
+
+    cli_result cli(std::vector<std::string> args)
+    {
+        args.insert(args.begin(), "orbitq-gemma");
+        std::vector<const char*> argv;
+        for (auto& a : args) argv.push_back(a.c_str());
+        std::ostringstream out, err;
+        const int rc = orbitq::gemma_cli::run_gemma(static_cast<int>(argv.size()), argv.data(), out, err);
+        return {rc, out.str(), err.str()};
+    }
+
+    const std::string P = "model.language_model.layers.";
+
+    /// Overwrites element `index` of BF16 tensor `name` of checkpoint `dir` with `bits`, in place
+    /// (header parsed independently of orbitq's reader).
+    void poke_bf16(const fs::path& dir, const std::string& name, std::size_t index, std::uint16_t bits)
+    {
+        const json idx = json::parse(std::ifstream(dir / "model.safetensors.index.json"));
+        const fs::path shard = dir / idx.at("weight_map").at(name).get<std::string>();
+        std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+        std::uint64_t n = 0;
+        f.read(reinterpret_cast<char*>(&n), 8);
+        std::string h(n, '\0');
+        f.read(h.data(), static_cast<std::streamsize>(n));
+        const json e = json::parse(h).at(name);
+        REQUIRE(e.at("dtype") == "BF16");
+        const std::size_t off = 8 + n + e.at("data_offsets")[0].get<std::size_t>() + 2 * index;
+        f.seekp(static_cast<std::streamoff>(off));
+        f.write(reinterpret_cast<const char*>(&bits), 2);
+        REQUIRE(f.good());
+    }
+
+    json read_json(const fs::path& p) { return json::parse(std::ifstream(p)); }
+}
+
+TEST_CASE("--granularity auto: per tensor the cheapest candidate meeting the target; the output follows it")
+{
+    scratch s;
+    const fs::path in = s.dir / "in", out = s.dir / "out", report = s.dir / "r.json";
+    REQUIRE(cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "2", "--quiet"}).rc == 0);
+
+    // A high target: per-tensor (any width) and int4 cannot reach it; per_channel or finer int8.
+    auto r = cli({"--checkpoint", in.string(), "--granularity", "auto", "--target-cos", "0.9999", "--out", out.string(), "--report",
+                  report.string(), "--tokens", "3", "--quiet"});
+    REQUIRE_MESSAGE(r.rc != 1, std::string(r.err + r.out));
+    CHECK(r.out.find("auto granularity (target cos >= 0.999900)") != std::string::npos);
+    const json rep = read_json(report);
+    REQUIRE(rep["auto"]["tensors"].size() == 4);  // 2 layers x {gate_up, down}
+    for (const auto& t : rep["auto"]["tensors"])
+    {
+        const std::string chosen = t["chosen"];
+        CHECK_MESSAGE(chosen.find("per_tensor") == std::string::npos, chosen);
+        CHECK_MESSAGE(chosen.find("int8") != std::string::npos, chosen);
+        CHECK(!t["reason"].get<std::string>().empty());
+        CHECK(r.out.find(t["reason"].get<std::string>()) != std::string::npos);
+    }
+    CHECK(rep["config"]["granularity"] == "auto");
+    // The layer report names each tensor's own granularity, equal to the choice.
+    const json& t0 = rep["layers"][0]["tensors"][0];
+    CHECK(t0["name"] == P + "0.experts.gate_up_proj");
+    CHECK(t0["granularity"] != "per_tensor");
+    CHECK(t0["cos"].get<double>() >= 0.9999);
+    // The written checkpoint's config records the choice(s); its tensors exist with those layouts.
+    const json cfg = read_json(out / "config.json");
+    CHECK(cfg["quantization_config"]["quant_method"] == "compressed-tensors");
+    const json idx = read_json(out / "model.safetensors.index.json");
+    CHECK(idx["weight_map"].contains(P + "0.experts.1.down_proj.weight_scale"));
+    CHECK(!idx["weight_map"].contains(P + "0.experts.down_proj"));
+
+    // An impossible target with int4 only: exit status 1, a message naming the tensor; no output.
+    const fs::path out2 = s.dir / "out2";
+    r = cli({"--checkpoint", in.string(), "--granularity", "auto", "--bits", "4", "--target-sqnr", "80", "--out", out2.string(), "--quiet",
+             "--tokens", "2"});
+    CHECK(r.rc == 1);
+    CHECK(r.err.find("no candidate meets the target") != std::string::npos);
+    CHECK(r.err.find("experts.gate_up_proj") != std::string::npos);
+    CHECK(!fs::exists(out2));
+
+    // A low target with int4: the choice is an int4 spec (fewest bits per weight first).
+    r = cli({"--checkpoint", in.string(), "--granularity", "auto", "--target-cos", "0.9", "--report", report.string(), "--quiet",
+             "--tokens", "2", "--layers", "0"});
+    REQUIRE_MESSAGE(r.rc != 1, r.err);
+    for (const auto& t : read_json(report)["auto"]["tensors"]) CHECK(t["chosen"].get<std::string>().find("int4") != std::string::npos);
+
+    // auto without a target, or a target without auto: exit 1.
+    CHECK(cli({"--granularity", "auto", "--quiet", "--layers", "0"}).rc == 1);
+    CHECK(cli({"--target-cos", "0.99", "--quiet", "--layers", "0"}).rc == 1);
+}
+
+TEST_CASE("root cause of the first layer failing per-tensor: rows, weights, condition number in stdout and report")
+{
+    scratch s;
+    const fs::path report = s.dir / "r.json";
+    auto r = cli({"--layers", "13", "--tokens", "3", "--quiet", "--report", report.string()});
+    REQUIRE_MESSAGE(r.rc != 1, r.err);
+    CHECK(r.out.find("root cause: layer 13") != std::string::npos);
+    CHECK(r.out.find("rows losing most bits to the per-tensor scale: expert ") != std::string::npos);
+    CHECK(r.out.find("largest weights / row RMS: expert ") != std::string::npos);
+    const json rc = read_json(report)["root_cause"];
+    REQUIRE(rc.is_object());
+    CHECK(rc["layer"] == 13);
+    REQUIRE(rc["tensors"].size() == 2);
+    for (const auto& t : rc["tensors"])
+    {
+        CHECK(t["condition_number"].get<double>() > 1.0);
+        REQUIRE(t["worst_rows"].size() == 3);
+        CHECK(t["worst_rows"][0]["bits_lost"].get<double>() >= t["worst_rows"][1]["bits_lost"].get<double>());
+        CHECK(t["worst_rows"][0]["expert"].get<std::size_t>() < 8);
+        REQUIRE(t["largest_weights"].size() == 3);
+        CHECK(t["largest_weights"][0]["ratio_to_row_rms"].get<double>() >= t["largest_weights"][1]["ratio_to_row_rms"].get<double>());
+    }
+    // A run where per-tensor passes has no root-cause block.
+    r = cli({"--layers", "0", "--tokens", "2", "--quiet", "--report", report.string(), "--gate-layer-cos", "0.5"});
+    CHECK(r.out.find("root cause") == std::string::npos);
+    CHECK(read_json(report)["root_cause"].is_null());
+}
+
+TEST_CASE("NaN/Inf in an expert weight: exit 1 naming tensor and (expert, row, column); --skip-nonfinite copies it")
+{
+    scratch s;
+    const fs::path in = s.dir / "in", out = s.dir / "out", report = s.dir / "r.json";
+    REQUIRE(cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "3", "--quiet"}).rc == 0);
+    const orbitq::models::gemma4::config c = orbitq::models::gemma4::config_from_json(read_json(in / "config.json"));
+    // down_proj [E, H, I]: expert 2, row 5, column 7 := NaN (bf16 0x7fc0).
+    const std::string down = P + "1.experts.down_proj";
+    poke_bf16(in, down, (2 * c.hidden + 5) * c.expert_intermediate + 7, 0x7fc0);
+
+    auto r = cli({"--checkpoint", in.string(), "--out", out.string(), "--quiet", "--tokens", "2"});
+    CHECK(r.rc == 1);
+    CHECK_MESSAGE(r.err.find("'" + down + "'") != std::string::npos, r.err);
+    CHECK_MESSAGE(r.err.find("expert 2, row 5, column 7") != std::string::npos, r.err);
+    CHECK(r.err.find("--skip-nonfinite") != std::string::npos);
+    CHECK(!fs::exists(out));
+
+    r = cli({"--checkpoint", in.string(), "--out", out.string(), "--quiet", "--tokens", "2", "--skip-nonfinite", "--report", report.string()});
+    REQUIRE_MESSAGE(r.rc != 1, r.err);
+    CHECK(r.out.find("skipped (kept unquantized, --skip-nonfinite): " + down) != std::string::npos);
+    const json rep = read_json(report);
+    REQUIRE(rep["skipped_nonfinite"].size() == 1);
+    CHECK(rep["skipped_nonfinite"][0].get<std::string>().find("expert 2, row 5, column 7") != std::string::npos);
+    // The tensor is copied as it was (BF16, stacked), its neighbour is converted.
+    const json idx = read_json(out / "model.safetensors.index.json");
+    CHECK(idx["weight_map"].contains(down));
+    CHECK(!idx["weight_map"].contains(P + "1.experts.0.down_proj.weight"));
+    CHECK(idx["weight_map"].contains(P + "1.experts.0.gate_proj.weight"));
+    CHECK(idx["weight_map"].contains(P + "0.experts.0.down_proj.weight"));
+
+    // An infinity in gate_up is named too.
+    poke_bf16(in, P + "0.experts.gate_up_proj", 3, 0x7f80);
+    r = cli({"--checkpoint", in.string(), "--quiet", "--tokens", "2"});
+    CHECK(r.rc == 1);
+    CHECK(r.err.find("expert 0, row 0, column 3") != std::string::npos);
+}
+
+TEST_CASE("--out: refused when it exists (unless --force, which replaces it) or lies inside the input")
+{
+    scratch s;
+    const fs::path in = s.dir / "in", out = s.dir / "out";
+    REQUIRE(cli({"--write-synthetic", in.string(), "--synthetic-layers", "1", "--experts", "2", "--quiet"}).rc == 0);
+    fs::create_directories(out);
+    std::ofstream(out / "model-00007-of-00009.safetensors") << "stale";
+    auto r = cli({"--checkpoint", in.string(), "--out", out.string(), "--quiet", "--tokens", "2"});
+    CHECK(r.rc == 1);
+    CHECK(r.err.find("already exists") != std::string::npos);
+    CHECK(r.err.find("--force") != std::string::npos);
+    CHECK(fs::exists(out / "model-00007-of-00009.safetensors"));
+
+    r = cli({"--checkpoint", in.string(), "--out", out.string(), "--quiet", "--tokens", "2", "--force"});
+    REQUIRE_MESSAGE(r.rc == 0, r.err);
+    CHECK(!fs::exists(out / "model-00007-of-00009.safetensors"));  // stale shard gone with the old directory
+    CHECK(fs::exists(out / "model.safetensors.index.json"));
+    CHECK(fs::exists(out / "config.json"));
+    for (const auto& e : fs::directory_iterator(s.dir)) CHECK_MESSAGE(e.path().filename().string()[0] != '.', e.path().string());
+
+    // Inside or equal to the input: refused, even with --force; the input is untouched.
+    const auto before = fs::file_size(in / "config.json");
+    for (const fs::path& bad : {in, in / "sub", in / "." / "x"})
+    {
+        r = cli({"--checkpoint", in.string(), "--out", bad.string(), "--quiet", "--tokens", "2", "--force"});
+        CHECK(r.rc == 1);
+        CHECK(r.err.find("inside or equal to the input") != std::string::npos);
+    }
+    CHECK(fs::file_size(in / "config.json") == before);
+    CHECK(!fs::exists(in / "sub"));
+}
