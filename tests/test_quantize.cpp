@@ -171,8 +171,8 @@ TEST_CASE("exact codes: symmetric int8, restricted and full range")
     const std::vector<float> v = {1.27f, -1.27f, 0.005f, 0.015f, -0.635f, 0.0f};
     const auto q = quantize<quantizer<per_channel, symmetric<8>>>(make_view(v.data(), 1, 6));
     CHECK(q.scales[0] == 1.27f / 127.0f);
-    const std::vector<int> expect = {127, -127, 0, 2, -64, 0};  // 0.5 -> 0 and 1.5 -> 2 (ties to even)... see below
-    // 0.005f * (1/0.01f) is 0.49999997 (f32), 0.015f * inv = 1.5 -> 2, -0.635f * inv = -63.5 -> -64
+    // 0.005f * inv is just below 0.5 in f32 -> 0; 0.015f * inv = 1.5 -> 2 and -0.635f * inv = -63.5 -> -64 (ties to even)
+    const std::vector<int> expect = {127, -127, 0, 2, -64, 0};
     for (std::size_t c = 0; c < v.size(); ++c) CHECK(q.code(0, c) == expect[c]);
 
     // full range: scale = amax / 127.5, +amax -> 127.5 -> clamps to 127, -amax -> -128
@@ -186,10 +186,7 @@ TEST_CASE("exact codes: symmetric int8, restricted and full range")
 
 TEST_CASE("exact codes: rounding policies differ only on ties")
 {
-    const std::vector<float> v = {4.0f, 0.5f, 1.5f, 2.5f, -0.5f, -2.5f, 0.49999997f};  // amax 4 with 4 bits -> scale 4/7
-    quant_spec s;
-    s.scale_type = element_type::f32;
-    // use a scale of exactly 1: amax 7 with int4 restricted
+    // amax 7 with int4 restricted gives a scale of exactly 1, so the codes are the rounded inputs
     const std::vector<float> w = {7.0f, 0.5f, 1.5f, 2.5f, -0.5f, -2.5f, 0.49999997f, -7.0f};
     const auto even = quantize<quantizer<per_channel, symmetric<4>, half_to_even>>(make_view(w.data(), 1, 8));
     const auto away = quantize<quantizer<per_channel, symmetric<4>, half_away_from_zero>>(make_view(w.data(), 1, 8));
@@ -201,8 +198,6 @@ TEST_CASE("exact codes: rounding policies differ only on ties")
         CHECK(even.code(0, c) == e[c]);
         CHECK(away.code(0, c) == a[c]);
     }
-    (void)v;
-    (void)s;
 }
 
 TEST_CASE("exact codes: asymmetric int8 and int4")
