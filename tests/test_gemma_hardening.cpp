@@ -90,15 +90,17 @@ TEST_CASE("--granularity auto: per tensor the cheapest candidate meeting the tar
     for (const auto& t : rep["auto"]["tensors"])
     {
         const std::string chosen = t["chosen"];
-        CHECK_MESSAGE(chosen.find("per_tensor") == std::string::npos, chosen);
+        // Layer 1 of the synthetic model has the outliers that make per-tensor fail (layer 0 is
+        // mild enough for per-tensor int8).
+        if (t["name"].get<std::string>().rfind(P + "1.", 0) == 0) CHECK_MESSAGE(chosen.find("per_tensor") == std::string::npos, chosen);
         CHECK_MESSAGE(chosen.find("int8") != std::string::npos, chosen);
         CHECK(!t["reason"].get<std::string>().empty());
         CHECK(r.out.find(t["reason"].get<std::string>()) != std::string::npos);
     }
     CHECK(rep["config"]["granularity"] == "auto");
     // The layer report names each tensor's own granularity, equal to the choice.
-    const json& t0 = rep["layers"][0]["tensors"][0];
-    CHECK(t0["name"] == P + "0.experts.gate_up_proj");
+    const json& t0 = rep["layers"][1]["tensors"][0];
+    CHECK(t0["name"] == P + "1.experts.gate_up_proj");
     CHECK(t0["granularity"] != "per_tensor");
     CHECK(t0["cos"].get<double>() >= 0.9999);
     // The written checkpoint's config records the choice(s); its tensors exist with those layouts.

@@ -259,15 +259,26 @@ namespace orbitq::gemma_cli
                 << ")\n";
             for (const g4::any_view* v : {&w.gate_up, &w.down})
             {
-                const tensor_analysis a = std::visit(
-                    [&](const auto& m) {
-                        analyze_options ao;
-                        ao.threads = threads;
-                        ao.top_rows = 3;
-                        ao.top_weights = 3;
-                        return analyze(m, std::vector<quant_spec>{per_tensor}, ao);
-                    },
-                    *v);
+                tensor_analysis a;
+                try
+                {
+                    a = std::visit(
+                        [&](const auto& m) {
+                            analyze_options ao;
+                            ao.threads = threads;
+                            ao.top_rows = 3;
+                            ao.top_weights = 3;
+                            return analyze(m, std::vector<quant_spec>{per_tensor}, ao);
+                        },
+                        *v);
+                }
+                catch (const non_finite_error& e)
+                {
+                    // Kept unquantized (--skip-nonfinite): nothing to explain.
+                    out << "  " << e.what() << " (not quantized)\n";
+                    tensors.push_back({{"skipped", e.what()}});
+                    continue;
+                }
                 if (w.release_expert)
                 {
                     for (std::size_t e = 0; e < cfg.experts; ++e) w.release_expert(e);
