@@ -696,8 +696,8 @@ namespace orbitq::kernels::simd
                 const float_batch scale = (hi - lo) / float_batch(float(S::qmax - S::qmin));
                 const auto pos = scale > zero;
                 float_batch zp = float_batch(float(S::qmin)) - xsimd::nearbyint(lo / scale);
-                const float_batch qmin(float(S::qmin));
-                const float_batch qmax(float(S::qmax));
+                const float_batch qmin(static_cast<float>(S::qmin));
+                const float_batch qmax(static_cast<float>(S::qmax));
                 zp = xsimd::select(zp < qmin, qmin, xsimd::select(zp > qmax, qmax, zp));
                 const auto [s, inv] = inverse(scale);
                 return {s, inv, xsimd::to_int(xsimd::select(pos, zp, zero))};
@@ -825,8 +825,8 @@ namespace orbitq::kernels::simd
                 std::copy_n(sc, count, scales);
                 if constexpr (S::has_zero_point) std::copy_n(zp, count, zero_points);
             }
-            const float_batch qmin(float(S::qmin));
-            const float_batch qmax(float(S::qmax));
+            const float_batch qmin(static_cast<float>(S::qmin));
+            const float_batch qmax(static_cast<float>(S::qmax));
             std::size_t j = 0;
             if constexpr (NB == 2 && S::has_zero_point)
             {
