@@ -628,7 +628,7 @@ namespace orbitq::gemma_cli
         }
         const auto& gs = rep.stack[vo.gated];
         const int code = rep.passed ? 0 : 2;
-        out << "verdict: " << spec_name(vo.gated) << " int" << o.bits << " " << (rep.passed ? "PASSES" : "FAILS") << " (layer gate "
+        out << "verdict: " << spec_name(vo.gated) << (automatic ? std::string() : " int" + std::to_string(o.bits)) << " " << (rep.passed ? "PASSES" : "FAILS") << " (layer gate "
             << (gs.layer_gate_passed ? "pass" : "FAIL") << ", stack gate " << (gs.stack_gate_passed ? "pass" : "FAIL") << ")  [exit " << code << "]\n";
         const double gbps = rep.quantized_source_bytes / std::max(rep.quantize_seconds, 1e-9) / 1e9;
         out << "time " << detail::fmt(rep.total_seconds, 1) << " s (quantize+measure " << detail::fmt(rep.quantize_seconds, 1) << " s, "
