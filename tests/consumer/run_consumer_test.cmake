@@ -5,7 +5,8 @@ foreach(step IN ITEMS
     "${CMAKE_COMMAND};--install;${WORK_DIR}/orbitq"
     "${CMAKE_COMMAND};-S;${SOURCE_DIR}/tests/consumer;-B;${WORK_DIR}/consumer;-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix"
     "${CMAKE_COMMAND};--build;${WORK_DIR}/consumer"
-    "${WORK_DIR}/consumer/consumer")
+    "${WORK_DIR}/consumer/consumer"
+    "${WORK_DIR}/consumer/consumer_io")
   execute_process(COMMAND ${step} RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "consumer test step failed (${rc}): ${step}")
