@@ -120,10 +120,18 @@ TEST_CASE("--granularity auto: per tensor the cheapest candidate meeting the tar
     CHECK(!fs::exists(out2));
 
     // A low target with int4: the choice is an int4 spec (fewest bits per weight first).
+    const fs::path out4 = s.dir / "out4";
     r = cli({"--checkpoint", in.string(), "--granularity", "auto", "--target-cos", "0.9", "--report", report.string(), "--quiet",
-             "--tokens", "2", "--layers", "0"});
+             "--tokens", "2", "--layers", "0", "--out", out4.string()});
     REQUIRE_MESSAGE(r.rc != 1, r.err);
     for (const auto& t : read_json(report)["auto"]["tensors"]) CHECK(t["chosen"].get<std::string>().find("int4") != std::string::npos);
+    // int4 tensors are packed; layer 1 (not selected) is copied stacked.
+    const json idx4 = read_json(out4 / "model.safetensors.index.json");
+    CHECK(idx4["weight_map"].contains(P + "0.experts.0.gate_proj.weight_packed"));
+    CHECK(idx4["weight_map"].contains(P + "1.experts.gate_up_proj"));
+    const json qc4 = read_json(out4 / "config.json")["quantization_config"];
+    REQUIRE(!qc4["config_groups"].empty());
+    for (const auto& [k, g] : qc4["config_groups"].items()) CHECK(g["weights"]["num_bits"] == 4);
 
     // auto without a target, or a target without auto: exit 1.
     CHECK(cli({"--granularity", "auto", "--quiet", "--layers", "0"}).rc == 1);
