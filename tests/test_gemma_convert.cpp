@@ -322,6 +322,45 @@ TEST_CASE("analyze subcommand: per-candidate costs and selection on a small synt
     CHECK(cli({"analyze", "--candidates", "per_channel@3", "--quiet", "--layers", "0"}).rc == 1);
 }
 
+TEST_CASE("analyze PATH: any safetensors file, not only Gemma's names")
+{
+    scratch s;
+    const fs::path file = s.dir / "other.safetensors", report = s.dir / "any.json";
+    std::vector<float> conv(16 * 3 * 3 * 3), proj(24 * 64), bias(24);
+    for (std::size_t i = 0; i < conv.size(); ++i) conv[i] = 0.01f * float(int(i % 19) - 9);
+    for (std::size_t i = 0; i < proj.size(); ++i) proj[i] = 0.02f * float(int(i % 23) - 11);
+    proj[100] = 3.0f;  // an outlier in row 1
+    {
+        orbitq::io::safetensors_writer w(file, {{"encoder.conv.weight", orbitq::io::dtype::f32, {16, 3, 3, 3}},
+                                                {"encoder.proj.weight", orbitq::io::dtype::f32, {24, 64}},
+                                                {"encoder.proj.bias", orbitq::io::dtype::f32, {24}}});
+        w.write("encoder.conv.weight", std::span<const float>(conv));
+        w.write("encoder.proj.weight", std::span<const float>(proj));
+        w.write("encoder.proj.bias", std::span<const float>(bias));
+        w.commit();
+    }
+    auto r = cli({"analyze", file.string(), "--target-sqnr", "30", "--report", report.string(), "--quiet"});
+    REQUIRE_MESSAGE(r.rc == 0, std::string(r.err + r.out));
+    const json a = json::parse(std::ifstream(report));
+    REQUIRE(a["tensors"].size() == 2);  // the rank-1 bias is not a weight matrix
+    const json& c = a["tensors"][0];
+    CHECK(c["name"] == "encoder.conv.weight");
+    CHECK(c["rows"] == 16);  // [O, I, kh, kw]: O rows of I*kh*kw
+    CHECK(c["cols"] == 27);
+    const json& p = a["tensors"][1];
+    CHECK(p["rows"] == 24);
+    CHECK(p["worst_rows"][0]["row"] != 1);              // row 1 holds the tensor's max: it loses no bits
+    CHECK(p["largest_weights"][0]["row"] == 1);
+    CHECK(p["largest_weights"][0]["col"] == 36);
+    for (const char* key : {"granularity", "group_size", "bits", "scheme", "bits_per_weight", "cos", "sqnr_db", "max_abs_err"})
+    {
+        CHECK(p["candidates"][0].contains(key));
+    }
+    CHECK(p["selection"]["index"].is_number());
+    CHECK(r.out.find("encoder.proj.weight") != std::string::npos);
+    CHECK(cli({"analyze", file.string(), "--min-elements", "100000", "--quiet"}).rc == 1);  // nothing left to analyse
+}
+
 TEST_CASE("parse_layers")
 {
     using orbitq::gemma_cli::parse_layers;

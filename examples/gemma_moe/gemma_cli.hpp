@@ -8,6 +8,7 @@
 #pragma once
 
 #include "orbitq/analyze.hpp"
+#include "orbitq/io/analyze_checkpoint.hpp"
 #include "orbitq/models/gemma4.hpp"
 #include "orbitq/models/gemma4_checkpoint.hpp"
 #include "orbitq/models/gemma4_synthetic.hpp"
@@ -157,6 +158,7 @@ namespace orbitq::gemma_cli
         bool scheme_given = false;             ///< --scheme was on the command line (auto: only that scheme)
         // analyze subcommand (targets also drive --granularity auto)
         std::string candidates;                ///< empty: default_candidates(cols) per tensor
+        std::string analyze_path;              ///< analyze PATH: any safetensors file or checkpoint (not only Gemma's names)
         std::optional<double> target_cos;
         std::optional<double> target_sqnr_db;
     };
@@ -721,8 +723,118 @@ namespace orbitq::gemma_cli
     ///        layer's stacked expert tensors (orbitq::analyze: no codes written), the outliers
     ///        behind the cost, and, with a target, the cheapest candidate that meets it.
     /// @return 0, or 2 when a target is given and some tensor has no candidate meeting it.
+    namespace detail
+    {
+        /// Parses --candidates: comma-separated NAME[:group][@bits][/asym|/sym]; empty: none given.
+        inline std::vector<quant_spec> parse_candidates(const std::string& list, std::size_t group_size)
+        {
+            quant_spec base;
+            base.codes_from_stored_scale = true;
+            std::vector<quant_spec> given;
+            std::stringstream cs(list);
+            std::string item;
+            while (std::getline(cs, item, ','))
+            {
+                if (item.empty()) continue;
+                // name[:group][@bits][/asym]
+                quant_spec q = base;
+                std::string name = item;
+                if (const auto slash = name.find('/'); slash != std::string::npos)
+                {
+                    const std::string sch = name.substr(slash + 1);
+                    if (sch != "asym" && sch != "sym") throw error(error_kind::invalid_argument, "candidate '" + item + "': scheme must be /sym or /asym");
+                    q.scheme = sch == "asym" ? scheme_kind::asymmetric : scheme_kind::symmetric;
+                    name = name.substr(0, slash);
+                }
+                if (const auto at = name.find('@'); at != std::string::npos)
+                {
+                    const std::string b = name.substr(at + 1);
+                    if (b != "8" && b != "4") throw error(error_kind::invalid_argument, "candidate '" + item + "': bits must be @8 or @4");
+                    q.bits = std::stoi(b);
+                    name = name.substr(0, at);
+                }
+                given.push_back(parse_granularity(name, q, group_size));
+            }
+            return given;
+        }
+
+        /// Prints one tensor's analysis as a table (rows named "expert e row r" when `experts` > 0)
+        /// and returns its report entry: io::to_json's fields, plus the selection when a target is given.
+        inline nlohmann::json print_analysis(std::ostream& out, const tensor_analysis& a, std::size_t experts, const options& o,
+                                             bool& all_met)
+        {
+            const std::size_t per_expert = experts ? a.rows / experts : 0;
+            auto row_name = [&](std::size_t r) {
+                return per_expert ? "expert " + std::to_string(r / per_expert) + " row " + std::to_string(r % per_expert) : "row " + std::to_string(r);
+            };
+            out << a.name << "  " << orbitq::detail::shape_string(a.shape) << "  condition number " << fmt(a.condition_number, 1) << "\n";
+            out << "  " << pad("candidate", 32, false) << pad("bits/w", 8) << pad("cos", 11) << pad("SQNR dB", 9) << pad("max err", 11) << "\n";
+            for (const auto& c : a.candidates)
+            {
+                out << "  " << pad(c.spec.describe(), 32, false) << pad(fmt(c.bits_per_weight, 3), 8) << pad(fmt(c.cosine, 6), 11)
+                    << pad(fmt(c.sqnr_db, 1), 9) << pad(fmt(c.max_abs_err, 5), 11) << "\n";
+            }
+            if (!a.worst_rows.empty())
+            {
+                out << "  rows losing most bits to the per-tensor scale:";
+                for (const auto& r : a.worst_rows) out << " " << row_name(r.row) << " " << fmt(r.bits_lost, 2) << " bits;";
+                out << "\n";
+            }
+            for (const auto& x : a.largest_weights)
+            {
+                out << "  outlier: " << row_name(x.row) << " col " << x.col << " value " << x.value << " = " << fmt(x.ratio_to_row_rms, 1)
+                    << " x row RMS\n";
+            }
+            nlohmann::json tj = io::to_json(a);
+            if (experts)
+            {
+                for (auto& r : tj["worst_rows"]) r["expert"] = r["row"].get<std::size_t>() / per_expert;
+                for (auto& w : tj["largest_weights"]) w["expert"] = w["row"].get<std::size_t>() / per_expert;
+            }
+            if (o.target_cos || o.target_sqnr_db)
+            {
+                const selection sel = select_candidate(a, o.target_cos, o.target_sqnr_db);
+                out << "  " << sel.reason << "\n";
+                tj["selection"] = {{"index", sel.index ? nlohmann::json(*sel.index) : nlohmann::json(nullptr)}, {"reason", sel.reason}};
+                all_met = all_met && sel.index.has_value();
+            }
+            return tj;
+        }
+    }
+
+    /// @brief `orbitq-gemma analyze PATH`: every floating-point tensor of rank >= 2 above
+    ///        --min-elements of any safetensors file or checkpoint directory (channel rule of
+    ///        core/view.hpp: rank 3 [E, R, C] is E*R rows, rank 4 [O, I, kh, kw] is O rows).
+    inline int run_analyze_path(const options& o, std::ostream& out, std::ostream& err)
+    {
+        const io::checkpoint ckpt = io::checkpoint::open(o.analyze_path);
+        io::checkpoint_analysis_options ao;
+        ao.min_elements = o.min_elements;
+        ao.candidates = detail::parse_candidates(o.candidates, o.group_size);
+        ao.analysis.threads = o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+        ao.analysis.top_rows = 3;
+        ao.analysis.top_weights = 3;
+        const std::vector<std::string> names = io::analyzable_tensors(ckpt, ao.min_elements);
+        if (names.empty())
+        {
+            throw error(error_kind::invalid_argument, "'" + o.analyze_path + "' has no floating-point tensor of rank >= 2 with more than "
+                                                          + std::to_string(ao.min_elements) + " elements (lower --min-elements?)");
+        }
+        nlohmann::json report = nlohmann::json::array();
+        bool all_met = true;
+        for (std::size_t i = 0; i < names.size(); ++i)
+        {
+            if (!o.quiet) err << "  analyzing " << names[i] << " (" << i + 1 << " of " << names.size() << ")\n";
+            const tensor_analysis a = io::analyze_checkpoint_tensor(ckpt, names[i], ao);
+            report.push_back(detail::print_analysis(out, a, a.shape.size() == 3 ? a.shape[0] : 0, o, all_met));
+        }
+        if (!o.report.empty()) io::write_file_atomic(o.report, nlohmann::json{{"path", o.analyze_path}, {"tensors", report}}.dump(2) + "\n", true);
+        return all_met ? 0 : 2;
+    }
+
     inline int run_analyze(const options& o, std::ostream& out, std::ostream& err)
     {
+        if (!o.analyze_path.empty()) return run_analyze_path(o, out, err);
         const unsigned threads = o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency());
         g4::synthetic_options so;
         so.experts = o.experts;
@@ -734,33 +846,7 @@ namespace orbitq::gemma_cli
         const g4::config& cfg = src->cfg();
         const std::vector<std::size_t> layers = o.layers.empty() ? parse_layers("0-" + std::to_string(cfg.layers - 1), cfg.layers)
                                                                  : parse_layers(o.layers, cfg.layers);
-        quant_spec base;
-        base.codes_from_stored_scale = true;
-        std::vector<quant_spec> given;
-        std::stringstream cs(o.candidates);
-        std::string item;
-        while (std::getline(cs, item, ','))
-        {
-            if (item.empty()) continue;
-            // name[:group][@bits][/asym]
-            quant_spec q = base;
-            std::string name = item;
-            if (const auto slash = name.find('/'); slash != std::string::npos)
-            {
-                const std::string sch = name.substr(slash + 1);
-                if (sch != "asym" && sch != "sym") throw error(error_kind::invalid_argument, "candidate '" + item + "': scheme must be /sym or /asym");
-                q.scheme = sch == "asym" ? scheme_kind::asymmetric : scheme_kind::symmetric;
-                name = name.substr(0, slash);
-            }
-            if (const auto at = name.find('@'); at != std::string::npos)
-            {
-                const std::string b = name.substr(at + 1);
-                if (b != "8" && b != "4") throw error(error_kind::invalid_argument, "candidate '" + item + "': bits must be @8 or @4");
-                q.bits = std::stoi(b);
-                name = name.substr(0, at);
-            }
-            given.push_back(parse_granularity(name, q, o.group_size));
-        }
+        const std::vector<quant_spec> given = detail::parse_candidates(o.candidates, o.group_size);
         nlohmann::json report = nlohmann::json::array();
         bool all_met = true;
         for (std::size_t layer : layers)
@@ -788,42 +874,8 @@ namespace orbitq::gemma_cli
                 {
                     for (std::size_t e = 0; e < cfg.experts; ++e) w.release_expert(e);
                 }
-                out << a.name << "  " << orbitq::detail::shape_string(a.shape) << "  condition number " << detail::fmt(a.condition_number, 1) << "\n";
-                out << "  " << detail::pad("candidate", 32, false) << detail::pad("bits/w", 8) << detail::pad("cos", 11) << detail::pad("SQNR dB", 9)
-                    << detail::pad("max err", 11) << "\n";
-                nlohmann::json cj = nlohmann::json::array();
-                for (const auto& c : a.candidates)
-                {
-                    std::string name = c.spec.describe();
-                    out << "  " << detail::pad(name, 32, false) << detail::pad(detail::fmt(c.bits_per_weight, 3), 8)
-                        << detail::pad(detail::fmt(c.cosine, 6), 11) << detail::pad(detail::fmt(c.sqnr_db, 1), 9)
-                        << detail::pad(detail::fmt(c.max_abs_err, 5), 11) << "\n";
-                    cj.push_back({{"candidate", name},
-                                  {"bits_per_weight", c.bits_per_weight},
-                                  {"cos", detail::num(c.cosine)},
-                                  {"sqnr_db", detail::num(c.sqnr_db)},
-                                  {"max_abs_err", detail::num(c.max_abs_err)}});
-                }
-                nlohmann::json rows = nlohmann::json::array(), weights = nlohmann::json::array();
-                for (const auto& r : a.worst_rows)
-                {
-                    rows.push_back({{"row", r.row}, {"expert", r.row / (a.rows / cfg.experts)}, {"bits_lost", detail::num(r.bits_lost)}});
-                }
-                for (const auto& x : a.largest_weights)
-                {
-                    out << "  outlier: expert " << x.row / (a.rows / cfg.experts) << " row " << x.row % (a.rows / cfg.experts) << " col " << x.col
-                        << " value " << x.value << " = " << detail::fmt(x.ratio_to_row_rms, 1) << " x row RMS\n";
-                    weights.push_back({{"row", x.row}, {"col", x.col}, {"value", x.value}, {"ratio_to_row_rms", x.ratio_to_row_rms}});
-                }
-                nlohmann::json tj = {{"layer", layer}, {"name", a.name}, {"shape", a.shape}, {"condition_number", a.condition_number},
-                                     {"candidates", cj}, {"worst_rows", rows}, {"largest_weights", weights}};
-                if (o.target_cos || o.target_sqnr_db)
-                {
-                    const selection sel = select_candidate(a, o.target_cos, o.target_sqnr_db);
-                    out << "  " << sel.reason << "\n";
-                    tj["selection"] = {{"index", sel.index ? nlohmann::json(*sel.index) : nlohmann::json(nullptr)}, {"reason", sel.reason}};
-                    all_met = all_met && sel.index.has_value();
-                }
+                nlohmann::json tj = detail::print_analysis(out, a, cfg.experts, o, all_met);
+                tj["layer"] = layer;
                 report.push_back(tj);
             }
             if (!o.quiet) err << "  analyzed layer " << layer << "\n";
@@ -869,6 +921,9 @@ namespace orbitq::gemma_cli
         CLI::App* analyze_cmd = app.add_subcommand(
             "analyze", "what every candidate policy would cost each layer's expert tensors (no codes written); the global options "
                        "--checkpoint, --experts, --layers, --threads, --report, --quiet apply");
+        analyze_cmd->add_option("path", o.analyze_path,
+                                "any safetensors file or checkpoint directory: every float tensor of rank >= 2 above --min-elements "
+                                "(default: the selected layers' expert tensors of --checkpoint or the synthetic model)");
         analyze_cmd->add_option("--candidates", o.candidates,
                                 "comma-separated candidates NAME[:group][@bits][/asym], e.g. per_channel@8,per_group:32@4/asym "
                                 "(default: per_tensor, per_channel, per_group 32/64/128 where they divide, int8/int4, sym/asym)");
