@@ -416,8 +416,10 @@ namespace orbitq::models::gemma4
             {
                 std::vector<std::pair<const any_view*, std::size_t>> scan = {{&w.gate_up, c.experts}, {&w.down, c.experts}};
                 if (opt.include_dense) scan.insert(scan.end(), {{&w.dense_gate, 1}, {&w.dense_up, 1}, {&w.dense_down, 1}});
-                for (const auto& [v, experts] : scan)
+                for (const auto& entry : scan)
                 {
+                    const any_view* v = entry.first;
+                    const std::size_t experts = entry.second;  // a plain variable: lambdas may capture it (clang 14)
                     if (rows_of(*v) * cols_of(*v) <= opt.min_elements) continue;
                     std::visit(
                         [&](const auto& m) {
