@@ -5,7 +5,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
-#include "../examples/gemma_moe/gemma_cli.hpp"
+#include "gemma_cli_support.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -26,32 +26,13 @@ using nlohmann::json;
 
 namespace
 {
-    struct scratch
+    /// This file's scratch directory.
+    struct scratch : gemma_test::scratch
     {
-        fs::path dir = fs::temp_directory_path() / ("orbitq_test_gemma_" + std::to_string(::getpid()));
-        scratch()
-        {
-            fs::remove_all(dir);
-            fs::create_directories(dir);
-        }
-        ~scratch() { fs::remove_all(dir); }
+        scratch() : gemma_test::scratch("orbitq_test_gemma") {}
     };
-
-    struct cli_result
-    {
-        int rc;
-        std::string out, err;
-    };
-
-    cli_result cli(std::vector<std::string> args)
-    {
-        args.insert(args.begin(), "orbitq-gemma");
-        std::vector<const char*> argv;
-        for (auto& a : args) argv.push_back(a.c_str());
-        std::ostringstream out, err;
-        const int rc = orbitq::gemma_cli::run_gemma(static_cast<int>(argv.size()), argv.data(), out, err);
-        return {rc, out.str(), err.str()};
-    }
+    using gemma_test::cli;
+    using gemma_test::cli_result;
 
     /// An independent safetensors reader: whole file in memory, header parsed with nlohmann.
     struct st_file
