@@ -71,6 +71,14 @@ namespace orbitq
     /// @brief A tensor shape; the product of its extents is the element count.
     using shape_type = std::vector<std::size_t>;
 
+    /// @brief Product of the extents (1 for a scalar). @pre the product does not overflow.
+    constexpr std::size_t shape_elements(const shape_type& shape) noexcept
+    {
+        std::size_t n = 1;
+        for (std::size_t e : shape) n *= e;
+        return n;
+    }
+
     namespace detail
     {
         inline std::string shape_string(const shape_type& s)

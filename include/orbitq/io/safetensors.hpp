@@ -243,12 +243,7 @@ namespace orbitq::io
         std::size_t end = 0;    ///< one past the last byte, relative to the data section
 
         /// @brief Product of the shape (1 for a scalar). Validated not to overflow on read.
-        std::size_t elements() const noexcept
-        {
-            std::size_t n = 1;
-            for (std::size_t e : shape) n *= e;
-            return n;
-        }
+        std::size_t elements() const noexcept { return shape_elements(shape); }
         /// @brief elements() * dtype_size(type); equals end - begin for a validated tensor.
         std::size_t bytes() const noexcept { return elements() * dtype_size(type); }
     };
@@ -261,12 +256,7 @@ namespace orbitq::io
         shape_type shape;
 
         /// @brief Product of the shape (1 for a scalar). @pre does not overflow (the writers check).
-        std::size_t elements() const noexcept
-        {
-            std::size_t n = 1;
-            for (std::size_t e : shape) n *= e;
-            return n;
-        }
+        std::size_t elements() const noexcept { return shape_elements(shape); }
         /// @brief Bytes of data: elements() * dtype_size(type).
         std::size_t bytes() const noexcept { return elements() * dtype_size(type); }
     };
