@@ -468,6 +468,40 @@ TEST_CASE("tiles with a subnormal scale (infinite inverse) fall back to the refe
     check_all_schemes_with_params(x, 2 * w);
 }
 
+TEST_CASE("tiles of restricted symmetric groups encode without a clamp: the bound holds at every scale")
+{
+    // The tile encoder skips the clamp for restricted symmetric schemes because |x| <= a gives
+    // |x * fl(1 / fl(a / qmax))| < qmax + 1/2 whenever the inverse is finite. The hardest cases:
+    // values equal to +-a, subnormal scales (largest relative rounding), and scales of every
+    // binade; each tile must equal the reference, which clamps.
+    const std::size_t w = kernels::simd::width;
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+    for (float a : {4.0e-37f, 1.0e-36f, 1.4e-36f, 1.0e-30f, 0.02f, 1.0f, 3.0e38f})
+    {
+        const quant_params p8 = symmetric<8>::make_params(min_max{-a, a});
+        const quant_params p4 = symmetric<4>::make_params(min_max{-a, a});
+        REQUIRE(std::isfinite(p8.inv_scale));
+        REQUIRE(std::isfinite(p4.inv_scale));
+        if (a < 1.0e-35f) CHECK(p8.scale < std::numeric_limits<float>::min());  // subnormal scale
+        for (std::size_t group : {w, 2 * w})
+        {
+            std::vector<float> x(w * group);
+            for (std::size_t i = 0; i < x.size(); ++i)
+            {
+                // each group reaches +a or -a; the rest spread over (-a, a), including a(1 - 2^-24)
+                x[i] = i % 5 == 0 ? ((i / 5) % 2 ? a : -a) : i % 5 == 1 ? std::nextafter(a, 0.0f) : a * unit(rng);
+            }
+            CAPTURE(a);
+            CAPTURE(group);
+            CHECK(check_groups_with_params<half_to_even, symmetric<8>>(x, group) == 0);
+            CHECK(check_groups_with_params<half_away_from_zero, symmetric<8>>(x, group) == 0);
+            CHECK(check_groups_with_params<half_to_even, symmetric<4>>(x, group) == 0);
+            CHECK(check_groups_with_params<half_away_from_zero, symmetric<4>>(x, group) == 0);
+        }
+    }
+}
+
 TEST_CASE("a non-finite value inside a tile is reported for its own group, in order")
 {
     const std::size_t w = kernels::simd::width;

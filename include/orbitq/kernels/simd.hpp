@@ -726,13 +726,24 @@ namespace orbitq::kernels::simd
         }
 
         /// The code of each lane of v (already scaled) for the range [lo, hi] = [qmin - zp, qmax - zp].
-        template <rounding_policy R>
+        /// Clamp = false skips the clamp: only where |v| < qmax + 1/2 is known (see needs_clamp).
+        template <rounding_policy R, bool Clamp = true>
         inline int_batch to_code(float_batch v, const float_batch& lo, const float_batch& hi) noexcept
         {
-            v = xsimd::min(xsimd::max(v, lo), hi);
+            if constexpr (Clamp) v = xsimd::min(xsimd::max(v, lo), hi);
             if constexpr (std::same_as<R, half_to_even>) return xsimd::nearbyint_as_int(v);
             else return xsimd::to_int(round<R>(v));
         }
+
+        /// Whether a tile's encode must clamp. Not for the restricted symmetric schemes: there a
+        /// group's values satisfy |x| <= a (its max |x|), scale = fl(a / qmax) and, on the fast
+        /// path, inv = fl(1 / scale) is finite, so scale >= 1 / FLT_MAX and its rounding error,
+        /// relative or (subnormal) at most 2^-150 absolute, is below 2^-22 relative. Hence
+        /// |x * inv| <= qmax (1 + 2^-21) < qmax + 1/2, which rounds into [-qmax, qmax]: the
+        /// clamp cannot change a code. The full range (divisor qmax + 1/2) and asymmetric
+        /// schemes can reach qmax + 1/2, and other schemes are unknown, so they clamp.
+        template <class S>
+        inline constexpr bool needs_clamp = !(is_builtin_scheme<S>::value && !S::has_zero_point && S::qmin == -S::qmax);
 
         /// Parameters of a tile of `count` <= width groups of NB batches, and whether the fast
         /// path may use them: false when a value is not finite or an inverse scale is infinite
@@ -830,6 +841,7 @@ namespace orbitq::kernels::simd
             }
             const float_batch qmin(static_cast<float>(S::qmin));
             const float_batch qmax(static_cast<float>(S::qmax));
+            constexpr bool clamp = needs_clamp<S>;
             std::size_t j = 0;
             if constexpr (NB == 2 && S::has_zero_point)
             {
@@ -858,9 +870,10 @@ namespace orbitq::kernels::simd
                     const T* p = x + j * group;
                     const float_batch s0(inv[j]);
                     const float_batch s1(inv[j + 1]);
-                    store_int8_x4(to_code<R>(load(p, arch_type{}) * s0, qmin, qmax), to_code<R>(load(p + width, arch_type{}) * s0, qmin, qmax),
-                                  to_code<R>(load(p + 2 * width, arch_type{}) * s1, qmin, qmax),
-                                  to_code<R>(load(p + 3 * width, arch_type{}) * s1, qmin, qmax), out + j * group, arch_type{});
+                    store_int8_x4(to_code<R, clamp>(load(p, arch_type{}) * s0, qmin, qmax),
+                                  to_code<R, clamp>(load(p + width, arch_type{}) * s0, qmin, qmax),
+                                  to_code<R, clamp>(load(p + 2 * width, arch_type{}) * s1, qmin, qmax),
+                                  to_code<R, clamp>(load(p + 3 * width, arch_type{}) * s1, qmin, qmax), out + j * group, arch_type{});
                 }
             }
             for (; j < count; ++j)
@@ -882,7 +895,7 @@ namespace orbitq::kernels::simd
                 {
                     for (std::size_t k = 0; k < NB; ++k)
                     {
-                        store_int8(to_code<R>(load(p + k * width, arch_type{}) * s, qmin, qmax), o + k * width, arch_type{});
+                        store_int8(to_code<R, clamp>(load(p + k * width, arch_type{}) * s, qmin, qmax), o + k * width, arch_type{});
                     }
                 }
             }
@@ -897,13 +910,15 @@ namespace orbitq::kernels::simd
             // Software pipelined: the parameters of tile t + 1 are computed before tile t is
             // encoded, so their latency (a reduction tree, two divisions) overlaps the encoding.
             tile_params next{};
+            // tile t + ahead is prefetched while tile t is encoded (tile t + 1 is being reduced)
+            const std::size_t ahead = 1 + prefetch_rows_ahead(width * group * sizeof(T));
             if (whole > 0) next = compute_tile_params<S, NB>(x, std::min(width, whole));
             for (std::size_t g0 = 0; g0 < whole; g0 += width)
             {
                 const std::size_t count = std::min(width, whole - g0);
                 const std::size_t c0 = g0 * group;
                 const tile_params cur = next;
-                if (g0 + 4 * width <= whole) prefetch(x + (g0 + 3 * width) * group, width * group * sizeof(T));
+                if (g0 + (ahead + 1) * width <= whole) prefetch(x + (g0 + ahead * width) * group, width * group * sizeof(T));
                 if (g0 + width < whole) next = compute_tile_params<S, NB>(x + c0 + width * group, std::min(width, whole - g0 - width));
                 if (cur.ok)
                 {
