@@ -105,7 +105,9 @@ TEST_CASE("--granularity auto: per tensor the cheapest candidate meeting the tar
     r = cli({"--checkpoint", in.string(), "--granularity", "auto", "--target-cos", "0.9", "--report", report.string(), "--quiet",
              "--tokens", "2", "--layers", "0", "--out", out4.string()});
     REQUIRE_MESSAGE(r.rc != 1, r.err);
-    for (const auto& t : read_json(report)["auto"]["tensors"]) CHECK(t["chosen"].get<std::string>().find("int4") != std::string::npos);
+    const json auto_rep = read_json(report);  // named: a range-for keeps only its last temporary alive
+    REQUIRE_FALSE(auto_rep["auto"]["tensors"].empty());
+    for (const auto& t : auto_rep["auto"]["tensors"]) CHECK(t["chosen"].get<std::string>().find("int4") != std::string::npos);
     // int4 tensors are packed; layer 1 (not selected) is copied stacked.
     const json idx4 = read_json(out4 / "model.safetensors.index.json");
     CHECK(idx4["weight_map"].contains(P + "0.experts.0.gate_proj.weight_packed"));

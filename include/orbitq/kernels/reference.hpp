@@ -4,7 +4,8 @@
 /// Encoding of one value x of an orbit with parameters p (all float32):
 ///   v = x * p.inv_scale          (scale_application::multiply_inverse, the default)
 ///   v = x / p.scale, 0 if p.scale == 0   (scale_application::divide, numpy/coremltools style)
-///   code = (int) clamp(R::apply(v) + p.zero_point, qmin, qmax)
+///   code = (int) clamp(R::apply(v) + p.zero_point, qmin, qmax), a NaN giving qmin (as the SIMD
+///          kernels' max(v, qmin) does; quantize never encodes one: it refuses non-finite orbits)
 #pragma once
 
 #include "orbitq/algebra/statistics.hpp"
@@ -48,7 +49,7 @@ namespace orbitq::kernels::reference
         float r = R::apply(v) + static_cast<float>(e.params.zero_point);
         const float lo = static_cast<float>(e.qmin);
         const float hi = static_cast<float>(e.qmax);
-        r = r < lo ? lo : (r > hi ? hi : r);
+        r = !(r >= lo) ? lo : (r > hi ? hi : r);  // NaN (never met by quantize, which refuses it) -> qmin
         return static_cast<std::int8_t>(static_cast<std::int32_t>(r));
     }
 
