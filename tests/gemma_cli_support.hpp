@@ -2,7 +2,7 @@
 // run_gemma called with an argument list, its stdout and stderr captured.
 #pragma once
 
-#include "../examples/gemma_moe/gemma_cli.hpp"
+#include "gemma_cli.hpp"
 
 #include <filesystem>
 #include <sstream>

@@ -7,6 +7,9 @@
 
 #include "gemma_cli_support.hpp"
 
+#include <orbitq/core/error.hpp>
+#include <orbitq/io/safetensors.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <bit>

@@ -7,6 +7,8 @@
 
 #include "gemma_cli_support.hpp"
 
+#include <orbitq/models/gemma4_checkpoint.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <cstring>
