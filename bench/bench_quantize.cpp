@@ -17,6 +17,8 @@
 #endif
 #include <bit>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -242,11 +244,35 @@ namespace
     /// --stat min). Applied to times; the report derives GB/s from the time and the shape.
     double min_of(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 
+    /// Thread counts to run: ORBITQ_BENCH_THREADS as a comma-separated list (e.g. "1,2,8,16"
+    /// on a larger machine), default 1 and 2 (the targets).
+    std::vector<unsigned> bench_thread_counts()
+    {
+        std::vector<unsigned> counts;
+        const char* env = std::getenv("ORBITQ_BENCH_THREADS");
+        std::string list = env && *env ? env : "1,2";
+        for (std::size_t pos = 0; pos <= list.size();)
+        {
+            const std::size_t end = std::min(list.find(',', pos), list.size());
+            const std::string item = list.substr(pos, end - pos);
+            char* stop = nullptr;
+            const unsigned long t = std::strtoul(item.c_str(), &stop, 10);
+            if (item.empty() || *stop != '\0' || t == 0 || t > 1024)
+            {
+                std::fprintf(stderr, "orbitq_bench: ORBITQ_BENCH_THREADS=%s: expected thread counts 1..1024 separated by commas\n", list.c_str());
+                std::exit(2);
+            }
+            counts.push_back(static_cast<unsigned>(t));
+            pos = end + 1;
+        }
+        return counts;
+    }
+
     void register_all()
     {
         using orbitq::granularity_kind;
         using orbitq::scheme_kind;
-        const unsigned thread_counts[] = {1, 2};
+        const std::vector<unsigned> thread_counts = bench_thread_counts();
         const element_type dtypes[] = {element_type::f32, element_type::bf16, element_type::f16};
         for (const bench_shape& s : shapes)
         {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -528,38 +529,135 @@ TEST_CASE("tiles of restricted symmetric groups encode without a clamp: the boun
     }
 }
 
-TEST_CASE("a non-finite value inside a tile is reported for its own group, in order")
+namespace
 {
-    const std::size_t w = kernels::simd::width;
-    const std::size_t group = 2 * w;
-    const std::size_t n = 2 * w * group;
-    for (std::size_t pos : {std::size_t{0}, group * 5 + 3, n - 1})
+    /// Runs quantize_groups_with_params<S> over x and returns the groups handed to on_group, in
+    /// order, until it threw on the first non-finite one (thrown is set).
+    template <class S, class T>
+    std::vector<std::size_t> groups_until_non_finite(const std::vector<T>& x, std::size_t group, bool& thrown)
     {
-        auto x = random_values<float>(n, 5);
-        x[pos] = std::numeric_limits<float>::quiet_NaN();
+        const std::size_t n = x.size();
         std::vector<float> scales(n / group);
+        std::vector<std::int32_t> zps(n / group);
         std::vector<std::int8_t> out(n);
         std::vector<std::size_t> seen;
-        bool thrown = false;
+        thrown = false;
         try
         {
-            kernels::simd::quantize_groups_with_params<half_to_even, symmetric<8>>(
-                x.data(), n, group, scales.data(), nullptr, out.data(), [&](std::size_t g, const min_max& s, bool finite) {
+            kernels::simd::quantize_groups_with_params<half_to_even, S>(
+                x.data(), n, group, scales.data(), S::has_zero_point ? zps.data() : nullptr, out.data(),
+                [&](std::size_t g, const min_max& s, bool finite) {
                     seen.push_back(g);
                     if (!finite) throw std::runtime_error("non-finite");
-                    return encode_params{symmetric<8>::make_params(s), -127, 127, scale_application::multiply_inverse};
+                    return encode_params{S::make_params(s), S::qmin, S::qmax, scale_application::multiply_inverse};
                 });
         }
         catch (const std::runtime_error&)
         {
             thrown = true;
         }
-        CAPTURE(pos);
-        CHECK(thrown);
-        REQUIRE_FALSE(seen.empty());
-        CHECK(seen.back() == pos / group);
-        // the groups of the failing tile before the bad one were handed over in order
-        for (std::size_t k = 1; k < seen.size(); ++k) CHECK(seen[k] == seen[k - 1] + 1);
+        return seen;
+    }
+}
+
+TEST_CASE_TEMPLATE("a non-finite value inside a tile is reported for its own group, in order", T, float, bfloat16_t, float16_t)
+{
+    // Every tile statistic path: max |x| on 32-bit magnitudes, on bf16 16-bit pairs, and
+    // min/max with the x * 0 poison; positions in each quarter of a tile (the reduction tree is
+    // fed four groups at a time) and in a second tile.
+    const std::size_t w = kernels::simd::width;
+    for (std::size_t group : {w, 2 * w})
+    {
+        const std::size_t n = 2 * w * group;
+        for (std::uint16_t bad16 : {std::uint16_t{0}, std::uint16_t{1}, std::uint16_t{2}, std::uint16_t{3}})
+        {
+            const float bad = bad16 == 0 ? std::numeric_limits<float>::quiet_NaN()
+                            : bad16 == 1 ? -std::numeric_limits<float>::quiet_NaN()
+                            : bad16 == 2 ? std::numeric_limits<float>::infinity()
+                                         : -std::numeric_limits<float>::infinity();
+            for (std::size_t pos : {std::size_t{0}, group * 5 + 3, group * (w / 2) + 1, group * (w - 1), group * w + 7, n - 1})
+            {
+                auto x = random_values<T>(n, 5);
+                x[pos] = from_float<T>(bad);
+                CAPTURE(group);
+                CAPTURE(bad);
+                CAPTURE(pos);
+                bool thrown = false;
+                for (int scheme = 0; scheme < 2; ++scheme)
+                {
+                    const auto seen = scheme == 0 ? groups_until_non_finite<symmetric<8>>(x, group, thrown)
+                                                  : groups_until_non_finite<asymmetric<8>>(x, group, thrown);
+                    CAPTURE(scheme);
+                    CHECK(thrown);
+                    REQUIRE_FALSE(seen.empty());
+                    CHECK(seen.back() == pos / group);
+                    // the groups of the failing tile before the bad one were handed over in order
+                    for (std::size_t k = 1; k < seen.size(); ++k) CHECK(seen[k] == seen[k - 1] + 1);
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("int8 tiles and spans clamp by saturation: asymmetric and full-range groups at every scale")
+{
+    // Asymmetric int8 and full-range symmetric int8 encode without a float clamp: the scaled
+    // value stays below 256 in magnitude, so the saturating narrow is the reference's clamp.
+    // The edge cases: one-sided groups (zero point at qmin or qmax), groups reaching exactly
+    // lo or hi, constant groups, and scales from subnormal to near FLT_MAX.
+    const std::size_t w = kernels::simd::width;
+    std::mt19937 rng(13);
+    std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+    for (float a : {4.0e-37f, 1.4e-36f, 1.0e-30f, 0.02f, 1.0f, 1.0e30f, 3.0e38f})
+    {
+        for (std::size_t group : {w, 2 * w})
+        {
+            std::vector<float> x(2 * w * group);
+            for (std::size_t g = 0; g < 2 * w; ++g)
+            {
+                // group kinds: [-a, a], [0, a], [-a, 0], [-a, a / 1000], constant a, constant -a
+                const std::size_t kind = g % 6;
+                const float lo = kind == 0 || kind == 2 || kind == 3 ? -a : kind == 5 ? -a : 0.0f;
+                const float hi = kind == 2 ? 0.0f : kind == 3 ? a / 1000.0f : kind == 5 ? -a : a;
+                for (std::size_t k = 0; k < group; ++k)
+                {
+                    const float u = unit(rng);
+                    float v = kind >= 4 ? (kind == 4 ? a : -a) : lo * (1.0f - u) + hi * u;  // no overflow at 3e38
+                    if (k == 0) v = kind == 4 ? a : lo;
+                    if (k == 1) v = kind == 4 ? a : hi;
+                    if (k == 2 && kind < 4) v = std::nextafter(hi, lo);
+                    x[g * group + k] = v;
+                }
+            }
+            CAPTURE(a);
+            CAPTURE(group);
+            // below ~1e-36 some scales are subnormal with an infinite inverse: those tiles go
+            // group by group (checked all the same); above, every tile takes the vector path
+            const std::size_t fallback = a < 1.0e-36f ? 1 : 0;
+            CHECK(check_groups_with_params<half_to_even, asymmetric<8>>(x, group) * (1 - fallback) == 0);
+            CHECK(check_groups_with_params<half_away_from_zero, asymmetric<8>>(x, group) * (1 - fallback) == 0);
+            CHECK(check_groups_with_params<half_to_even, symmetric<8, symmetric_range::full>>(x, group) * (1 - fallback) == 0);
+            CHECK(check_groups_with_params<half_away_from_zero, symmetric<8, symmetric_range::full>>(x, group) * (1 - fallback) == 0);
+            // the same values as one span each (per-channel rows, per-tensor), encoded Bounded
+            for (std::size_t g = 0; g < 2 * w; ++g)
+            {
+                const float* p = x.data() + g * group;
+                bool f = false;
+                const min_max st = kernels::reference::min_max_span(p, group, f);
+                for (const encode_params e : {encode_params{asymmetric<8>::make_params(st), -128, 127, scale_application::multiply_inverse},
+                                              encode_params{asymmetric<8>::make_params(st), -128, 127, scale_application::divide},
+                                              encode_params{symmetric<8, symmetric_range::full>::make_params(st), -128, 127,
+                                                            scale_application::multiply_inverse}})
+                {
+                    std::vector<std::int8_t> want(group);
+                    std::vector<std::int8_t> got(group);
+                    kernels::reference::quantize_span<half_to_even>(p, group, e, want.data());
+                    kernels::simd::quantize_span<half_to_even, true>(p, group, e, got.data());
+                    CAPTURE(g);
+                    CHECK(first_difference(want, got) == group);
+                }
+            }
+        }
     }
 }
 
@@ -625,6 +723,8 @@ namespace
             check_driver<per_group<>, asymmetric<4>, half_to_even>(x, rows, cols, group, threads);
             check_driver<per_channel, symmetric<8>, half_to_even>(x, rows, cols, group, threads);
             check_driver<per_channel, asymmetric<4>, half_away_from_zero>(x, rows, cols, group, threads);
+            check_driver<per_channel, asymmetric<8>, half_away_from_zero>(x, rows, cols, group, threads);
+            check_driver<per_channel, symmetric<8, symmetric_range::full>, half_to_even>(x, rows, cols, group, threads);
             check_driver<per_tensor, asymmetric<8>, half_to_even>(x, rows, cols, group, threads);
             check_driver<per_tensor, symmetric<4>, half_to_even>(x, rows, cols, group, threads);
         }

@@ -258,6 +258,13 @@ namespace orbitq
         // loop prefetches only within a call, so short chunks stall at every boundary (measured:
         // 8 KiB chunks run at 0.55 of the f32 roofline, 64 KiB at 0.75-0.85).
         const bool vector_params = spec.scale_type == element_type::f32 && spec.mode == scale_application::multiply_inverse;
+        // Codes made with a builtin scheme's own parameters (not a rounded stored scale) scale
+        // every value of the orbit below 256 in magnitude, so an int8 range needs no float clamp.
+        const bool bounded = is_builtin_scheme<S> && (spec.scale_type == element_type::f32 || !spec.codes_from_stored_scale);
+        const auto encode = [bounded](const T* x, std::size_t n, const encode_params& e, std::int8_t* out) {
+            if (bounded) kernels::simd::quantize_span<R, true>(x, n, e, out);
+            else kernels::simd::quantize_span<R, false>(x, n, e, out);
+        };
         const bool flat_groups = detail::is_per_group<G>::value && vector_params && w.stride == w.cols && w.cols % L.group == 0;
         parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
             if (flat_groups)
@@ -297,7 +304,7 @@ namespace orbitq
                 std::int8_t* out = S::bits == 8 ? q.codes.data() + r * w.cols : row_buf.data();
                 if constexpr (std::same_as<G, per_tensor>)
                 {
-                    kernels::simd::quantize_span<R>(x, w.cols, tensor_enc, out);
+                    encode(x, w.cols, tensor_enc, out);
                 }
                 else if constexpr (std::same_as<G, per_channel>)
                 {
@@ -307,7 +314,7 @@ namespace orbitq
                     if (!next_finite) detail::throw_non_finite(w, r);
                     const encode_params e = record(r, next);
                     if (r + 1 < last) next = row_stat(r + 1, next_finite);
-                    kernels::simd::quantize_span<R>(x, w.cols, e, out);
+                    encode(x, w.cols, e, out);
                 }
                 else
                 {

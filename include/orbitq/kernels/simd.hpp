@@ -8,7 +8,7 @@
 /// - 16-bit inputs (bfloat16, binary16) are widened in registers as they are loaded (bf16: a
 ///   zero-extend and a shift; f16: the F16C conversion), never through a float32 copy.
 /// - Codes are narrowed from int32 lanes to int8 in registers (AVX-512 vpmovdb, AVX2/SSE2
-///   saturating packs; the codes are already clamped, so saturation never changes a value).
+///   saturating packs; every narrow saturates, which the int8 tiles use as their clamp).
 /// - quantize_groups fuses the statistics and the encode pass of every group of a row: a group
 ///   of up to 8 batches is loaded once, reduced, and encoded from registers.
 ///
@@ -27,6 +27,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <concepts>
@@ -125,14 +126,15 @@ namespace orbitq::kernels::simd
 #endif
 
         // ------------------------------------------------------------------ narrow int32 -> int8
-        // @pre every lane is in [-128, 127].
+        // Every narrow saturates: a lane below -128 stores -128 and one above 127 stores 127, so
+        // for the int8 range [-128, 127] the narrow is the clamp (see needs_clamp).
 
         template <class A>
         inline void store_int8(const ibatch<A>& v, std::int8_t* out, A) noexcept
         {
             alignas(64) std::int32_t buf[ibatch<A>::size];
             v.store_aligned(buf);
-            for (std::size_t k = 0; k < ibatch<A>::size; ++k) out[k] = static_cast<std::int8_t>(buf[k]);
+            for (std::size_t k = 0; k < ibatch<A>::size; ++k) out[k] = static_cast<std::int8_t>(std::clamp(buf[k], -128, 127));
         }
 
 #if XSIMD_WITH_AVX512F
@@ -140,7 +142,7 @@ namespace orbitq::kernels::simd
             requires std::derived_from<A, xsimd::avx512f>
         inline void store_int8(const ibatch<A>& v, std::int8_t* out, A) noexcept
         {
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(v));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtsepi32_epi8(v));
         }
 #endif
 #if XSIMD_WITH_AVX2
@@ -166,7 +168,7 @@ namespace orbitq::kernels::simd
         }
 #endif
 
-        /// Four batches at once (4 width codes, in order). @pre every lane is in [-128, 127].
+        /// Four batches at once (4 width codes, in order), saturating as store_int8.
         template <class A>
         inline void store_int8_x4(const ibatch<A>& a, const ibatch<A>& b, const ibatch<A>& c, const ibatch<A>& d, std::int8_t* out,
                                   A) noexcept
@@ -299,8 +301,11 @@ namespace orbitq::kernels::simd
         /// to integer bounds commutes with it, and where R(v) + zp is inexact in float32
         /// (|v| >= 2^24) both forms clamp to the same bound. Half-to-even rounds in the
         /// conversion itself (cvtps2dq, the current rounding mode, as std::nearbyint).
+        /// With Clamp = false the float32 clamp is left out: only for the int8 range [-128, 127]
+        /// and values whose scaled |v| stays below 2^30 (see quantize_span's Bounded), where
+        /// R(v) + zp is exact in int32 and the saturating narrow is the clamp.
         /// @pre e is `vector_exact` (otherwise use the reference, see below).
-        template <rounding_policy R>
+        template <rounding_policy R, bool Clamp = true>
         struct encoder
         {
             float_batch inv;
@@ -332,28 +337,35 @@ namespace orbitq::kernels::simd
             int_batch operator()(const float_batch& x) const noexcept
             {
                 float_batch v = divide ? (zero_orbit ? float_batch(0.0f) : x / scale) : x * inv;
-                v = xsimd::min(xsimd::max(v, lo), hi);
+                if constexpr (Clamp) v = xsimd::min(xsimd::max(v, lo), hi);
                 if constexpr (std::same_as<R, half_to_even>) return xsimd::nearbyint_as_int(v) + zp;
                 else return xsimd::to_int(round<R>(v)) + zp;
             }
         };
 
+        template <rounding_policy R, bool Clamp, weight_element T>
+        inline std::size_t encode_batches(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
+        {
+            const encoder<R, Clamp> enc(e);
+            std::size_t i = 0;
+            for (; i + 4 * width <= n; i += 4 * width)
+            {
+                store_int8_x4(enc(load(x + i, arch_type{})), enc(load(x + i + width, arch_type{})), enc(load(x + i + 2 * width, arch_type{})),
+                              enc(load(x + i + 3 * width, arch_type{})), out + i, arch_type{});
+            }
+            for (; i + width <= n; i += width) store_int8(enc(load(x + i, arch_type{})), out + i, arch_type{});
+            return i;
+        }
+
         /// Encodes n values (any n); the tail, and orbits the vector form cannot take, go through
-        /// the reference.
-        template <rounding_policy R, weight_element T>
+        /// the reference. Bounded: see simd::quantize_span.
+        template <rounding_policy R, bool Bounded, weight_element T>
         inline void encode_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
         {
             std::size_t i = 0;
             if (encoder<R>::vector_exact(e))
             {
-                const encoder<R> enc(e);
-                for (; i + 4 * width <= n; i += 4 * width)
-                {
-                    store_int8_x4(enc(load(x + i, arch_type{})), enc(load(x + i + width, arch_type{})),
-                                  enc(load(x + i + 2 * width, arch_type{})), enc(load(x + i + 3 * width, arch_type{})), out + i,
-                                  arch_type{});
-                }
-                for (; i + width <= n; i += width) store_int8(enc(load(x + i, arch_type{})), out + i, arch_type{});
+                i = Bounded && e.qmin == -128 && e.qmax == 127 ? encode_batches<R, false>(x, n, e, out) : encode_batches<R, true>(x, n, e, out);
             }
             for (; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
         }
@@ -533,10 +545,15 @@ namespace orbitq::kernels::simd
     }
 
     /// @brief Encodes n values of one orbit into int8 codes; bit-identical to reference::quantize_span.
-    template <rounding_policy R, weight_element T>
+    /// @tparam Bounded the caller guarantees that every value scaled by e (x * inv_scale, or
+    ///         x / scale) has magnitude below 2^30. True of parameters a builtin scheme made from
+    ///         a statistic covering the values: |x| <= max(hi, -lo) bounds the scaled value by
+    ///         256 (see detail::needs_clamp). The int8 range [-128, 127] is then clamped by the
+    ///         saturating narrow instead of in float32 (two instructions fewer per batch).
+    template <rounding_policy R, bool Bounded = false, weight_element T>
     void quantize_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
     {
-        detail::encode_span<R>(x, n, e, out);
+        detail::encode_span<R, Bounded>(x, n, e, out);
     }
 
     /// @brief The fused statistics + encode pass over one row split into groups of `group`
@@ -585,56 +602,65 @@ namespace orbitq::kernels::simd
         // one batch (lane j = group j), the scheme's parameters are computed for all of them in
         // one go, then every group is encoded from L1.
 
-        /// Lane j of the result = op-reduction of m[j] (16 AVX-512 batches: a transposing
-        /// reduction tree, 3 instructions per combine; elsewhere: per batch through memory).
+        /// Reduces `width` batches into one, lane j = the op-reduction of batch j, fed four
+        /// batches at a time so that only partial results stay live (a tile's asymmetric
+        /// statistics are 2 x 16 batches, which would otherwise not fit in the registers).
+        /// Generic form: each batch reduced through memory.
+        /// @pre push4 is called width / 4 times, then finish once.
         template <class Op, class A>
-        inline fbatch<A> reduce_lanes(const fbatch<A> (&m)[fbatch<A>::size], Op op, A) noexcept
+        struct lane_tree
         {
-            constexpr std::size_t w = fbatch<A>::size;
-            alignas(64) float buf[w];
-            alignas(64) float res[w];
-            for (std::size_t j = 0; j < w; ++j)
+            static_assert(fbatch<A>::size % 4 == 0, "tiles take 4 groups at a time");
+            alignas(64) float res[fbatch<A>::size];
+            std::size_t filled = 0;
+
+            void push4(const fbatch<A>& a, const fbatch<A>& b, const fbatch<A>& c, const fbatch<A>& d, Op op) noexcept
             {
-                m[j].store_aligned(buf);
-                float r = buf[0];
-                for (std::size_t k = 1; k < w; ++k) r = op(r, buf[k]);
-                res[j] = r;
+                for (const fbatch<A>* m : {&a, &b, &c, &d})
+                {
+                    alignas(64) float buf[fbatch<A>::size];
+                    m->store_aligned(buf);
+                    float r = buf[0];
+                    for (std::size_t k = 1; k < fbatch<A>::size; ++k) r = op(r, buf[k]);
+                    res[filled++] = r;
+                }
             }
-            return fbatch<A>::load_aligned(res);
-        }
+
+            fbatch<A> finish(Op) const noexcept { return fbatch<A>::load_aligned(res); }
+        };
 
 #if XSIMD_WITH_AVX512F
+        /// AVX-512: a transposing reduction tree, 3 instructions per combine. Four batches give
+        /// one partial (levels 1-2: each batch reduced to 4 lanes, one 128-bit chunk per batch);
+        /// finish combines the four partials (levels 3-4) and puts batch j in lane j.
         template <class Op, class A>
             requires std::derived_from<A, xsimd::avx512f>
-        inline fbatch<A> reduce_lanes(const fbatch<A> (&m)[16], Op op, A) noexcept
+        struct lane_tree<Op, A>
         {
-            // level 1: [m0 256-bit halves combined | m1 ...] -> 8 batches of 2 groups x 8 lanes
-            __m512 c[8];
-            for (int i = 0; i < 8; ++i)
-            {
-                c[i] = op(fbatch<A>(_mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], 0x44)),
-                          fbatch<A>(_mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], 0xee)));
-            }
-            // level 2: 4 batches of 4 groups x 4 lanes (one 128-bit chunk per group)
             __m512 d[4];
-            for (int i = 0; i < 4; ++i)
+            std::size_t filled = 0;
+
+            void push4(const fbatch<A>& m0, const fbatch<A>& m1, const fbatch<A>& m2, const fbatch<A>& m3, Op op) noexcept
             {
-                d[i] = op(fbatch<A>(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88)),
-                          fbatch<A>(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xdd)));
+                // level 1: 256-bit halves combined -> 2 groups x 8 lanes per batch
+                const fbatch<A> c0 = op(fbatch<A>(_mm512_shuffle_f32x4(m0, m1, 0x44)), fbatch<A>(_mm512_shuffle_f32x4(m0, m1, 0xee)));
+                const fbatch<A> c1 = op(fbatch<A>(_mm512_shuffle_f32x4(m2, m3, 0x44)), fbatch<A>(_mm512_shuffle_f32x4(m2, m3, 0xee)));
+                // level 2: 4 groups x 4 lanes (one 128-bit chunk per group)
+                d[filled++] = op(fbatch<A>(_mm512_shuffle_f32x4(c0, c1, 0x88)), fbatch<A>(_mm512_shuffle_f32x4(c0, c1, 0xdd)));
             }
-            // level 3: within each 128-bit chunk k: 2 lanes of group 4i+k and 2 of group 4(i+1)+k
-            __m512 e[2];
-            for (int i = 0; i < 2; ++i)
+
+            fbatch<A> finish(Op op) const noexcept
             {
-                e[i] = op(fbatch<A>(_mm512_shuffle_ps(d[2 * i], d[2 * i + 1], 0x44)),
-                          fbatch<A>(_mm512_shuffle_ps(d[2 * i], d[2 * i + 1], 0xee)));
+                // level 3: within each 128-bit chunk k: 2 lanes of group 4i+k and 2 of group 4(i+1)+k
+                const fbatch<A> e0 = op(fbatch<A>(_mm512_shuffle_ps(d[0], d[1], 0x44)), fbatch<A>(_mm512_shuffle_ps(d[0], d[1], 0xee)));
+                const fbatch<A> e1 = op(fbatch<A>(_mm512_shuffle_ps(d[2], d[3], 0x44)), fbatch<A>(_mm512_shuffle_ps(d[2], d[3], 0xee)));
+                // level 4: chunk k = groups k, k+4, k+8, k+12 (from d0, d1, d2, d3)
+                const __m512 f = op(fbatch<A>(_mm512_shuffle_ps(e0, e1, 0x88)), fbatch<A>(_mm512_shuffle_ps(e0, e1, 0xdd)));
+                // lane 4k + j holds group k + 4j: gather lane g from 4 (g % 4) + g / 4
+                const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+                return fbatch<A>(_mm512_permutexvar_ps(idx, f));
             }
-            // level 4: chunk k = groups k, k+4, k+8, k+12 (from d0, d1, d2, d3)
-            const __m512 f = op(fbatch<A>(_mm512_shuffle_ps(e[0], e[1], 0x88)), fbatch<A>(_mm512_shuffle_ps(e[0], e[1], 0xdd)));
-            // lane 4k + j holds group k + 4j: gather lane g from 4 (g % 4) + g / 4
-            const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-            return fbatch<A>(_mm512_permutexvar_ps(idx, f));
-        }
+        };
 #endif
 
         struct min_op
@@ -657,6 +683,38 @@ namespace orbitq::kernels::simd
             }
         };
 
+        /// max of float batches on their bits as int32: for sign-cleared floats this is max |x|,
+        /// with every NaN and infinity pattern above FLT_MAX (a float max could drop a NaN).
+        struct max_bits_op
+        {
+            float operator()(float a, float b) const noexcept
+            {
+                return std::bit_cast<std::int32_t>(a) < std::bit_cast<std::int32_t>(b) ? b : a;
+            }
+            float_batch operator()(const float_batch& a, const float_batch& b) const noexcept
+            {
+                using bits_batch = xsimd::batch<std::int32_t, arch_type>;
+                return xsimd::bitwise_cast<float_batch>(xsimd::max(xsimd::bitwise_cast<bits_batch>(a), xsimd::bitwise_cast<bits_batch>(b)));
+            }
+        };
+
+        /// max of float batches as int16 lanes (pairs of bf16 magnitude bits).
+        struct max_int16_op
+        {
+            float operator()(float a, float b) const noexcept
+            {
+                using pair = std::array<std::int16_t, 2>;
+                const auto x = std::bit_cast<pair>(a);
+                const auto y = std::bit_cast<pair>(b);
+                return std::bit_cast<float>(pair{std::max(x[0], y[0]), std::max(x[1], y[1])});
+            }
+            float_batch operator()(const float_batch& a, const float_batch& b) const noexcept
+            {
+                using half_batch = xsimd::batch<std::int16_t, arch_type>;
+                return xsimd::bitwise_cast<float_batch>(xsimd::max(xsimd::bitwise_cast<half_batch>(a), xsimd::bitwise_cast<half_batch>(b)));
+            }
+        };
+
         /// Parameters of `width` orbits at once.
         struct batch_params
         {
@@ -664,13 +722,6 @@ namespace orbitq::kernels::simd
             float_batch inv;
             int_batch zero_point;
         };
-
-        template <class S>
-        struct is_builtin_scheme : std::false_type {};
-        template <int B, symmetric_range Range>
-        struct is_builtin_scheme<symmetric<B, Range>> : std::true_type {};
-        template <int B>
-        struct is_builtin_scheme<asymmetric<B>> : std::true_type {};
 
         /// The batch form of S::make_params for orbitq's schemes (the same float32 operations in
         /// the same order, so equal lane by lane; test_kernels checks it); any other scheme goes
@@ -683,7 +734,7 @@ namespace orbitq::kernels::simd
                 const auto pos = scale > float_batch(0.0f);
                 return std::pair{xsimd::select(pos, scale, float_batch(0.0f)), xsimd::select(pos, float_batch(1.0f) / scale, float_batch(0.0f))};
             };
-            if constexpr (is_builtin_scheme<S>::value && !S::has_zero_point)
+            if constexpr (is_builtin_scheme<S> && !S::has_zero_point)
             {
                 // min_max::to_abs_max: a = -min; a < max ? max : a
                 const float_batch a = -mn;
@@ -691,7 +742,7 @@ namespace orbitq::kernels::simd
                 const auto [scale, inv] = inverse(amax / float_batch(S::divisor));
                 return {scale, inv, int_batch(0)};
             }
-            else if constexpr (is_builtin_scheme<S>::value)
+            else if constexpr (is_builtin_scheme<S>)
             {
                 const float_batch zero(0.0f);
                 const float_batch lo = xsimd::select(mn < zero, mn, zero);
@@ -735,15 +786,22 @@ namespace orbitq::kernels::simd
             else return xsimd::to_int(round<R>(v));
         }
 
-        /// Whether a tile's encode must clamp. Not for the restricted symmetric schemes: there a
-        /// group's values satisfy |x| <= a (its max |x|), scale = fl(a / qmax) and, on the fast
-        /// path, inv = fl(1 / scale) is finite, so scale >= 1 / FLT_MAX and its rounding error,
-        /// relative or (subnormal) at most 2^-150 absolute, is below 2^-22 relative. Hence
-        /// |x * inv| <= qmax (1 + 2^-21) < qmax + 1/2, which rounds into [-qmax, qmax]: the
-        /// clamp cannot change a code. The full range (divisor qmax + 1/2) and asymmetric
-        /// schemes can reach qmax + 1/2, and other schemes are unknown, so they clamp.
+        /// Whether a tile's encode must clamp in float32 before rounding. Not when the clamp
+        /// provably cannot change a code, or when the saturating narrow does it exactly:
+        /// - Restricted symmetric schemes: a group's values satisfy |x| <= a (its max |x|),
+        ///   scale = fl(a / qmax) and, on the fast path, inv = fl(1 / scale) is finite, so
+        ///   scale >= 1 / FLT_MAX and its rounding error, relative or (subnormal) at most 2^-150
+        ///   absolute, is below 2^-22 relative. Hence |x * inv| <= qmax (1 + 2^-21) < qmax + 1/2,
+        ///   which rounds into [-qmax, qmax].
+        /// - Builtin schemes whose range is all of int8, [-128, 127] (asymmetric int8, full-range
+        ///   symmetric int8): the same argument bounds |x * inv| by 256 (asymmetric: lo <= 0 <= hi,
+        ///   |x| <= max(hi, -lo) <= fl(hi - lo) = 255 scale up to rounding), so R(x * inv) + zp is
+        ///   exact in int32 and the saturating narrow clamps it to [-128, 127], which is the
+        ///   reference's clamp(R(v) + zp, qmin, qmax).
+        /// Other schemes (int4 full range and asymmetric, user schemes) clamp.
         template <class S>
-        inline constexpr bool needs_clamp = !(is_builtin_scheme<S>::value && !S::has_zero_point && S::qmin == -S::qmax);
+        inline constexpr bool needs_clamp = !(is_builtin_scheme<S>
+                                              && ((!S::has_zero_point && S::qmin == -S::qmax) || (S::qmin == -128 && S::qmax == 127)));
 
         /// Parameters of a tile of `count` <= width groups of NB batches, and whether the fast
         /// path may use them: false when a value is not finite or an inverse scale is infinite
@@ -758,63 +816,100 @@ namespace orbitq::kernels::simd
         inline tile_params compute_tile_params(const T* x, std::size_t count) noexcept
         {
             constexpr std::size_t group = NB * width;
-            constexpr bool abs_only = !S::has_zero_point && is_builtin_scheme<S>::value;
+            constexpr bool abs_only = !S::has_zero_point && is_builtin_scheme<S>;
             using bits_batch = xsimd::batch<std::int32_t, arch_type>;
-            float_batch mn[width];
-            float_batch mx[width];
             bool finite = true;
             if constexpr (abs_only)
             {
-                // max |x| on the magnitude bits (see abs_max_span): NaN and inf sort above FLT_MAX
-                const bits_batch magnitude(0x7fffffff);
-                bits_batch all(0);
-                for (std::size_t j = 0; j < count; ++j)
+                lane_tree<max_bits_op, arch_type> max_tree;
+                // max |x| on the magnitude bits (see abs_max_span): NaN and inf sort above
+                // FLT_MAX, so the tile is finite exactly when every lane of the result is
+                // at most FLT_MAX's bits (checked after the reduction, which max keeps exact).
+                if constexpr (std::same_as<T, bfloat16_t> && NB == 2)
                 {
+                    // bf16 groups of 2 width values are one batch of raw bits: reduce the 16-bit
+                    // magnitudes as int16 lanes (the tree's shuffles move 32-bit pairs, so each
+                    // lane keeps an (even, odd) pair of candidates), widen once per tile.
+                    using half_batch = xsimd::batch<std::int16_t, arch_type>;
+                    lane_tree<max_int16_op, arch_type> tree;
+                    const half_batch magnitude(0x7fff);
+                    const auto group_max = [&](std::size_t j) {
+                        if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
+                        const auto* p = reinterpret_cast<const std::int16_t*>(x + j * group);
+                        return xsimd::bitwise_cast<float_batch>(half_batch::load_unaligned(p) & magnitude);
+                    };
+                    for (std::size_t j = 0; j < width; j += 4)
+                    {
+                        tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_int16_op{});
+                    }
+                    const bits_batch pairs = xsimd::bitwise_cast<bits_batch>(tree.finish(max_int16_op{}));
+                    const bits_batch m = xsimd::max(pairs & bits_batch(0xffff), pairs >> 16);  // both halves >= 0
+                    // bf16 0x7f7f is FLT_MAX's bf16; above it: inf and NaN
+                    if (xsimd::any(m > bits_batch(0x7f7f))) return {};
+                    const float_batch vmax = xsimd::bitwise_cast<float_batch>(m << 16);  // exact widening
+                    const batch_params bp = make_batch_params<S>(-vmax, vmax);
+                    return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
+                }
+                const bits_batch magnitude(0x7fffffff);
+                const auto group_max = [&](std::size_t j) {
+                    if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
                     const T* p = x + j * group;
                     bits_batch m = xsimd::bitwise_cast<bits_batch>(load(p, arch_type{})) & magnitude;
                     for (std::size_t k = 1; k < NB; ++k)
                     {
                         m = xsimd::max(m, xsimd::bitwise_cast<bits_batch>(load(p + k * width, arch_type{})) & magnitude);
                     }
-                    all = xsimd::max(all, m);
-                    mx[j] = xsimd::bitwise_cast<float_batch>(m);
+                    return xsimd::bitwise_cast<float_batch>(m);
+                };
+                for (std::size_t j = 0; j < width; j += 4)
+                {
+                    max_tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_bits_op{});
                 }
-                for (std::size_t j = count; j < width; ++j) mx[j] = float_batch(0.0f);  // unused lanes: zero orbits
-                finite = !xsimd::any(all > bits_batch(0x7f7fffff));
+                const float_batch vmax = max_tree.finish(max_bits_op{});
+                finite = !xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(0x7f7fffff));
+                if (!finite) return {};
+                const batch_params bp = make_batch_params<S>(-vmax, vmax);
+                return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
             }
             else
             {
                 // non-finite values poison x * 0 (see min_max_span)
+                lane_tree<min_op, arch_type> min_tree;
+                lane_tree<max_op, arch_type> max_tree;
                 const float_batch zero(0.0f);
                 float_batch poison(0.0f);
-                for (std::size_t j = 0; j < count; ++j)
+                float_batch lo[4];
+                float_batch hi[4];
+                for (std::size_t j0 = 0; j0 < width; j0 += 4)
                 {
-                    const T* p = x + j * group;
-                    float_batch lo = load(p, arch_type{});
-                    float_batch hi = lo;
-                    poison = xsimd::fma(lo, zero, poison);
-                    for (std::size_t k = 1; k < NB; ++k)
+                    for (std::size_t i = 0; i < 4; ++i)
                     {
-                        const float_batch b = load(p + k * width, arch_type{});
-                        poison = xsimd::fma(b, zero, poison);
-                        lo = xsimd::min(lo, b);
-                        hi = xsimd::max(hi, b);
+                        if (j0 + i >= count)
+                        {
+                            lo[i] = zero;
+                            hi[i] = zero;
+                            continue;
+                        }
+                        const T* p = x + (j0 + i) * group;
+                        lo[i] = load(p, arch_type{});
+                        hi[i] = lo[i];
+                        poison = xsimd::fma(lo[i], zero, poison);
+                        for (std::size_t k = 1; k < NB; ++k)
+                        {
+                            const float_batch b = load(p + k * width, arch_type{});
+                            poison = xsimd::fma(b, zero, poison);
+                            lo[i] = xsimd::min(lo[i], b);
+                            hi[i] = xsimd::max(hi[i], b);
+                        }
                     }
-                    mn[j] = lo;
-                    mx[j] = hi;
-                }
-                for (std::size_t j = count; j < width; ++j)
-                {
-                    mn[j] = float_batch(0.0f);
-                    mx[j] = float_batch(0.0f);
+                    min_tree.push4(lo[0], lo[1], lo[2], lo[3], min_op{});
+                    max_tree.push4(hi[0], hi[1], hi[2], hi[3], max_op{});
                 }
                 finite = !xsimd::any(xsimd::isnan(poison));
+                if (!finite) return {};
+                const batch_params bp = make_batch_params<S>(min_tree.finish(min_op{}), max_tree.finish(max_op{}));
+                return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
             }
-            if (!finite) return {};
-            const float_batch vmax = reduce_lanes(mx, max_op{}, arch_type{});
-            const float_batch vmin = abs_only ? -vmax : reduce_lanes(mn, min_op{}, arch_type{});
-            const batch_params bp = make_batch_params<S>(vmin, vmax);
-            return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
         }
 
         /// Stores the parameters of a tile of `count` groups and encodes it (multiply_inverse).
@@ -843,7 +938,23 @@ namespace orbitq::kernels::simd
             const float_batch qmax(static_cast<float>(S::qmax));
             constexpr bool clamp = needs_clamp<S>;
             std::size_t j = 0;
-            if constexpr (NB == 2 && S::has_zero_point)
+            if constexpr (NB == 2 && S::has_zero_point && !clamp)
+            {
+                // the saturating narrow is the clamp: no per-group bounds
+                for (; j + 2 <= count; j += 2)
+                {
+                    const T* p = x + j * group;
+                    const float_batch s0(inv[j]);
+                    const float_batch s1(inv[j + 1]);
+                    const int_batch z0(zp[j]);
+                    const int_batch z1(zp[j + 1]);
+                    store_int8_x4(to_code<R, false>(load(p, arch_type{}) * s0, qmin, qmax) + z0,
+                                  to_code<R, false>(load(p + width, arch_type{}) * s0, qmin, qmax) + z0,
+                                  to_code<R, false>(load(p + 2 * width, arch_type{}) * s1, qmin, qmax) + z1,
+                                  to_code<R, false>(load(p + 3 * width, arch_type{}) * s1, qmin, qmax) + z1, out + j * group, arch_type{});
+                }
+            }
+            if constexpr (NB == 2 && S::has_zero_point && clamp)
             {
                 for (; j + 2 <= count; j += 2)
                 {
@@ -881,7 +992,15 @@ namespace orbitq::kernels::simd
                 const T* p = x + j * group;
                 std::int8_t* o = out + j * group;
                 const float_batch s(inv[j]);
-                if constexpr (S::has_zero_point)
+                if constexpr (S::has_zero_point && !clamp)
+                {
+                    const int_batch z(zp[j]);
+                    for (std::size_t k = 0; k < NB; ++k)
+                    {
+                        store_int8(to_code<R, false>(load(p + k * width, arch_type{}) * s, qmin, qmax) + z, o + k * width, arch_type{});
+                    }
+                }
+                else if constexpr (S::has_zero_point)
                 {
                     const float_batch lo(float(S::qmin - zp[j]));
                     const float_batch hi(float(S::qmax - zp[j]));
@@ -920,7 +1039,11 @@ namespace orbitq::kernels::simd
                 const tile_params cur = next;
                 if (g0 + (ahead + 1) * width <= whole) prefetch(x + (g0 + ahead * width) * group, width * group * sizeof(T));
                 if (g0 + width < whole) next = compute_tile_params<S, NB>(x + c0 + width * group, std::min(width, whole - g0 - width));
-                if (cur.ok)
+                if (cur.ok && count == width)
+                {
+                    encode_tile<R, S, NB>(x + c0, width, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, out + c0);
+                }
+                else if (cur.ok)
                 {
                     encode_tile<R, S, NB>(x + c0, count, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, out + c0);
                 }

@@ -109,4 +109,15 @@ namespace orbitq
     } && (S::qmin < 0) && (S::qmax > 0) && (S::bits == 8 || S::bits == 4);
 
     static_assert(scheme_policy<symmetric<8>> && scheme_policy<asymmetric<4>>);
+
+    /// @brief Whether S is one of orbitq's own schemes (symmetric or asymmetric). Their
+    ///        parameters, made from the statistic of an orbit, scale every value of the orbit to
+    ///        a magnitude of at most 256 (the kernels rely on it to skip clamps), and the SIMD
+    ///        kernels compute them in vectors with the same float32 operations.
+    template <class S>
+    inline constexpr bool is_builtin_scheme = false;
+    template <int B, symmetric_range Range>
+    inline constexpr bool is_builtin_scheme<symmetric<B, Range>> = true;
+    template <int B>
+    inline constexpr bool is_builtin_scheme<asymmetric<B>> = true;
 }
