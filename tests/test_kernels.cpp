@@ -525,6 +525,26 @@ TEST_CASE("tiles of restricted symmetric groups encode without a clamp: the boun
             CHECK(check_groups_with_params<half_away_from_zero, symmetric<8>>(x, group) == 0);
             CHECK(check_groups_with_params<half_to_even, symmetric<4>>(x, group) == 0);
             CHECK(check_groups_with_params<half_away_from_zero, symmetric<4>>(x, group) == 0);
+            // the same groups as Bounded spans (per-channel rows, per-tensor), both scale modes
+            for (std::size_t g = 0; g < w; ++g)
+            {
+                const float* p = x.data() + g * group;
+                bool f = false;
+                const min_max st = kernels::reference::min_max_span(p, group, f);
+                for (const scale_application mode : {scale_application::multiply_inverse, scale_application::divide})
+                {
+                    for (const encode_params e : {encode_params{symmetric<8>::make_params(st), -127, 127, mode},
+                                                  encode_params{symmetric<4>::make_params(st), -7, 7, mode}})
+                    {
+                        std::vector<std::int8_t> want(group);
+                        std::vector<std::int8_t> got(group);
+                        kernels::reference::quantize_span<half_away_from_zero>(p, group, e, want.data());
+                        kernels::simd::quantize_span<half_away_from_zero, true>(p, group, e, got.data());
+                        CAPTURE(g);
+                        CHECK(first_difference(want, got) == group);
+                    }
+                }
+            }
         }
     }
 }

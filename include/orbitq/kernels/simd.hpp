@@ -301,9 +301,9 @@ namespace orbitq::kernels::simd
         /// to integer bounds commutes with it, and where R(v) + zp is inexact in float32
         /// (|v| >= 2^24) both forms clamp to the same bound. Half-to-even rounds in the
         /// conversion itself (cvtps2dq, the current rounding mode, as std::nearbyint).
-        /// With Clamp = false the float32 clamp is left out: only for the int8 range [-128, 127]
-        /// and values whose scaled |v| stays below 2^30 (see quantize_span's Bounded), where
-        /// R(v) + zp is exact in int32 and the saturating narrow is the clamp.
+        /// With Clamp = false the float32 clamp is left out: only where quantize_span's Bounded
+        /// shows it changes nothing (restricted symmetric) or the saturating narrow does it
+        /// (the int8 range, with R(v) + zp exact in int32).
         /// @pre e is `vector_exact` (otherwise use the reference, see below).
         template <rounding_policy R, bool Clamp = true>
         struct encoder
@@ -343,8 +343,10 @@ namespace orbitq::kernels::simd
             }
         };
 
+        /// Encodes n values with the vector form, the tail through the reference.
+        /// @pre encoder<R>::vector_exact(e); Clamp = false only as encode_span allows it.
         template <rounding_policy R, bool Clamp, weight_element T>
-        inline std::size_t encode_batches(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
+        [[gnu::always_inline]] inline void encode_vector(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
         {
             const encoder<R, Clamp> enc(e);
             std::size_t i = 0;
@@ -354,20 +356,24 @@ namespace orbitq::kernels::simd
                               enc(load(x + i + 3 * width, arch_type{})), out + i, arch_type{});
             }
             for (; i + width <= n; i += width) store_int8(enc(load(x + i, arch_type{})), out + i, arch_type{});
-            return i;
+            for (; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
         }
 
         /// Encodes n values (any n); the tail, and orbits the vector form cannot take, go through
-        /// the reference. Bounded: see simd::quantize_span.
+        /// the reference. Bounded: see simd::quantize_span; the clamp is left out where it
+        /// provably changes nothing (restricted symmetric: see needs_clamp) or where the
+        /// saturating narrow does it (the int8 range [-128, 127]).
         template <rounding_policy R, bool Bounded, weight_element T>
-        inline void encode_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
+        [[gnu::always_inline]] inline void encode_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
         {
-            std::size_t i = 0;
-            if (encoder<R>::vector_exact(e))
+            if (!encoder<R>::vector_exact(e))
             {
-                i = Bounded && e.qmin == -128 && e.qmax == 127 ? encode_batches<R, false>(x, n, e, out) : encode_batches<R, true>(x, n, e, out);
+                for (std::size_t i = 0; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
+                return;
             }
-            for (; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
+            const bool clamp_free = (e.qmin == -128 && e.qmax == 127) || (e.qmin == -e.qmax && e.params.zero_point == 0);
+            if (Bounded && clamp_free) encode_vector<R, false>(x, n, e, out);
+            else encode_vector<R, true>(x, n, e, out);
         }
 
         /// The fused pass over whole groups of `NB` batches: load a group once, reduce it, ask
@@ -545,11 +551,13 @@ namespace orbitq::kernels::simd
     }
 
     /// @brief Encodes n values of one orbit into int8 codes; bit-identical to reference::quantize_span.
-    /// @tparam Bounded the caller guarantees that every value scaled by e (x * inv_scale, or
-    ///         x / scale) has magnitude below 2^30. True of parameters a builtin scheme made from
-    ///         a statistic covering the values: |x| <= max(hi, -lo) bounds the scaled value by
-    ///         256 (see detail::needs_clamp). The int8 range [-128, 127] is then clamped by the
-    ///         saturating narrow instead of in float32 (two instructions fewer per batch).
+    /// @tparam Bounded the caller guarantees that e.params is exactly what a builtin scheme's
+    ///         make_params (is_builtin_scheme) returned for a statistic covering all n values
+    ///         (the orbit's own, or the tensor's), not a rounded stored scale. Then every scaled
+    ///         value has magnitude below 256, and below qmax + 1/2 for restricted symmetric
+    ///         schemes (see detail::needs_clamp): the float32 clamp is left out for those and for
+    ///         the int8 range [-128, 127], where the saturating narrow clamps (two instructions
+    ///         fewer per batch).
     template <rounding_policy R, bool Bounded = false, weight_element T>
     void quantize_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
     {
