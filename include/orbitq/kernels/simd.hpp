@@ -706,22 +706,28 @@ namespace orbitq::kernels::simd
             }
         };
 
-        /// max of float batches as int16 lanes (pairs of bf16 magnitude bits).
-        struct max_int16_op
+        /// min or max of float batches as int16 lanes (pairs of 16-bit values).
+        template <bool Max>
+        struct int16_op
         {
             float operator()(float a, float b) const noexcept
             {
                 using pair = std::array<std::int16_t, 2>;
                 const auto x = std::bit_cast<pair>(a);
                 const auto y = std::bit_cast<pair>(b);
-                return std::bit_cast<float>(pair{std::max(x[0], y[0]), std::max(x[1], y[1])});
+                const auto pick = [](std::int16_t u, std::int16_t v) { return Max ? std::max(u, v) : std::min(u, v); };
+                return std::bit_cast<float>(pair{pick(x[0], y[0]), pick(x[1], y[1])});
             }
             float_batch operator()(const float_batch& a, const float_batch& b) const noexcept
             {
                 using half_batch = xsimd::batch<std::int16_t, arch_type>;
-                return xsimd::bitwise_cast<float_batch>(xsimd::max(xsimd::bitwise_cast<half_batch>(a), xsimd::bitwise_cast<half_batch>(b)));
+                const half_batch u = xsimd::bitwise_cast<half_batch>(a);
+                const half_batch v = xsimd::bitwise_cast<half_batch>(b);
+                return xsimd::bitwise_cast<float_batch>(Max ? xsimd::max(u, v) : xsimd::min(u, v));
             }
         };
+        using max_int16_op = int16_op<true>;
+        using min_int16_op = int16_op<false>;
 
         /// Parameters of `width` orbits at once.
         struct batch_params
@@ -877,6 +883,47 @@ namespace orbitq::kernels::simd
                 finite = !xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(0x7f7fffff));
                 if (!finite) return {};
                 const batch_params bp = make_batch_params<S>(-vmax, vmax);
+                return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
+            }
+            else if constexpr (std::same_as<T, bfloat16_t> && NB == 2)
+            {
+                // bf16 groups of 2 width values are one batch of raw bits. Sign-magnitude bits
+                // become ordered int16 keys with k = b ^ ((b >> 15) & 0x7fff) (negative values
+                // have their magnitude bits flipped; the map is its own inverse), reduced as int16
+                // pairs by the trees and widened once per tile. NaN keys lie beyond the keys of
+                // +-inf, so the tile is finite when its keys stay within those of +-FLT_MAX.
+                using half_batch = xsimd::batch<std::int16_t, arch_type>;
+                lane_tree<min_int16_op, arch_type> min_tree;
+                lane_tree<max_int16_op, arch_type> max_tree;
+                const auto group_keys = [&](std::size_t j) {
+                    if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits (key 0 = +0)
+                    const half_batch b = half_batch::load_unaligned(reinterpret_cast<const std::int16_t*>(x + j * group));
+                    return xsimd::bitwise_cast<float_batch>(b ^ ((b >> 15) & half_batch(0x7fff)));
+                };
+                for (std::size_t j = 0; j < width; j += 4)
+                {
+                    const float_batch k0 = group_keys(j);
+                    const float_batch k1 = group_keys(j + 1);
+                    const float_batch k2 = group_keys(j + 2);
+                    const float_batch k3 = group_keys(j + 3);
+                    min_tree.push4(k0, k1, k2, k3, min_int16_op{});
+                    max_tree.push4(k0, k1, k2, k3, max_int16_op{});
+                }
+                // each int32 lane holds a pair of int16 keys of one group: sign-extend both halves
+                const auto halves = [](const float_batch& v) {
+                    const bits_batch p = xsimd::bitwise_cast<bits_batch>(v);
+                    return std::pair{(p << 16) >> 16, p >> 16};
+                };
+                const auto [min_lo, min_hi] = halves(min_tree.finish(min_int16_op{}));
+                const auto [max_lo, max_hi] = halves(max_tree.finish(max_int16_op{}));
+                const bits_batch kmin = xsimd::min(min_lo, min_hi);
+                const bits_batch kmax = xsimd::max(max_lo, max_hi);
+                // keys of +-FLT_MAX (bf16 0x7f7f and 0xff7f): 0x7f7f and 0xff7f ^ 0x7fff = -0x7f80
+                if (xsimd::any(kmax > bits_batch(0x7f7f)) || xsimd::any(kmin < bits_batch(-0x7f80))) return {};
+                const auto widen = [](const bits_batch& k) {  // back to bf16 bits, then to float32
+                    return xsimd::bitwise_cast<float_batch>((k ^ ((k >> 15) & bits_batch(0x7fff))) << 16);
+                };
+                const batch_params bp = make_batch_params<S>(widen(kmin), widen(kmax));
                 return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
             }
             else
