@@ -9,6 +9,7 @@
 #include <orbitq/kernels/simd.hpp>
 #include <orbitq/quantize.hpp>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -373,26 +374,34 @@ TEST_CASE_TEMPLATE("fused per-group pass reports non-finite groups before encodi
     }
 }
 
-TEST_CASE("16-bit widening is exact for every bit pattern")
+TEST_CASE("16-bit widening and ordering are exact for every bit pattern")
 {
-    // All 65536 patterns through the kernels' loads: min_max of one value returns it exactly
-    // (NaN patterns are reported non-finite instead).
+    // All 65536 patterns: the kernels' loads widen each to its exact float32 bits, and the
+    // 16-bit min_max_span (ordered int16 keys, vector loop and scalar tail) returns the value
+    // itself, or reports the NaN and infinity patterns non-finite.
     const std::size_t w = kernels::simd::width;
-    std::vector<bfloat16_t> b(w);
-    std::vector<float16_t> h(w);
+    const std::size_t n = 4 * w + 1;  // a whole 2-batch step of 16-bit lanes, plus a tail
+    std::vector<bfloat16_t> b(n);
+    std::vector<float16_t> h(n);
+    alignas(64) float lanes[kernels::simd::width];
     for (std::uint32_t u = 0; u < 65536; u += 1)
     {
-        for (std::size_t k = 0; k < w; ++k)
-        {
-            b[k] = bfloat16_t{static_cast<std::uint16_t>(u)};
-            h[k] = float16_t{static_cast<std::uint16_t>(u)};
-        }
-        bool fb = false;
-        bool fh = false;
-        const min_max sb = kernels::simd::min_max_span(b.data(), w, fb);
-        const min_max sh = kernels::simd::min_max_span(h.data(), w, fh);
+        std::fill(b.begin(), b.end(), bfloat16_t{static_cast<std::uint16_t>(u)});
+        std::fill(h.begin(), h.end(), float16_t{static_cast<std::uint16_t>(u)});
         const float xb = to_float(b[0]);
         const float xh = to_float(h[0]);
+        // exact bits; a NaN stays a NaN (F16C quiets signalling NaNs, the scalar path need not)
+        const auto same = [](float got, float want) {
+            return std::isnan(want) ? std::isnan(got) : std::bit_cast<std::uint32_t>(got) == std::bit_cast<std::uint32_t>(want);
+        };
+        kernels::simd::detail::load(b.data(), kernels::simd::arch_type{}).store_aligned(lanes);
+        if (!same(lanes[w - 1], xb)) FAIL_CHECK("bf16 load " << u);
+        kernels::simd::detail::load(h.data(), kernels::simd::arch_type{}).store_aligned(lanes);
+        if (!same(lanes[w - 1], xh)) FAIL_CHECK("f16 load " << u);
+        bool fb = false;
+        bool fh = false;
+        const min_max sb = kernels::simd::min_max_span(b.data(), n, fb);
+        const min_max sh = kernels::simd::min_max_span(h.data(), n, fh);
         if (fb != std::isfinite(xb) || (fb && (sb.min != xb || sb.max != xb))) FAIL_CHECK("bf16 pattern " << u);
         if (fh != std::isfinite(xh) || (fh && (sh.min != xh || sh.max != xh))) FAIL_CHECK("f16 pattern " << u);
     }
