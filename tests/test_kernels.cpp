@@ -509,6 +509,80 @@ TEST_CASE_TEMPLATE("tiles of groups with vector parameters equal the reference",
     }
 }
 
+namespace
+{
+    /// quantize_groups_with_params_packed against the unpacked kernel: the same scales and zero
+    /// points, and bytes equal to pack_int4 of its codes.
+    template <rounding_policy R, class S, class T>
+    void check_packed(const std::vector<T>& x, std::size_t group)
+    {
+        const std::size_t n = x.size();
+        const auto params = [](const min_max& st, bool finite) {
+            REQUIRE(finite);
+            return encode_params{S::make_params(st), S::qmin, S::qmax, scale_application::multiply_inverse};
+        };
+        std::vector<float> scales(n / group, -1.0f);
+        std::vector<std::int32_t> zps(n / group, -1000);
+        std::vector<std::int8_t> codes(n, 99);
+        kernels::simd::quantize_groups_with_params<R, S>(x.data(), n, group, scales.data(), S::has_zero_point ? zps.data() : nullptr,
+                                                          codes.data(), [&](std::size_t g, const min_max& st, bool f) {
+                                                              const encode_params e = params(st, f);
+                                                              scales[g] = e.params.scale;
+                                                              zps[g] = e.params.zero_point;
+                                                              return e;
+                                                          });
+        std::vector<std::int8_t> want(n / 2);
+        kernels::simd::pack_int4(codes.data(), n, want.data());
+        std::vector<float> got_scales(n / group, -2.0f);
+        std::vector<std::int32_t> got_zps(n / group, -2000);
+        std::vector<std::int8_t> got(n / 2, 99);
+        kernels::simd::quantize_groups_with_params_packed<R, S>(x.data(), n, group, got_scales.data(),
+                                                                 S::has_zero_point ? got_zps.data() : nullptr, got.data(),
+                                                                 [&](std::size_t g, const min_max& st, bool f) {
+                                                                     const encode_params e = params(st, f);
+                                                                     got_scales[g] = e.params.scale;
+                                                                     got_zps[g] = e.params.zero_point;
+                                                                     return e;
+                                                                 });
+        CHECK(got_scales == scales);
+        if (S::has_zero_point) CHECK(got_zps == zps);
+        CHECK(first_difference(want, got) == n / 2);
+    }
+}
+
+TEST_CASE_TEMPLATE("int4 tiles packed from L1 equal pack_int4 of the int8 kernel's codes", T, float, bfloat16_t, float16_t)
+{
+    const std::size_t w = kernels::simd::width;
+    // tile sizes (w, 2w), the buffered path for other sizes (3w, 6, 5 with an even n), several
+    // tiles plus spare groups
+    for (std::size_t group : {w, 2 * w, 3 * w, std::size_t{6}, std::size_t{5}})
+    {
+        for (std::size_t groups : {w, 2 * w + 4, std::size_t{1000}})
+        {
+            const std::size_t n = group * groups;
+            if (n % 2 != 0) continue;
+            CAPTURE(group);
+            CAPTURE(n);
+            const auto x = random_values<T>(n, static_cast<unsigned>(n + group));
+            check_packed<half_to_even, symmetric<4>>(x, group);
+            check_packed<half_away_from_zero, symmetric<4, symmetric_range::full>>(x, group);
+            check_packed<half_to_even, asymmetric<4>>(x, group);
+            check_packed<half_away_from_zero, asymmetric<4>>(tie_and_clamp_values<T>(n), group);
+        }
+    }
+}
+
+TEST_CASE("pack_int4 puts code 2k in the low nibble, an odd last code alone")
+{
+    const std::vector<std::int8_t> codes = {1, -1, -8, 7, 0, 3, -2};
+    std::vector<std::int8_t> out(4, 42);
+    kernels::simd::pack_int4(codes.data(), codes.size(), out.data());
+    CHECK(static_cast<std::uint8_t>(out[0]) == 0xf1);  // 1 | (-1 & 0xf) << 4
+    CHECK(static_cast<std::uint8_t>(out[1]) == 0x78);  // -8 -> 0x8, 7 -> 0x7
+    CHECK(static_cast<std::uint8_t>(out[2]) == 0x30);
+    CHECK(static_cast<std::uint8_t>(out[3]) == 0x0e);  // -2 alone, high nibble 0
+}
+
 TEST_CASE("tiles with a subnormal scale (infinite inverse) fall back to the reference")
 {
     const std::size_t w = kernels::simd::width;
@@ -517,6 +591,8 @@ TEST_CASE("tiles with a subnormal scale (infinite inverse) fall back to the refe
     CHECK(std::isinf(symmetric<8>::make_params(min_max{0.0f, 6e-41f}).inv_scale));
     check_all_schemes_with_params(x, w);
     check_all_schemes_with_params(x, 2 * w);
+    check_packed<half_to_even, symmetric<4>>(x, 2 * w);
+    check_packed<half_to_even, asymmetric<4>>(x, w);
 }
 
 TEST_CASE("tiles of restricted symmetric groups encode without a clamp: the bound holds at every scale")

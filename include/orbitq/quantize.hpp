@@ -154,22 +154,6 @@ namespace orbitq
 
     namespace detail
     {
-        /// Packs n int8 codes in [-8, 7] into ceil(n/2) bytes, low nibble first. Written on
-        /// 16-bit pairs so the compiler vectorizes it (one shift, two masks and a narrowing
-        /// per vector of pairs).
-        inline void pack_int4(const std::int8_t* in, std::size_t n, std::int8_t* out) noexcept
-        {
-            const std::size_t pairs = n / 2;
-            for (std::size_t k = 0; k < pairs; ++k)
-            {
-                std::uint16_t u;  // little-endian: code 2k in the low byte, code 2k+1 in the high byte
-                std::memcpy(&u, in + 2 * k, sizeof(u));
-                if constexpr (std::endian::native == std::endian::big) u = static_cast<std::uint16_t>((u >> 8) | (u << 8));
-                out[k] = static_cast<std::int8_t>((u & 0x0fu) | ((u >> 4) & 0xf0u));
-            }
-            if (n % 2 != 0) out[pairs] = static_cast<std::int8_t>(in[n - 1] & 0x0f);
-        }
-
         /// The parameters as stored: the scale rounded to spec.scale_type (inverse recomputed).
         inline quant_params stored_params(const quant_params& exact, const quant_spec& spec, const std::string& name)
         {
@@ -195,9 +179,10 @@ namespace orbitq
     }
 
     /// @brief Quantizes `w` with the compile-time policies of Q into `q`, reusing its storage:
-    ///        no allocation when q's vectors already have the capacity (repeated conversions of
-    ///        same-shaped tensors, benchmarks). Same result, options and errors as quantize<Q>;
-    ///        on an exception q's contents are unspecified.
+    ///        q's vectors are not reallocated when they already have the capacity (repeated
+    ///        conversions of same-shaped tensors, benchmarks); int4 codes that are not packed
+    ///        tile by tile go through a buffer of one row (or 4 KiB) per thread. Same result,
+    ///        options and errors as quantize<Q>; on an exception q's contents are unspecified.
     template <class Q, weight_element T>
     void quantize_into(const matrix_view<T>& w, quantized_tensor& q, quant_spec spec = {}, unsigned threads = 1)
     {
@@ -253,10 +238,9 @@ namespace orbitq
         };
         // per_group, contiguous rows, groups dividing the rows: the rows of a range are one
         // sequence of groups (orbits and codes are laid out the same way), so the fused pass runs
-        // over the range without a break at each row. int8 codes go straight to the output;
-        // int4 codes go through a buffer of rows (~64 KiB, in L2), packed row by row: the tile
-        // loop prefetches only within a call, so short chunks stall at every boundary (measured:
-        // 8 KiB chunks run at 0.55 of the f32 roofline, 64 KiB at 0.75-0.85).
+        // over the range without a break at each row (the tile loop prefetches within a call:
+        // measured, 8 KiB pieces ran at 0.55 of the f32 roofline). int4 codes are packed from
+        // L1 tile by tile; that needs an even row length (rows then start on a whole byte).
         const bool vector_params = spec.scale_type == element_type::f32 && spec.mode == scale_application::multiply_inverse;
         // Codes made with a builtin scheme's own parameters (not a rounded stored scale) scale
         // every value of the orbit below 256 in magnitude, so an int8 range needs no float clamp.
@@ -265,31 +249,28 @@ namespace orbitq
             if (bounded) kernels::simd::quantize_span<R, true>(x, n, e, out);
             else kernels::simd::quantize_span<R, false>(x, n, e, out);
         };
-        const bool flat_groups = detail::is_per_group<G>::value && vector_params && w.stride == w.cols && w.cols % L.group == 0;
+        const bool flat_groups = detail::is_per_group<G>::value && vector_params && w.stride == w.cols && w.cols % L.group == 0
+                              && (S::bits == 8 || w.cols % 2 == 0);
         parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
             if (flat_groups)
             {
                 const std::size_t gpr = L.groups_per_row;
-                const std::size_t chunk = S::bits == 8 ? last - first : std::max<std::size_t>(1, 65536 / w.cols);
-                std::vector<std::int8_t> buf(S::bits == 8 ? 0 : chunk * w.cols);
-                for (std::size_t r0 = first; r0 < last; r0 += chunk)
+                const auto on_group = [&](std::size_t g, const min_max& stat, bool finite) {
+                    if (!finite) detail::throw_non_finite(w, first + g / gpr);
+                    return record(first * gpr + g, stat);
+                };
+                float* scales = q.scales.data() + first * gpr;
+                std::int32_t* zero_points = S::has_zero_point ? q.zero_points.data() + first * gpr : nullptr;
+                const std::size_t n = (last - first) * w.cols;
+                if constexpr (S::bits == 8)
                 {
-                    const std::size_t r1 = std::min(last, r0 + chunk);
-                    std::int8_t* out = S::bits == 8 ? q.codes.data() + r0 * w.cols : buf.data();
-                    kernels::simd::quantize_groups_with_params<R, S>(
-                        w.row(r0), (r1 - r0) * w.cols, L.group, q.scales.data() + r0 * gpr,
-                        S::has_zero_point ? q.zero_points.data() + r0 * gpr : nullptr, out,
-                        [&](std::size_t g, const min_max& stat, bool finite) {
-                            if (!finite) detail::throw_non_finite(w, r0 + g / gpr);
-                            return record(r0 * gpr + g, stat);
-                        });
-                    if constexpr (S::bits == 4)
-                    {
-                        for (std::size_t r = r0; r < r1; ++r)
-                        {
-                            detail::pack_int4(buf.data() + (r - r0) * w.cols, w.cols, q.codes.data() + r * q.row_bytes());
-                        }
-                    }
+                    kernels::simd::quantize_groups_with_params<R, S>(w.row(first), n, L.group, scales, zero_points,
+                                                                     q.codes.data() + first * w.cols, on_group);
+                }
+                else
+                {
+                    kernels::simd::quantize_groups_with_params_packed<R, S>(w.row(first), n, L.group, scales, zero_points,
+                                                                            q.codes.data() + first * q.row_bytes(), on_group);
                 }
                 return;
             }
@@ -335,7 +316,7 @@ namespace orbitq
                         kernels::simd::quantize_groups<R, !S::has_zero_point>(x, w.cols, L.group, out, on_group);
                     }
                 }
-                if constexpr (S::bits == 4) detail::pack_int4(row_buf.data(), w.cols, q.codes.data() + r * q.row_bytes());
+                if constexpr (S::bits == 4) kernels::simd::pack_int4(row_buf.data(), w.cols, q.codes.data() + r * q.row_bytes());
             }
         });
     }

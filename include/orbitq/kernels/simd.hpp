@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 namespace orbitq::kernels::simd
 {
@@ -605,6 +606,23 @@ namespace orbitq::kernels::simd
         return {-a, a};
     }
 
+    /// @brief Packs n int4 codes (one per byte, each in [-8, 7]) two to a byte: code 2k in the
+    ///        low nibble of out[k], code 2k + 1 in the high nibble; an odd last code takes a low
+    ///        nibble alone (high nibble 0). Writes (n + 1) / 2 bytes. Written on 16-bit pairs so
+    ///        the compiler vectorizes it (one shift, two masks and a narrowing per vector).
+    inline void pack_int4(const std::int8_t* in, std::size_t n, std::int8_t* out) noexcept
+    {
+        const std::size_t pairs = n / 2;
+        for (std::size_t k = 0; k < pairs; ++k)
+        {
+            std::uint16_t u;  // little-endian: code 2k in the low byte, code 2k+1 in the high byte
+            std::memcpy(&u, in + 2 * k, sizeof(u));
+            if constexpr (std::endian::native == std::endian::big) u = static_cast<std::uint16_t>((u >> 8) | (u << 8));
+            out[k] = static_cast<std::int8_t>((u & 0x0fu) | ((u >> 4) & 0xf0u));
+        }
+        if (n % 2 != 0) out[pairs] = static_cast<std::int8_t>(in[n - 1] & 0x0f);
+    }
+
     /// @brief Encodes n values of one orbit into int8 codes; bit-identical to reference::quantize_span.
     /// @tparam Bounded the caller guarantees that e.params is exactly what a builtin scheme's
     ///         make_params (is_builtin_scheme) returned for a statistic covering all n values
@@ -1130,12 +1148,15 @@ namespace orbitq::kernels::simd
             }
         }
 
-        template <rounding_policy R, class S, std::size_t NB, weight_element T, class OnGroup>
+        /// Packed: out receives the codes two to a byte (pack_int4); each tile is encoded into
+        /// an L1 buffer and packed from there.
+        template <rounding_policy R, class S, std::size_t NB, bool Packed, weight_element T, class OnGroup>
         inline void quantize_tiles(const T* x, std::size_t n, float* scales, std::int32_t* zero_points, std::int8_t* out,
                                    OnGroup& on_group)
         {
             constexpr std::size_t group = NB * width;
             const std::size_t whole = n / group;
+            alignas(64) std::int8_t tile_codes[Packed ? width * group : 1];
             // Software pipelined: the parameters of tile t + 1 are computed before tile t is
             // encoded, so their latency (a reduction tree, two divisions) overlaps the encoding.
             tile_params next{};
@@ -1149,21 +1170,23 @@ namespace orbitq::kernels::simd
                 const tile_params cur = next;
                 if (g0 + (ahead + 1) * width <= whole) prefetch(x + (g0 + ahead * width) * group, width * group * sizeof(T));
                 if (g0 + width < whole) next = compute_tile_params<S, NB>(x + c0 + width * group, std::min(width, whole - g0 - width));
+                std::int8_t* codes = Packed ? tile_codes : out + c0;
                 if (cur.ok && count == width)
                 {
-                    encode_tile<R, S, NB>(x + c0, width, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, out + c0);
+                    encode_tile<R, S, NB>(x + c0, width, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
                 }
                 else if (cur.ok)
                 {
-                    encode_tile<R, S, NB>(x + c0, count, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, out + c0);
+                    encode_tile<R, S, NB>(x + c0, count, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
                 }
                 else
                 {
-                    quantize_groups<R, !S::has_zero_point>(x + c0, count * group, group, out + c0,
+                    quantize_groups<R, !S::has_zero_point>(x + c0, count * group, group, codes,
                                                             [&](std::size_t g, const min_max& s, bool f) { return on_group(g0 + g, s, f); });
                 }
+                if constexpr (Packed) pack_int4(tile_codes, count * group, out + c0 / 2);
             }
-            if (whole * group < n)  // a ragged last group
+            if (!Packed && whole * group < n)  // a ragged last group
             {
                 const std::size_t c0 = whole * group;
                 quantize_groups<R, !S::has_zero_point>(x + c0, n - c0, group, out + c0,
@@ -1185,8 +1208,31 @@ namespace orbitq::kernels::simd
     void quantize_groups_with_params(const T* x, std::size_t n, std::size_t group, float* scales, std::int32_t* zero_points,
                                      std::int8_t* out, OnGroup&& on_group)
     {
-        if (group == width) return detail::quantize_tiles<R, S, 1>(x, n, scales, zero_points, out, on_group);
-        if (group == 2 * width) return detail::quantize_tiles<R, S, 2>(x, n, scales, zero_points, out, on_group);
+        if (group == width) return detail::quantize_tiles<R, S, 1, false>(x, n, scales, zero_points, out, on_group);
+        if (group == 2 * width) return detail::quantize_tiles<R, S, 2, false>(x, n, scales, zero_points, out, on_group);
         quantize_groups<R, !S::has_zero_point>(x, n, group, out, on_group);
+    }
+
+    /// @brief quantize_groups_with_params with the codes packed two to a byte as pack_int4
+    ///        lays them out: out receives n / 2 bytes, equal to pack_int4 of the int8 codes.
+    ///        Tiles are packed from L1 as they are encoded (no pass over a buffer of codes).
+    /// @pre S::bits == 4, n % group == 0, n even, and as quantize_groups_with_params.
+    template <rounding_policy R, scheme_policy S, weight_element T, class OnGroup>
+    void quantize_groups_with_params_packed(const T* x, std::size_t n, std::size_t group, float* scales, std::int32_t* zero_points,
+                                            std::int8_t* out, OnGroup&& on_group)
+    {
+        static_assert(S::bits == 4, "packed codes are int4");
+        if (group == width) return detail::quantize_tiles<R, S, 1, true>(x, n, scales, zero_points, out, on_group);
+        if (group == 2 * width) return detail::quantize_tiles<R, S, 2, true>(x, n, scales, zero_points, out, on_group);
+        // other group sizes: whole groups, an even number of codes at a time, through a buffer
+        const std::size_t chunk = std::max<std::size_t>(1, 4096 / (2 * group)) * 2 * group;
+        std::vector<std::int8_t> codes(std::min(chunk, n));
+        for (std::size_t c0 = 0; c0 < n; c0 += chunk)
+        {
+            const std::size_t m = std::min(chunk, n - c0);
+            quantize_groups<R, !S::has_zero_point>(x + c0, m, group, codes.data(),
+                                                    [&](std::size_t g, const min_max& s, bool f) { return on_group(c0 / group + g, s, f); });
+            pack_int4(codes.data(), m, out + c0 / 2);
+        }
     }
 }

@@ -343,7 +343,7 @@ namespace orbitq::models::gemma4
                     std::int8_t* out = S::bits == 8 ? q.codes.data() + r * block.cols : row_buf.data();
                     if (spec.rounding == rounding_kind::half_to_even) kernels::simd::quantize_span<half_to_even>(block.row(r), block.cols, p.enc, out);
                     else kernels::simd::quantize_span<half_away_from_zero>(block.row(r), block.cols, p.enc, out);
-                    if constexpr (S::bits == 4) orbitq::detail::pack_int4(row_buf.data(), block.cols, q.codes.data() + r * q.row_bytes());
+                    if constexpr (S::bits == 4) kernels::simd::pack_int4(row_buf.data(), block.cols, q.codes.data() + r * q.row_bytes());
                 }
             });
         });
