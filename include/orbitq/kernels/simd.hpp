@@ -6,15 +6,22 @@
 ///
 /// Every kernel works on batches of `width` float32 lanes:
 /// - 16-bit inputs (bfloat16, binary16) are widened in registers as they are loaded (bf16: a
-///   zero-extend and a shift; f16: the F16C conversion), never through a float32 copy.
-/// - Codes are narrowed from int32 lanes to int8 in registers (AVX-512 vpmovdb, AVX2/SSE2
-///   saturating packs; every narrow saturates, which the int8 tiles use as their clamp).
+///   zero-extend and a shift; f16: the F16C conversion), never through a float32 copy. Their
+///   statistics need no widening at all: max |x| on the 16-bit magnitudes, min and max on
+///   ordered int16 keys of the raw bits (b ^ ((b >> 15) & 0x7fff)), widened once per result.
+/// - Codes are narrowed from int32 lanes to int8 in registers (AVX-512 vpmovsdb, AVX2/SSE2
+///   packs); every narrow saturates, which serves as the int8 clamp where the scaled values are
+///   known to be bounded (see detail::needs_clamp and quantize_span's Bounded).
 /// - quantize_groups fuses the statistics and the encode pass of every group of a row: a group
 ///   of up to 8 batches is loaded once, reduced, and encoded from registers.
+/// - quantize_groups_with_params takes groups of 1 or 2 batches `width` at a time (a tile):
+///   their statistics go through one transposing reduction, their parameters are computed in
+///   vectors, and int4 codes are packed from L1 tile by tile.
 ///
-/// The instruction-set specific pieces are three small helpers (load, narrow, reduce), each with
-/// a generic fallback written with xsimd batches and scalar code, so any arch xsimd supports
-/// compiles and stays exact; the per-arch overloads are chosen by C++20 constraints on the arch.
+/// The instruction-set specific pieces are small helpers (load, narrow, reduce, the tile
+/// reduction tree), each with a generic fallback written with xsimd batches and scalar code, so
+/// any arch xsimd supports compiles and stays exact; the per-arch overloads are chosen by C++20
+/// constraints on the arch.
 #pragma once
 
 #include "orbitq/kernels/reference.hpp"
