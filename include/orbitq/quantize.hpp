@@ -23,9 +23,7 @@
 #include "orbitq/policy/rounding.hpp"
 #include "orbitq/policy/scheme.hpp"
 
-#include <bit>
 #include <cmath>
-#include <cstring>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -243,7 +241,8 @@ namespace orbitq
         // L1 tile by tile; that needs an even row length (rows then start on a whole byte).
         const bool vector_params = spec.scale_type == element_type::f32 && spec.mode == scale_application::multiply_inverse;
         // Codes made with a builtin scheme's own parameters (not a rounded stored scale) scale
-        // every value of the orbit below 256 in magnitude, so an int8 range needs no float clamp.
+        // every value of the orbit below 256 in magnitude, and below qmax + 1/2 for restricted
+        // symmetric schemes: those and the int8 range need no float clamp (quantize_span's Bounded).
         const bool bounded = is_builtin_scheme<S> && (spec.scale_type == element_type::f32 || !spec.codes_from_stored_scale);
         const auto encode = [bounded](const T* x, std::size_t n, const encode_params& e, std::int8_t* out) {
             if (bounded) kernels::simd::quantize_span<R, true>(x, n, e, out);
