@@ -351,6 +351,12 @@ namespace orbitq::kernels::simd
             }
         };
 
+        /// Whether the float32 clamp can be left out for a range [qmin, qmax] when the scaled
+        /// values are bounded (quantize_span's Bounded, or a tile's own parameters): the
+        /// restricted symmetric ranges (qmin == -qmax: |v| < qmax + 1/2 rounds inside) and the
+        /// int8 range (the saturating narrow is the clamp). See needs_clamp for the proof.
+        constexpr bool clamp_free_range(int qmin, int qmax) noexcept { return qmin == -qmax || (qmin == -128 && qmax == 127); }
+
         /// Encodes n values with the vector form, the tail through the reference.
         /// @pre encoder<R>::vector_exact(e); Clamp = false only as encode_span allows it.
         template <rounding_policy R, bool Clamp, weight_element T>
@@ -379,8 +385,7 @@ namespace orbitq::kernels::simd
                 for (std::size_t i = 0; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
                 return;
             }
-            const bool clamp_free = (e.qmin == -128 && e.qmax == 127) || (e.qmin == -e.qmax && e.params.zero_point == 0);
-            if (Bounded && clamp_free) encode_vector<R, false>(x, n, e, out);
+            if (Bounded && clamp_free_range(e.qmin, e.qmax)) encode_vector<R, false>(x, n, e, out);
             else encode_vector<R, true>(x, n, e, out);
         }
 
@@ -455,6 +460,20 @@ namespace orbitq::kernels::simd
         return (8192 + b - 1) / b;
     }
 
+    namespace detail
+    {
+        /// Ordered key of 16-bit sign-magnitude bits (bf16, f16): k = b ^ ((b >> 15) & 0x7fff)
+        /// flips the magnitude bits of negative values, so keys order as the values do (-0
+        /// just below +0) and NaN keys lie beyond those of +-inf. The map is its own inverse,
+        /// and works unchanged on keys sign-extended to int32 lanes. B: int16 or int32 (a batch
+        /// or a scalar).
+        template <class B>
+        inline B ordered_key(const B& b) noexcept
+        {
+            return static_cast<B>(b ^ ((b >> 15) & B(0x7fff)));
+        }
+    }
+
     /// @brief min and max of n values and whether all were finite. Equal (==) to
     ///        reference::min_max_span. @pre n > 0.
     ///
@@ -465,15 +484,12 @@ namespace orbitq::kernels::simd
     {
         if constexpr (!std::same_as<T, float>)
         {
-            // 16-bit inputs: reduce ordered int16 keys of the raw bits, twice the lanes per batch
-            // and no widening. k = b ^ ((b >> 15) & 0x7fff) flips the magnitude bits of negative
-            // values, so keys order as the values do (-0 just below +0, which == does not
-            // see) and NaN keys lie beyond those of +-inf; the map is its own inverse.
+            // 16-bit inputs: reduce ordered int16 keys of the raw bits (detail::ordered_key),
+            // twice the lanes per batch and no widening; -0 sorts below +0, which == does not see.
             using half_batch = xsimd::batch<std::int16_t, arch_type>;
             constexpr std::size_t hw = half_batch::size;
             constexpr std::int16_t largest_finite = std::same_as<T, bfloat16_t> ? 0x7f7f : 0x7bff;
-            const half_batch magnitude(0x7fff);
-            const auto key = [&](const half_batch& b) { return b ^ ((b >> 15) & magnitude); };
+            const auto key = [](const half_batch& b) { return detail::ordered_key(b); };
             half_batch lo0(std::numeric_limits<std::int16_t>::max()), lo1 = lo0;
             half_batch hi0(std::numeric_limits<std::int16_t>::min()), hi1 = hi0;
             const auto* u = reinterpret_cast<const std::int16_t*>(x);
@@ -504,10 +520,7 @@ namespace orbitq::kernels::simd
                 kmin = std::min(kmin, los[k]);
                 kmax = std::max(kmax, his[k]);
             }
-            const auto scalar_key = [](std::uint16_t b) {
-                const auto v = static_cast<std::int16_t>(b);
-                return static_cast<std::int16_t>(v ^ ((v >> 15) & 0x7fff));
-            };
+            const auto scalar_key = [](std::uint16_t b) { return detail::ordered_key(static_cast<std::int16_t>(b)); };
             for (; i < n; ++i)
             {
                 kmin = std::min(kmin, scalar_key(x[i].bits));
@@ -892,10 +905,10 @@ namespace orbitq::kernels::simd
         ///   |x| <= max(hi, -lo) <= fl(hi - lo) = 255 scale up to rounding), so R(x * inv) + zp is
         ///   exact in int32 and the saturating narrow clamps it to [-128, 127], which is the
         ///   reference's clamp(R(v) + zp, qmin, qmax).
-        /// Other schemes (int4 full range and asymmetric, user schemes) clamp.
+        /// Other schemes (int4 full range and asymmetric, user schemes) clamp. (No builtin
+        /// asymmetric range has qmin == -qmax, so clamp_free_range needs no scheme kind.)
         template <class S>
-        inline constexpr bool needs_clamp = !(is_builtin_scheme<S>
-                                              && ((!S::has_zero_point && S::qmin == -S::qmax) || (S::qmin == -128 && S::qmax == 127)));
+        inline constexpr bool needs_clamp = !(is_builtin_scheme<S> && clamp_free_range(S::qmin, S::qmax));
 
         /// Parameters of a tile of `count` <= width groups of NB batches, and whether the fast
         /// path may use them: false when a value is not finite or an inverse scale is infinite
@@ -906,16 +919,22 @@ namespace orbitq::kernels::simd
             bool ok = false;
         };
 
+        /// The parameters of a finite tile from its per-group statistics.
+        template <class S>
+        inline tile_params finite_tile_params(const float_batch& mn, const float_batch& mx) noexcept
+        {
+            const batch_params bp = make_batch_params<S>(mn, mx);
+            return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
+        }
+
         template <class S, std::size_t NB, weight_element T>
         inline tile_params compute_tile_params(const T* x, std::size_t count) noexcept
         {
             constexpr std::size_t group = NB * width;
             constexpr bool abs_only = !S::has_zero_point && is_builtin_scheme<S>;
             using bits_batch = xsimd::batch<std::int32_t, arch_type>;
-            bool finite = true;
             if constexpr (abs_only)
             {
-                lane_tree<max_bits_op, arch_type> max_tree;
                 // max |x| on the magnitude bits (see abs_max_span): NaN and inf sort above
                 // FLT_MAX, so the tile is finite exactly when every lane of the result is
                 // at most FLT_MAX's bits (checked after the reduction, which max keeps exact).
@@ -941,9 +960,9 @@ namespace orbitq::kernels::simd
                     // bf16 0x7f7f is FLT_MAX's bf16; above it: inf and NaN
                     if (xsimd::any(m > bits_batch(0x7f7f))) return {};
                     const float_batch vmax = xsimd::bitwise_cast<float_batch>(m << 16);  // exact widening
-                    const batch_params bp = make_batch_params<S>(-vmax, vmax);
-                    return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
+                    return finite_tile_params<S>(-vmax, vmax);
                 }
+                lane_tree<max_bits_op, arch_type> max_tree;
                 const bits_batch magnitude(0x7fffffff);
                 const auto group_max = [&](std::size_t j) {
                     if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
@@ -960,25 +979,21 @@ namespace orbitq::kernels::simd
                     max_tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_bits_op{});
                 }
                 const float_batch vmax = max_tree.finish(max_bits_op{});
-                finite = !xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(0x7f7fffff));
-                if (!finite) return {};
-                const batch_params bp = make_batch_params<S>(-vmax, vmax);
-                return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
+                if (xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(0x7f7fffff))) return {};
+                return finite_tile_params<S>(-vmax, vmax);
             }
             else if constexpr (std::same_as<T, bfloat16_t> && NB == 2)
             {
-                // bf16 groups of 2 width values are one batch of raw bits. Sign-magnitude bits
-                // become ordered int16 keys with k = b ^ ((b >> 15) & 0x7fff) (negative values
-                // have their magnitude bits flipped; the map is its own inverse), reduced as int16
-                // pairs by the trees and widened once per tile. NaN keys lie beyond the keys of
-                // +-inf, so the tile is finite when its keys stay within those of +-FLT_MAX.
+                // bf16 groups of 2 width values are one batch of raw bits: their ordered int16
+                // keys (ordered_key) are reduced as int16 pairs by the trees and widened once per
+                // tile; the tile is finite when its keys stay within those of +-FLT_MAX.
                 using half_batch = xsimd::batch<std::int16_t, arch_type>;
                 lane_tree<min_int16_op, arch_type> min_tree;
                 lane_tree<max_int16_op, arch_type> max_tree;
                 const auto group_keys = [&](std::size_t j) {
                     if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits (key 0 = +0)
                     const half_batch b = half_batch::load_unaligned(reinterpret_cast<const std::int16_t*>(x + j * group));
-                    return xsimd::bitwise_cast<float_batch>(b ^ ((b >> 15) & half_batch(0x7fff)));
+                    return xsimd::bitwise_cast<float_batch>(ordered_key(b));
                 };
                 for (std::size_t j = 0; j < width; j += 4)
                 {
@@ -1001,10 +1016,9 @@ namespace orbitq::kernels::simd
                 // keys of +-FLT_MAX (bf16 0x7f7f and 0xff7f): 0x7f7f and 0xff7f ^ 0x7fff = -0x7f80
                 if (xsimd::any(kmax > bits_batch(0x7f7f)) || xsimd::any(kmin < bits_batch(-0x7f80))) return {};
                 const auto widen = [](const bits_batch& k) {  // back to bf16 bits, then to float32
-                    return xsimd::bitwise_cast<float_batch>((k ^ ((k >> 15) & bits_batch(0x7fff))) << 16);
+                    return xsimd::bitwise_cast<float_batch>(ordered_key(k) << 16);
                 };
-                const batch_params bp = make_batch_params<S>(widen(kmin), widen(kmax));
-                return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
+                return finite_tile_params<S>(widen(kmin), widen(kmax));
             }
             else
             {
@@ -1040,10 +1054,8 @@ namespace orbitq::kernels::simd
                     min_tree.push4(lo[0], lo[1], lo[2], lo[3], min_op{});
                     max_tree.push4(hi[0], hi[1], hi[2], hi[3], max_op{});
                 }
-                finite = !xsimd::any(xsimd::isnan(poison));
-                if (!finite) return {};
-                const batch_params bp = make_batch_params<S>(min_tree.finish(min_op{}), max_tree.finish(max_op{}));
-                return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
+                if (xsimd::any(xsimd::isnan(poison))) return {};
+                return finite_tile_params<S>(min_tree.finish(min_op{}), max_tree.finish(max_op{}));
             }
         }
 
@@ -1069,89 +1081,53 @@ namespace orbitq::kernels::simd
                 std::copy_n(sc, count, scales);
                 if constexpr (S::has_zero_point) std::copy_n(zp, count, zero_points);
             }
-            const float_batch qmin(static_cast<float>(S::qmin));
-            const float_batch qmax(static_cast<float>(S::qmax));
-            constexpr bool clamp = needs_clamp<S>;
+            // One group's encoder: its inverse scale, clamp bounds [qmin - zp, qmax - zp] (only
+            // where the scheme needs the clamp) and zero point (only where it has one).
+            struct group_encoder
+            {
+                float_batch inv;
+                float_batch lo;
+                float_batch hi;
+                int_batch zp;
+
+                int_batch operator()(const float_batch& x) const noexcept
+                {
+                    const int_batch code = to_code<R, needs_clamp<S>>(x * inv, lo, hi);
+                    if constexpr (S::has_zero_point) return code + zp;
+                    else return code;
+                }
+            };
+            const auto encoder_of = [&](std::size_t g) {
+                group_encoder e{float_batch(inv[g]), float_batch(float(S::qmin)), float_batch(float(S::qmax)), int_batch(0)};
+                if constexpr (S::has_zero_point)
+                {
+                    e.zp = int_batch(zp[g]);
+                    if constexpr (needs_clamp<S>)
+                    {
+                        e.lo = float_batch(float(S::qmin - zp[g]));
+                        e.hi = float_batch(float(S::qmax - zp[g]));
+                    }
+                }
+                return e;
+            };
             std::size_t j = 0;
-            if constexpr (NB == 2 && S::has_zero_point && !clamp)
-            {
-                // the saturating narrow is the clamp: no per-group bounds
-                for (; j + 2 <= count; j += 2)
-                {
-                    const T* p = x + j * group;
-                    const float_batch s0(inv[j]);
-                    const float_batch s1(inv[j + 1]);
-                    const int_batch z0(zp[j]);
-                    const int_batch z1(zp[j + 1]);
-                    store_int8_x4(to_code<R, false>(load(p, arch_type{}) * s0, qmin, qmax) + z0,
-                                  to_code<R, false>(load(p + width, arch_type{}) * s0, qmin, qmax) + z0,
-                                  to_code<R, false>(load(p + 2 * width, arch_type{}) * s1, qmin, qmax) + z1,
-                                  to_code<R, false>(load(p + 3 * width, arch_type{}) * s1, qmin, qmax) + z1, out + j * group, arch_type{});
-                }
-            }
-            if constexpr (NB == 2 && S::has_zero_point && clamp)
-            {
-                for (; j + 2 <= count; j += 2)
-                {
-                    const T* p = x + j * group;
-                    const float_batch s0(inv[j]);
-                    const float_batch s1(inv[j + 1]);
-                    const float_batch lo0(float(S::qmin - zp[j]));
-                    const float_batch hi0(float(S::qmax - zp[j]));
-                    const float_batch lo1(float(S::qmin - zp[j + 1]));
-                    const float_batch hi1(float(S::qmax - zp[j + 1]));
-                    const int_batch z0(zp[j]);
-                    const int_batch z1(zp[j + 1]);
-                    store_int8_x4(to_code<R>(load(p, arch_type{}) * s0, lo0, hi0) + z0,
-                                  to_code<R>(load(p + width, arch_type{}) * s0, lo0, hi0) + z0,
-                                  to_code<R>(load(p + 2 * width, arch_type{}) * s1, lo1, hi1) + z1,
-                                  to_code<R>(load(p + 3 * width, arch_type{}) * s1, lo1, hi1) + z1, out + j * group, arch_type{});
-                }
-            }
-            if constexpr (NB == 2 && !S::has_zero_point)
+            if constexpr (NB == 2)
             {
                 // two groups = four batches, narrowed and stored together
                 for (; j + 2 <= count; j += 2)
                 {
                     const T* p = x + j * group;
-                    const float_batch s0(inv[j]);
-                    const float_batch s1(inv[j + 1]);
-                    store_int8_x4(to_code<R, clamp>(load(p, arch_type{}) * s0, qmin, qmax),
-                                  to_code<R, clamp>(load(p + width, arch_type{}) * s0, qmin, qmax),
-                                  to_code<R, clamp>(load(p + 2 * width, arch_type{}) * s1, qmin, qmax),
-                                  to_code<R, clamp>(load(p + 3 * width, arch_type{}) * s1, qmin, qmax), out + j * group, arch_type{});
+                    const group_encoder e0 = encoder_of(j);
+                    const group_encoder e1 = encoder_of(j + 1);
+                    store_int8_x4(e0(load(p, arch_type{})), e0(load(p + width, arch_type{})), e1(load(p + 2 * width, arch_type{})),
+                                  e1(load(p + 3 * width, arch_type{})), out + j * group, arch_type{});
                 }
             }
             for (; j < count; ++j)
             {
                 const T* p = x + j * group;
-                std::int8_t* o = out + j * group;
-                const float_batch s(inv[j]);
-                if constexpr (S::has_zero_point && !clamp)
-                {
-                    const int_batch z(zp[j]);
-                    for (std::size_t k = 0; k < NB; ++k)
-                    {
-                        store_int8(to_code<R, false>(load(p + k * width, arch_type{}) * s, qmin, qmax) + z, o + k * width, arch_type{});
-                    }
-                }
-                else if constexpr (S::has_zero_point)
-                {
-                    const float_batch lo(float(S::qmin - zp[j]));
-                    const float_batch hi(float(S::qmax - zp[j]));
-                    const int_batch z(zp[j]);
-                    for (std::size_t k = 0; k < NB; ++k)
-                    {
-                        store_int8(to_code<R>(load(p + k * width, arch_type{}) * s, lo, hi) + z, o + k * width, arch_type{});
-                    }
-                }
-                else
-                {
-                    for (std::size_t k = 0; k < NB; ++k)
-                    {
-                        store_int8(to_code<R, clamp>(load(p + k * width, arch_type{}) * s, qmin, qmax), o + k * width, arch_type{});
-                    }
-                }
+                const group_encoder e = encoder_of(j);
+                for (std::size_t k = 0; k < NB; ++k) store_int8(e(load(p + k * width, arch_type{})), out + j * group + k * width, arch_type{});
             }
         }
 
