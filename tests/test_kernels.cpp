@@ -115,6 +115,22 @@ TEST_CASE_TEMPLATE("simd min_max_span equals the reference on every length", T, 
             bool f_ref = false;
             REQUIRE(got == kernels::reference::min_max_span(x.data(), n, f_ref));
         }
+        if constexpr (std::same_as<T, float>)
+        {
+            // finite values whose pairwise products overflow to both infinities (a NaN check on
+            // products, unfused, would sum them to NaN): still finite
+            for (float big : {1e20f, 3e38f, std::numeric_limits<float>::max()})
+            {
+                CAPTURE(big);
+                std::vector<float> x(n);
+                for (std::size_t i = 0; i < n; ++i) x[i] = (i / kernels::simd::width) % 4 == 3 ? -big : big;
+                bool f = false;
+                bool f_ref = false;
+                const min_max got = kernels::simd::min_max_span(x.data(), n, f);
+                CHECK(f);
+                CHECK(got == kernels::reference::min_max_span(x.data(), n, f_ref));
+            }
+        }
     }
 }
 

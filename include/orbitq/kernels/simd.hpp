@@ -283,6 +283,41 @@ namespace orbitq::kernels::simd
         }
 #endif
 
+        /// Whether a NaN was among the values fed to it, exactly, fed two batches at a time. The
+        /// generic form accumulates p += x * 0, which is NaN exactly when some x was NaN or an
+        /// infinity (so it may also report an infinity; its callers reject those anyway). A
+        /// product of two values (one instruction per pair) would be cheaper but is not exact:
+        /// compilers may split the fused multiply-add, and finite products then overflow to both
+        /// infinities, whose sum is NaN.
+        template <class A>
+        struct nan_guard
+        {
+            fbatch<A> p = fbatch<A>(0.0f);
+
+            void add(const fbatch<A>& a, const fbatch<A>& b) noexcept
+            {
+                p = xsimd::fma(a, fbatch<A>(0.0f), p);
+                p = xsimd::fma(b, fbatch<A>(0.0f), p);
+            }
+
+            bool any() const noexcept { return xsimd::any(xsimd::isnan(p)); }
+        };
+
+#if XSIMD_WITH_AVX512F
+        /// AVX-512: one masked compare per pair, ordered = ordered & ord(a, b), true in a lane
+        /// until a NaN is seen there; reports NaN only.
+        template <class A>
+            requires std::derived_from<A, xsimd::avx512f>
+        struct nan_guard<A>
+        {
+            __mmask16 ordered = 0xffff;
+
+            void add(const fbatch<A>& a, const fbatch<A>& b) noexcept { ordered = _mm512_mask_cmp_ps_mask(ordered, a, b, _CMP_ORD_Q); }
+
+            bool any() const noexcept { return ordered != 0xffff; }
+        };
+#endif
+
         // ------------------------------------------------------------------ rounding and encoding
 
         template <rounding_policy R>
@@ -483,8 +518,8 @@ namespace orbitq::kernels::simd
     /// @brief min and max of n values and whether all were finite. Equal (==) to
     ///        reference::min_max_span. @pre n > 0.
     ///
-    /// Non-finite values are caught by accumulating x * 0 (NaN exactly when x is NaN or +-inf,
-    /// and NaN stays NaN under addition): one fused multiply-add per batch, no mask chain.
+    /// Non-finite values without a per-value test: an infinity shows in the min or the max, a NaN
+    /// in a detail::nan_guard fed each pair of batches.
     template <weight_element T>
     min_max min_max_span(const T* x, std::size_t n, bool& all_finite) noexcept
     {
@@ -538,17 +573,15 @@ namespace orbitq::kernels::simd
                     to_float(T{std::bit_cast<std::uint16_t>(scalar_key(std::bit_cast<std::uint16_t>(kmax)))})};
         }
         constexpr float inf = std::numeric_limits<float>::infinity();
-        const float_batch zero(0.0f);
         float_batch mn0(inf), mn1(inf);
         float_batch mx0(-inf), mx1(-inf);
-        float_batch poison0(0.0f), poison1(0.0f);
+        detail::nan_guard<arch_type> nan;
         std::size_t i = 0;
         for (; i + 2 * width <= n; i += 2 * width)
         {
             const float_batch a = detail::load(x + i, arch_type{});
             const float_batch b = detail::load(x + i + width, arch_type{});
-            poison0 = xsimd::fma(a, zero, poison0);
-            poison1 = xsimd::fma(b, zero, poison1);
+            nan.add(a, b);
             mn0 = xsimd::min(mn0, a);
             mx0 = xsimd::max(mx0, a);
             mn1 = xsimd::min(mn1, b);
@@ -557,7 +590,7 @@ namespace orbitq::kernels::simd
         if (i + width <= n)
         {
             const float_batch a = detail::load(x + i, arch_type{});
-            poison0 = xsimd::fma(a, zero, poison0);
+            nan.add(a, a);
             mn0 = xsimd::min(mn0, a);
             mx0 = xsimd::max(mx0, a);
             i += width;
@@ -570,7 +603,7 @@ namespace orbitq::kernels::simd
             if (!std::isfinite(v)) tail_finite = false;
             s = combine(s, min_max::observe(v));
         }
-        all_finite = tail_finite && !xsimd::any(xsimd::isnan(poison0 + poison1));
+        all_finite = tail_finite && !nan.any() && std::isfinite(s.min) && std::isfinite(s.max);
         return s;
     }
 
@@ -1028,40 +1061,40 @@ namespace orbitq::kernels::simd
             }
             else
             {
-                // non-finite values poison x * 0 (see min_max_span)
+                // non-finite values as in min_max_span: a NaN in a nan_guard fed pairs of
+                // batches, an infinity in the statistics
                 lane_tree<min_op, arch_type> min_tree;
                 lane_tree<max_op, arch_type> max_tree;
                 const float_batch zero(0.0f);
-                float_batch poison(0.0f);
-                float_batch lo[4];
-                float_batch hi[4];
+                nan_guard<arch_type> nan;
                 for (std::size_t j0 = 0; j0 < width; j0 += 4)
                 {
+                    float_batch b[4 * NB];  // four groups' batches; unused groups are zero orbits
                     for (std::size_t i = 0; i < 4; ++i)
                     {
-                        if (j0 + i >= count)
-                        {
-                            lo[i] = zero;
-                            hi[i] = zero;
-                            continue;
-                        }
                         const T* p = x + (j0 + i) * group;
-                        lo[i] = load(p, arch_type{});
-                        hi[i] = lo[i];
-                        poison = xsimd::fma(lo[i], zero, poison);
+                        for (std::size_t k = 0; k < NB; ++k) b[i * NB + k] = j0 + i < count ? load(p + k * width, arch_type{}) : zero;
+                    }
+                    for (std::size_t m = 0; m < 4 * NB; m += 2) nan.add(b[m], b[m + 1]);
+                    float_batch lo[4];
+                    float_batch hi[4];
+                    for (std::size_t i = 0; i < 4; ++i)
+                    {
+                        lo[i] = b[i * NB];
+                        hi[i] = b[i * NB];
                         for (std::size_t k = 1; k < NB; ++k)
                         {
-                            const float_batch b = load(p + k * width, arch_type{});
-                            poison = xsimd::fma(b, zero, poison);
-                            lo[i] = xsimd::min(lo[i], b);
-                            hi[i] = xsimd::max(hi[i], b);
+                            lo[i] = xsimd::min(lo[i], b[i * NB + k]);
+                            hi[i] = xsimd::max(hi[i], b[i * NB + k]);
                         }
                     }
                     min_tree.push4(lo[0], lo[1], lo[2], lo[3], min_op{});
                     max_tree.push4(hi[0], hi[1], hi[2], hi[3], max_op{});
                 }
-                if (xsimd::any(xsimd::isnan(poison))) return {};
-                return finite_tile_params<S>(min_tree.finish(min_op{}), max_tree.finish(max_op{}));
+                const float_batch mn = min_tree.finish(min_op{});
+                const float_batch mx = max_tree.finish(max_op{});
+                if (nan.any() || xsimd::any(xsimd::isinf(mn)) || xsimd::any(xsimd::isinf(mx))) return {};
+                return finite_tile_params<S>(mn, mx);
             }
         }
 
