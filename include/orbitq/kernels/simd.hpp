@@ -1000,22 +1000,41 @@ namespace orbitq::kernels::simd
             else return xsimd::to_int(round<R>(v));
         }
 
-        /// Whether a tile's encode must clamp in float32 before rounding. Not when the clamp
-        /// provably cannot change a code, or when the saturating narrow does it exactly:
+        /// Whether a tile's encode must clamp in float32 before rounding: only for user schemes.
+        /// A builtin scheme's own parameters bound the scaled values, so the clamp either
+        /// provably cannot change a code, or the saturating narrow does it, or a clamp of the
+        /// int8 codes does (clamps_codes):
         /// - Restricted symmetric schemes: a group's values satisfy |x| <= a (its max |x|),
         ///   scale = fl(a / qmax) and, on the fast path, inv = fl(1 / scale) is finite, so
         ///   scale >= 1 / FLT_MAX and its rounding error, relative or (subnormal) at most 2^-150
         ///   absolute, is below 2^-22 relative. Hence |x * inv| <= qmax (1 + 2^-21) < qmax + 1/2,
         ///   which rounds into [-qmax, qmax].
-        /// - Builtin schemes whose range is all of int8, [-128, 127] (asymmetric int8, full-range
-        ///   symmetric int8): the same argument bounds |x * inv| by 256 (asymmetric: lo <= 0 <= hi,
-        ///   |x| <= max(hi, -lo) <= fl(hi - lo) = 255 scale up to rounding), so R(x * inv) + zp is
-        ///   exact in int32 and the saturating narrow clamps it to [-128, 127], which is the
-        ///   reference's clamp(R(v) + zp, qmin, qmax).
-        /// Other schemes (int4 full range and asymmetric, user schemes) clamp. (No builtin
-        /// asymmetric range has qmin == -qmax, so clamp_free_range needs no scheme kind.)
+        /// - Every other builtin scheme: the same argument bounds |x * inv| by (qmax - qmin + 1)
+        ///   <= 256 (asymmetric: lo <= 0 <= hi, |x| <= max(hi, -lo) <= fl(hi - lo) = (qmax - qmin)
+        ///   scale up to rounding), so y = R(x * inv) + zp is exact in int32 (and in the 16-bit
+        ///   words of store_int8_x4) and the saturating narrow gives clamp(y, -128, 127). For the
+        ///   int8 range that is the reference's clamp(y, qmin, qmax); for narrower ranges (int4)
+        ///   clamping that int8 code to [qmin, qmax] is, one byte per code instead of two float
+        ///   operations per value. (No builtin asymmetric range has qmin == -qmax, so
+        ///   clamp_free_range needs no scheme kind.)
         template <class S>
-        inline constexpr bool needs_clamp = !(is_builtin_scheme<S> && clamp_free_range(S::qmin, S::qmax));
+        inline constexpr bool needs_clamp = !is_builtin_scheme<S>;
+
+        /// Whether a tile's int8 codes are clamped to [qmin, qmax] after the narrow (needs_clamp).
+        template <class S>
+        inline constexpr bool clamps_codes = is_builtin_scheme<S> && !clamp_free_range(S::qmin, S::qmax);
+
+        /// Clamps n int8 codes to [lo, hi] in place.
+        inline void clamp_codes(std::int8_t* c, std::size_t n, std::int8_t lo, std::int8_t hi) noexcept
+        {
+            using byte_batch = xsimd::batch<std::int8_t, arch_type>;
+            std::size_t i = 0;
+            for (; i + byte_batch::size <= n; i += byte_batch::size)
+            {
+                xsimd::min(xsimd::max(byte_batch::load_unaligned(c + i), byte_batch(lo)), byte_batch(hi)).store_unaligned(c + i);
+            }
+            for (; i < n; ++i) c[i] = std::clamp(c[i], lo, hi);
+        }
 
         /// Parameters of a tile of `count` <= width groups of NB batches, and whether the fast
         /// path may use them: false when a value is not finite or an inverse scale is infinite
@@ -1251,6 +1270,7 @@ namespace orbitq::kernels::simd
                 const group_encoder e = encoder_of(j);
                 for (std::size_t k = 0; k < NB; ++k) store_int8(e(load(p + k * width, arch_type{})), out + j * group + k * width, arch_type{});
             }
+            if constexpr (clamps_codes<S>) clamp_codes(out, count * group, S::qmin, S::qmax);  // from L1
         }
 
         /// Packed: out receives the codes two to a byte (pack_int4); each tile is encoded into
