@@ -457,6 +457,18 @@ namespace orbitq::kernels::simd
         /// int8 range (the saturating narrow is the clamp). See needs_clamp for the proof.
         constexpr bool clamp_free_range(int qmin, int qmax) noexcept { return qmin == -qmax || (qmin == -128 && qmax == 127); }
 
+        /// Clamps n int8 codes to [lo, hi] in place.
+        inline void clamp_codes(std::int8_t* c, std::size_t n, std::int8_t lo, std::int8_t hi) noexcept
+        {
+            using byte_batch = xsimd::batch<std::int8_t, arch_type>;
+            std::size_t i = 0;
+            for (; i + byte_batch::size <= n; i += byte_batch::size)
+            {
+                xsimd::min(xsimd::max(byte_batch::load_unaligned(c + i), byte_batch(lo)), byte_batch(hi)).store_unaligned(c + i);
+            }
+            for (; i < n; ++i) c[i] = std::clamp(c[i], lo, hi);
+        }
+
         /// Encodes n values with the vector form, the tail through the reference.
         /// @pre encoder<R>::vector_exact(e); Clamp = false only as encode_span allows it.
         /// (Adding the zero point to the narrow's 16-bit words, as the tiles do, ran faster in
@@ -477,9 +489,10 @@ namespace orbitq::kernels::simd
         }
 
         /// Encodes n values (any n); the tail, and orbits the vector form cannot take, go through
-        /// the reference. Bounded: see simd::quantize_span; the clamp is left out where it
-        /// provably changes nothing (restricted symmetric: see needs_clamp) or where the
-        /// saturating narrow does it (the int8 range [-128, 127]).
+        /// the reference. Bounded: see simd::quantize_span; the float clamp is left out (see
+        /// needs_clamp): it provably changes nothing (restricted symmetric), or the saturating
+        /// narrow does it (the int8 range [-128, 127]), or a clamp of the int8 codes from L1
+        /// (other ranges: int4).
         template <rounding_policy R, bool Bounded, weight_element T>
         [[gnu::always_inline]] inline void encode_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
         {
@@ -488,8 +501,9 @@ namespace orbitq::kernels::simd
                 for (std::size_t i = 0; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
                 return;
             }
-            if (Bounded && clamp_free_range(e.qmin, e.qmax)) encode_vector<R, false>(x, n, e, out);
-            else encode_vector<R, true>(x, n, e, out);
+            if (!Bounded) return encode_vector<R, true>(x, n, e, out);
+            encode_vector<R, false>(x, n, e, out);
+            if (!clamp_free_range(e.qmin, e.qmax)) clamp_codes(out, n, static_cast<std::int8_t>(e.qmin), static_cast<std::int8_t>(e.qmax));
         }
 
         /// The fused pass over whole groups of `NB` batches: load a group once, reduce it, ask
@@ -755,9 +769,9 @@ namespace orbitq::kernels::simd
     ///         make_params (is_builtin_scheme) returned for a statistic covering all n values
     ///         (the orbit's own, or the tensor's), not a rounded stored scale. Then every scaled
     ///         value has magnitude below 256, and below qmax + 1/2 for restricted symmetric
-    ///         schemes (see detail::needs_clamp): the float32 clamp is left out for those and for
-    ///         the int8 range [-128, 127], where the saturating narrow clamps (two instructions
-    ///         fewer per batch).
+    ///         schemes (see detail::needs_clamp): the float32 clamp (two instructions per batch)
+    ///         is left out. It changes nothing for those; for the int8 range [-128, 127] the
+    ///         saturating narrow clamps, for other ranges (int4) a clamp of the int8 codes.
     template <rounding_policy R, bool Bounded = false, weight_element T>
     void quantize_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
     {
@@ -1023,18 +1037,6 @@ namespace orbitq::kernels::simd
         /// Whether a tile's int8 codes are clamped to [qmin, qmax] after the narrow (needs_clamp).
         template <class S>
         inline constexpr bool clamps_codes = is_builtin_scheme<S> && !clamp_free_range(S::qmin, S::qmax);
-
-        /// Clamps n int8 codes to [lo, hi] in place.
-        inline void clamp_codes(std::int8_t* c, std::size_t n, std::int8_t lo, std::int8_t hi) noexcept
-        {
-            using byte_batch = xsimd::batch<std::int8_t, arch_type>;
-            std::size_t i = 0;
-            for (; i + byte_batch::size <= n; i += byte_batch::size)
-            {
-                xsimd::min(xsimd::max(byte_batch::load_unaligned(c + i), byte_batch(lo)), byte_batch(hi)).store_unaligned(c + i);
-            }
-            for (; i < n; ++i) c[i] = std::clamp(c[i], lo, hi);
-        }
 
         /// Parameters of a tile of `count` <= width groups of NB batches, and whether the fast
         /// path may use them: false when a value is not finite or an inverse scale is infinite
