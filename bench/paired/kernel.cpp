@@ -1,0 +1,54 @@
+// One side of bench/compare (bench/paired/): this translation unit is compiled twice, once against each header
+// tree, with -Dorbitq=orbitq_a / orbitq_b (so the two copies of every template are distinct
+// symbols) and -DORBITQ_COMPARE_SIDE=a / b (the name of the entry point).
+#include <orbitq/quantize.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <vector>
+
+#define ORBITQ_COMPARE_CAT2(a, b) a##b
+#define ORBITQ_COMPARE_CAT(a, b) ORBITQ_COMPARE_CAT2(a, b)
+
+namespace
+{
+    // kernel k: bit 0 bf16 (else f32), bit 1 asymmetric, bit 2 int4, bit 3 per_group 32 (else per_channel)
+    orbitq::quant_spec spec_of(int k)
+    {
+        orbitq::quant_spec s;
+        s.scheme = (k & 2) ? orbitq::scheme_kind::asymmetric : orbitq::scheme_kind::symmetric;
+        s.bits = (k & 4) ? 4 : 8;
+        if (k & 8)
+        {
+            s.granularity = orbitq::granularity_kind::per_group;
+            s.group_size = 32;
+        }
+        else
+        {
+            s.granularity = orbitq::granularity_kind::per_channel;
+        }
+        return s;
+    }
+
+    orbitq::quantized_tensor results[16];
+}
+
+/// Quantizes the rows x cols matrix (f32 `x` or bf16 bits `xb`) with kernel k on one thread and
+/// returns the seconds it took. The output buffers are swapped in from the caller, so both sides
+/// write the same memory.
+double ORBITQ_COMPARE_CAT(run_, ORBITQ_COMPARE_SIDE)(int k, const float* x, const void* xb, std::size_t rows, std::size_t cols,
+                                                     std::vector<signed char>& codes, std::vector<float>& scales, std::vector<int>& zero_points)
+{
+    orbitq::quantized_tensor& q = results[k];
+    q.codes.swap(codes);
+    q.scales.swap(scales);
+    q.zero_points.swap(zero_points);
+    const auto t0 = std::chrono::steady_clock::now();
+    if (k & 1) orbitq::quantize_into(orbitq::make_view(static_cast<const orbitq::bfloat16_t*>(xb), rows, cols, "w"), q, spec_of(k), 1);
+    else orbitq::quantize_into(orbitq::make_view(x, rows, cols, "w"), q, spec_of(k), 1);
+    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    q.codes.swap(codes);
+    q.scales.swap(scales);
+    q.zero_points.swap(zero_points);
+    return t;
+}
