@@ -557,11 +557,10 @@ namespace orbitq::kernels::simd
     /// @brief Asks for the cache lines of [p, p + bytes) to be brought in (a hint; no effect on
     ///        results). The row drivers call it on a row ahead of the one they encode, so memory
     ///        keeps streaming while a row's second pass runs from L1. ForWrite asks for the lines
-    ///        in a writable state (prefetchw where the target has it): the tile loop does so for
-    ///        the codes it will store, whose lines would otherwise be read for ownership on demand
-    ///        (measured, 1 thread, seed shape, median of 9 paired runs: per_group32 sym f32 -7 %,
-    ///        sym bf16 -3 %, asym bf16 -11 % of the time; per-row kernels unchanged, so the row
-    ///        drivers do not).
+    ///        in a writable state (prefetchw where the target has it), so that stores need not
+    ///        read them for ownership on demand. The tile loop does so for 16-bit inputs, whose
+    ///        codes are half as many bytes as the input (bench/compare, seed shape, both orders:
+    ///        per_group32 bf16 tiles 3-5 % faster with it, f32 tiles 1-4 % slower; rows unchanged).
     template <bool ForWrite = false>
     inline void prefetch(const void* p, std::size_t bytes) noexcept
     {
@@ -1298,7 +1297,10 @@ namespace orbitq::kernels::simd
                 if (g0 + (ahead + 1) * width <= whole)
                 {
                     prefetch(x + (g0 + ahead * width) * group, width * group * sizeof(T));
-                    prefetch<true>(out + (g0 + ahead * width) * group / (Packed ? 2 : 1), width * group / (Packed ? 2 : 1));
+                    if constexpr (sizeof(T) == 2)
+                    {
+                        prefetch<true>(out + (g0 + ahead * width) * group / (Packed ? 2 : 1), width * group / (Packed ? 2 : 1));
+                    }
                 }
                 if (g0 + width < whole) next = compute_tile_params<S, NB>(x + c0 + width * group, std::min(width, whole - g0 - width));
                 std::int8_t* codes = Packed ? tile_codes : out + c0;
