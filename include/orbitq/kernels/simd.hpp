@@ -1027,8 +1027,8 @@ namespace orbitq::kernels::simd
         ///   scale up to rounding), so y = R(x * inv) + zp is exact in int32 (and in the 16-bit
         ///   words of store_int8_x4) and the saturating narrow gives clamp(y, -128, 127). For the
         ///   int8 range that is the reference's clamp(y, qmin, qmax); for narrower ranges (int4)
-        ///   clamping that int8 code to [qmin, qmax] is, one byte per code instead of two float
-        ///   operations per value. (No builtin asymmetric range has qmin == -qmax, so
+        ///   that int8 code clamped to [qmin, qmax] is the reference's code (one byte operation
+        ///   per code instead of two float operations per value). (No builtin asymmetric range has qmin == -qmax, so
         ///   clamp_free_range needs no scheme kind.)
         template <class S>
         inline constexpr bool needs_clamp = !is_builtin_scheme<S>;
@@ -1160,8 +1160,8 @@ namespace orbitq::kernels::simd
                     float_batch b[4 * NB];  // four groups' batches; unused groups are zero orbits
                     for (std::size_t i = 0; i < 4; ++i)
                     {
-                        const T* p = x + (j0 + i) * group;
-                        for (std::size_t k = 0; k < NB; ++k) b[i * NB + k] = j0 + i < count ? load(p + k * width, arch_type{}) : zero;
+                        const T* p = j0 + i < count ? x + (j0 + i) * group : nullptr;
+                        for (std::size_t k = 0; k < NB; ++k) b[i * NB + k] = p ? load(p + k * width, arch_type{}) : zero;
                     }
                     for (std::size_t m = 0; m < 4 * NB; m += 2) nan.add(b[m], b[m + 1]);
                     float_batch lo[4];
