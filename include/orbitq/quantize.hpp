@@ -242,7 +242,8 @@ namespace orbitq
         const bool vector_params = spec.scale_type == element_type::f32 && spec.mode == scale_application::multiply_inverse;
         // Codes made with a builtin scheme's own parameters (not a rounded stored scale) scale
         // every value of the orbit below 256 in magnitude, and below qmax + 1/2 for restricted
-        // symmetric schemes: those and the int8 range need no float clamp (quantize_span's Bounded).
+        // symmetric schemes, so they need no float clamp: the saturating narrow or a clamp of the
+        // int8 codes does it (quantize_span's Bounded).
         const bool bounded = is_builtin_scheme<S> && (spec.scale_type == element_type::f32 || !spec.codes_from_stored_scale);
         const auto encode = [bounded](const T* x, std::size_t n, const encode_params& e, std::int8_t* out) {
             if (bounded) kernels::simd::quantize_span<R, true>(x, n, e, out);

@@ -6,7 +6,8 @@
 ///
 /// Every kernel works on batches of `width` float32 lanes:
 /// - 16-bit inputs (bfloat16, binary16) are widened in registers as they are loaded (bf16: a
-///   zero-extend and a shift; f16: the F16C conversion), never through a float32 copy. Their
+///   zero-extend and a shift, or two unpacks per 64 bytes where the encode takes pairs of
+///   batches, see load_pair; f16: the F16C conversion), never through a float32 copy. Their
 ///   statistics need no widening at all: max |x| on the 16-bit magnitudes, min and max on
 ///   ordered int16 keys of the raw bits (b ^ ((b >> 15) & 0x7fff)), widened once per result.
 /// - Codes are narrowed from int32 lanes to int8 in registers (AVX-512 vpmovsdb, AVX2/SSE2
@@ -1028,8 +1029,8 @@ namespace orbitq::kernels::simd
         ///   words of store_int8_x4) and the saturating narrow gives clamp(y, -128, 127). For the
         ///   int8 range that is the reference's clamp(y, qmin, qmax); for narrower ranges (int4)
         ///   that int8 code clamped to [qmin, qmax] is the reference's code (one byte operation
-        ///   per code instead of two float operations per value). (No builtin asymmetric range has qmin == -qmax, so
-        ///   clamp_free_range needs no scheme kind.)
+        ///   per code instead of two float operations per value). (No builtin asymmetric range
+        ///   has qmin == -qmax, so clamp_free_range needs no scheme kind.)
         template <class S>
         inline constexpr bool needs_clamp = !is_builtin_scheme<S>;
 
