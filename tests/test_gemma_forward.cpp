@@ -220,7 +220,7 @@ TEST_CASE("quantized forward (gemm on codes) matches the source forward when the
         const auto& d = std::get<matrix_view<float>>(t.w.down);
         gue[e] = quantize(row_block(g, e * 16, 16, "gu"), spec);
         dne[e] = quantize(row_block(d, e * 16, 16, "dn"), spec);
-        CHECK(gue[e].codes == std::vector<std::int8_t>(gu.codes.begin() + e * 16 * 16, gu.codes.begin() + (e + 1) * 16 * 16));
+        CHECK(gue[e].codes == orbitq::code_vector(gu.codes.begin() + e * 16 * 16, gu.codes.begin() + (e + 1) * 16 * 16));
     }
     quantized_operators q(
         t.c, t.w, [&](std::size_t e) { return expert_slices{{&gue[e], &dne[e]}}; }, {nullptr, nullptr, nullptr}, 2);
@@ -290,7 +290,7 @@ TEST_CASE("quantize_block_per_tensor equals the rows of the whole per-tensor qua
             CHECK(q.scales == whole.scales);
             CHECK(q.zero_points == whole.zero_points);
             const std::size_t rb = whole.row_bytes();
-            CHECK(q.codes == std::vector<std::int8_t>(whole.codes.begin() + e * 16 * rb, whole.codes.begin() + (e + 1) * 16 * rb));
+            CHECK(q.codes == orbitq::code_vector(whole.codes.begin() + e * 16 * rb, whole.codes.begin() + (e + 1) * 16 * rb));
         }
     }
     quantized_tensor q;

@@ -428,17 +428,19 @@ namespace
     /// quantize_groups_with_params against the reference, group by group: codes, scales and
     /// zero points, and the groups it hands to on_group (only those outside whole clean tiles).
     /// @return how many groups went through on_group
-    template <rounding_policy R, class S, class T>
-    std::size_t check_groups_with_params(const std::vector<T>& x, std::size_t group)
+    /// Stream: the codes are streamed where the tiles can, into a line-aligned buffer at
+    /// `offset` bytes from its start (a misaligned one must fall back to plain stores).
+    template <rounding_policy R, class S, class T, bool Stream = false>
+    std::size_t check_groups_with_params(const std::vector<T>& x, std::size_t group, std::size_t offset = 0)
     {
         std::size_t handed = 0;
         const std::size_t n = x.size();
         const std::size_t groups = (n + group - 1) / group;
-        std::vector<std::int8_t> got(n, 99);
+        code_vector buffer(offset + n, 99);
         std::vector<float> scales(groups, -1.0f);
         std::vector<std::int32_t> zps(groups, -1000);
-        kernels::simd::quantize_groups_with_params<R, S>(x.data(), n, group, scales.data(), S::has_zero_point ? zps.data() : nullptr,
-                                                          got.data(), [&](std::size_t g, const min_max& s, bool finite) {
+        kernels::simd::quantize_groups_with_params<R, S, Stream>(x.data(), n, group, scales.data(), S::has_zero_point ? zps.data() : nullptr,
+                                                                  buffer.data() + offset, [&](std::size_t g, const min_max& s, bool finite) {
                                                               REQUIRE(finite);
                                                               ++handed;
                                                               const quant_params p = S::make_params(s);
@@ -446,6 +448,9 @@ namespace
                                                               zps[g] = p.zero_point;
                                                               return encode_params{p, S::qmin, S::qmax, scale_application::multiply_inverse};
                                                           });
+        kernels::simd::store_fence();
+        REQUIRE(std::all_of(buffer.begin(), buffer.begin() + offset, [](std::int8_t c) { return c == 99; }));
+        const std::vector<std::int8_t> got(buffer.begin() + offset, buffer.end());
         std::vector<std::int8_t> want(n, 99);
         for (std::size_t g = 0; g < groups; ++g)
         {
@@ -465,17 +470,17 @@ namespace
         return handed;
     }
 
-    template <class T>
-    void check_all_schemes_with_params(const std::vector<T>& x, std::size_t group)
+    template <class T, bool Stream = false>
+    void check_all_schemes_with_params(const std::vector<T>& x, std::size_t group, std::size_t offset = 0)
     {
-        check_groups_with_params<half_to_even, symmetric<8>>(x, group);
-        check_groups_with_params<half_away_from_zero, symmetric<8>>(x, group);
-        check_groups_with_params<half_to_even, symmetric<8, symmetric_range::full>>(x, group);
-        check_groups_with_params<half_to_even, symmetric<4>>(x, group);
-        check_groups_with_params<half_away_from_zero, symmetric<4, symmetric_range::full>>(x, group);
-        check_groups_with_params<half_to_even, asymmetric<8>>(x, group);
-        check_groups_with_params<half_away_from_zero, asymmetric<8>>(x, group);
-        check_groups_with_params<half_to_even, asymmetric<4>>(x, group);
+        check_groups_with_params<half_to_even, symmetric<8>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_away_from_zero, symmetric<8>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_to_even, symmetric<8, symmetric_range::full>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_to_even, symmetric<4>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_away_from_zero, symmetric<4, symmetric_range::full>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_to_even, asymmetric<8>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_away_from_zero, asymmetric<8>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_to_even, asymmetric<4>, T, Stream>(x, group, offset);
     }
 }
 
@@ -793,6 +798,55 @@ TEST_CASE("int8 tiles and spans clamp by saturation: asymmetric and full-range g
 // The driver's fast paths (tiles over contiguous rows, pipelined rows, int4 chunks) against a
 // scalar re-derivation from the reference kernels, on shapes large enough to use them.
 
+TEST_CASE_TEMPLATE("streamed spans equal the reference at every alignment and leave their neighbours alone", T, float, bfloat16_t,
+                   float16_t)
+{
+    const auto x = random_values<T>(1100, 5);
+    const std::size_t sizes[] = {1, 15, 16, 47, 48, 63, 64, 65, 127, 128, 129, 200, 704, 1000};
+    for (std::size_t offset = 0; offset < 64; ++offset)
+    {
+        for (std::size_t n : sizes)
+        {
+            CAPTURE(offset);
+            CAPTURE(n);
+            bool f = false;
+            const min_max s = kernels::reference::min_max_span(x.data(), n, f);
+            for (const encode_params& e : {params_for<symmetric<8>>(s, scale_application::multiply_inverse),
+                                           params_for<asymmetric<8>>(s, scale_application::multiply_inverse),
+                                           params_for<asymmetric<4>>(s, scale_application::multiply_inverse),
+                                           params_for<symmetric<8>>(s, scale_application::divide)})
+            {
+                std::vector<std::int8_t> want(64 + n + 64, 99);
+                kernels::reference::quantize_span<half_to_even>(x.data(), n, e, want.data() + offset);
+                code_vector bounded(want.size(), 99), clamped(want.size(), 99);
+                kernels::simd::quantize_span<half_to_even, true, true>(x.data(), n, e, bounded.data() + offset);
+                kernels::simd::quantize_span<half_to_even, false, true>(x.data(), n, e, clamped.data() + offset);
+                kernels::simd::store_fence();
+                REQUIRE(std::equal(want.begin(), want.end(), bounded.begin()));
+                REQUIRE(std::equal(want.begin(), want.end(), clamped.begin()));
+            }
+        }
+    }
+}
+
+TEST_CASE_TEMPLATE("streamed tiles equal the reference; a misaligned output falls back to plain stores", T, float, bfloat16_t, float16_t)
+{
+    const std::size_t w = kernels::simd::width;
+    for (std::size_t group : {w, 2 * w})
+    {
+        for (std::size_t n : {group * w * 3, group * (w * 2 + 3), group * 5})  // whole tiles, a partial last tile, no whole tile
+        {
+            for (std::size_t offset : {std::size_t{0}, std::size_t{16}, std::size_t{1}})
+            {
+                CAPTURE(group);
+                CAPTURE(n);
+                CAPTURE(offset);
+                check_all_schemes_with_params<T, true>(random_values<T>(n, static_cast<unsigned>(n + group)), group, offset);
+            }
+        }
+    }
+}
+
 namespace
 {
     template <class G, class S, rounding_policy R, class T>
@@ -865,6 +919,24 @@ TEST_CASE_TEMPLATE("quantize's fast paths equal the reference on tile-sized shap
     check_driver_all<T>(9, 2816, 16);   // 176 groups a row
     check_driver_all<T>(300, 64, 32);   // several rows per int4 chunk
     check_driver_all<T>(5, 99, 33);     // odd columns: general path, odd int4 rows
+}
+
+TEST_CASE("passes larger than the caches stream their codes and still equal the reference")
+{
+    // 2560 x 1408 f32: 14.4 MB in, 3.6 MB of codes, over stream_codes' 16 MiB
+    const std::size_t rows = 2560, cols = 1408;
+    REQUIRE(kernels::simd::stream_codes(rows * cols * sizeof(float), rows * cols) == kernels::simd::has_streaming_stores);
+    REQUIRE_FALSE(kernels::simd::stream_codes(rows * cols * sizeof(float) / 2, rows * cols / 2));
+    const auto x = random_values<float>(rows * cols, 11);
+    for (unsigned threads : {1u, 2u})
+    {
+        check_driver<per_channel, symmetric<8>, half_to_even>(x, rows, cols, 0, threads);
+        check_driver<per_channel, asymmetric<8>, half_away_from_zero>(x, rows, cols, 0, threads);
+        check_driver<per_group<>, symmetric<8>, half_to_even>(x, rows, cols, 32, threads);
+        check_driver<per_group<>, asymmetric<8>, half_to_even>(x, rows, cols, 32, threads);
+        check_driver<per_group<>, symmetric<8, symmetric_range::full>, half_away_from_zero>(x, rows, cols, 16, threads);
+        check_driver<per_tensor, symmetric<8>, half_to_even>(x, rows, cols, 0, threads);
+    }
 }
 
 TEST_CASE("a non-finite value in a tile spanning rows names its own row and column")

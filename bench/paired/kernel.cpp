@@ -34,20 +34,19 @@ namespace
 }
 
 /// Quantizes the rows x cols matrix (f32 `x` or bf16 bits `xb`) with kernel k on one thread and
-/// returns the seconds it took. The output buffers are swapped in from the caller, so both sides
-/// write the same memory.
+/// returns the seconds it took. The parameter buffers are swapped in from the caller, so both
+/// sides write the same memory; the codes stay with each side (their vector's type is the
+/// revision's own), allocated by the first run and reused.
 double ORBITQ_COMPARE_CAT(run_, ORBITQ_COMPARE_SIDE)(int k, const float* x, const void* xb, std::size_t rows, std::size_t cols,
-                                                     std::vector<signed char>& codes, std::vector<float>& scales, std::vector<int>& zero_points)
+                                                     std::vector<float>& scales, std::vector<int>& zero_points)
 {
     orbitq::quantized_tensor& q = results[k];
-    q.codes.swap(codes);
     q.scales.swap(scales);
     q.zero_points.swap(zero_points);
     const auto t0 = std::chrono::steady_clock::now();
     if (k & 1) orbitq::quantize_into(orbitq::make_view(static_cast<const orbitq::bfloat16_t*>(xb), rows, cols, "w"), q, spec_of(k), 1);
     else orbitq::quantize_into(orbitq::make_view(x, rows, cols, "w"), q, spec_of(k), 1);
     const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    q.codes.swap(codes);
     q.scales.swap(scales);
     q.zero_points.swap(zero_points);
     return t;

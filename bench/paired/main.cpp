@@ -1,5 +1,5 @@
 // bench/compare's driver: times two builds of the same kernels (run_a: the base revision, run_b:
-// the working tree) in one process on the same input and output buffers, alternating A and B
+// the working tree) in one process on the same input and parameter buffers, alternating A and B
 // every round. Each timed run follows an untimed run of the same kernel (the first run after
 // another kernel is measurably faster or slower, depending on what ran before), and the table
 // gives the minimum of each side and the median of the per-round ratios B / A.
@@ -12,8 +12,8 @@
 #include <random>
 #include <vector>
 
-double run_a(int, const float*, const void*, std::size_t, std::size_t, std::vector<signed char>&, std::vector<float>&, std::vector<int>&);
-double run_b(int, const float*, const void*, std::size_t, std::size_t, std::vector<signed char>&, std::vector<float>&, std::vector<int>&);
+double run_a(int, const float*, const void*, std::size_t, std::size_t, std::vector<float>&, std::vector<int>&);
+double run_b(int, const float*, const void*, std::size_t, std::size_t, std::vector<float>&, std::vector<int>&);
 
 namespace
 {
@@ -60,12 +60,12 @@ int main(int argc, char** argv)
         std::memcpy(&u, &x[i], 4);
         xb[i] = static_cast<std::uint16_t>(u >> 16);  // truncation: any bf16 data will do
     }
-    std::vector<signed char> codes, dst(all_rows * cols, 1);
+    std::vector<signed char> dst(all_rows * cols, 1);
     std::vector<float> scales;
     std::vector<int> zero_points;
     const auto timed = [&](auto run, int k) {
         double t = 0;
-        for (std::size_t r = 0; r < repeats; ++r) t += run(k, x.data(), xb.data(), rows, cols, codes, scales, zero_points);
+        for (std::size_t r = 0; r < repeats; ++r) t += run(k, x.data(), xb.data(), rows, cols, scales, zero_points);
         return t;
     };
     const auto timed_convert = [&](const auto* src) {

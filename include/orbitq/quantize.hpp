@@ -109,6 +109,10 @@ namespace orbitq
         static constexpr int bits = S::bits;
     };
 
+    /// @brief Storage of codes: starts on a 64-byte line, so that the kernels' whole-line stores
+    ///        (streaming stores among them) do not split lines.
+    using code_vector = std::vector<std::int8_t, xsimd::aligned_allocator<std::int8_t, 64>>;
+
     /// @brief The result of quantization: codes, per-orbit parameters, shape, and the policy.
     struct quantized_tensor
     {
@@ -117,7 +121,7 @@ namespace orbitq
         std::size_t cols = 0;                   ///< matrix columns
         quant_spec spec;                        ///< the policy used
         orbit_layout layout;                    ///< orbits of the matrix
-        std::vector<std::int8_t> codes;         ///< int8: rows*cols; int4: rows*row_bytes() packed
+        code_vector codes;                      ///< int8: rows*cols; int4: rows*row_bytes() packed
         std::vector<float> scales;              ///< per orbit, the value dequantization uses
         std::vector<std::int32_t> zero_points;  ///< per orbit when asymmetric, else empty
 
@@ -245,13 +249,18 @@ namespace orbitq
         // symmetric schemes, so they need no float clamp: the saturating narrow or a clamp of the
         // int8 codes does it (quantize_span's Bounded).
         const bool bounded = is_builtin_scheme<S> && (spec.scale_type == element_type::f32 || !spec.codes_from_stored_scale);
-        const auto encode = [bounded](const T* x, std::size_t n, const encode_params& e, std::int8_t* out) {
-            if (bounded) kernels::simd::quantize_span<R, true>(x, n, e, out);
-            else kernels::simd::quantize_span<R, false>(x, n, e, out);
+        const auto encode = [bounded]<bool Stream>(std::bool_constant<Stream>, const T* x, std::size_t n, const encode_params& e,
+                                                   std::int8_t* out) {
+            if (bounded) kernels::simd::quantize_span<R, true, Stream>(x, n, e, out);
+            else kernels::simd::quantize_span<R, false, Stream>(x, n, e, out);
         };
         const bool flat_groups = detail::is_per_group<G>::value && vector_params && w.stride == w.cols && w.cols % L.group == 0
                               && (S::bits == 8 || w.cols % 2 == 0);
-        parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+        // Codes of a pass larger than the caches are written with streaming stores (int8 codes
+        // only: int4 codes are packed from an L1 buffer): the lines are not read from memory
+        // before they are overwritten. Each range fences its streaming stores before it returns.
+        const bool stream = S::bits == 8 && kernels::simd::stream_codes(w.rows * w.cols * sizeof(T), q.codes.size());
+        const auto range = [&]<bool Stream>(std::bool_constant<Stream> streaming, std::size_t first, std::size_t last) {
             if (flat_groups)
             {
                 const std::size_t gpr = L.groups_per_row;
@@ -264,8 +273,8 @@ namespace orbitq
                 const std::size_t n = (last - first) * w.cols;
                 if constexpr (S::bits == 8)
                 {
-                    kernels::simd::quantize_groups_with_params<R, S>(w.row(first), n, L.group, scales, zero_points,
-                                                                     q.codes.data() + first * w.cols, on_group);
+                    kernels::simd::quantize_groups_with_params<R, S, Stream>(w.row(first), n, L.group, scales, zero_points,
+                                                                             q.codes.data() + first * w.cols, on_group);
                 }
                 else
                 {
@@ -285,7 +294,7 @@ namespace orbitq
                 std::int8_t* out = S::bits == 8 ? q.codes.data() + r * w.cols : row_buf.data();
                 if constexpr (std::same_as<G, per_tensor>)
                 {
-                    encode(x, w.cols, tensor_enc, out);
+                    encode(streaming, x, w.cols, tensor_enc, out);
                 }
                 else if constexpr (std::same_as<G, per_channel>)
                 {
@@ -295,7 +304,7 @@ namespace orbitq
                     if (!next_finite) detail::throw_non_finite(w, r);
                     const encode_params e = record(r, next);
                     if (r + 1 < last) next = row_stat(r + 1, next_finite);
-                    encode(x, w.cols, e, out);
+                    encode(streaming, x, w.cols, e, out);
                 }
                 else
                 {
@@ -307,9 +316,9 @@ namespace orbitq
                     {
                         // parameters as computed: whole tiles of groups get them in vectors
                         const std::size_t o = L.orbit(r, 0);
-                        kernels::simd::quantize_groups_with_params<R, S>(x, w.cols, L.group, q.scales.data() + o,
-                                                                         S::has_zero_point ? q.zero_points.data() + o : nullptr, out,
-                                                                         on_group);
+                        kernels::simd::quantize_groups_with_params<R, S, Stream>(x, w.cols, L.group, q.scales.data() + o,
+                                                                                 S::has_zero_point ? q.zero_points.data() + o : nullptr,
+                                                                                 out, on_group);
                     }
                     else
                     {
@@ -318,6 +327,15 @@ namespace orbitq
                 }
                 if constexpr (S::bits == 4) kernels::simd::pack_int4(row_buf.data(), w.cols, q.codes.data() + r * q.row_bytes());
             }
+        };
+        parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+            if (!stream) return range(std::false_type{}, first, last);
+            // fenced also when a row throws, so no streamed store is left unordered
+            struct fence
+            {
+                ~fence() { kernels::simd::store_fence(); }
+            } f;
+            range(std::true_type{}, first, last);
         });
     }
 

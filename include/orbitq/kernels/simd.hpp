@@ -57,6 +57,38 @@ namespace orbitq::kernels::simd
     /// @brief Name of the instruction set these kernels were compiled for.
     inline const char* arch_name() noexcept { return arch_type::name(); }
 
+    /// @brief Whether this build writes codes with streaming (non-temporal) stores when asked
+    ///        (the `Stream` parameter of quantize_span and quantize_groups_with_params): full
+    ///        64-byte lines of codes go to memory without first being read for ownership, so a
+    ///        pass that would otherwise read the code lines from memory before writing them
+    ///        moves a quarter (f32 input) or half (16-bit input) fewer bytes. Where false, Stream
+    ///        changes nothing.
+#if XSIMD_WITH_AVX512BW
+    inline constexpr bool has_streaming_stores = std::derived_from<arch_type, xsimd::avx512bw>;
+#else
+    inline constexpr bool has_streaming_stores = false;
+#endif
+
+    /// @brief Orders the streaming stores made so far by this thread before its later stores
+    ///        (sfence): a pass that streamed codes calls it before it signals completion.
+    inline void store_fence() noexcept
+    {
+#if XSIMD_WITH_AVX512BW
+        if constexpr (has_streaming_stores) _mm_sfence();
+#endif
+    }
+
+    /// @brief Whether a pass that reads `in_bytes` and writes `code_bytes` should stream its
+    ///        codes: when the two together exceed what the caches are likely to keep (16 MiB).
+    ///        Smaller passes keep their codes in cache for whoever reads them next; measured
+    ///        with bench/compare on the 2-core VM (per_channel int8, 1 thread): streaming was
+    ///        14-18 % faster at 34 MB of f32 input, 4 % at 17 MB of bf16, and mixed (-6 to
+    ///        +5 %) for inputs of 3-12 MB that the L3 kept between runs.
+    inline bool stream_codes(std::size_t in_bytes, std::size_t code_bytes) noexcept
+    {
+        return has_streaming_stores && in_bytes + code_bytes >= (std::size_t(16) << 20);
+    }
+
     namespace detail
     {
         template <class A>
@@ -223,7 +255,7 @@ namespace orbitq::kernels::simd
         /// AddZp: the zero point in zp_ab (as zero_point_words) is added to a and b, zp_cd to c
         /// and d, before the narrow saturates.
         /// @pre AddZp: every |code| + |its zero point| <= 32767 (exact in 16 bits).
-        template <bool PackOrdered = false, bool AddZp = false, class A>
+        template <bool PackOrdered = false, bool AddZp = false, bool Stream = false, class A>
         inline void store_int8_x4(const ibatch<A>& a, const ibatch<A>& b, const ibatch<A>& c, const ibatch<A>& d, std::int8_t* out, A,
                                   const ibatch<A>& zp_ab = ibatch<A>(0), const ibatch<A>& zp_cd = ibatch<A>(0)) noexcept
         {
@@ -240,7 +272,7 @@ namespace orbitq::kernels::simd
         }
 
 #if XSIMD_WITH_AVX512BW
-        template <bool PackOrdered = false, bool AddZp = false, class A>
+        template <bool PackOrdered = false, bool AddZp = false, bool Stream = false, class A>
             requires std::derived_from<A, xsimd::avx512bw>
         inline void store_int8_x4(const ibatch<A>& a, const ibatch<A>& b, const ibatch<A>& c, const ibatch<A>& d, std::int8_t* out, A,
                                   const ibatch<A>& zp_ab = ibatch<A>(0), const ibatch<A>& zp_cd = ibatch<A>(0)) noexcept
@@ -258,15 +290,18 @@ namespace orbitq::kernels::simd
                 cd = _mm512_add_epi16(cd, zp_cd);
             }
             const __m512i abcd = _mm512_packs_epi16(ab, cd);
+            __m512i v;
             if constexpr (PackOrdered)
             {
-                _mm512_storeu_si512(out, _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), abcd));
+                v = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), abcd);
             }
             else
             {
                 const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-                _mm512_storeu_si512(out, _mm512_permutexvar_epi32(order, abcd));
+                v = _mm512_permutexvar_epi32(order, abcd);
             }
+            if constexpr (Stream) _mm512_stream_si512(reinterpret_cast<__m512i*>(out), v);
+            else _mm512_storeu_si512(out, v);
         }
 #endif
 
@@ -474,16 +509,23 @@ namespace orbitq::kernels::simd
         /// @pre encoder<R>::vector_exact(e); Clamp = false only as encode_span allows it.
         /// (Adding the zero point to the narrow's 16-bit words, as the tiles do, ran faster in
         /// L2 but slower from memory here, by up to 30 % for bf16 rows: it stays in int32.)
-        template <rounding_policy R, bool Clamp, weight_element T>
+        template <rounding_policy R, bool Clamp, bool Stream, weight_element T>
         [[gnu::always_inline]] inline void encode_vector(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
         {
             const encoder<R, Clamp> enc(e);
             std::size_t i = 0;
+            if constexpr (Stream && has_streaming_stores)
+            {
+                // codes up to the first 64-byte boundary are stored as usual, lines after it streamed
+                const std::size_t head = std::min(n, (64 - reinterpret_cast<std::uintptr_t>(out) % 64) % 64);
+                if (head != 0) encode_vector<R, Clamp, false>(x, head, e, out);
+                i = head;
+            }
             for (; i + 4 * width <= n; i += 4 * width)
             {
                 const auto [a, b] = load_pair(x + i, arch_type{});
                 const auto [c, d] = load_pair(x + i + 2 * width, arch_type{});
-                store_int8_x4<pack_ordered_pairs<T, arch_type>>(enc(a), enc(b), enc(c), enc(d), out + i, arch_type{});
+                store_int8_x4<pack_ordered_pairs<T, arch_type>, false, Stream && has_streaming_stores>(enc(a), enc(b), enc(c), enc(d), out + i, arch_type{});
             }
             for (; i + width <= n; i += width) store_int8(enc(load(x + i, arch_type{})), out + i, arch_type{});
             for (; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
@@ -494,7 +536,7 @@ namespace orbitq::kernels::simd
         /// needs_clamp): it provably changes nothing (restricted symmetric), or the saturating
         /// narrow does it (the int8 range [-128, 127]), or a clamp of the int8 codes from L1
         /// (other ranges: int4).
-        template <rounding_policy R, bool Bounded, weight_element T>
+        template <rounding_policy R, bool Bounded, bool Stream, weight_element T>
         [[gnu::always_inline]] inline void encode_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
         {
             if (!encoder<R>::vector_exact(e))
@@ -502,8 +544,8 @@ namespace orbitq::kernels::simd
                 for (std::size_t i = 0; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
                 return;
             }
-            if (!Bounded) return encode_vector<R, true>(x, n, e, out);
-            encode_vector<R, false>(x, n, e, out);
+            if (!Bounded) return encode_vector<R, true, Stream>(x, n, e, out);
+            encode_vector<R, false, Stream>(x, n, e, out);
             if (!clamp_free_range(e.qmin, e.qmax)) clamp_codes(out, n, static_cast<std::int8_t>(e.qmin), static_cast<std::int8_t>(e.qmax));
         }
 
@@ -772,10 +814,15 @@ namespace orbitq::kernels::simd
     ///         schemes (see detail::needs_clamp): the float32 clamp (two instructions per batch)
     ///         is left out. It changes nothing for those; for the int8 range [-128, 127] the
     ///         saturating narrow clamps, for other ranges (int4) a clamp of the int8 codes.
-    template <rounding_policy R, bool Bounded = false, weight_element T>
+    /// @tparam Stream whole 64-byte lines of codes are written with streaming stores (where
+    ///         has_streaming_stores; the codes before the first line boundary of `out` and after
+    ///         the last are stored as usual). The caller calls store_fence() before another
+    ///         thread reads the codes. Worth it only for passes larger than the caches (see
+    ///         stream_codes): streamed codes are not left in cache.
+    template <rounding_policy R, bool Bounded = false, bool Stream = false, weight_element T>
     void quantize_span(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
     {
-        detail::encode_span<R, Bounded>(x, n, e, out);
+        detail::encode_span<R, Bounded, Stream>(x, n, e, out);
     }
 
     /// @brief The fused statistics + encode pass over one row split into groups of `group`
@@ -1188,10 +1235,13 @@ namespace orbitq::kernels::simd
         }
 
         /// Stores the parameters of a tile of `count` groups and encodes it (multiply_inverse).
-        template <rounding_policy R, class S, std::size_t NB, weight_element T>
+        /// Stream: pairs of groups are written with streaming stores. @pre Stream: out is
+        /// 64-byte aligned, NB == 2 and the codes need no clamp after the narrow.
+        template <rounding_policy R, class S, std::size_t NB, bool Stream, weight_element T>
         inline void encode_tile(const T* x, std::size_t count, const batch_params& bp, float* scales, std::int32_t* zero_points,
                                 std::int8_t* out) noexcept
         {
+            static_assert(!Stream || (NB == 2 && !clamps_codes<S>), "streamed codes are final as stored");
             constexpr std::size_t group = NB * width;
             alignas(64) float inv[width];
             bp.inv.store_aligned(inv);
@@ -1257,12 +1307,12 @@ namespace orbitq::kernels::simd
                     const auto [c, d] = load_pair(p + 2 * width, arch_type{});
                     if constexpr (words)
                     {
-                        store_int8_x4<ordered, true>(e0.code(a), e0.code(b), e1.code(c), e1.code(d), out + j * group, arch_type{},
+                        store_int8_x4<ordered, true, Stream>(e0.code(a), e0.code(b), e1.code(c), e1.code(d), out + j * group, arch_type{},
                                                      int_batch(zp_words[j]), int_batch(zp_words[j + 1]));
                     }
                     else
                     {
-                        store_int8_x4<ordered>(e0(a), e0(b), e1(c), e1(d), out + j * group, arch_type{});
+                        store_int8_x4<ordered, false, Stream>(e0(a), e0(b), e1(c), e1(d), out + j * group, arch_type{});
                     }
                 }
             }
@@ -1277,9 +1327,9 @@ namespace orbitq::kernels::simd
 
         /// Packed: out receives the codes two to a byte (pack_int4); each tile is encoded into
         /// an L1 buffer and packed from there.
-        template <rounding_policy R, class S, std::size_t NB, bool Packed, weight_element T, class OnGroup>
-        inline void quantize_tiles(const T* x, std::size_t n, float* scales, std::int32_t* zero_points, std::int8_t* out,
-                                   OnGroup& on_group)
+        template <rounding_policy R, class S, std::size_t NB, bool Packed, bool Stream, weight_element T, class OnGroup>
+        inline void tile_loop(const T* x, std::size_t n, float* scales, std::int32_t* zero_points, std::int8_t* out,
+                              OnGroup& on_group)
         {
             constexpr std::size_t group = NB * width;
             const std::size_t whole = n / group;
@@ -1298,7 +1348,7 @@ namespace orbitq::kernels::simd
                 if (g0 + (ahead + 1) * width <= whole)
                 {
                     prefetch(x + (g0 + ahead * width) * group, width * group * sizeof(T));
-                    if constexpr (sizeof(T) == 2)
+                    if constexpr (sizeof(T) == 2 && !Stream)
                     {
                         prefetch<true>(out + (g0 + ahead * width) * group / (Packed ? 2 : 1), width * group / (Packed ? 2 : 1));
                     }
@@ -1307,11 +1357,11 @@ namespace orbitq::kernels::simd
                 std::int8_t* codes = Packed ? tile_codes : out + c0;
                 if (cur.ok && count == width)
                 {
-                    encode_tile<R, S, NB>(x + c0, width, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
+                    encode_tile<R, S, NB, Stream>(x + c0, width, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
                 }
                 else if (cur.ok)
                 {
-                    encode_tile<R, S, NB>(x + c0, count, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
+                    encode_tile<R, S, NB, Stream>(x + c0, count, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
                 }
                 else
                 {
@@ -1327,6 +1377,20 @@ namespace orbitq::kernels::simd
                                                         [&](std::size_t g, const min_max& s, bool f) { return on_group(whole + g, s, f); });
             }
         }
+
+        /// The tile loop; Stream: see quantize_groups_with_params, taken only where the tiles can
+        /// stream (int8 codes of groups of two batches, no code clamp, out 64-byte aligned).
+        template <rounding_policy R, class S, std::size_t NB, bool Packed, bool Stream, weight_element T, class OnGroup>
+        inline void quantize_tiles(const T* x, std::size_t n, float* scales, std::int32_t* zero_points, std::int8_t* out,
+                                   OnGroup& on_group)
+        {
+            constexpr bool can_stream = has_streaming_stores && NB == 2 && !Packed && !clamps_codes<S>;
+            if constexpr (Stream && can_stream)
+            {
+                if (reinterpret_cast<std::uintptr_t>(out) % 64 == 0) return tile_loop<R, S, NB, Packed, true>(x, n, scales, zero_points, out, on_group);
+            }
+            tile_loop<R, S, NB, Packed, false>(x, n, scales, zero_points, out, on_group);
+        }
     }
 
     /// @brief quantize_groups for a scheme S whose parameters are stored as computed (float32
@@ -1338,12 +1402,14 @@ namespace orbitq::kernels::simd
     ///        `on_group` exactly as in quantize_groups. Codes, scales and zero points equal those
     ///        of quantize_groups with on_group storing S::make_params.
     /// @pre group > 0, n > 0, scales (and zero_points when S has one) hold ceil(n / group) orbits.
-    template <rounding_policy R, scheme_policy S, weight_element T, class OnGroup>
+    /// @tparam Stream write codes with streaming stores where the tiles can (see
+    ///         quantize_span); the caller calls store_fence() before the codes are read elsewhere.
+    template <rounding_policy R, scheme_policy S, bool Stream = false, weight_element T, class OnGroup>
     void quantize_groups_with_params(const T* x, std::size_t n, std::size_t group, float* scales, std::int32_t* zero_points,
                                      std::int8_t* out, OnGroup&& on_group)
     {
-        if (group == width) return detail::quantize_tiles<R, S, 1, false>(x, n, scales, zero_points, out, on_group);
-        if (group == 2 * width) return detail::quantize_tiles<R, S, 2, false>(x, n, scales, zero_points, out, on_group);
+        if (group == width) return detail::quantize_tiles<R, S, 1, false, Stream>(x, n, scales, zero_points, out, on_group);
+        if (group == 2 * width) return detail::quantize_tiles<R, S, 2, false, Stream>(x, n, scales, zero_points, out, on_group);
         quantize_groups<R, !S::has_zero_point>(x, n, group, out, on_group);
     }
 
@@ -1356,8 +1422,8 @@ namespace orbitq::kernels::simd
                                             std::int8_t* out, OnGroup&& on_group)
     {
         static_assert(S::bits == 4, "packed codes are int4");
-        if (group == width) return detail::quantize_tiles<R, S, 1, true>(x, n, scales, zero_points, out, on_group);
-        if (group == 2 * width) return detail::quantize_tiles<R, S, 2, true>(x, n, scales, zero_points, out, on_group);
+        if (group == width) return detail::quantize_tiles<R, S, 1, true, false>(x, n, scales, zero_points, out, on_group);
+        if (group == 2 * width) return detail::quantize_tiles<R, S, 2, true, false>(x, n, scales, zero_points, out, on_group);
         // other group sizes: whole groups, an even number of codes at a time, through a buffer
         const std::size_t chunk = std::max<std::size_t>(1, 4096 / (2 * group)) * 2 * group;
         std::vector<std::int8_t> codes(std::min(chunk, n));
