@@ -1,8 +1,9 @@
 /// @file bench_quantize.cpp
 /// @brief Google Benchmark suite: every granularity x scheme x bits x input dtype of
 ///        orbitq::quantize_into on the seed's (45056, 704) matrix and two Gemma 4 expert shapes,
-///        at 1 and 2 threads, next to the roofline loops (read/convert/write, read-only max|x|,
-///        memcpy) compiled with the same flags. Bytes processed = input bytes.
+///        at 1 and 2 threads, next to the roofline loops (read/convert/write, the same with
+///        streaming stores, read-only max|x|, memcpy) compiled with the same flags. Bytes
+///        processed = input bytes.
 ///
 /// Names: quantize/<rows>x<cols>/<granularity>/<scheme>/int<bits>/<dtype>/threads:<n>
 ///        roofline/<rows>x<cols>/<loop>/<dtype>/threads:<n>
@@ -170,6 +171,39 @@ namespace
         for (; i < n; ++i) dst[i] = static_cast<std::int8_t>(orbitq::to_float(src[i]));
     }
 
+    /// convert_loop with streaming stores of whole 64-byte lines (AVX-512BW builds; elsewhere
+    /// the plain loop): the lower bound for kernels that stream their codes, which skip the
+    /// read for ownership of each code line that the plain loop pays.
+    template <class T>
+    void convert_stream_loop(const T* __restrict src, std::int8_t* __restrict dst, std::size_t n)
+    {
+        std::size_t i = 0;
+#if defined(__AVX512BW__)
+        if constexpr (!std::same_as<T, float16_t>)
+        {
+            const std::size_t head = std::min(n, (64 - reinterpret_cast<std::uintptr_t>(dst) % 64) % 64);
+            convert_loop(src, dst, head);
+            const auto widened = [](const T* p) {
+                if constexpr (std::same_as<T, float>) return _mm512_loadu_ps(p);
+                else
+                {
+                    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+                    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+                }
+            };
+            const auto narrow = [&](const T* p) { return _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(widened(p))); };
+            for (i = head; i + 64 <= n; i += 64)
+            {
+                const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(narrow(src + i)), narrow(src + i + 16), 1);
+                const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(narrow(src + i + 32)), narrow(src + i + 48), 1);
+                _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i), _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+            }
+            _mm_sfence();
+        }
+#endif
+        convert_loop(src + i, dst + i, n - i);
+    }
+
     /// read-only max|x|, on the bit patterns (integer max of the magnitude bits orders the same
     /// as max |x| for finite values and vectorizes without -ffast-math).
     template <class T>
@@ -194,6 +228,7 @@ namespace
     enum class roofline_kind
     {
         convert,
+        convert_stream,
         max,
         memcpy
     };
@@ -212,7 +247,7 @@ namespace
         with_dtype(c.dtype, [&]<class T>(const T*) {
             const T* src = data_of<T>(w).data();
             const std::size_t cols = c.shape.cols;
-            std::vector<std::int8_t> dst(c.shape.rows * cols * (c.kind == roofline_kind::memcpy ? sizeof(T) : 1));
+            orbitq::code_vector dst(c.shape.rows * cols * (c.kind == roofline_kind::memcpy ? sizeof(T) : 1));
             std::uint32_t sink[2] = {0, 0};
             for (auto _ : state)
             {
@@ -221,6 +256,7 @@ namespace
                     switch (c.kind)
                     {
                         case roofline_kind::convert: convert_loop(src + first * cols, dst.data() + first * cols, n); break;
+                        case roofline_kind::convert_stream: convert_stream_loop(src + first * cols, dst.data() + first * cols, n); break;
                         case roofline_kind::max: sink[first == 0 ? 0 : 1] = max_loop(src + first * cols, n); break;
                         case roofline_kind::memcpy:
                             std::memcpy(dst.data() + first * cols * sizeof(T), src + first * cols, n * sizeof(T));
@@ -237,7 +273,13 @@ namespace
 
     const char* roofline_name(roofline_kind k)
     {
-        return k == roofline_kind::convert ? "convert" : k == roofline_kind::max ? "max" : "memcpy";
+        switch (k)
+        {
+            case roofline_kind::convert: return "convert";
+            case roofline_kind::convert_stream: return "convert_stream";
+            case roofline_kind::max: return "max";
+            default: return "memcpy";
+        }
     }
 
     /// The fastest repetition: on a shared machine the least disturbed one (bench/report
@@ -280,9 +322,11 @@ namespace
             {
                 for (element_type d : dtypes)
                 {
-                    for (roofline_kind k : {roofline_kind::convert, roofline_kind::max, roofline_kind::memcpy})
+                    for (roofline_kind k : {roofline_kind::convert, roofline_kind::convert_stream, roofline_kind::max, roofline_kind::memcpy})
                     {
                         if (k == roofline_kind::memcpy && d != element_type::f32) continue;  // bytes are bytes
+                        // streamed codes exist where the kernels stream them (f32 and bf16 inputs here)
+                        if (k == roofline_kind::convert_stream && (!orbitq::kernels::simd::has_streaming_stores || d == element_type::f16)) continue;
                         const std::string name = "roofline/" + s.name() + "/" + roofline_name(k) + "/" + dtype_name(d)
                                                  + "/threads:" + std::to_string(t);
                         benchmark::RegisterBenchmark(name.c_str(), bm_roofline, roofline_case{s, k, d, t})
