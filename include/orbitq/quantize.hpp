@@ -259,7 +259,9 @@ namespace orbitq
         // Codes of a pass larger than the caches are written with streaming stores (int8 codes
         // only: int4 codes are packed from an L1 buffer): the lines are not read from memory
         // before they are overwritten. Each range fences its streaming stores before it returns.
-        const bool stream = S::bits == 8 && kernels::simd::stream_codes(w.rows * w.cols * sizeof(T), q.codes.size());
+        // The streaming range is instantiated only where it can be taken.
+        constexpr bool can_stream = S::bits == 8 && kernels::simd::has_streaming_stores;
+        const bool stream = can_stream && kernels::simd::stream_codes(w.rows * w.cols * sizeof(T), q.codes.size());
         const auto range = [&]<bool Stream>(std::bool_constant<Stream> streaming, std::size_t first, std::size_t last) {
             if (flat_groups)
             {
@@ -329,13 +331,19 @@ namespace orbitq
             }
         };
         parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
-            if (!stream) return range(std::false_type{}, first, last);
-            // fenced also when a row throws, so no streamed store is left unordered
-            struct fence
+            if constexpr (can_stream)
             {
-                ~fence() { kernels::simd::store_fence(); }
-            } f;
-            range(std::true_type{}, first, last);
+                if (stream)
+                {
+                    // fenced also when a row throws, so no streamed store is left unordered
+                    struct fence
+                    {
+                        ~fence() { kernels::simd::store_fence(); }
+                    } f;
+                    return range(std::true_type{}, first, last);
+                }
+            }
+            range(std::false_type{}, first, last);
         });
     }
 

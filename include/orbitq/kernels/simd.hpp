@@ -515,9 +515,10 @@ namespace orbitq::kernels::simd
         template <rounding_policy R, bool Clamp, bool Stream, weight_element T>
         [[gnu::always_inline]] inline void encode_vector(const T* x, std::size_t n, const encode_params& e, std::int8_t* out) noexcept
         {
+            constexpr bool streamed = Stream && has_streaming_stores;
             const encoder<R, Clamp> enc(e);
             std::size_t i = 0;
-            if constexpr (Stream && has_streaming_stores)
+            if constexpr (streamed)
             {
                 // codes up to the first 64-byte boundary are stored as usual, lines after it streamed
                 const std::size_t head = std::min(n, (64 - reinterpret_cast<std::uintptr_t>(out) % 64) % 64);
@@ -528,7 +529,7 @@ namespace orbitq::kernels::simd
             {
                 const auto [a, b] = load_pair(x + i, arch_type{});
                 const auto [c, d] = load_pair(x + i + 2 * width, arch_type{});
-                store_int8_x4<pack_ordered_pairs<T, arch_type>, false, Stream && has_streaming_stores>(enc(a), enc(b), enc(c), enc(d), out + i, arch_type{});
+                store_int8_x4<pack_ordered_pairs<T, arch_type>, false, streamed>(enc(a), enc(b), enc(c), enc(d), out + i, arch_type{});
             }
             for (; i + width <= n; i += width) store_int8(enc(load(x + i, arch_type{})), out + i, arch_type{});
             for (; i < n; ++i) out[i] = reference::encode<R>(to_float(x[i]), e);
