@@ -107,6 +107,23 @@ namespace orbitq::kernels::simd
             return fbatch<A>::load_unaligned(p);
         }
 
+        /// v, held in a register from here on. GCC folds a load into each instruction that uses
+        /// it (a memory operand): a batch reduced three ways (min, max, a NaN compare) is then
+        /// read three times from L1, and the load ports bound a loop that memory should bound
+        /// (min_max_span over f32 rows in L2: 10 % of the quantize pass). An empty asm that
+        /// takes the value in a register stops the folding; it emits no instruction.
+        template <class V>
+        inline V in_register(V v) noexcept
+        {
+#if defined(__GNUC__) || defined(__clang__)
+            auto r = v.data;
+            asm("" : "+v"(r));
+            return V(r);
+#else
+            return v;
+#endif
+        }
+
         template <class A, class T>
             requires std::same_as<T, bfloat16_t> || std::same_as<T, float16_t>
         inline fbatch<A> load(const T* p, A) noexcept
@@ -407,17 +424,21 @@ namespace orbitq::kernels::simd
         };
 
 #if XSIMD_WITH_AVX512F
-        /// AVX-512: one masked compare per pair, ordered = ordered & ord(a, b), true in a lane
-        /// until a NaN is seen there; reports NaN only.
+        /// AVX-512: one compare per pair, unordered |= unord(a, b); reports NaN only. The
+        /// compares are independent and only the mask or is chained: a compare masked by the
+        /// running mask would chain the compares themselves, 16 in a row in a tile's statistics.
         template <class A>
             requires std::derived_from<A, xsimd::avx512f>
         struct nan_guard<A>
         {
-            __mmask16 ordered = 0xffff;
+            __mmask16 unordered = 0;
 
-            void add(const fbatch<A>& a, const fbatch<A>& b) noexcept { ordered = _mm512_mask_cmp_ps_mask(ordered, a, b, _CMP_ORD_Q); }
+            void add(const fbatch<A>& a, const fbatch<A>& b) noexcept
+            {
+                unordered = _kor_mask16(unordered, _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q));
+            }
 
-            bool any() const noexcept { return ordered != 0xffff; }
+            bool any() const noexcept { return unordered != 0; }
         };
 #endif
 
@@ -709,8 +730,8 @@ namespace orbitq::kernels::simd
         std::size_t i = 0;
         for (; i + 2 * width <= n; i += 2 * width)
         {
-            const float_batch a = detail::load(x + i, arch_type{});
-            const float_batch b = detail::load(x + i + width, arch_type{});
+            const float_batch a = detail::in_register(detail::load(x + i, arch_type{}));
+            const float_batch b = detail::in_register(detail::load(x + i + width, arch_type{}));
             nan.add(a, b);
             mn0 = xsimd::min(mn0, a);
             mx0 = xsimd::max(mx0, a);
@@ -1204,40 +1225,50 @@ namespace orbitq::kernels::simd
             }
             else
             {
-                // non-finite values as in min_max_span: a NaN in a nan_guard fed pairs of
-                // batches, an infinity in the statistics
-                lane_tree<min_op, arch_type> min_tree;
-                lane_tree<max_op, arch_type> max_tree;
-                const float_batch zero(0.0f);
-                nan_guard<arch_type> nan;
-                for (std::size_t j0 = 0; j0 < width; j0 += 4)
-                {
-                    float_batch b[4 * NB];  // four groups' batches; unused groups are zero orbits
-                    for (std::size_t i = 0; i < 4; ++i)
-                    {
-                        const T* p = j0 + i < count ? x + (j0 + i) * group : nullptr;
-                        for (std::size_t k = 0; k < NB; ++k) b[i * NB + k] = p ? load(p + k * width, arch_type{}) : zero;
-                    }
-                    for (std::size_t m = 0; m < 4 * NB; m += 2) nan.add(b[m], b[m + 1]);
+                // non-finite values as in min_max_span: a NaN in a nan_guard fed each group's
+                // batches in pairs, an infinity in the statistics. Each group is reduced as it is
+                // loaded (few live registers); a whole tile, the usual case, is reduced without
+                // a test per group (Full).
+                const auto reduce_tile = [&]<bool Full>(std::bool_constant<Full>) -> tile_params {
+                    lane_tree<min_op, arch_type> min_tree;
+                    lane_tree<max_op, arch_type> max_tree;
+                    nan_guard<arch_type> nan;
                     float_batch lo[4];
                     float_batch hi[4];
-                    for (std::size_t i = 0; i < 4; ++i)
+                    for (std::size_t j0 = 0; j0 < width; j0 += 4)
                     {
-                        lo[i] = b[i * NB];
-                        hi[i] = b[i * NB];
-                        for (std::size_t k = 1; k < NB; ++k)
+                        for (std::size_t i = 0; i < 4; ++i)
                         {
-                            lo[i] = xsimd::min(lo[i], b[i * NB + k]);
-                            hi[i] = xsimd::max(hi[i], b[i * NB + k]);
+                            if (!Full && j0 + i >= count)  // unused lanes: zero orbits
+                            {
+                                lo[i] = hi[i] = float_batch(0.0f);
+                                continue;
+                            }
+                            const T* p = x + (j0 + i) * group;
+                            float_batch b[NB];
+                            for (std::size_t k = 0; k < NB; ++k) b[k] = in_register(load(p + k * width, arch_type{}));
+                            for (std::size_t k = 0; k < NB; k += 2) nan.add(b[k], b[k + 1 < NB ? k + 1 : k]);
+                            lo[i] = b[0];
+                            hi[i] = b[0];
+                            for (std::size_t k = 1; k < NB; ++k)
+                            {
+                                lo[i] = xsimd::min(lo[i], b[k]);
+                                hi[i] = xsimd::max(hi[i], b[k]);
+                            }
                         }
+                        min_tree.push4(lo[0], lo[1], lo[2], lo[3], min_op{});
+                        max_tree.push4(hi[0], hi[1], hi[2], hi[3], max_op{});
                     }
-                    min_tree.push4(lo[0], lo[1], lo[2], lo[3], min_op{});
-                    max_tree.push4(hi[0], hi[1], hi[2], hi[3], max_op{});
-                }
-                const float_batch mn = min_tree.finish(min_op{});
-                const float_batch mx = max_tree.finish(max_op{});
-                if (nan.any() || xsimd::any(xsimd::isinf(mn)) || xsimd::any(xsimd::isinf(mx))) return {};
-                return finite_tile_params<S>(mn, mx);
+                    const float_batch mn = min_tree.finish(min_op{});
+                    const float_batch mx = max_tree.finish(max_op{});
+                    // no early return on a NaN: the compiler would then move the reduction
+                    // after the test, and hold the whole tile in registers (and spill it) until it
+                    const bool finite = !nan.any() && !xsimd::any(xsimd::isinf(mn)) && !xsimd::any(xsimd::isinf(mx));
+                    tile_params t = finite_tile_params<S>(mn, mx);
+                    t.ok = t.ok && finite;
+                    return t;
+                };
+                return count == width ? reduce_tile(std::true_type{}) : reduce_tile(std::false_type{});
             }
         }
 
