@@ -517,12 +517,16 @@ TEST_CASE_TEMPLATE("tiles of groups with vector parameters equal the reference",
                 CHECK(check_groups_with_params<half_to_even, symmetric<8>>(x, group) == 0);
                 CHECK(check_groups_with_params<half_to_even, asymmetric<4>>(x, group) == 0);
             }
-            // an all-zero group, an all-positive and an all-negative group inside a tile
-            for (std::size_t k = 0; k < group && 3 * group <= n; ++k)
+            // an all-zero group, an all-positive and an all-negative group inside a tile, and
+            // groups of -0 with positive values, with negative values, and alone
+            for (std::size_t k = 0; k < group && 6 * group <= n; ++k)
             {
                 x[k] = from_float<T>(0.0f);
                 x[group + k] = from_float<T>(0.01f + 0.001f * static_cast<float>(k));
                 x[2 * group + k] = from_float<T>(-0.5f - 0.01f * static_cast<float>(k));
+                x[3 * group + k] = from_float<T>(k % 2 ? -0.0f : 0.25f + 0.01f * static_cast<float>(k));
+                x[4 * group + k] = from_float<T>(k % 2 ? -0.0f : -0.25f - 0.01f * static_cast<float>(k));
+                x[5 * group + k] = from_float<T>(-0.0f);
             }
             check_all_schemes_with_params(x, group);
             check_all_schemes_with_params(tie_and_clamp_values<T>(n), group);

@@ -995,28 +995,30 @@ namespace orbitq::kernels::simd
             }
         };
 
-        /// min or max of float batches as int16 lanes (pairs of 16-bit values).
-        template <bool Max>
-        struct int16_op
+        /// min or max of float batches as 16-bit lanes (pairs of 16-bit values); W: std::int16_t
+        /// or std::uint16_t, how the lanes compare.
+        template <class W, bool Max>
+        struct word_op
         {
             float operator()(float a, float b) const noexcept
             {
-                using pair = std::array<std::int16_t, 2>;
+                using pair = std::array<W, 2>;
                 const auto x = std::bit_cast<pair>(a);
                 const auto y = std::bit_cast<pair>(b);
-                const auto pick = [](std::int16_t u, std::int16_t v) { return Max ? std::max(u, v) : std::min(u, v); };
+                const auto pick = [](W u, W v) { return Max ? std::max(u, v) : std::min(u, v); };
                 return std::bit_cast<float>(pair{pick(x[0], y[0]), pick(x[1], y[1])});
             }
             float_batch operator()(const float_batch& a, const float_batch& b) const noexcept
             {
-                using half_batch = xsimd::batch<std::int16_t, arch_type>;
+                using half_batch = xsimd::batch<W, arch_type>;
                 const half_batch u = xsimd::bitwise_cast<half_batch>(a);
                 const half_batch v = xsimd::bitwise_cast<half_batch>(b);
                 return xsimd::bitwise_cast<float_batch>(Max ? xsimd::max(u, v) : xsimd::min(u, v));
             }
         };
-        using max_int16_op = int16_op<true>;
-        using min_int16_op = int16_op<false>;
+        using max_int16_op = word_op<std::int16_t, true>;
+        using min_int16_op = word_op<std::int16_t, false>;
+        using max_uint16_op = word_op<std::uint16_t, true>;
 
         /// Parameters of `width` orbits at once.
         struct batch_params
@@ -1184,6 +1186,41 @@ namespace orbitq::kernels::simd
                 const float_batch vmax = max_tree.finish(max_bits_op{});
                 if (xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(0x7f7fffff))) return {};
                 return finite_tile_params<S>(-vmax, vmax);
+            }
+            else if constexpr (std::same_as<T, bfloat16_t> && NB == 2 && is_builtin_scheme<S>)
+            {
+                // bf16 groups of 2 width values are one batch of raw bits. A builtin asymmetric
+                // scheme needs only lo = min(min, 0) and hi = max(max, 0) (make_batch_params),
+                // and those come from the raw bits without ordered keys: the largest bits as
+                // uint16 are the most negative value where there is one (otherwise a value >= +0,
+                // which gives lo = 0 as well); as int16, the largest value >= +0 where there is
+                // one (otherwise a negative value: hi = 0). NaN and infinities lie above -FLT_MAX
+                // (0xff7f) and FLT_MAX (0x7f7f) in those orders. Both trees reduce 16-bit pairs;
+                // each lane is widened once per tile.
+                lane_tree<max_uint16_op, arch_type> lo_tree;
+                lane_tree<max_int16_op, arch_type> hi_tree;
+                const auto group_bits = [&](std::size_t j) {
+                    if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
+                    return float_batch::load_unaligned(reinterpret_cast<const float*>(x + j * group));
+                };
+                for (std::size_t j = 0; j < width; j += 4)
+                {
+                    const float_batch b0 = group_bits(j);
+                    const float_batch b1 = group_bits(j + 1);
+                    const float_batch b2 = group_bits(j + 2);
+                    const float_batch b3 = group_bits(j + 3);
+                    lo_tree.push4(b0, b1, b2, b3, max_uint16_op{});
+                    hi_tree.push4(b0, b1, b2, b3, max_int16_op{});
+                }
+                const bits_batch lo_pairs = xsimd::bitwise_cast<bits_batch>(lo_tree.finish(max_uint16_op{}));
+                const bits_batch hi_pairs = xsimd::bitwise_cast<bits_batch>(hi_tree.finish(max_int16_op{}));
+                const bits_batch lo_bits = xsimd::max(lo_pairs & bits_batch(0xffff), (lo_pairs >> 16) & bits_batch(0xffff));
+                const bits_batch hi_bits = xsimd::max((hi_pairs << 16) >> 16, hi_pairs >> 16);  // sign-extended
+                const bool finite = !xsimd::any(lo_bits > bits_batch(0xff7f)) && !xsimd::any(hi_bits > bits_batch(0x7f7f));
+                const auto widen = [](const bits_batch& b) { return xsimd::bitwise_cast<float_batch>(b << 16); };
+                tile_params t = finite_tile_params<S>(widen(lo_bits), widen(hi_bits));
+                t.ok = t.ok && finite;
+                return t;
             }
             else if constexpr (std::same_as<T, bfloat16_t> && NB == 2)
             {
