@@ -1132,6 +1132,25 @@ namespace orbitq::kernels::simd
             return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
         }
 
+        /// Two reductions of a tile's width group batches at once: group(j) gives group j's
+        /// batch, OpA and OpB reduce them (lane_tree); returns the two results, group j's in lane j.
+        template <class OpA, class OpB, class Group>
+        inline std::pair<float_batch, float_batch> reduce_tile_twice(const Group& group) noexcept
+        {
+            lane_tree<OpA, arch_type> a;
+            lane_tree<OpB, arch_type> b;
+            for (std::size_t j = 0; j < width; j += 4)
+            {
+                const float_batch g0 = group(j);
+                const float_batch g1 = group(j + 1);
+                const float_batch g2 = group(j + 2);
+                const float_batch g3 = group(j + 3);
+                a.push4(g0, g1, g2, g3, OpA{});
+                b.push4(g0, g1, g2, g3, OpB{});
+            }
+            return {a.finish(OpA{}), b.finish(OpB{})};
+        }
+
         template <class S, std::size_t NB, weight_element T>
         inline tile_params compute_tile_params(const T* x, std::size_t count) noexcept
         {
@@ -1197,23 +1216,12 @@ namespace orbitq::kernels::simd
                 // one (otherwise a negative value: hi = 0). NaN and infinities lie above -FLT_MAX
                 // (0xff7f) and FLT_MAX (0x7f7f) in those orders. Both trees reduce 16-bit pairs;
                 // each lane is widened once per tile.
-                lane_tree<max_uint16_op, arch_type> lo_tree;
-                lane_tree<max_int16_op, arch_type> hi_tree;
-                const auto group_bits = [&](std::size_t j) {
+                const auto [lo_words, hi_words] = reduce_tile_twice<max_uint16_op, max_int16_op>([&](std::size_t j) {
                     if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
                     return float_batch::load_unaligned(reinterpret_cast<const float*>(x + j * group));
-                };
-                for (std::size_t j = 0; j < width; j += 4)
-                {
-                    const float_batch b0 = group_bits(j);
-                    const float_batch b1 = group_bits(j + 1);
-                    const float_batch b2 = group_bits(j + 2);
-                    const float_batch b3 = group_bits(j + 3);
-                    lo_tree.push4(b0, b1, b2, b3, max_uint16_op{});
-                    hi_tree.push4(b0, b1, b2, b3, max_int16_op{});
-                }
-                const bits_batch lo_pairs = xsimd::bitwise_cast<bits_batch>(lo_tree.finish(max_uint16_op{}));
-                const bits_batch hi_pairs = xsimd::bitwise_cast<bits_batch>(hi_tree.finish(max_int16_op{}));
+                });
+                const bits_batch lo_pairs = xsimd::bitwise_cast<bits_batch>(lo_words);
+                const bits_batch hi_pairs = xsimd::bitwise_cast<bits_batch>(hi_words);
                 const bits_batch lo_bits = xsimd::max(lo_pairs & bits_batch(0xffff), (lo_pairs >> 16) & bits_batch(0xffff));
                 const bits_batch hi_bits = xsimd::max((hi_pairs << 16) >> 16, hi_pairs >> 16);  // sign-extended
                 const bool finite = !xsimd::any(lo_bits > bits_batch(0xff7f)) && !xsimd::any(hi_bits > bits_batch(0x7f7f));
@@ -1228,29 +1236,18 @@ namespace orbitq::kernels::simd
                 // keys (ordered_key) are reduced as int16 pairs by the trees and widened once per
                 // tile; the tile is finite when its keys stay within those of +-FLT_MAX.
                 using half_batch = xsimd::batch<std::int16_t, arch_type>;
-                lane_tree<min_int16_op, arch_type> min_tree;
-                lane_tree<max_int16_op, arch_type> max_tree;
-                const auto group_keys = [&](std::size_t j) {
+                const auto [min_keys, max_keys] = reduce_tile_twice<min_int16_op, max_int16_op>([&](std::size_t j) {
                     if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits (key 0 = +0)
                     const half_batch b = half_batch::load_unaligned(reinterpret_cast<const std::int16_t*>(x + j * group));
                     return xsimd::bitwise_cast<float_batch>(ordered_key(b));
-                };
-                for (std::size_t j = 0; j < width; j += 4)
-                {
-                    const float_batch k0 = group_keys(j);
-                    const float_batch k1 = group_keys(j + 1);
-                    const float_batch k2 = group_keys(j + 2);
-                    const float_batch k3 = group_keys(j + 3);
-                    min_tree.push4(k0, k1, k2, k3, min_int16_op{});
-                    max_tree.push4(k0, k1, k2, k3, max_int16_op{});
-                }
+                });
                 // each int32 lane holds a pair of int16 keys of one group: sign-extend both halves
                 const auto halves = [](const float_batch& v) {
                     const bits_batch p = xsimd::bitwise_cast<bits_batch>(v);
                     return std::pair{(p << 16) >> 16, p >> 16};
                 };
-                const auto [min_lo, min_hi] = halves(min_tree.finish(min_int16_op{}));
-                const auto [max_lo, max_hi] = halves(max_tree.finish(max_int16_op{}));
+                const auto [min_lo, min_hi] = halves(min_keys);
+                const auto [max_lo, max_hi] = halves(max_keys);
                 const bits_batch kmin = xsimd::min(min_lo, min_hi);
                 const bits_batch kmax = xsimd::max(max_lo, max_hi);
                 // keys of +-FLT_MAX (bf16 0x7f7f and 0xff7f): 0x7f7f and 0xff7f ^ 0x7fff = -0x7f80
