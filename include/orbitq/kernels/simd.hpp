@@ -1296,7 +1296,7 @@ namespace orbitq::kernels::simd
                     const float_batch mn = min_tree.finish(min_op{});
                     const float_batch mx = max_tree.finish(max_op{});
                     // no early return on a NaN: the compiler would then move the reduction
-                    // after the test, and hold the whole tile in registers (and spill it) until it
+                    // after the test and hold the whole tile in registers (spilled) until then
                     const bool finite = !nan.any() && !xsimd::any(xsimd::isinf(mn)) && !xsimd::any(xsimd::isinf(mx));
                     tile_params t = finite_tile_params<S>(mn, mx);
                     t.ok = t.ok && finite;
