@@ -483,7 +483,7 @@ namespace orbitq::kernels::simd
             bool divide;
             bool zero_orbit;
 
-            explicit encoder(const encode_params& e) noexcept
+            [[gnu::always_inline]] explicit encoder(const encode_params& e) noexcept
                 : inv(e.params.inv_scale)
                 , scale(e.params.scale)
                 , lo(static_cast<float>(e.qmin - e.params.zero_point))
@@ -501,7 +501,7 @@ namespace orbitq::kernels::simd
                 return e.mode == scale_application::divide || std::isfinite(e.params.inv_scale);
             }
 
-            int_batch operator()(const float_batch& x) const noexcept
+            [[gnu::always_inline]] int_batch operator()(const float_batch& x) const noexcept
             {
                 float_batch v = divide ? (zero_orbit ? float_batch(0.0f) : x / scale) : x * inv;
                 if constexpr (Clamp) v = xsimd::min(xsimd::max(v, lo), hi);
