@@ -1032,7 +1032,7 @@ namespace orbitq::kernels::simd
         /// the same order, so equal lane by lane; test_kernels checks it); any other scheme goes
         /// lane by lane through S::make_params itself.
         template <class S>
-        inline batch_params make_batch_params(const float_batch& mn, const float_batch& mx) noexcept
+        [[gnu::always_inline]] inline batch_params make_batch_params(const float_batch& mn, const float_batch& mx) noexcept
         {
             const auto inverse = [](const float_batch& scale) {
                 // detail::with_inverse: !(scale > 0) gives (0, 0)
@@ -1115,21 +1115,19 @@ namespace orbitq::kernels::simd
         template <class S>
         inline constexpr bool clamps_codes = is_builtin_scheme<S> && !clamp_free_range(S::qmin, S::qmax);
 
-        /// Parameters of a tile of `count` <= width groups of NB batches, and whether the fast
-        /// path may use them: false when a value is not finite or an inverse scale is infinite
-        /// (the caller then takes the tile group by group, which reports an error in order).
-        struct tile_params
-        {
-            batch_params bp;
-            bool ok = false;
-        };
-
-        /// The parameters of a finite tile from its per-group statistics.
+        /// The parameters of a tile from its per-group statistics, into bp; returns whether the
+        /// fast path may use them: the tile's values are finite (`finite`) and no inverse scale
+        /// is infinite. The tile functions return this flag and write the parameters through a
+        /// reference: a struct holding both, returned by value, is copied through the stack by
+        /// GCC, and the copy's wide load of the flag waits for the flag's byte store to retire
+        /// (store forwarding fails), which held up every tile. Always inlined, as is
+        /// make_batch_params: in a unit holding many kernels GCC left them out of line, and
+        /// their results then went through memory too.
         template <class S>
-        inline tile_params finite_tile_params(const float_batch& mn, const float_batch& mx) noexcept
+        [[gnu::always_inline]] inline bool usable_tile_params(const float_batch& mn, const float_batch& mx, bool finite, batch_params& bp) noexcept
         {
-            const batch_params bp = make_batch_params<S>(mn, mx);
-            return {bp, !xsimd::any(xsimd::isinf(bp.inv))};
+            bp = make_batch_params<S>(mn, mx);
+            return finite && !xsimd::any(xsimd::isinf(bp.inv));
         }
 
         /// Two reductions of a tile's width group batches at once: group(j) gives group j's
@@ -1151,8 +1149,11 @@ namespace orbitq::kernels::simd
             return {a.finish(OpA{}), b.finish(OpB{})};
         }
 
+        /// The parameters of a tile of `count` <= width groups of NB batches, into bp; false when
+        /// the fast path may not use them: a value is not finite or an inverse scale is infinite
+        /// (the caller then takes the tile group by group, which reports an error in order).
         template <class S, std::size_t NB, weight_element T>
-        inline tile_params compute_tile_params(const T* x, std::size_t count) noexcept
+        inline bool compute_tile_params(const T* x, std::size_t count, batch_params& bp) noexcept
         {
             constexpr std::size_t group = NB * width;
             constexpr bool abs_only = !S::has_zero_point && is_builtin_scheme<S>;
@@ -1182,9 +1183,9 @@ namespace orbitq::kernels::simd
                     const bits_batch pairs = xsimd::bitwise_cast<bits_batch>(tree.finish(max_int16_op{}));
                     const bits_batch m = xsimd::max(pairs & bits_batch(0xffff), pairs >> 16);  // both halves >= 0
                     // bf16 0x7f7f is FLT_MAX's bf16; above it: inf and NaN
-                    if (xsimd::any(m > bits_batch(0x7f7f))) return {};
+                    if (xsimd::any(m > bits_batch(0x7f7f))) return false;
                     const float_batch vmax = xsimd::bitwise_cast<float_batch>(m << 16);  // exact widening
-                    return finite_tile_params<S>(-vmax, vmax);
+                    return usable_tile_params<S>(-vmax, vmax, true, bp);
                 }
                 lane_tree<max_bits_op, arch_type> max_tree;
                 const bits_batch magnitude(0x7fffffff);
@@ -1203,8 +1204,8 @@ namespace orbitq::kernels::simd
                     max_tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_bits_op{});
                 }
                 const float_batch vmax = max_tree.finish(max_bits_op{});
-                if (xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(0x7f7fffff))) return {};
-                return finite_tile_params<S>(-vmax, vmax);
+                if (xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(0x7f7fffff))) return false;
+                return usable_tile_params<S>(-vmax, vmax, true, bp);
             }
             else if constexpr (std::same_as<T, bfloat16_t> && NB == 2 && is_builtin_scheme<S>)
             {
@@ -1226,9 +1227,7 @@ namespace orbitq::kernels::simd
                 const bits_batch hi_bits = xsimd::max((hi_pairs << 16) >> 16, hi_pairs >> 16);  // sign-extended
                 const bool finite = !xsimd::any(lo_bits > bits_batch(0xff7f)) && !xsimd::any(hi_bits > bits_batch(0x7f7f));
                 const auto widen = [](const bits_batch& b) { return xsimd::bitwise_cast<float_batch>(b << 16); };
-                tile_params t = finite_tile_params<S>(widen(lo_bits), widen(hi_bits));
-                t.ok = t.ok && finite;
-                return t;
+                return usable_tile_params<S>(widen(lo_bits), widen(hi_bits), finite, bp);
             }
             else if constexpr (std::same_as<T, bfloat16_t> && NB == 2)
             {
@@ -1251,11 +1250,11 @@ namespace orbitq::kernels::simd
                 const bits_batch kmin = xsimd::min(min_lo, min_hi);
                 const bits_batch kmax = xsimd::max(max_lo, max_hi);
                 // keys of +-FLT_MAX (bf16 0x7f7f and 0xff7f): 0x7f7f and 0xff7f ^ 0x7fff = -0x7f80
-                if (xsimd::any(kmax > bits_batch(0x7f7f)) || xsimd::any(kmin < bits_batch(-0x7f80))) return {};
+                if (xsimd::any(kmax > bits_batch(0x7f7f)) || xsimd::any(kmin < bits_batch(-0x7f80))) return false;
                 const auto widen = [](const bits_batch& k) {  // back to bf16 bits, then to float32
                     return xsimd::bitwise_cast<float_batch>(ordered_key(k) << 16);
                 };
-                return finite_tile_params<S>(widen(kmin), widen(kmax));
+                return usable_tile_params<S>(widen(kmin), widen(kmax), true, bp);
             }
             else
             {
@@ -1263,7 +1262,7 @@ namespace orbitq::kernels::simd
                 // batches in pairs, an infinity in the statistics. Each group is reduced as it is
                 // loaded (few live registers); a whole tile, the usual case, is reduced without
                 // a test per group (Full).
-                const auto reduce_tile = [&]<bool Full>(std::bool_constant<Full>) -> tile_params {
+                const auto reduce_tile = [&]<bool Full>(std::bool_constant<Full>) -> bool {
                     lane_tree<min_op, arch_type> min_tree;
                     lane_tree<max_op, arch_type> max_tree;
                     nan_guard<arch_type> nan;
@@ -1298,9 +1297,7 @@ namespace orbitq::kernels::simd
                     // no early return on a NaN: the compiler would then move the reduction
                     // after the test and hold the whole tile in registers (spilled) until then
                     const bool finite = !nan.any() && !xsimd::any(xsimd::isinf(mn)) && !xsimd::any(xsimd::isinf(mx));
-                    tile_params t = finite_tile_params<S>(mn, mx);
-                    t.ok = t.ok && finite;
-                    return t;
+                    return usable_tile_params<S>(mn, mx, finite, bp);
                 };
                 return count == width ? reduce_tile(std::true_type{}) : reduce_tile(std::false_type{});
             }
@@ -1408,15 +1405,17 @@ namespace orbitq::kernels::simd
             alignas(64) std::int8_t tile_codes[Packed ? width * group : 1];
             // Software pipelined: the parameters of tile t + 1 are computed before tile t is
             // encoded, so their latency (a reduction tree, two divisions) overlaps the encoding.
-            tile_params next{};
+            batch_params next;
+            bool next_ok = false;
             // tile t + ahead is prefetched while tile t is encoded (tile t + 1 is being reduced)
             const std::size_t ahead = 1 + prefetch_rows_ahead(width * group * sizeof(T));
-            if (whole > 0) next = compute_tile_params<S, NB>(x, std::min(width, whole));
+            if (whole > 0) next_ok = compute_tile_params<S, NB>(x, std::min(width, whole), next);
             for (std::size_t g0 = 0; g0 < whole; g0 += width)
             {
                 const std::size_t count = std::min(width, whole - g0);
                 const std::size_t c0 = g0 * group;
-                const tile_params cur = next;
+                const batch_params cur = next;
+                const bool cur_ok = next_ok;
                 if (g0 + (ahead + 1) * width <= whole)
                 {
                     prefetch(x + (g0 + ahead * width) * group, width * group * sizeof(T));
@@ -1425,15 +1424,15 @@ namespace orbitq::kernels::simd
                         prefetch<true>(out + (g0 + ahead * width) * group / (Packed ? 2 : 1), width * group / (Packed ? 2 : 1));
                     }
                 }
-                if (g0 + width < whole) next = compute_tile_params<S, NB>(x + c0 + width * group, std::min(width, whole - g0 - width));
+                if (g0 + width < whole) next_ok = compute_tile_params<S, NB>(x + c0 + width * group, std::min(width, whole - g0 - width), next);
                 std::int8_t* codes = Packed ? tile_codes : out + c0;
-                if (cur.ok && count == width)
+                if (cur_ok && count == width)
                 {
-                    encode_tile<R, S, NB, Stream>(x + c0, width, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
+                    encode_tile<R, S, NB, Stream>(x + c0, width, cur, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
                 }
-                else if (cur.ok)
+                else if (cur_ok)
                 {
-                    encode_tile<R, S, NB, Stream>(x + c0, count, cur.bp, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
+                    encode_tile<R, S, NB, Stream>(x + c0, count, cur, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
                 }
                 else
                 {
