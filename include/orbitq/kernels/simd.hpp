@@ -1261,8 +1261,10 @@ namespace orbitq::kernels::simd
                 // non-finite values as in min_max_span: a NaN in a nan_guard fed each group's
                 // batches in pairs, an infinity in the statistics. Each group is reduced as it is
                 // loaded (few live registers); a whole tile, the usual case, is reduced without
-                // a test per group (Full).
-                const auto reduce_tile = [&]<bool Full>(std::bool_constant<Full>) -> bool {
+                // a test per group (Full). Kept out of line, where GCC had left it in the units
+                // measured fastest from memory: inlined (a unit holding few kernels), it kept
+                // the loads of the next tile fewer instructions ahead of the encoding.
+                const auto reduce_tile = [&]<bool Full>(std::bool_constant<Full>) [[gnu::noinline]] -> bool {
                     lane_tree<min_op, arch_type> min_tree;
                     lane_tree<max_op, arch_type> max_tree;
                     nan_guard<arch_type> nan;
@@ -1306,8 +1308,12 @@ namespace orbitq::kernels::simd
         /// Stores the parameters of a tile of `count` groups and encodes it (multiply_inverse).
         /// Stream: pairs of groups are written with streaming stores. @pre Stream: out is
         /// 64-byte aligned, NB == 2 and the codes need no clamp after the narrow.
+        /// Never inlined: whether GCC inlined it into the tile loop depended on how many kernels
+        /// the unit held, and so did the throughput of the same kernel (up to 10 % from memory,
+        /// either way by kernel); out of line it was as fast or faster for the per_group
+        /// kernels measured (bench/compare in L2 and from memory).
         template <rounding_policy R, class S, std::size_t NB, bool Stream, weight_element T>
-        inline void encode_tile(const T* x, std::size_t count, const batch_params& bp, float* scales, std::int32_t* zero_points,
+        [[gnu::noinline]] inline void encode_tile(const T* x, std::size_t count, const batch_params& bp, float* scales, std::int32_t* zero_points,
                                 std::int8_t* out) noexcept
         {
             static_assert(!Stream || (NB == 2 && !clamps_codes<S>), "streamed codes are final as stored");
