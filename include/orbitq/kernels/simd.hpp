@@ -1015,6 +1015,16 @@ namespace orbitq::kernels::simd
                 const half_batch v = xsimd::bitwise_cast<half_batch>(b);
                 return xsimd::bitwise_cast<float_batch>(Max ? xsimd::max(u, v) : xsimd::min(u, v));
             }
+            /// The op over the two 16-bit lanes of each 32-bit lane of v (a pair a tree of this
+            /// op left), as an int32 lane: W's value, sign-extended (int16) or zero-extended
+            /// (uint16).
+            static int_batch fold_pairs(const float_batch& v) noexcept
+            {
+                const int_batch p = xsimd::bitwise_cast<int_batch>(v);
+                const int_batch low = std::is_signed_v<W> ? int_batch((p << 16) >> 16) : int_batch(p & int_batch(0xffff));
+                const int_batch high = std::is_signed_v<W> ? int_batch(p >> 16) : int_batch((p >> 16) & int_batch(0xffff));
+                return Max ? xsimd::max(low, high) : xsimd::min(low, high);
+            }
         };
         using max_int16_op = word_op<std::int16_t, true>;
         using min_int16_op = word_op<std::int16_t, false>;
@@ -1180,8 +1190,7 @@ namespace orbitq::kernels::simd
                     {
                         tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_int16_op{});
                     }
-                    const bits_batch pairs = xsimd::bitwise_cast<bits_batch>(tree.finish(max_int16_op{}));
-                    const bits_batch m = xsimd::max(pairs & bits_batch(0xffff), pairs >> 16);  // both halves >= 0
+                    const bits_batch m = max_int16_op::fold_pairs(tree.finish(max_int16_op{}));  // both halves >= 0
                     // bf16 0x7f7f is FLT_MAX's bf16; above it: inf and NaN
                     if (xsimd::any(m > bits_batch(0x7f7f))) return false;
                     const float_batch vmax = xsimd::bitwise_cast<float_batch>(m << 16);  // exact widening
@@ -1221,10 +1230,8 @@ namespace orbitq::kernels::simd
                     if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
                     return float_batch::load_unaligned(reinterpret_cast<const float*>(x + j * group));
                 });
-                const bits_batch lo_pairs = xsimd::bitwise_cast<bits_batch>(lo_words);
-                const bits_batch hi_pairs = xsimd::bitwise_cast<bits_batch>(hi_words);
-                const bits_batch lo_bits = xsimd::max(lo_pairs & bits_batch(0xffff), (lo_pairs >> 16) & bits_batch(0xffff));
-                const bits_batch hi_bits = xsimd::max((hi_pairs << 16) >> 16, hi_pairs >> 16);  // sign-extended
+                const bits_batch lo_bits = max_uint16_op::fold_pairs(lo_words);
+                const bits_batch hi_bits = max_int16_op::fold_pairs(hi_words);  // sign-extended
                 const bool finite = !xsimd::any(lo_bits > bits_batch(0xff7f)) && !xsimd::any(hi_bits > bits_batch(0x7f7f));
                 const auto widen = [](const bits_batch& b) { return xsimd::bitwise_cast<float_batch>(b << 16); };
                 return usable_tile_params<S>(widen(lo_bits), widen(hi_bits), finite, bp);
@@ -1240,15 +1247,9 @@ namespace orbitq::kernels::simd
                     const half_batch b = half_batch::load_unaligned(reinterpret_cast<const std::int16_t*>(x + j * group));
                     return xsimd::bitwise_cast<float_batch>(ordered_key(b));
                 });
-                // each int32 lane holds a pair of int16 keys of one group: sign-extend both halves
-                const auto halves = [](const float_batch& v) {
-                    const bits_batch p = xsimd::bitwise_cast<bits_batch>(v);
-                    return std::pair{(p << 16) >> 16, p >> 16};
-                };
-                const auto [min_lo, min_hi] = halves(min_keys);
-                const auto [max_lo, max_hi] = halves(max_keys);
-                const bits_batch kmin = xsimd::min(min_lo, min_hi);
-                const bits_batch kmax = xsimd::max(max_lo, max_hi);
+                // each int32 lane holds a pair of int16 keys of one group
+                const bits_batch kmin = min_int16_op::fold_pairs(min_keys);
+                const bits_batch kmax = max_int16_op::fold_pairs(max_keys);
                 // keys of +-FLT_MAX (bf16 0x7f7f and 0xff7f): 0x7f7f and 0xff7f ^ 0x7fff = -0x7f80
                 if (xsimd::any(kmax > bits_batch(0x7f7f)) || xsimd::any(kmin < bits_batch(-0x7f80))) return false;
                 const auto widen = [](const bits_batch& k) {  // back to bf16 bits, then to float32
@@ -1261,10 +1262,8 @@ namespace orbitq::kernels::simd
                 // non-finite values as in min_max_span: a NaN in a nan_guard fed each group's
                 // batches in pairs, an infinity in the statistics. Each group is reduced as it is
                 // loaded (few live registers); a whole tile, the usual case, is reduced without
-                // a test per group (Full). Kept out of line, where GCC had left it in the units
-                // measured fastest from memory: inlined (a unit holding few kernels), it kept
-                // the loads of the next tile fewer instructions ahead of the encoding.
-                const auto reduce_tile = [&]<bool Full>(std::bool_constant<Full>) [[gnu::noinline]] -> bool {
+                // a test per group (Full).
+                const auto reduce_tile = [&]<bool Full>(std::bool_constant<Full>) -> bool {
                     lane_tree<min_op, arch_type> min_tree;
                     lane_tree<max_op, arch_type> max_tree;
                     nan_guard<arch_type> nan;
