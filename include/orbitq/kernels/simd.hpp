@@ -1131,8 +1131,8 @@ namespace orbitq::kernels::simd
         /// reference: a struct holding both, returned by value, is copied through the stack by
         /// GCC, and the copy's wide load of the flag waits for the flag's byte store to retire
         /// (store forwarding fails), which held up every tile. Always inlined, as is
-        /// make_batch_params: in a unit holding many kernels GCC left them out of line, and
-        /// their results then went through memory too.
+        /// make_batch_params, which GCC left out of line in a unit holding many kernels (the
+        /// bench binary), so its result went through memory too.
         template <class S>
         [[gnu::always_inline]] inline bool usable_tile_params(const float_batch& mn, const float_batch& mx, bool finite, batch_params& bp) noexcept
         {
@@ -1308,9 +1308,9 @@ namespace orbitq::kernels::simd
         /// Stream: pairs of groups are written with streaming stores. @pre Stream: out is
         /// 64-byte aligned, NB == 2 and the codes need no clamp after the narrow.
         /// Never inlined: whether GCC inlined it into the tile loop depended on how many kernels
-        /// the unit held, and so did the throughput of the same kernel (up to 10 % from memory,
-        /// either way by kernel); out of line it was as fast or faster for the per_group
-        /// kernels measured (bench/compare in L2 and from memory).
+        /// the unit held, and so did the throughput of the same kernel. Out of line, the
+        /// per_group kernels were as fast or faster in L2, and from memory (bench/compare) all
+        /// but symmetric int4 from f32 (9 % slower there, within that tool's spread).
         template <rounding_policy R, class S, std::size_t NB, bool Stream, weight_element T>
         [[gnu::noinline]] inline void encode_tile(const T* x, std::size_t count, const batch_params& bp, float* scales, std::int32_t* zero_points,
                                 std::int8_t* out) noexcept
