@@ -980,33 +980,24 @@ namespace orbitq::kernels::simd
             }
         };
 
-        /// max of float batches on their bits as int32: for sign-cleared floats this is max |x|,
-        /// with every NaN and infinity pattern above FLT_MAX (a float max could drop a NaN).
-        struct max_bits_op
-        {
-            float operator()(float a, float b) const noexcept
-            {
-                return std::bit_cast<std::int32_t>(a) < std::bit_cast<std::int32_t>(b) ? b : a;
-            }
-            float_batch operator()(const float_batch& a, const float_batch& b) const noexcept
-            {
-                using bits_batch = xsimd::batch<std::int32_t, arch_type>;
-                return xsimd::bitwise_cast<float_batch>(xsimd::max(xsimd::bitwise_cast<bits_batch>(a), xsimd::bitwise_cast<bits_batch>(b)));
-            }
-        };
-
-        /// min or max of float batches as 16-bit lanes (pairs of 16-bit values); W: std::int16_t
-        /// or std::uint16_t, how the lanes compare.
+        /// min or max of float batches on their bits as lanes of W: std::int16_t or std::uint16_t
+        /// (pairs of 16-bit values per float lane), std::int32_t or std::uint32_t (one value).
+        /// As int32, max over sign-cleared floats is max |x| with every NaN and infinity pattern
+        /// above FLT_MAX (a float max could drop a NaN); over raw floats it is the largest value
+        /// >= +0 where there is one, as uint32 the most negative value where there is one.
         template <class W, bool Max>
         struct word_op
         {
+            static_assert(sizeof(W) == 2 || sizeof(W) == 4, "16-bit pairs or 32-bit lanes");
+
             float operator()(float a, float b) const noexcept
             {
-                using pair = std::array<W, 2>;
-                const auto x = std::bit_cast<pair>(a);
-                const auto y = std::bit_cast<pair>(b);
-                const auto pick = [](W u, W v) { return Max ? std::max(u, v) : std::min(u, v); };
-                return std::bit_cast<float>(pair{pick(x[0], y[0]), pick(x[1], y[1])});
+                using lanes = std::array<W, sizeof(float) / sizeof(W)>;
+                const auto x = std::bit_cast<lanes>(a);
+                const auto y = std::bit_cast<lanes>(b);
+                lanes r;
+                for (std::size_t i = 0; i < r.size(); ++i) r[i] = Max ? std::max(x[i], y[i]) : std::min(x[i], y[i]);
+                return std::bit_cast<float>(r);
             }
             float_batch operator()(const float_batch& a, const float_batch& b) const noexcept
             {
@@ -1019,6 +1010,7 @@ namespace orbitq::kernels::simd
             /// op left), as an int32 lane: W's value, sign-extended (int16) or zero-extended
             /// (uint16).
             static int_batch fold_pairs(const float_batch& v) noexcept
+                requires(sizeof(W) == 2)
             {
                 const int_batch p = xsimd::bitwise_cast<int_batch>(v);
                 const int_batch low = std::is_signed_v<W> ? int_batch((p << 16) >> 16) : int_batch(p & int_batch(0xffff));
@@ -1026,9 +1018,17 @@ namespace orbitq::kernels::simd
                 return Max ? xsimd::max(low, high) : xsimd::min(low, high);
             }
         };
+        /// Whether the build has int32 and uint32 max instructions (SSE4.1 and later; the
+        /// tiles of builtin asymmetric schemes reduce float32 bits with them).
+        inline constexpr bool has_native_int32_max = std::derived_from<arch_type, xsimd::sse4_1> ||
+                                                     std::derived_from<arch_type, xsimd::avx2> ||
+                                                     std::derived_from<arch_type, xsimd::avx512f>;
+
         using max_int16_op = word_op<std::int16_t, true>;
         using min_int16_op = word_op<std::int16_t, false>;
         using max_uint16_op = word_op<std::uint16_t, true>;
+        using max_bits_op = word_op<std::int32_t, true>;
+        using max_ubits_op = word_op<std::uint32_t, true>;
 
         /// Parameters of `width` orbits at once.
         struct batch_params
@@ -1140,21 +1140,30 @@ namespace orbitq::kernels::simd
             return finite && !xsimd::any(xsimd::isinf(bp.inv));
         }
 
-        /// Two reductions of a tile's width group batches at once: group(j) gives group j's
-        /// batch, OpA and OpB reduce them (lane_tree); returns the two results, group j's in lane j.
+        /// Two reductions of a tile's width groups at once: group(j) gives group j's batch, or a
+        /// pair of batches (one for each reduction); OpA and OpB reduce them (lane_tree). Returns
+        /// the two results, group j's in lane j.
         template <class OpA, class OpB, class Group>
         inline std::pair<float_batch, float_batch> reduce_tile_twice(const Group& group) noexcept
         {
+            const auto both = [&](std::size_t j) {
+                if constexpr (std::same_as<std::invoke_result_t<const Group&, std::size_t>, float_batch>)
+                {
+                    const float_batch g = group(j);
+                    return std::pair{g, g};
+                }
+                else return group(j);
+            };
             lane_tree<OpA, arch_type> a;
             lane_tree<OpB, arch_type> b;
             for (std::size_t j = 0; j < width; j += 4)
             {
-                const float_batch g0 = group(j);
-                const float_batch g1 = group(j + 1);
-                const float_batch g2 = group(j + 2);
-                const float_batch g3 = group(j + 3);
-                a.push4(g0, g1, g2, g3, OpA{});
-                b.push4(g0, g1, g2, g3, OpB{});
+                const auto [a0, b0] = both(j);
+                const auto [a1, b1] = both(j + 1);
+                const auto [a2, b2] = both(j + 2);
+                const auto [a3, b3] = both(j + 3);
+                a.push4(a0, a1, a2, a3, OpA{});
+                b.push4(b0, b1, b2, b3, OpB{});
             }
             return {a.finish(OpA{}), b.finish(OpB{})};
         }
@@ -1256,6 +1265,32 @@ namespace orbitq::kernels::simd
                     return xsimd::bitwise_cast<float_batch>(ordered_key(k) << 16);
                 };
                 return usable_tile_params<S>(widen(kmin), widen(kmax), true, bp);
+            }
+            else if constexpr (is_builtin_scheme<S> && has_native_int32_max)
+            {
+                // The bf16 argument above on the float32 bits: lo = min(min, 0) is the largest
+                // bits as uint32 (the most negative value, or a value >= +0 where there is none),
+                // hi = max(max, 0) the largest as int32 (the largest value >= +0, or a negative
+                // value where there is none). A NaN or an infinity lies above -FLT_MAX
+                // (0xff7fffff) as uint32 or above FLT_MAX (0x7f7fffff) as int32, by its sign.
+                // Integer maxima need no NaN test per pair of batches, as the float ones below do.
+                const auto [lo_max, hi_max] = reduce_tile_twice<max_ubits_op, max_bits_op>([&](std::size_t j) {
+                    if (j >= count) return std::pair{float_batch(0.0f), float_batch(0.0f)};  // unused lanes: zero orbits
+                    const T* p = x + j * group;
+                    float_batch lo = in_register(load(p, arch_type{}));
+                    float_batch hi = lo;
+                    for (std::size_t k = 1; k < NB; ++k)
+                    {
+                        const float_batch b = in_register(load(p + k * width, arch_type{}));
+                        lo = max_ubits_op{}(lo, b);
+                        hi = max_bits_op{}(hi, b);
+                    }
+                    return std::pair{lo, hi};
+                });
+                using ubits_batch = xsimd::batch<std::uint32_t, arch_type>;
+                const bool finite = !xsimd::any(xsimd::bitwise_cast<ubits_batch>(lo_max) > ubits_batch(0xff7fffffu)) &&
+                                    !xsimd::any(xsimd::bitwise_cast<bits_batch>(hi_max) > bits_batch(0x7f7fffff));
+                return usable_tile_params<S>(lo_max, hi_max, finite, bp);
             }
             else
             {
