@@ -537,9 +537,11 @@ TEST_CASE_TEMPLATE("tiles of groups with vector parameters equal the reference",
 namespace
 {
     /// quantize_groups_with_params_packed against the unpacked kernel: the same scales and zero
-    /// points, and bytes equal to pack_int4 of its codes.
-    template <rounding_policy R, class S, class T>
-    void check_packed(const std::vector<T>& x, std::size_t group)
+    /// points, and bytes equal to pack_int4 of its codes. Stream: the packed codes are streamed
+    /// where the tiles can, into a line-aligned buffer at `offset` bytes from its start (a
+    /// misaligned one must fall back to plain stores).
+    template <rounding_policy R, class S, class T, bool Stream = false>
+    void check_packed(const std::vector<T>& x, std::size_t group, std::size_t offset = 0)
     {
         const std::size_t n = x.size();
         const auto params = [](const min_max& st, bool finite) {
@@ -560,15 +562,18 @@ namespace
         kernels::simd::pack_int4(codes.data(), n, want.data());
         std::vector<float> got_scales(n / group, -2.0f);
         std::vector<std::int32_t> got_zps(n / group, -2000);
-        std::vector<std::int8_t> got(n / 2, 99);
-        kernels::simd::quantize_groups_with_params_packed<R, S>(x.data(), n, group, got_scales.data(),
-                                                                 S::has_zero_point ? got_zps.data() : nullptr, got.data(),
-                                                                 [&](std::size_t g, const min_max& st, bool f) {
-                                                                     const encode_params e = params(st, f);
-                                                                     got_scales[g] = e.params.scale;
-                                                                     got_zps[g] = e.params.zero_point;
-                                                                     return e;
-                                                                 });
+        code_vector buffer(offset + n / 2, 99);
+        kernels::simd::quantize_groups_with_params_packed<R, S, Stream>(x.data(), n, group, got_scales.data(),
+                                                                         S::has_zero_point ? got_zps.data() : nullptr, buffer.data() + offset,
+                                                                         [&](std::size_t g, const min_max& st, bool f) {
+                                                                             const encode_params e = params(st, f);
+                                                                             got_scales[g] = e.params.scale;
+                                                                             got_zps[g] = e.params.zero_point;
+                                                                             return e;
+                                                                         });
+        kernels::simd::store_fence();
+        REQUIRE(std::all_of(buffer.begin(), buffer.begin() + offset, [](std::int8_t c) { return c == 99; }));
+        const std::vector<std::int8_t> got(buffer.begin() + offset, buffer.end());
         CHECK(got_scales == scales);
         if (S::has_zero_point) CHECK(got_zps == zps);
         CHECK(first_difference(want, got) == n / 2);
@@ -593,7 +598,44 @@ TEST_CASE_TEMPLATE("int4 tiles packed from L1 equal pack_int4 of the int8 kernel
             check_packed<half_away_from_zero, symmetric<4, symmetric_range::full>>(x, group);
             check_packed<half_to_even, asymmetric<4>>(x, group);
             check_packed<half_away_from_zero, asymmetric<4>>(tie_and_clamp_values<T>(n), group);
+            for (std::size_t offset : {std::size_t{0}, std::size_t{16}})  // streamed, and a misaligned fallback
+            {
+                CAPTURE(offset);
+                check_packed<half_to_even, symmetric<4>, T, true>(x, group, offset);
+                check_packed<half_to_even, asymmetric<4>, T, true>(x, group, offset);
+                check_packed<half_away_from_zero, asymmetric<4>, T, true>(tie_and_clamp_values<T>(n), group, offset);
+            }
         }
+    }
+}
+
+TEST_CASE("clamp_pack_int4 equals a clamp of the codes, then pack_int4, for every length and both store kinds")
+{
+    // codes over the whole int8 range: the clamp matters for every nibble position
+    std::mt19937 gen(7);
+    std::uniform_int_distribution<int> dist(-128, 127);
+    for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{2}, std::size_t{63}, std::size_t{64}, std::size_t{127}, std::size_t{128},
+                          std::size_t{129}, std::size_t{256}, std::size_t{512 + 66}, std::size_t{1024}})
+    {
+        CAPTURE(n);
+        std::vector<std::int8_t> codes(n);
+        for (auto& c : codes) c = static_cast<std::int8_t>(dist(gen));
+        std::vector<std::int8_t> clamped = codes;
+        for (auto& c : clamped) c = std::clamp<std::int8_t>(c, -8, 7);
+        std::vector<std::int8_t> want((n + 1) / 2 + 1, 99);
+        kernels::simd::pack_int4(clamped.data(), n, want.data());
+        const auto run = [&]<bool Clamp, bool Stream>(std::bool_constant<Clamp>, std::bool_constant<Stream>, const std::vector<std::int8_t>& in) {
+            std::vector<std::int8_t> work = in;
+            code_vector out((n + 1) / 2 + 1, 99);  // line-aligned; one guard byte after the codes
+            kernels::simd::detail::clamp_pack_int4<Clamp, Stream>(work.data(), n, -8, 7, out.data(), kernels::simd::arch_type{});
+            kernels::simd::store_fence();
+            return std::vector<std::int8_t>(out.begin(), out.end());
+        };
+        CHECK(run(std::true_type{}, std::false_type{}, codes) == want);
+        CHECK(run(std::true_type{}, std::true_type{}, codes) == want);
+        // without the clamp, codes already in range pack the same way
+        CHECK(run(std::false_type{}, std::false_type{}, clamped) == want);
+        CHECK(run(std::false_type{}, std::true_type{}, clamped) == want);
     }
 }
 

@@ -256,13 +256,17 @@ namespace orbitq
         };
         const bool flat_groups = detail::is_per_group<G>::value && vector_params && w.stride == w.cols && w.cols % L.group == 0
                               && (S::bits == 8 || w.cols % 2 == 0);
-        // Codes of a pass larger than the caches are written with streaming stores (int8 codes
-        // only: int4 codes are packed from an L1 buffer): the lines are not read from memory
-        // before they are overwritten. Each range fences its streaming stores before it returns.
-        // The streaming range is instantiated only where it can be taken.
-        constexpr bool can_stream = S::bits == 8 && kernels::simd::has_streaming_stores;
-        const bool stream = can_stream && kernels::simd::stream_codes(w.rows * w.cols * sizeof(T), q.codes.size());
-        const auto range = [&]<bool Stream>(std::bool_constant<Stream> streaming, std::size_t first, std::size_t last) {
+        // Codes of a pass larger than the caches are written with streaming stores (int8 codes,
+        // and int4 codes packed by the flat group tiles; other int4 codes go to a row buffer
+        // and are packed from there): the lines are not read from memory before they are
+        // overwritten. Each range fences its streaming stores before it returns. The streaming
+        // range is instantiated only where it can be taken.
+        constexpr bool can_stream = kernels::simd::has_streaming_stores && (S::bits == 8 || detail::is_per_group<G>::value);
+        const bool stream = can_stream && (S::bits == 8 || flat_groups) && kernels::simd::stream_codes(w.rows * w.cols * sizeof(T), q.codes.size());
+        const auto range = [&]<bool Stream>(std::bool_constant<Stream>, std::size_t first, std::size_t last) {
+            // int4 codes outside the flat group tiles are written to row_buf, never streamed
+            constexpr bool stream_rows = Stream && S::bits == 8;
+            const std::bool_constant<stream_rows> streaming;
             if (flat_groups)
             {
                 const std::size_t gpr = L.groups_per_row;
@@ -280,7 +284,7 @@ namespace orbitq
                 }
                 else
                 {
-                    kernels::simd::quantize_groups_with_params_packed<R, S>(w.row(first), n, L.group, scales, zero_points,
+                    kernels::simd::quantize_groups_with_params_packed<R, S, Stream>(w.row(first), n, L.group, scales, zero_points,
                                                                             q.codes.data() + first * q.row_bytes(), on_group);
                 }
                 return;
@@ -318,7 +322,7 @@ namespace orbitq
                     {
                         // parameters as computed: whole tiles of groups get them in vectors
                         const std::size_t o = L.orbit(r, 0);
-                        kernels::simd::quantize_groups_with_params<R, S, Stream>(x, w.cols, L.group, q.scales.data() + o,
+                        kernels::simd::quantize_groups_with_params<R, S, stream_rows>(x, w.cols, L.group, q.scales.data() + o,
                                                                                  S::has_zero_point ? q.zero_points.data() + o : nullptr,
                                                                                  out, on_group);
                     }

@@ -833,6 +833,52 @@ namespace orbitq::kernels::simd
         if (n % 2 != 0) out[pairs] = static_cast<std::int8_t>(in[n - 1] & 0x0f);
     }
 
+    namespace detail
+    {
+        /// Clamps n int8 codes to [lo, hi] (Clamp; in place) and packs them as pack_int4 into
+        /// out. Stream: whole 64-byte lines of out are written with streaming stores (where
+        /// has_streaming_stores). @pre Stream: out is 64-byte aligned.
+        template <bool Clamp, bool Stream, class A>
+        inline void clamp_pack_int4(std::int8_t* codes, std::size_t n, std::int8_t lo, std::int8_t hi, std::int8_t* out, A) noexcept
+        {
+            if constexpr (Clamp) clamp_codes(codes, n, lo, hi);
+            pack_int4(codes, n, out);
+        }
+
+#if XSIMD_WITH_AVX512BW
+        /// AVX-512BW: 128 codes per line of out, clamped, packed and stored from registers (one
+        /// pass instead of a clamp pass and a pack pass over the codes).
+        template <bool Clamp, bool Stream, class A>
+            requires std::derived_from<A, xsimd::avx512bw>
+        inline void clamp_pack_int4(std::int8_t* codes, std::size_t n, std::int8_t lo, std::int8_t hi, std::int8_t* out, A) noexcept
+        {
+            const __m512i vlo = _mm512_set1_epi8(lo);
+            const __m512i vhi = _mm512_set1_epi8(hi);
+            const __m512i low_nibble = _mm512_set1_epi16(0x000f);
+            // 64 codes -> 32 bytes: in each 16-bit word u (codes 2k, 2k + 1), the low byte of
+            // (u & 0x0f) | ((u >> 4) & ~0x0f) is pack_int4's byte (one bit select); the narrow
+            // keeps the low bytes
+            const auto pack64 = [&](const std::int8_t* p) {
+                __m512i u = _mm512_loadu_si512(p);
+                if constexpr (Clamp) u = _mm512_min_epi8(_mm512_max_epi8(u, vlo), vhi);
+                return _mm512_cvtepi16_epi8(_mm512_ternarylogic_epi32(low_nibble, u, _mm512_srli_epi16(u, 4), 0xca));
+            };
+            std::size_t i = 0;
+            for (; i + 128 <= n; i += 128)
+            {
+                const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(pack64(codes + i)), pack64(codes + i + 64), 1);
+                if constexpr (Stream) _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i / 2), v);
+                else _mm512_storeu_si512(out + i / 2, v);
+            }
+            if (i < n)
+            {
+                if constexpr (Clamp) clamp_codes(codes + i, n - i, lo, hi);
+                pack_int4(codes + i, n - i, out + i / 2);
+            }
+        }
+#endif
+    }
+
     /// @brief Encodes n values of one orbit into int8 codes; bit-identical to reference::quantize_span.
     /// @tparam Bounded the caller guarantees that e.params is exactly what a builtin scheme's
     ///         make_params (is_builtin_scheme) returned for a statistic covering all n values
@@ -1146,24 +1192,29 @@ namespace orbitq::kernels::simd
         template <class OpA, class OpB, class Group>
         inline std::pair<float_batch, float_batch> reduce_tile_twice(const Group& group) noexcept
         {
-            const auto both = [&](std::size_t j) {
-                if constexpr (std::same_as<std::invoke_result_t<const Group&, std::size_t>, float_batch>)
-                {
-                    const float_batch g = group(j);
-                    return std::pair{g, g};
-                }
-                else return group(j);
-            };
             lane_tree<OpA, arch_type> a;
             lane_tree<OpB, arch_type> b;
             for (std::size_t j = 0; j < width; j += 4)
             {
-                const auto [a0, b0] = both(j);
-                const auto [a1, b1] = both(j + 1);
-                const auto [a2, b2] = both(j + 2);
-                const auto [a3, b3] = both(j + 3);
-                a.push4(a0, a1, a2, a3, OpA{});
-                b.push4(b0, b1, b2, b3, OpB{});
+                // (one batch is not made a pair: GCC then built the pairs on the stack)
+                if constexpr (std::same_as<std::invoke_result_t<const Group&, std::size_t>, float_batch>)
+                {
+                    const float_batch g0 = group(j);
+                    const float_batch g1 = group(j + 1);
+                    const float_batch g2 = group(j + 2);
+                    const float_batch g3 = group(j + 3);
+                    a.push4(g0, g1, g2, g3, OpA{});
+                    b.push4(g0, g1, g2, g3, OpB{});
+                }
+                else
+                {
+                    const auto [a0, b0] = group(j);
+                    const auto [a1, b1] = group(j + 1);
+                    const auto [a2, b2] = group(j + 2);
+                    const auto [a3, b3] = group(j + 3);
+                    a.push4(a0, a1, a2, a3, OpA{});
+                    b.push4(b0, b1, b2, b3, OpB{});
+                }
             }
             return {a.finish(OpA{}), b.finish(OpB{})};
         }
@@ -1340,17 +1391,18 @@ namespace orbitq::kernels::simd
         }
 
         /// Stores the parameters of a tile of `count` groups and encodes it (multiply_inverse).
-        /// Stream: pairs of groups are written with streaming stores. @pre Stream: out is
-        /// 64-byte aligned, NB == 2 and the codes need no clamp after the narrow.
+        /// Stream: pairs of groups are written with streaming stores. Packed: the codes go to an
+        /// L1 buffer that clamp_pack_int4 clamps as it packs them (no clamp here). @pre Stream:
+        /// out is 64-byte aligned, NB == 2, !Packed and the codes need no clamp after the narrow.
         /// Never inlined: whether GCC inlined it into the tile loop depended on how many kernels
         /// the unit held, and so did the throughput of the same kernel. Out of line, the
         /// per_group kernels were as fast or faster in L2, and from memory (bench/compare) all
         /// but symmetric int4 from f32 (9 % slower there, within that tool's spread).
-        template <rounding_policy R, class S, std::size_t NB, bool Stream, weight_element T>
+        template <rounding_policy R, class S, std::size_t NB, bool Stream, bool Packed, weight_element T>
         [[gnu::noinline]] inline void encode_tile(const T* x, std::size_t count, const batch_params& bp, float* scales, std::int32_t* zero_points,
                                 std::int8_t* out) noexcept
         {
-            static_assert(!Stream || (NB == 2 && !clamps_codes<S>), "streamed codes are final as stored");
+            static_assert(!Stream || (NB == 2 && !clamps_codes<S> && !Packed), "streamed codes are final as stored");
             constexpr std::size_t group = NB * width;
             alignas(64) float inv[width];
             bp.inv.store_aligned(inv);
@@ -1431,11 +1483,12 @@ namespace orbitq::kernels::simd
                 const group_encoder e = encoder_of(j);
                 for (std::size_t k = 0; k < NB; ++k) store_int8(e(load(p + k * width, arch_type{})), out + j * group + k * width, arch_type{});
             }
-            if constexpr (clamps_codes<S>) clamp_codes(out, count * group, S::qmin, S::qmax);  // from L1
+            if constexpr (clamps_codes<S> && !Packed) clamp_codes(out, count * group, S::qmin, S::qmax);  // from L1
         }
 
         /// Packed: out receives the codes two to a byte (pack_int4); each tile is encoded into
-        /// an L1 buffer and packed from there.
+        /// an L1 buffer, then clamped and packed from there (clamp_pack_int4). Stream: the codes
+        /// (packed: the packed bytes) are written with streaming stores (see quantize_tiles).
         template <rounding_policy R, class S, std::size_t NB, bool Packed, bool Stream, weight_element T, class OnGroup>
         inline void tile_loop(const T* x, std::size_t n, float* scales, std::int32_t* zero_points, std::int8_t* out,
                               OnGroup& on_group)
@@ -1468,18 +1521,22 @@ namespace orbitq::kernels::simd
                 std::int8_t* codes = Packed ? tile_codes : out + c0;
                 if (cur_ok && count == width)
                 {
-                    encode_tile<R, S, NB, Stream>(x + c0, width, cur, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
+                    encode_tile<R, S, NB, Stream && !Packed, Packed>(x + c0, width, cur, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
                 }
                 else if (cur_ok)
                 {
-                    encode_tile<R, S, NB, Stream>(x + c0, count, cur, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
+                    encode_tile<R, S, NB, Stream && !Packed, Packed>(x + c0, count, cur, scales + g0, zero_points ? zero_points + g0 : nullptr, codes);
                 }
                 else
                 {
                     quantize_groups<R, !S::has_zero_point>(x + c0, count * group, group, codes,
                                                             [&](std::size_t g, const min_max& s, bool f) { return on_group(g0 + g, s, f); });
                 }
-                if constexpr (Packed) pack_int4(tile_codes, count * group, out + c0 / 2);
+                if constexpr (Packed)
+                {
+                    // the slow path's codes are the reference's, already in range; clamping them again changes nothing
+                    clamp_pack_int4<clamps_codes<S>, Stream>(tile_codes, count * group, S::qmin, S::qmax, out + c0 / 2, arch_type{});
+                }
             }
             if (!Packed && whole * group < n)  // a ragged last group
             {
@@ -1490,12 +1547,13 @@ namespace orbitq::kernels::simd
         }
 
         /// The tile loop; Stream: see quantize_groups_with_params, taken only where the tiles can
-        /// stream (int8 codes of groups of two batches, no code clamp, out 64-byte aligned).
+        /// stream (out 64-byte aligned, and int8 codes of groups of two batches with no code
+        /// clamp, or packed codes: a tile packs to whole lines).
         template <rounding_policy R, class S, std::size_t NB, bool Packed, bool Stream, weight_element T, class OnGroup>
         inline void quantize_tiles(const T* x, std::size_t n, float* scales, std::int32_t* zero_points, std::int8_t* out,
                                    OnGroup& on_group)
         {
-            constexpr bool can_stream = has_streaming_stores && NB == 2 && !Packed && !clamps_codes<S>;
+            constexpr bool can_stream = has_streaming_stores && (Packed || (NB == 2 && !clamps_codes<S>));
             if constexpr (Stream && can_stream)
             {
                 if (reinterpret_cast<std::uintptr_t>(out) % 64 == 0) return tile_loop<R, S, NB, Packed, true>(x, n, scales, zero_points, out, on_group);
@@ -1528,13 +1586,15 @@ namespace orbitq::kernels::simd
     ///        lays them out: out receives n / 2 bytes, equal to pack_int4 of the int8 codes.
     ///        Tiles are packed from L1 as they are encoded (no pass over a buffer of codes).
     /// @pre S::bits == 4, n % group == 0, n even, and as quantize_groups_with_params.
-    template <rounding_policy R, scheme_policy S, weight_element T, class OnGroup>
+    /// @tparam Stream write the packed codes of whole tiles with streaming stores where out is
+    ///         64-byte aligned (as quantize_groups_with_params).
+    template <rounding_policy R, scheme_policy S, bool Stream = false, weight_element T, class OnGroup>
     void quantize_groups_with_params_packed(const T* x, std::size_t n, std::size_t group, float* scales, std::int32_t* zero_points,
                                             std::int8_t* out, OnGroup&& on_group)
     {
         static_assert(S::bits == 4, "packed codes are int4");
-        if (group == width) return detail::quantize_tiles<R, S, 1, true, false>(x, n, scales, zero_points, out, on_group);
-        if (group == 2 * width) return detail::quantize_tiles<R, S, 2, true, false>(x, n, scales, zero_points, out, on_group);
+        if (group == width) return detail::quantize_tiles<R, S, 1, true, Stream>(x, n, scales, zero_points, out, on_group);
+        if (group == 2 * width) return detail::quantize_tiles<R, S, 2, true, Stream>(x, n, scales, zero_points, out, on_group);
         // other group sizes: whole groups, an even number of codes at a time, through a buffer
         const std::size_t chunk = std::max<std::size_t>(1, 4096 / (2 * group)) * 2 * group;
         std::vector<std::int8_t> codes(std::min(chunk, n));
