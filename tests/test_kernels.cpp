@@ -969,9 +969,10 @@ TEST_CASE_TEMPLATE("quantize's fast paths equal the reference on tile-sized shap
 
 TEST_CASE("passes larger than the caches stream their codes and still equal the reference")
 {
-    // 2560 x 1408 f32: 14.4 MB in, 3.6 MB of codes, over stream_codes' 16 MiB
-    const std::size_t rows = 2560, cols = 1408;
-    REQUIRE(kernels::simd::stream_codes(rows * cols * sizeof(float), rows * cols) == kernels::simd::has_streaming_stores);
+    // 2816 x 1408 f32: 15.9 MB in, 4.0 MB of int8 codes or 2.0 MB of int4 codes, over
+    // stream_codes' 16 MiB either way
+    const std::size_t rows = 2816, cols = 1408;
+    REQUIRE(kernels::simd::stream_codes(rows * cols * sizeof(float), rows * cols / 2) == kernels::simd::has_streaming_stores);
     REQUIRE_FALSE(kernels::simd::stream_codes(rows * cols * sizeof(float) / 2, rows * cols / 2));
     const auto x = random_values<float>(rows * cols, 11);
     for (unsigned threads : {1u, 2u})
@@ -982,6 +983,12 @@ TEST_CASE("passes larger than the caches stream their codes and still equal the 
         check_driver<per_group<>, asymmetric<8>, half_to_even>(x, rows, cols, 32, threads);
         check_driver<per_group<>, symmetric<8, symmetric_range::full>, half_away_from_zero>(x, rows, cols, 16, threads);
         check_driver<per_tensor, symmetric<8>, half_to_even>(x, rows, cols, 0, threads);
+        // int4: the flat group tiles stream their packed codes, the other paths pack from a
+        // row buffer that is never streamed
+        check_driver<per_group<>, asymmetric<4>, half_to_even>(x, rows, cols, 32, threads);
+        check_driver<per_group<>, symmetric<4>, half_away_from_zero>(x, rows, cols, 16, threads);
+        check_driver<per_channel, asymmetric<4>, half_to_even>(x, rows, cols, 0, threads);
+        check_driver<per_tensor, symmetric<4>, half_to_even>(x, rows, cols, 0, threads);
     }
 }
 
