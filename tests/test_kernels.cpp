@@ -168,6 +168,79 @@ TEST_CASE_TEMPLATE("simd abs_max_span gives the reference's max |x| on every len
     }
 }
 
+TEST_CASE_TEMPLATE("simd zero_range_span gives the reference's min(min, 0) and max(max, 0) on every length", T, float, bfloat16_t, float16_t)
+{
+    const auto same_params = [](const min_max& a, const min_max& b) {
+        const quant_params p = asymmetric<8>::make_params(a);
+        const quant_params q = asymmetric<8>::make_params(b);
+        const quant_params p4 = asymmetric<4>::make_params(a);
+        const quant_params q4 = asymmetric<4>::make_params(b);
+        return p.scale == q.scale && p.zero_point == q.zero_point && p4.scale == q4.scale && p4.zero_point == q4.zero_point;
+    };
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const float inf = std::numeric_limits<float>::infinity();
+    for (std::size_t n : lengths)
+    {
+        CAPTURE(n);
+        for (unsigned seed = 0; seed < 3; ++seed)
+        {
+            const auto x = random_values<T>(n, seed);
+            bool f_ref = false;
+            bool f = false;
+            const min_max want = kernels::reference::min_max_span(x.data(), n, f_ref);
+            const min_max got = kernels::simd::zero_range_span(x.data(), n, f);
+            CHECK(f);
+            CHECK(got.min == std::min(want.min, 0.0f));
+            CHECK(got.max == std::max(want.max, 0.0f));
+            CHECK(same_params(got, want));
+        }
+        // one sign only, and signed zeros: the missing side is 0 (+0: -0 < 0 is false)
+        for (float v : {0.25f, -0.25f, -0.0f, 0.0f})
+        {
+            CAPTURE(v);
+            const std::vector<T> x(n, from_float<T>(v));
+            bool f = false;
+            const min_max got = kernels::simd::zero_range_span(x.data(), n, f);
+            CHECK(f);
+            CHECK(got.min == std::min(v, 0.0f));
+            CHECK(got.max == std::max(v, 0.0f));
+            CHECK_FALSE((got.min == 0.0f && std::signbit(got.min)));
+            bool f_ref = false;
+            CHECK(same_params(got, kernels::reference::min_max_span(x.data(), n, f_ref)));
+        }
+        for (std::size_t pos = 0; pos < n; ++pos)
+        {
+            std::vector<T> x(n, from_float<T>(0.25f));
+            x[pos] = from_float<T>(-3.0f);
+            if (pos + 1 < n) x[pos + 1] = from_float<T>(5.0f);
+            bool f = false;
+            const min_max got = kernels::simd::zero_range_span(x.data(), n, f);
+            REQUIRE(f);
+            REQUIRE(got.min == -3.0f);
+            REQUIRE(got.max == (pos + 1 < n ? 5.0f : n > 1 ? 0.25f : 0.0f));
+            // the largest finite magnitudes of both signs are finite; NaN of either sign and the
+            // infinities are not
+            const float big = [] {
+                if constexpr (std::same_as<T, float>) return std::numeric_limits<float>::max();
+                else return to_float(T{std::same_as<T, bfloat16_t> ? std::uint16_t{0x7f7f} : std::uint16_t{0x7bff}});
+            }();
+            REQUIRE(std::isfinite(big));
+            x[pos] = from_float<T>(pos % 2 ? -big : big);
+            f = false;
+            (void)kernels::simd::zero_range_span(x.data(), n, f);
+            REQUIRE(f);
+            for (float bad : {nan, -nan, inf, -inf})
+            {
+                CAPTURE(bad);
+                x[pos] = from_float<T>(bad);
+                bool finite = true;
+                (void)kernels::simd::zero_range_span(x.data(), n, finite);
+                REQUIRE_FALSE(finite);
+            }
+        }
+    }
+}
+
 TEST_CASE_TEMPLATE("non-finite values are detected at every position class", T, float, bfloat16_t, float16_t)
 {
     const float bads[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),

@@ -233,10 +233,12 @@ namespace orbitq
         // Rows are read once from memory and encoded from L1; asking for rows ~8 KiB ahead keeps
         // memory streaming while a row's encode pass runs (measured: +0.08..0.15 of the roofline).
         const std::size_t ahead = kernels::simd::prefetch_rows_ahead(w.cols * sizeof(T));
-        // The statistic of a whole row; symmetric schemes only need max |x|.
+        // The statistic of a whole row; symmetric schemes only need max |x|, builtin asymmetric
+        // ones min(min, 0) and max(max, 0) (both reduce raw bits, with no NaN test).
         auto row_stat = [&](std::size_t r, bool& finite) {
-            if constexpr (S::has_zero_point) return kernels::simd::min_max_span(w.row(r), w.cols, finite);
-            else return kernels::simd::abs_max_span(w.row(r), w.cols, finite);
+            if constexpr (!S::has_zero_point) return kernels::simd::abs_max_span(w.row(r), w.cols, finite);
+            else if constexpr (is_builtin_scheme<S> && kernels::simd::has_native_int_max) return kernels::simd::zero_range_span(w.row(r), w.cols, finite);
+            else return kernels::simd::min_max_span(w.row(r), w.cols, finite);
         };
         // per_group, contiguous rows, groups dividing the rows: the rows of a range are one
         // sequence of groups (orbits and codes are laid out the same way), so the fused pass runs

@@ -758,6 +758,80 @@ namespace orbitq::kernels::simd
         return s;
     }
 
+    /// @brief Whether the build has max instructions for int32, uint32 and uint16 lanes
+    ///        (SSE4.1 and later): zero_range_span and the tiles of builtin asymmetric schemes
+    ///        reduce raw bits with them; without them those take the float min and max.
+    inline constexpr bool has_native_int_max = std::derived_from<arch_type, xsimd::sse4_1> || std::derived_from<arch_type, xsimd::avx2> ||
+                                               std::derived_from<arch_type, xsimd::avx512f>;
+
+    /// @brief {min(min, 0), max(max, 0)} of n values (the only part of the statistic a builtin
+    ///        asymmetric scheme's make_params uses, so its parameters equal those from
+    ///        min_max_span) and whether all were finite. Works on the raw bits as integers: the
+    ///        largest bits as unsigned are the most negative value where there is one (a value
+    ///        >= +0 otherwise, which gives 0 as well), the largest as signed are the largest
+    ///        value >= +0 where there is one (a negative value otherwise: 0). A NaN or an
+    ///        infinity lies above the largest finite magnitude of its sign in that order, so two
+    ///        integer maxima give both answers, with no NaN test.
+    /// @pre n > 0.
+    template <weight_element T>
+    min_max zero_range_span(const T* x, std::size_t n, bool& all_finite) noexcept
+    {
+        using word = std::conditional_t<sizeof(T) == 2, std::int16_t, std::int32_t>;
+        using uword = std::make_unsigned_t<word>;
+        using word_batch = xsimd::batch<word, arch_type>;
+        using uword_batch = xsimd::batch<uword, arch_type>;
+        constexpr std::size_t hw = word_batch::size;
+        // the bits of the largest finite magnitude; with the sign bit, of the most negative finite value
+        constexpr uword largest_finite = std::same_as<T, float> ? 0x7f7fffffu : std::same_as<T, bfloat16_t> ? 0x7f7fu : 0x7bffu;
+        constexpr uword sign = uword(1) << (8 * sizeof(uword) - 1);
+        const word* w = reinterpret_cast<const word*>(x);
+        // The accumulators are float batches holding the integer lanes: GCC copied integer
+        // accumulators to another register after every max (4 moves per iteration).
+        const auto max_signed = [](const float_batch& acc, const float_batch& v) {
+            return xsimd::bitwise_cast<float_batch>(xsimd::max(xsimd::bitwise_cast<word_batch>(acc), xsimd::bitwise_cast<word_batch>(v)));
+        };
+        const auto max_unsigned = [](const float_batch& acc, const float_batch& v) {
+            return xsimd::bitwise_cast<float_batch>(xsimd::max(xsimd::bitwise_cast<uword_batch>(acc), xsimd::bitwise_cast<uword_batch>(v)));
+        };
+        float_batch hi0 = xsimd::bitwise_cast<float_batch>(word_batch(std::numeric_limits<word>::min())), hi1 = hi0;  // -0: gives 0
+        float_batch lo0(0.0f), lo1(0.0f);                                                                             // +0: gives 0
+        std::size_t i = 0;
+        for (; i + 2 * hw <= n; i += 2 * hw)
+        {
+            // each batch is loaded once (in_register), not once per max
+            const float_batch a = detail::in_register(float_batch::load_unaligned(reinterpret_cast<const float*>(w + i)));
+            const float_batch b = detail::in_register(float_batch::load_unaligned(reinterpret_cast<const float*>(w + i + hw)));
+            hi0 = max_signed(hi0, a);
+            hi1 = max_signed(hi1, b);
+            lo0 = max_unsigned(lo0, a);
+            lo1 = max_unsigned(lo1, b);
+        }
+        alignas(64) word his[hw];
+        alignas(64) uword los[hw];
+        xsimd::bitwise_cast<word_batch>(max_signed(hi0, hi1)).store_aligned(his);
+        xsimd::bitwise_cast<uword_batch>(max_unsigned(lo0, lo1)).store_aligned(los);
+        word hi = std::numeric_limits<word>::min();
+        uword lo = 0;
+        for (std::size_t k = 0; k < hw; ++k)
+        {
+            hi = std::max(hi, his[k]);
+            lo = std::max(lo, los[k]);
+        }
+        for (; i < n; ++i)
+        {
+            hi = std::max(hi, w[i]);
+            lo = std::max(lo, static_cast<uword>(w[i]));
+        }
+        all_finite = hi <= static_cast<word>(largest_finite) && lo <= (sign | largest_finite);
+        const auto value = [](uword bits) {
+            if constexpr (std::same_as<T, float>) return std::bit_cast<float>(bits);
+            else return to_float(T{bits});
+        };
+        const float lo_v = value(lo);
+        const float hi_v = value(static_cast<uword>(hi));
+        return {lo_v < 0.0f ? lo_v : 0.0f, hi_v > 0.0f ? hi_v : 0.0f};
+    }
+
     /// @brief max |x| of n values, reported as the statistic {-max|x|, max|x|} (what symmetric
     ///        schemes use: its to_abs_max() equals that of min_max_span), and whether all were
     ///        finite. Works on the magnitude bits as integers: |x| orders as its bits & 0x7fffffff,
@@ -1064,12 +1138,6 @@ namespace orbitq::kernels::simd
                 return Max ? xsimd::max(low, high) : xsimd::min(low, high);
             }
         };
-        /// Whether the build has int32 and uint32 max instructions (SSE4.1 and later; the
-        /// tiles of builtin asymmetric schemes reduce float32 bits with them).
-        inline constexpr bool has_native_int32_max = std::derived_from<arch_type, xsimd::sse4_1> ||
-                                                     std::derived_from<arch_type, xsimd::avx2> ||
-                                                     std::derived_from<arch_type, xsimd::avx512f>;
-
         using max_int16_op = word_op<std::int16_t, true>;
         using min_int16_op = word_op<std::int16_t, false>;
         using max_uint16_op = word_op<std::uint16_t, true>;
@@ -1317,7 +1385,7 @@ namespace orbitq::kernels::simd
                 };
                 return usable_tile_params<S>(widen(kmin), widen(kmax), true, bp);
             }
-            else if constexpr (is_builtin_scheme<S> && has_native_int32_max)
+            else if constexpr (is_builtin_scheme<S> && has_native_int_max)
             {
                 // The bf16 argument above on the float32 bits: lo = min(min, 0) is the largest
                 // bits as uint32 (the most negative value, or a value >= +0 where there is none),
