@@ -88,22 +88,35 @@ namespace
 
 }
 
+namespace
+{
+    /// span(x, n, finite) against the reference statistic of random finite values of length n
+    /// (three seeds): both report them finite, and check(got, want) holds.
+    template <class T, class Span, class Check>
+    void check_random_spans(std::size_t n, Span span, Check check)
+    {
+        for (unsigned seed = 0; seed < 3; ++seed)
+        {
+            const auto x = random_values<T>(n, seed);
+            bool f_ref = false;
+            bool f = false;
+            const min_max want = kernels::reference::min_max_span(x.data(), n, f_ref);
+            const min_max got = span(x.data(), n, f);
+            CHECK(f_ref);
+            CHECK(f);
+            check(got, want);
+        }
+    }
+}
+
 TEST_CASE_TEMPLATE("simd min_max_span equals the reference on every length", T, float, bfloat16_t, float16_t)
 {
     for (std::size_t n : lengths)
     {
         CAPTURE(n);
-        for (unsigned seed = 0; seed < 3; ++seed)
-        {
-            const auto x = random_values<T>(n, seed);
-            bool f_ref = false;
-            bool f_simd = false;
-            const min_max want = kernels::reference::min_max_span(x.data(), n, f_ref);
-            const min_max got = kernels::simd::min_max_span(x.data(), n, f_simd);
-            CHECK(f_ref);
-            CHECK(f_simd);
-            CHECK(got == want);
-        }
+        check_random_spans<T>(
+            n, [](const T* p, std::size_t m, bool& f) { return kernels::simd::min_max_span(p, m, f); },
+            [](const min_max& got, const min_max& want) { CHECK(got == want); });
         // the extreme at every position: the reduction sees every lane and the tail
         for (std::size_t pos = 0; pos < n; ++pos)
         {
@@ -139,17 +152,12 @@ TEST_CASE_TEMPLATE("simd abs_max_span gives the reference's max |x| on every len
     for (std::size_t n : lengths)
     {
         CAPTURE(n);
-        for (unsigned seed = 0; seed < 3; ++seed)
-        {
-            const auto x = random_values<T>(n, seed);
-            bool f_ref = false;
-            bool f = false;
-            const min_max want = kernels::reference::min_max_span(x.data(), n, f_ref);
-            const min_max got = kernels::simd::abs_max_span(x.data(), n, f);
-            CHECK(f);
-            CHECK(got.to_abs_max() == want.to_abs_max());
-            CHECK(got.max == want.to_abs_max().value);
-        }
+        check_random_spans<T>(
+            n, [](const T* p, std::size_t m, bool& f) { return kernels::simd::abs_max_span(p, m, f); },
+            [](const min_max& got, const min_max& want) {
+                CHECK(got.to_abs_max() == want.to_abs_max());
+                CHECK(got.max == want.to_abs_max().value);
+            });
         for (std::size_t pos = 0; pos < n; ++pos)
         {
             std::vector<T> x(n, from_float<T>(0.25f));
@@ -182,18 +190,13 @@ TEST_CASE_TEMPLATE("simd zero_range_span gives the reference's min(min, 0) and m
     for (std::size_t n : lengths)
     {
         CAPTURE(n);
-        for (unsigned seed = 0; seed < 3; ++seed)
-        {
-            const auto x = random_values<T>(n, seed);
-            bool f_ref = false;
-            bool f = false;
-            const min_max want = kernels::reference::min_max_span(x.data(), n, f_ref);
-            const min_max got = kernels::simd::zero_range_span(x.data(), n, f);
-            CHECK(f);
-            CHECK(got.min == std::min(want.min, 0.0f));
-            CHECK(got.max == std::max(want.max, 0.0f));
-            CHECK(same_params(got, want));
-        }
+        check_random_spans<T>(
+            n, [](const T* p, std::size_t m, bool& f) { return kernels::simd::zero_range_span(p, m, f); },
+            [&](const min_max& got, const min_max& want) {
+                CHECK(got.min == std::min(want.min, 0.0f));
+                CHECK(got.max == std::max(want.max, 0.0f));
+                CHECK(same_params(got, want));
+            });
         // one sign only, and signed zeros: the missing side is 0 (+0: -0 < 0 is false)
         for (float v : {0.25f, -0.25f, -0.0f, 0.0f})
         {
