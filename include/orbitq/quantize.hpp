@@ -268,7 +268,7 @@ namespace orbitq
         const auto range = [&]<bool Stream>(std::bool_constant<Stream>, std::size_t first, std::size_t last) {
             // int4 codes outside the flat group tiles are written to row_buf, never streamed
             constexpr bool stream_rows = Stream && S::bits == 8;
-            const std::bool_constant<stream_rows> streaming;
+            constexpr std::bool_constant<stream_rows> streaming{};
             if (flat_groups)
             {
                 const std::size_t gpr = L.groups_per_row;

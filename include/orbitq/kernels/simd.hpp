@@ -664,6 +664,50 @@ namespace orbitq::kernels::simd
         {
             return static_cast<B>(b ^ ((b >> 15) & B(0x7fff)));
         }
+
+        /// min or max of float batches on their bits as lanes of W: std::int16_t or std::uint16_t
+        /// (pairs of 16-bit values per float lane), std::int32_t or std::uint32_t (one value).
+        /// As int32, max over sign-cleared floats is max |x| with every NaN and infinity pattern
+        /// above FLT_MAX (a float max could drop a NaN); over raw floats it is the largest value
+        /// >= +0 where there is one, as uint32 the most negative value where there is one.
+        template <class W, bool Max>
+        struct word_op
+        {
+            static_assert(sizeof(W) == 2 || sizeof(W) == 4, "16-bit pairs or 32-bit lanes");
+
+            float operator()(float a, float b) const noexcept
+            {
+                using lanes = std::array<W, sizeof(float) / sizeof(W)>;
+                const auto x = std::bit_cast<lanes>(a);
+                const auto y = std::bit_cast<lanes>(b);
+                lanes r;
+                for (std::size_t i = 0; i < r.size(); ++i) r[i] = Max ? std::max(x[i], y[i]) : std::min(x[i], y[i]);
+                return std::bit_cast<float>(r);
+            }
+            float_batch operator()(const float_batch& a, const float_batch& b) const noexcept
+            {
+                using half_batch = xsimd::batch<W, arch_type>;
+                const half_batch u = xsimd::bitwise_cast<half_batch>(a);
+                const half_batch v = xsimd::bitwise_cast<half_batch>(b);
+                return xsimd::bitwise_cast<float_batch>(Max ? xsimd::max(u, v) : xsimd::min(u, v));
+            }
+            /// The op over the two 16-bit lanes of each 32-bit lane of v (a pair a tree of this
+            /// op left), as an int32 lane: W's value, sign-extended (int16) or zero-extended
+            /// (uint16).
+            static int_batch fold_pairs(const float_batch& v) noexcept
+                requires(sizeof(W) == 2)
+            {
+                const int_batch p = xsimd::bitwise_cast<int_batch>(v);
+                const int_batch low = std::is_signed_v<W> ? int_batch((p << 16) >> 16) : int_batch(p & int_batch(0xffff));
+                const int_batch high = std::is_signed_v<W> ? int_batch(p >> 16) : int_batch((p >> 16) & int_batch(0xffff));
+                return Max ? xsimd::max(low, high) : xsimd::min(low, high);
+            }
+        };
+        using max_int16_op = word_op<std::int16_t, true>;
+        using min_int16_op = word_op<std::int16_t, false>;
+        using max_uint16_op = word_op<std::uint16_t, true>;
+        using max_bits_op = word_op<std::int32_t, true>;
+        using max_ubits_op = word_op<std::uint32_t, true>;
     }
 
     /// @brief min and max of n values and whether all were finite. Equal (==) to
@@ -785,14 +829,12 @@ namespace orbitq::kernels::simd
         constexpr uword largest_finite = std::same_as<T, float> ? 0x7f7fffffu : std::same_as<T, bfloat16_t> ? 0x7f7fu : 0x7bffu;
         constexpr uword sign = uword(1) << (8 * sizeof(uword) - 1);
         const word* w = reinterpret_cast<const word*>(x);
-        // The accumulators are float batches holding the integer lanes: GCC copied integer
-        // accumulators to another register after every max (4 moves per iteration).
-        const auto max_signed = [](const float_batch& acc, const float_batch& v) {
-            return xsimd::bitwise_cast<float_batch>(xsimd::max(xsimd::bitwise_cast<word_batch>(acc), xsimd::bitwise_cast<word_batch>(v)));
-        };
-        const auto max_unsigned = [](const float_batch& acc, const float_batch& v) {
-            return xsimd::bitwise_cast<float_batch>(xsimd::max(xsimd::bitwise_cast<uword_batch>(acc), xsimd::bitwise_cast<uword_batch>(v)));
-        };
+        // The accumulators are float batches holding the integer lanes (detail::word_op): per
+        // channel asym f32 rows in L2 ran 6 % faster than with integer-typed accumulators.
+        // GCC copies each accumulator to another register after its max either way (vmovaps
+        // here, vmovdqa64 there).
+        constexpr detail::word_op<word, true> max_signed{};
+        constexpr detail::word_op<uword, true> max_unsigned{};
         float_batch hi0 = xsimd::bitwise_cast<float_batch>(word_batch(std::numeric_limits<word>::min())), hi1 = hi0;  // -0: gives 0
         float_batch lo0(0.0f), lo1(0.0f);                                                                             // +0: gives 0
         std::size_t i = 0;
@@ -1100,49 +1142,6 @@ namespace orbitq::kernels::simd
             }
         };
 
-        /// min or max of float batches on their bits as lanes of W: std::int16_t or std::uint16_t
-        /// (pairs of 16-bit values per float lane), std::int32_t or std::uint32_t (one value).
-        /// As int32, max over sign-cleared floats is max |x| with every NaN and infinity pattern
-        /// above FLT_MAX (a float max could drop a NaN); over raw floats it is the largest value
-        /// >= +0 where there is one, as uint32 the most negative value where there is one.
-        template <class W, bool Max>
-        struct word_op
-        {
-            static_assert(sizeof(W) == 2 || sizeof(W) == 4, "16-bit pairs or 32-bit lanes");
-
-            float operator()(float a, float b) const noexcept
-            {
-                using lanes = std::array<W, sizeof(float) / sizeof(W)>;
-                const auto x = std::bit_cast<lanes>(a);
-                const auto y = std::bit_cast<lanes>(b);
-                lanes r;
-                for (std::size_t i = 0; i < r.size(); ++i) r[i] = Max ? std::max(x[i], y[i]) : std::min(x[i], y[i]);
-                return std::bit_cast<float>(r);
-            }
-            float_batch operator()(const float_batch& a, const float_batch& b) const noexcept
-            {
-                using half_batch = xsimd::batch<W, arch_type>;
-                const half_batch u = xsimd::bitwise_cast<half_batch>(a);
-                const half_batch v = xsimd::bitwise_cast<half_batch>(b);
-                return xsimd::bitwise_cast<float_batch>(Max ? xsimd::max(u, v) : xsimd::min(u, v));
-            }
-            /// The op over the two 16-bit lanes of each 32-bit lane of v (a pair a tree of this
-            /// op left), as an int32 lane: W's value, sign-extended (int16) or zero-extended
-            /// (uint16).
-            static int_batch fold_pairs(const float_batch& v) noexcept
-                requires(sizeof(W) == 2)
-            {
-                const int_batch p = xsimd::bitwise_cast<int_batch>(v);
-                const int_batch low = std::is_signed_v<W> ? int_batch((p << 16) >> 16) : int_batch(p & int_batch(0xffff));
-                const int_batch high = std::is_signed_v<W> ? int_batch(p >> 16) : int_batch((p >> 16) & int_batch(0xffff));
-                return Max ? xsimd::max(low, high) : xsimd::min(low, high);
-            }
-        };
-        using max_int16_op = word_op<std::int16_t, true>;
-        using min_int16_op = word_op<std::int16_t, false>;
-        using max_uint16_op = word_op<std::uint16_t, true>;
-        using max_bits_op = word_op<std::int32_t, true>;
-        using max_ubits_op = word_op<std::uint32_t, true>;
 
         /// Parameters of `width` orbits at once.
         struct batch_params
