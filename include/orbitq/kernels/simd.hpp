@@ -803,8 +803,10 @@ namespace orbitq::kernels::simd
     }
 
     /// @brief Whether the build has max instructions for int32, uint32 and uint16 lanes
-    ///        (SSE4.1 and later): zero_range_span and the tiles of builtin asymmetric schemes
-    ///        reduce raw bits with them; without them those take the float min and max.
+    ///        (SSE4.1 and later). Where it does, the rows of builtin asymmetric schemes take
+    ///        zero_range_span and their tiles of float32 values (or of values widened to it)
+    ///        reduce raw bits; where not, both take the float min and max. (The bf16 tiles of
+    ///        two batches per group reduce 16-bit words on every build.)
     inline constexpr bool has_native_int_max = std::derived_from<arch_type, xsimd::sse4_1> || std::derived_from<arch_type, xsimd::avx2> ||
                                                std::derived_from<arch_type, xsimd::avx512f>;
 
