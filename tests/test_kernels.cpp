@@ -244,6 +244,42 @@ TEST_CASE_TEMPLATE("simd zero_range_span gives the reference's min(min, 0) and m
     }
 }
 
+namespace
+{
+    /// The three span statistics on a length the compiler sees as a constant (a row length fixed
+    /// by the model, say): equal to the reference. Such calls once drew a
+    /// -Waggressive-loop-optimizations warning from the inlined scalar tail of zero_range_span;
+    /// the test build makes that warning an error (orbitq_build_flags).
+    template <class T, std::size_t N>
+    void check_constant_length_spans()
+    {
+        CAPTURE(N);
+        const auto x = random_values<T>(N, 7);
+        bool f_ref = false;
+        const min_max want = kernels::reference::min_max_span(x.data(), N, f_ref);
+        bool f1 = false;
+        bool f2 = false;
+        bool f3 = false;
+        CHECK(kernels::simd::min_max_span(x.data(), N, f1) == want);
+        CHECK(kernels::simd::abs_max_span(x.data(), N, f2).max == want.to_abs_max().value);
+        const min_max zr = kernels::simd::zero_range_span(x.data(), N, f3);
+        CHECK(zr.min == std::min(want.min, 0.0f));
+        CHECK(zr.max == std::max(want.max, 0.0f));
+        CHECK((f_ref && f1 && f2 && f3));
+    }
+}
+
+TEST_CASE_TEMPLATE("span statistics on lengths known at compile time equal the reference", T, float, bfloat16_t, float16_t)
+{
+    // the seed's row, a Gemma 4 row, and remainders of one batch plus a scalar tail (float32,
+    // 16-bit inputs) where a batch holds 16 values (AVX-512)
+    check_constant_length_spans<T, 704>();
+    check_constant_length_spans<T, 2816>();
+    check_constant_length_spans<T, 53>();
+    check_constant_length_spans<T, 100>();
+    check_constant_length_spans<T, 5>();
+}
+
 TEST_CASE_TEMPLATE("non-finite values are detected at every position class", T, float, bfloat16_t, float16_t)
 {
     const float bads[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),

@@ -124,6 +124,16 @@ namespace orbitq::kernels::simd
 #endif
         }
 
+        /// Calls f on x[first], ..., x[n - 1]: the scalar tail of a reduction after its vector
+        /// loop. Walked with a pointer: GCC 12, given an index loop `for (; i < n; ++i)` after
+        /// vector loops over a length it knows at compile time, warns that the loop overflows
+        /// (-Waggressive-loop-optimizations, where it cannot overflow). @pre first <= n.
+        template <class T, class F>
+        [[gnu::always_inline]] inline void for_each_tail(const T* x, std::size_t first, std::size_t n, F&& f)
+        {
+            for (const T* p = x + first; p != x + n; ++p) f(*p);
+        }
+
         template <class A, class T>
             requires std::same_as<T, bfloat16_t> || std::same_as<T, float16_t>
         inline fbatch<A> load(const T* p, A) noexcept
@@ -757,11 +767,10 @@ namespace orbitq::kernels::simd
                 kmax = std::max(kmax, his[k]);
             }
             const auto scalar_key = [](std::uint16_t b) { return detail::ordered_key(static_cast<std::int16_t>(b)); };
-            for (; i < n; ++i)
-            {
-                kmin = std::min(kmin, scalar_key(x[i].bits));
-                kmax = std::max(kmax, scalar_key(x[i].bits));
-            }
+            detail::for_each_tail(x, i, n, [&](const T& v) {
+                kmin = std::min(kmin, scalar_key(v.bits));
+                kmax = std::max(kmax, scalar_key(v.bits));
+            });
             all_finite = kmax <= largest_finite && kmin >= -largest_finite - 1;
             // keys back to bits (the same map), then exact widening
             return {to_float(T{std::bit_cast<std::uint16_t>(scalar_key(std::bit_cast<std::uint16_t>(kmin)))}),
@@ -792,12 +801,11 @@ namespace orbitq::kernels::simd
         }
         min_max s = detail::reduce(xsimd::min(mn0, mn1), xsimd::max(mx0, mx1), arch_type{});
         bool tail_finite = true;
-        for (; i < n; ++i)
-        {
-            const float v = to_float(x[i]);
+        detail::for_each_tail(x, i, n, [&](const T& t) {
+            const float v = to_float(t);
             if (!std::isfinite(v)) tail_finite = false;
             s = combine(s, min_max::observe(v));
-        }
+        });
         all_finite = tail_finite && !nan.any() && std::isfinite(s.min) && std::isfinite(s.max);
         return s;
     }
@@ -850,6 +858,13 @@ namespace orbitq::kernels::simd
             lo0 = max_unsigned(lo0, a);
             lo1 = max_unsigned(lo1, b);
         }
+        if (i + hw <= n)
+        {
+            const float_batch a = detail::in_register(float_batch::load_unaligned(reinterpret_cast<const float*>(w + i)));
+            hi0 = max_signed(hi0, a);
+            lo0 = max_unsigned(lo0, a);
+            i += hw;
+        }
         alignas(64) word his[hw];
         alignas(64) uword los[hw];
         xsimd::bitwise_cast<word_batch>(max_signed(hi0, hi1)).store_aligned(his);
@@ -861,11 +876,10 @@ namespace orbitq::kernels::simd
             hi = std::max(hi, his[k]);
             lo = std::max(lo, los[k]);
         }
-        for (; i < n; ++i)
-        {
-            hi = std::max(hi, w[i]);
-            lo = std::max(lo, static_cast<uword>(w[i]));
-        }
+        detail::for_each_tail(w, i, n, [&](word v) {
+            hi = std::max(hi, v);
+            lo = std::max(lo, static_cast<uword>(v));
+        });
         all_finite = hi <= static_cast<word>(largest_finite) && lo <= (sign | largest_finite);
         const auto value = [](uword bits) {
             if constexpr (std::same_as<T, float>) return std::bit_cast<float>(bits);
@@ -905,7 +919,7 @@ namespace orbitq::kernels::simd
             xsimd::max(m0, m1).store_aligned(lanes);
             std::int16_t m = 0;
             for (std::size_t k = 0; k < hw; ++k) m = std::max(m, lanes[k]);
-            for (; i < n; ++i) m = std::max(m, static_cast<std::int16_t>(x[i].bits & 0x7fff));
+            detail::for_each_tail(x, i, n, [&](const T& v) { m = std::max(m, static_cast<std::int16_t>(v.bits & 0x7fff)); });
             all_finite = m <= largest_finite;
             const float a = to_float(T{static_cast<std::uint16_t>(m)});
             return {-a, a};
@@ -928,7 +942,7 @@ namespace orbitq::kernels::simd
         xsimd::max(m0, m1).store_aligned(lanes);
         std::int32_t m = 0;
         for (std::size_t k = 0; k < width; ++k) m = std::max(m, lanes[k]);
-        for (; i < n; ++i) m = std::max(m, static_cast<std::int32_t>(std::bit_cast<std::uint32_t>(to_float(x[i])) & 0x7fffffffu));
+        detail::for_each_tail(x, i, n, [&](const T& v) { m = std::max(m, static_cast<std::int32_t>(std::bit_cast<std::uint32_t>(to_float(v)) & 0x7fffffffu)); });
         all_finite = m <= 0x7f7fffff;
         const float a = std::bit_cast<float>(m);
         return {-a, a};
