@@ -124,6 +124,17 @@ namespace orbitq::kernels::simd
 #endif
         }
 
+        /// The bits of T's largest finite magnitude (FLT_MAX, its bf16 0x7f7f, f16's 65504):
+        /// magnitude bits above it are an infinity or a NaN. With the sign bit
+        /// (most_negative_finite_bits), the bits of the most negative finite value; as unsigned,
+        /// only negative infinity and NaNs with the sign set lie above them.
+        template <weight_element T>
+        inline constexpr std::uint32_t largest_finite_bits = std::same_as<T, float>        ? 0x7f7fffffu
+                                                             : std::same_as<T, bfloat16_t> ? 0x7f7fu
+                                                                                           : 0x7bffu;
+        template <weight_element T>
+        inline constexpr std::uint32_t most_negative_finite_bits = largest_finite_bits<T> | (std::uint32_t(1) << (8 * sizeof(T) - 1));
+
         /// Calls f on x[first], ..., x[n - 1]: the scalar tail of a reduction after its vector
         /// loop. Walked with a pointer: GCC 12, given an index loop `for (; i < n; ++i)` after
         /// vector loops over a length it knows at compile time, warns that the loop overflows
@@ -734,7 +745,7 @@ namespace orbitq::kernels::simd
             // twice the lanes per batch and no widening; -0 sorts below +0, which == does not see.
             using half_batch = xsimd::batch<std::int16_t, arch_type>;
             constexpr std::size_t hw = half_batch::size;
-            constexpr std::int16_t largest_finite = std::same_as<T, bfloat16_t> ? 0x7f7f : 0x7bff;
+            constexpr std::int16_t largest_finite = detail::largest_finite_bits<T>;
             const auto key = [](const half_batch& b) { return detail::ordered_key(b); };
             half_batch lo0(std::numeric_limits<std::int16_t>::max()), lo1 = lo0;
             half_batch hi0(std::numeric_limits<std::int16_t>::min()), hi1 = hi0;
@@ -835,9 +846,6 @@ namespace orbitq::kernels::simd
         using word_batch = xsimd::batch<word, arch_type>;
         using uword_batch = xsimd::batch<uword, arch_type>;
         constexpr std::size_t hw = word_batch::size;
-        // the bits of the largest finite magnitude; with the sign bit, of the most negative finite value
-        constexpr uword largest_finite = std::same_as<T, float> ? 0x7f7fffffu : std::same_as<T, bfloat16_t> ? 0x7f7fu : 0x7bffu;
-        constexpr uword sign = uword(1) << (8 * sizeof(uword) - 1);
         const word* w = reinterpret_cast<const word*>(x);
         // The accumulators are float batches holding the integer lanes (detail::word_op): per
         // channel asym f32 rows in L2 ran 6 % faster than with integer-typed accumulators.
@@ -880,7 +888,7 @@ namespace orbitq::kernels::simd
             hi = std::max(hi, v);
             lo = std::max(lo, static_cast<uword>(v));
         });
-        all_finite = hi <= static_cast<word>(largest_finite) && lo <= (sign | largest_finite);
+        all_finite = hi <= static_cast<word>(detail::largest_finite_bits<T>) && lo <= detail::most_negative_finite_bits<T>;
         const auto value = [](uword bits) {
             if constexpr (std::same_as<T, float>) return std::bit_cast<float>(bits);
             else return to_float(T{bits});
@@ -904,7 +912,7 @@ namespace orbitq::kernels::simd
             // no widening; NaN and inf sort above the largest finite pattern of either format.
             using half_batch = xsimd::batch<std::int16_t, arch_type>;
             constexpr std::size_t hw = half_batch::size;
-            constexpr std::int16_t largest_finite = std::same_as<T, bfloat16_t> ? 0x7f7f : 0x7bff;
+            constexpr std::int16_t largest_finite = detail::largest_finite_bits<T>;
             const half_batch magnitude(0x7fff);
             half_batch m0(0), m1(0);
             const auto* u = reinterpret_cast<const std::int16_t*>(x);
@@ -943,7 +951,7 @@ namespace orbitq::kernels::simd
         std::int32_t m = 0;
         for (std::size_t k = 0; k < width; ++k) m = std::max(m, lanes[k]);
         detail::for_each_tail(x, i, n, [&](const T& v) { m = std::max(m, static_cast<std::int32_t>(std::bit_cast<std::uint32_t>(to_float(v)) & 0x7fffffffu)); });
-        all_finite = m <= 0x7f7fffff;
+        all_finite = m <= static_cast<std::int32_t>(detail::largest_finite_bits<float>);
         const float a = std::bit_cast<float>(m);
         return {-a, a};
     }
@@ -1334,8 +1342,8 @@ namespace orbitq::kernels::simd
                         tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_int16_op{});
                     }
                     const bits_batch m = max_int16_op::fold_pairs(tree.finish(max_int16_op{}));  // both halves >= 0
-                    // bf16 0x7f7f is FLT_MAX's bf16; above it: inf and NaN
-                    if (xsimd::any(m > bits_batch(0x7f7f))) return false;
+                    // above FLT_MAX's bf16: inf and NaN
+                    if (xsimd::any(m > bits_batch(largest_finite_bits<bfloat16_t>))) return false;
                     const float_batch vmax = xsimd::bitwise_cast<float_batch>(m << 16);  // exact widening
                     return usable_tile_params<S>(-vmax, vmax, true, bp);
                 }
@@ -1356,7 +1364,7 @@ namespace orbitq::kernels::simd
                     max_tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_bits_op{});
                 }
                 const float_batch vmax = max_tree.finish(max_bits_op{});
-                if (xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(0x7f7fffff))) return false;
+                if (xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(largest_finite_bits<float>))) return false;
                 return usable_tile_params<S>(-vmax, vmax, true, bp);
             }
             else if constexpr (std::same_as<T, bfloat16_t> && NB == 2 && is_builtin_scheme<S>)
@@ -1375,7 +1383,8 @@ namespace orbitq::kernels::simd
                 });
                 const bits_batch lo_bits = max_uint16_op::fold_pairs(lo_words);
                 const bits_batch hi_bits = max_int16_op::fold_pairs(hi_words);  // sign-extended
-                const bool finite = !xsimd::any(lo_bits > bits_batch(0xff7f)) && !xsimd::any(hi_bits > bits_batch(0x7f7f));
+                const bool finite = !xsimd::any(lo_bits > bits_batch(most_negative_finite_bits<bfloat16_t>))
+                                    && !xsimd::any(hi_bits > bits_batch(largest_finite_bits<bfloat16_t>));
                 const auto widen = [](const bits_batch& b) { return xsimd::bitwise_cast<float_batch>(b << 16); };
                 return usable_tile_params<S>(widen(lo_bits), widen(hi_bits), finite, bp);
             }
@@ -1394,7 +1403,8 @@ namespace orbitq::kernels::simd
                 const bits_batch kmin = min_int16_op::fold_pairs(min_keys);
                 const bits_batch kmax = max_int16_op::fold_pairs(max_keys);
                 // keys of +-FLT_MAX (bf16 0x7f7f and 0xff7f): 0x7f7f and 0xff7f ^ 0x7fff = -0x7f80
-                if (xsimd::any(kmax > bits_batch(0x7f7f)) || xsimd::any(kmin < bits_batch(-0x7f80))) return false;
+                constexpr int largest = largest_finite_bits<bfloat16_t>;
+                if (xsimd::any(kmax > bits_batch(largest)) || xsimd::any(kmin < bits_batch(-largest - 1))) return false;
                 const auto widen = [](const bits_batch& k) {  // back to bf16 bits, then to float32
                     return xsimd::bitwise_cast<float_batch>(ordered_key(k) << 16);
                 };
@@ -1422,8 +1432,8 @@ namespace orbitq::kernels::simd
                     return std::pair{lo, hi};
                 });
                 using ubits_batch = xsimd::batch<std::uint32_t, arch_type>;
-                const bool finite = !xsimd::any(xsimd::bitwise_cast<ubits_batch>(lo_max) > ubits_batch(0xff7fffffu)) &&
-                                    !xsimd::any(xsimd::bitwise_cast<bits_batch>(hi_max) > bits_batch(0x7f7fffff));
+                const bool finite = !xsimd::any(xsimd::bitwise_cast<ubits_batch>(lo_max) > ubits_batch(most_negative_finite_bits<float>)) &&
+                                    !xsimd::any(xsimd::bitwise_cast<bits_batch>(hi_max) > bits_batch(largest_finite_bits<float>));
                 return usable_tile_params<S>(lo_max, hi_max, finite, bp);
             }
             else
