@@ -1166,7 +1166,6 @@ namespace orbitq::kernels::simd
             }
         };
 
-
         /// Parameters of `width` orbits at once.
         struct batch_params
         {
