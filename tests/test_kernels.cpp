@@ -9,6 +9,7 @@
 #include <orbitq/kernels/simd.hpp>
 #include <orbitq/quantize.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -538,6 +539,45 @@ TEST_CASE("16-bit widening and ordering are exact for every bit pattern")
 
 namespace
 {
+    /// Schemes of a user's own (not builtin, so the tiles take their generic paths: statistics
+    /// as float min and max or bf16 ordered keys, parameters lane by lane through make_params,
+    /// a float32 clamp before rounding). Their scales are narrower than the values' range, so
+    /// codes do clamp; the asymmetric one centres the range on a zero point anywhere in int8.
+    struct user_asymmetric
+    {
+        static constexpr const char* name = "user_asymmetric";
+        static constexpr int bits = 8;
+        static constexpr int qmin = -128;
+        static constexpr int qmax = 127;
+        static constexpr bool has_zero_point = true;
+
+        static quant_params make_params(const min_max& s) noexcept
+        {
+            const float scale = (s.max - s.min) / 200.0f;
+            if (!(scale > 0.0f)) return {};
+            const float zp = std::clamp(-std::nearbyint((s.max + s.min) * 0.5f / scale), float(qmin), float(qmax));
+            return {scale, 1.0f / scale, static_cast<std::int32_t>(zp)};
+        }
+    };
+
+    struct user_symmetric_int4
+    {
+        static constexpr const char* name = "user_symmetric_int4";
+        static constexpr int bits = 4;
+        static constexpr int qmin = -8;
+        static constexpr int qmax = 7;
+        static constexpr bool has_zero_point = false;
+
+        static quant_params make_params(const min_max& s) noexcept
+        {
+            const float scale = std::max(-s.min, s.max) / 5.0f;
+            if (!(scale > 0.0f)) return {};
+            return {scale, 1.0f / scale, 0};
+        }
+    };
+    static_assert(scheme_policy<user_asymmetric> && !is_builtin_scheme<user_asymmetric>);
+    static_assert(scheme_policy<user_symmetric_int4> && !is_builtin_scheme<user_symmetric_int4>);
+
     /// quantize_groups_with_params against the reference, group by group: codes, scales and
     /// zero points, and the groups it hands to on_group (only those outside whole clean tiles).
     /// @return how many groups went through on_group
@@ -594,6 +634,8 @@ namespace
         check_groups_with_params<half_to_even, asymmetric<8>, T, Stream>(x, group, offset);
         check_groups_with_params<half_away_from_zero, asymmetric<8>, T, Stream>(x, group, offset);
         check_groups_with_params<half_to_even, asymmetric<4>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_to_even, user_asymmetric, T, Stream>(x, group, offset);
+        check_groups_with_params<half_away_from_zero, user_symmetric_int4, T, Stream>(x, group, offset);
     }
 }
 
@@ -615,7 +657,7 @@ namespace
 TEST_CASE_TEMPLATE("tiles of groups with vector parameters equal the reference", T, float, bfloat16_t, float16_t)
 {
     const std::size_t w = kernels::simd::width;
-    for (std::size_t group : {w, 2 * w, std::size_t{32}, 3 * w})
+    for (std::size_t group : {w, 2 * w, 4 * w, std::size_t{32}, 3 * w})
     {
         // whole tiles, tiles plus spare groups, a ragged last group
         for (std::size_t n : {w * group, 2 * w * group + 3 * group, 2 * w * group + group / 2 + 1, std::size_t{704}})
@@ -624,7 +666,7 @@ TEST_CASE_TEMPLATE("tiles of groups with vector parameters equal the reference",
             CAPTURE(n);
             auto x = random_values<T>(n, static_cast<unsigned>(n + group));
             check_all_schemes_with_params(x, group);
-            if (group <= 2 * w && n == w * group)
+            if ((group == w || group == 2 * w || group == 4 * w) && n == w * group)
             {
                 // one whole clean tile: nothing goes group by group
                 CHECK(check_groups_with_params<half_to_even, symmetric<8>>(x, group) == 0);
@@ -696,9 +738,9 @@ namespace
 TEST_CASE_TEMPLATE("int4 tiles packed from L1 equal pack_int4 of the int8 kernel's codes", T, float, bfloat16_t, float16_t)
 {
     const std::size_t w = kernels::simd::width;
-    // tile sizes (w, 2w), the buffered path for other sizes (3w, 6, 5 with an even n), several
-    // tiles plus spare groups
-    for (std::size_t group : {w, 2 * w, 3 * w, std::size_t{6}, std::size_t{5}})
+    // tile sizes (w, 2w, 4w), the buffered path for other sizes (3w, 6, 5 with an even n),
+    // several tiles plus spare groups
+    for (std::size_t group : {w, 2 * w, 4 * w, 3 * w, std::size_t{6}, std::size_t{5}})
     {
         for (std::size_t groups : {w, 2 * w + 4, std::size_t{1000}})
         {
@@ -771,7 +813,9 @@ TEST_CASE("tiles with a subnormal scale (infinite inverse) fall back to the refe
     CHECK(std::isinf(symmetric<8>::make_params(min_max{0.0f, 6e-41f}).inv_scale));
     check_all_schemes_with_params(x, w);
     check_all_schemes_with_params(x, 2 * w);
+    check_all_schemes_with_params(x, 4 * w);
     check_packed<half_to_even, symmetric<4>>(x, 2 * w);
+    check_packed<half_to_even, asymmetric<4>>(x, 4 * w);
     check_packed<half_to_even, asymmetric<4>>(x, w);
 }
 
@@ -791,7 +835,7 @@ TEST_CASE("tiles of restricted symmetric groups encode without a clamp: the boun
         REQUIRE(std::isfinite(p8.inv_scale));
         REQUIRE(std::isfinite(p4.inv_scale));
         if (a < 1.0e-35f) CHECK(p8.scale < std::numeric_limits<float>::min());  // subnormal scale
-        for (std::size_t group : {w, 2 * w})
+        for (std::size_t group : {w, 2 * w, 4 * w})
         {
             std::vector<float> x(w * group);
             for (std::size_t i = 0; i < x.size(); ++i)
@@ -862,7 +906,7 @@ TEST_CASE_TEMPLATE("a non-finite value inside a tile is reported for its own gro
     // min/max with the x * 0 poison; positions in each quarter of a tile (the reduction tree is
     // fed four groups at a time) and in a second tile.
     const std::size_t w = kernels::simd::width;
-    for (std::size_t group : {w, 2 * w})
+    for (std::size_t group : {w, 2 * w, 4 * w})
     {
         const std::size_t n = 2 * w * group;
         for (std::uint16_t bad16 : {std::uint16_t{0}, std::uint16_t{1}, std::uint16_t{2}, std::uint16_t{3}})
@@ -906,7 +950,7 @@ TEST_CASE("int8 tiles and spans clamp by saturation: asymmetric and full-range g
     std::uniform_real_distribution<float> unit(0.0f, 1.0f);
     for (float a : {4.0e-37f, 1.4e-36f, 1.0e-30f, 0.02f, 1.0f, 1.0e30f, 3.0e38f})
     {
-        for (std::size_t group : {w, 2 * w})
+        for (std::size_t group : {w, 2 * w, 4 * w})
         {
             std::vector<float> x(2 * w * group);
             for (std::size_t g = 0; g < 2 * w; ++g)
@@ -991,7 +1035,7 @@ TEST_CASE_TEMPLATE("streamed spans equal the reference at every alignment and le
 TEST_CASE_TEMPLATE("streamed tiles equal the reference; a misaligned output falls back to plain stores", T, float, bfloat16_t, float16_t)
 {
     const std::size_t w = kernels::simd::width;
-    for (std::size_t group : {w, 2 * w})
+    for (std::size_t group : {w, 2 * w, 4 * w})
     {
         for (std::size_t n : {group * w * 3, group * (w * 2 + 3), group * 5})  // whole tiles, a partial last tile, no whole tile
         {

@@ -15,7 +15,8 @@
 ///   known to be bounded (see detail::needs_clamp and quantize_span's Bounded).
 /// - quantize_groups fuses the statistics and the encode pass of every group of a row: a group
 ///   of up to 8 batches is loaded once, reduced, and encoded from registers.
-/// - quantize_groups_with_params takes groups of 1 or 2 batches `width` at a time (a tile):
+/// - quantize_groups_with_params takes groups of 1, 2 or 4 batches `width` at a time (a tile:
+///   groups of 32 are 2 batches with AVX-512, 4 with AVX2):
 ///   their statistics go through one transposing reduction, their parameters are computed in
 ///   vectors, and int4 codes are packed from L1 tile by tile.
 /// - int8 codes of passes larger than the caches can be written with streaming stores (the
@@ -344,6 +345,27 @@ namespace orbitq::kernels::simd
             else _mm512_storeu_si512(out, v);
         }
 #endif
+#if XSIMD_WITH_AVX2
+        template <bool PackOrdered = false, bool AddZp = false, bool Stream = false, class A>
+            requires std::derived_from<A, xsimd::avx2>
+        inline void store_int8_x4(const ibatch<A>& a, const ibatch<A>& b, const ibatch<A>& c, const ibatch<A>& d, std::int8_t* out, A,
+                                  const ibatch<A>& zp_ab = ibatch<A>(0), const ibatch<A>& zp_cd = ibatch<A>(0)) noexcept
+        {
+            // As AVX-512BW on two 128-bit lanes: bytes [a_k, b_k, c_k, d_k] in lane k, one dword
+            // permutation puts them in order. (No pack order and no streaming stores here.)
+            static_assert(!PackOrdered && !Stream, "AVX2 loads in order and stores through the cache");
+            __m256i ab = _mm256_packs_epi32(a, b);
+            __m256i cd = _mm256_packs_epi32(c, d);
+            if constexpr (AddZp)
+            {
+                ab = _mm256_add_epi16(ab, zp_ab);
+                cd = _mm256_add_epi16(cd, zp_cd);
+            }
+            const __m256i abcd = _mm256_packs_epi16(ab, cd);
+            const __m256i v = _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v);
+        }
+#endif
 
         // ------------------------------------------------------------------ horizontal min / max
         // Lane order does not matter: min and max are exact, and a NaN lane is reported by the
@@ -380,6 +402,22 @@ namespace orbitq::kernels::simd
             return {_mm512_cvtss_f32(lo), _mm512_cvtss_f32(hi)};
         }
 #endif
+#if XSIMD_WITH_AVX
+        template <class A>
+            requires std::derived_from<A, xsimd::avx>
+        inline min_max reduce(const fbatch<A>& mn, const fbatch<A>& mx, A) noexcept
+        {
+            __m256 lo = mn;
+            __m256 hi = mx;
+            lo = _mm256_min_ps(lo, _mm256_permute2f128_ps(lo, lo, 0x01));  // swap 128-bit halves
+            hi = _mm256_max_ps(hi, _mm256_permute2f128_ps(hi, hi, 0x01));
+            lo = _mm256_min_ps(lo, _mm256_permute_ps(lo, 0x4e));           // swap 64-bit pairs
+            hi = _mm256_max_ps(hi, _mm256_permute_ps(hi, 0x4e));
+            lo = _mm256_min_ps(lo, _mm256_permute_ps(lo, 0xb1));           // swap neighbours
+            hi = _mm256_max_ps(hi, _mm256_permute_ps(hi, 0xb1));
+            return {_mm256_cvtss_f32(lo), _mm256_cvtss_f32(hi)};
+        }
+#endif
 
         template <class A>
         inline float reduce_max(const fbatch<A>& mx, A) noexcept
@@ -402,6 +440,18 @@ namespace orbitq::kernels::simd
             hi = _mm512_max_ps(hi, _mm512_permute_ps(hi, 0x4e));
             hi = _mm512_max_ps(hi, _mm512_permute_ps(hi, 0xb1));
             return _mm512_cvtss_f32(hi);
+        }
+#endif
+#if XSIMD_WITH_AVX
+        template <class A>
+            requires std::derived_from<A, xsimd::avx>
+        inline float reduce_max(const fbatch<A>& mx, A) noexcept
+        {
+            __m256 hi = mx;
+            hi = _mm256_max_ps(hi, _mm256_permute2f128_ps(hi, hi, 0x01));
+            hi = _mm256_max_ps(hi, _mm256_permute_ps(hi, 0x4e));
+            hi = _mm256_max_ps(hi, _mm256_permute_ps(hi, 0xb1));
+            return _mm256_cvtss_f32(hi);
         }
 #endif
 
@@ -460,6 +510,23 @@ namespace orbitq::kernels::simd
             }
 
             bool any() const noexcept { return unordered != 0; }
+        };
+#endif
+#if XSIMD_WITH_AVX
+        /// AVX: the same unordered compare per pair, or-ed into a mask register (latency 1 per
+        /// pair where the generic form chains two fused multiply-adds); reports NaN only.
+        template <class A>
+            requires std::derived_from<A, xsimd::avx>
+        struct nan_guard<A>
+        {
+            __m256 unordered = _mm256_setzero_ps();
+
+            void add(const fbatch<A>& a, const fbatch<A>& b) noexcept
+            {
+                unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+            }
+
+            bool any() const noexcept { return _mm256_movemask_ps(unordered) != 0; }
         };
 #endif
 
@@ -1145,6 +1212,35 @@ namespace orbitq::kernels::simd
             }
         };
 #endif
+#if XSIMD_WITH_AVX2
+        /// AVX2: the same transposing tree on 8 lanes. Four batches give one partial (level 1:
+        /// each batch reduced to 4 lanes, batches 0 and 1 sharing a register; level 2: 2 lanes
+        /// per batch); finish combines the two partials (level 3) and puts batch j in lane j.
+        template <class Op, class A>
+            requires std::derived_from<A, xsimd::avx2>
+        struct lane_tree<Op, A>
+        {
+            __m256 d[2];
+            std::size_t filled = 0;
+
+            void push4(const fbatch<A>& m0, const fbatch<A>& m1, const fbatch<A>& m2, const fbatch<A>& m3, Op op) noexcept
+            {
+                // level 1: 128-bit halves combined -> low half batch 0 (2), high half batch 1 (3)
+                const fbatch<A> c0 = op(fbatch<A>(_mm256_permute2f128_ps(m0, m1, 0x20)), fbatch<A>(_mm256_permute2f128_ps(m0, m1, 0x31)));
+                const fbatch<A> c1 = op(fbatch<A>(_mm256_permute2f128_ps(m2, m3, 0x20)), fbatch<A>(_mm256_permute2f128_ps(m2, m3, 0x31)));
+                // level 2: low half [b0 b0 b2 b2], high half [b1 b1 b3 b3]
+                d[filled++] = op(fbatch<A>(_mm256_shuffle_ps(c0, c1, 0x44)), fbatch<A>(_mm256_shuffle_ps(c0, c1, 0xee)));
+            }
+
+            fbatch<A> finish(Op op) const noexcept
+            {
+                // level 3: low half [g0 g2 g4 g6], high half [g1 g3 g5 g7]
+                const __m256 f = op(fbatch<A>(_mm256_shuffle_ps(d[0], d[1], 0x88)), fbatch<A>(_mm256_shuffle_ps(d[0], d[1], 0xdd)));
+                // group g sits in lane 4 (g % 2) + g / 2
+                return fbatch<A>(_mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+            }
+        };
+#endif
 
         struct min_op
         {
@@ -1323,18 +1419,20 @@ namespace orbitq::kernels::simd
                 // max |x| on the magnitude bits (see abs_max_span): NaN and inf sort above
                 // FLT_MAX, so the tile is finite exactly when every lane of the result is
                 // at most FLT_MAX's bits (checked after the reduction, which max keeps exact).
-                if constexpr (std::same_as<T, bfloat16_t> && NB == 2)
+                if constexpr (std::same_as<T, bfloat16_t> && NB % 2 == 0)
                 {
-                    // bf16 groups of 2 width values are one batch of raw bits: reduce the 16-bit
-                    // magnitudes as int16 lanes (the tree's shuffles move 32-bit pairs, so each
-                    // lane keeps an (even, odd) pair of candidates), widen once per tile.
+                    // bf16 groups of NB width values are NB / 2 batches of raw bits: reduce the
+                    // 16-bit magnitudes as int16 lanes (the tree's shuffles move 32-bit pairs, so
+                    // each lane keeps an (even, odd) pair of candidates), widen once per tile.
                     using half_batch = xsimd::batch<std::int16_t, arch_type>;
                     lane_tree<max_int16_op, arch_type> tree;
                     const half_batch magnitude(0x7fff);
                     const auto group_max = [&](std::size_t j) {
                         if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
                         const auto* p = reinterpret_cast<const std::int16_t*>(x + j * group);
-                        return xsimd::bitwise_cast<float_batch>(half_batch::load_unaligned(p) & magnitude);
+                        half_batch m = half_batch::load_unaligned(p) & magnitude;
+                        for (std::size_t k = 1; k < NB / 2; ++k) m = xsimd::max(m, half_batch::load_unaligned(p + 2 * k * width) & magnitude);
+                        return xsimd::bitwise_cast<float_batch>(m);
                     };
                     for (std::size_t j = 0; j < width; j += 4)
                     {
@@ -1366,9 +1464,9 @@ namespace orbitq::kernels::simd
                 if (xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(largest_finite_bits<float>))) return false;
                 return usable_tile_params<S>(-vmax, vmax, true, bp);
             }
-            else if constexpr (std::same_as<T, bfloat16_t> && NB == 2 && is_builtin_scheme<S>)
+            else if constexpr (std::same_as<T, bfloat16_t> && NB % 2 == 0 && is_builtin_scheme<S>)
             {
-                // bf16 groups of 2 width values are one batch of raw bits. A builtin asymmetric
+                // bf16 groups of NB width values are NB / 2 batches of raw bits. A builtin asymmetric
                 // scheme needs only lo = min(min, 0) and hi = max(max, 0) (make_batch_params),
                 // and those come from the raw bits without ordered keys: the largest bits as
                 // uint16 are the most negative value where there is one (otherwise a value >= +0,
@@ -1377,8 +1475,25 @@ namespace orbitq::kernels::simd
                 // (0xff7f) and FLT_MAX (0x7f7f) in those orders. Both trees reduce 16-bit pairs;
                 // each lane is widened once per tile.
                 const auto [lo_words, hi_words] = reduce_tile_twice<max_uint16_op, max_int16_op>([&](std::size_t j) {
-                    if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
-                    return float_batch::load_unaligned(reinterpret_cast<const float*>(x + j * group));
+                    const float* p = reinterpret_cast<const float*>(x + j * group);
+                    if constexpr (NB == 2)
+                    {
+                        if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
+                        return float_batch::load_unaligned(p);
+                    }
+                    else
+                    {
+                        if (j >= count) return std::pair{float_batch(0.0f), float_batch(0.0f)};
+                        float_batch lo = in_register(float_batch::load_unaligned(p));
+                        float_batch hi = lo;
+                        for (std::size_t k = 1; k < NB / 2; ++k)
+                        {
+                            const float_batch b = in_register(float_batch::load_unaligned(p + k * width));
+                            lo = max_uint16_op{}(lo, b);
+                            hi = max_int16_op{}(hi, b);
+                        }
+                        return std::pair{lo, hi};
+                    }
                 });
                 const bits_batch lo_bits = max_uint16_op::fold_pairs(lo_words);
                 const bits_batch hi_bits = max_int16_op::fold_pairs(hi_words);  // sign-extended
@@ -1387,16 +1502,35 @@ namespace orbitq::kernels::simd
                 const auto widen = [](const bits_batch& b) { return xsimd::bitwise_cast<float_batch>(b << 16); };
                 return usable_tile_params<S>(widen(lo_bits), widen(hi_bits), finite, bp);
             }
-            else if constexpr (std::same_as<T, bfloat16_t> && NB == 2)
+            else if constexpr (std::same_as<T, bfloat16_t> && NB % 2 == 0)
             {
-                // bf16 groups of 2 width values are one batch of raw bits: their ordered int16
-                // keys (ordered_key) are reduced as int16 pairs by the trees and widened once per
-                // tile; the tile is finite when its keys stay within those of +-FLT_MAX.
+                // bf16 groups of NB width values are NB / 2 batches of raw bits: their ordered
+                // int16 keys (ordered_key) are reduced as int16 pairs by the trees and widened
+                // once per tile; the tile is finite when its keys stay within those of +-FLT_MAX.
                 using half_batch = xsimd::batch<std::int16_t, arch_type>;
+                const auto keys = [&](std::size_t j, std::size_t k) {
+                    const auto* p = reinterpret_cast<const std::int16_t*>(x + j * group) + 2 * k * width;
+                    return xsimd::bitwise_cast<float_batch>(ordered_key(half_batch::load_unaligned(p)));
+                };
                 const auto [min_keys, max_keys] = reduce_tile_twice<min_int16_op, max_int16_op>([&](std::size_t j) {
-                    if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits (key 0 = +0)
-                    const half_batch b = half_batch::load_unaligned(reinterpret_cast<const std::int16_t*>(x + j * group));
-                    return xsimd::bitwise_cast<float_batch>(ordered_key(b));
+                    if constexpr (NB == 2)
+                    {
+                        if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits (key 0 = +0)
+                        return keys(j, 0);
+                    }
+                    else
+                    {
+                        if (j >= count) return std::pair{float_batch(0.0f), float_batch(0.0f)};
+                        float_batch lo = keys(j, 0);
+                        float_batch hi = lo;
+                        for (std::size_t k = 1; k < NB / 2; ++k)
+                        {
+                            const float_batch b = keys(j, k);
+                            lo = min_int16_op{}(lo, b);
+                            hi = max_int16_op{}(hi, b);
+                        }
+                        return std::pair{lo, hi};
+                    }
                 });
                 // each int32 lane holds a pair of int16 keys of one group
                 const bits_batch kmin = min_int16_op::fold_pairs(min_keys);
@@ -1483,9 +1617,10 @@ namespace orbitq::kernels::simd
         }
 
         /// Stores the parameters of a tile of `count` groups and encodes it (multiply_inverse).
-        /// Stream: pairs of groups are written with streaming stores. Packed: the codes go to an
-        /// L1 buffer that clamp_pack_int4 clamps as it packs them (no clamp here). @pre Stream:
-        /// out is 64-byte aligned, NB == 2, !Packed and the codes need no clamp after the narrow.
+        /// Stream: pairs of groups (NB == 2) or whole groups (NB == 4) are written with streaming
+        /// stores. Packed: the codes go to an L1 buffer that clamp_pack_int4 clamps as it packs
+        /// them (no clamp here). @pre Stream: out is 64-byte aligned, NB is 2 or 4, !Packed and
+        /// the codes need no clamp after the narrow.
         /// Never inlined: whether GCC inlined it into the tile loop depended on how many kernels
         /// the unit held, and so did the throughput of the same kernel. Out of line, the
         /// per_group kernels were as fast or faster in L2, and from memory (bench/compare) all
@@ -1494,7 +1629,7 @@ namespace orbitq::kernels::simd
         [[gnu::noinline]] inline void encode_tile(const T* x, std::size_t count, const batch_params& bp, float* scales, std::int32_t* zero_points,
                                 std::int8_t* out) noexcept
         {
-            static_assert(!Stream || (NB == 2 && !clamps_codes<S> && !Packed), "streamed codes are final as stored");
+            static_assert(!Stream || ((NB == 2 || NB % 4 == 0) && !clamps_codes<S> && !Packed), "streamed codes are final as stored");
             constexpr std::size_t group = NB * width;
             alignas(64) float inv[width];
             bp.inv.store_aligned(inv);
@@ -1543,30 +1678,39 @@ namespace orbitq::kernels::simd
                 return e;
             };
             std::size_t j = 0;
+            // Four batches are narrowed and stored together (two pairs); a builtin scheme's zero
+            // points (within int8) are added to the 16-bit words of the narrow.
+            constexpr bool ordered = pack_ordered_pairs<T, arch_type>;
+            constexpr bool words = S::has_zero_point && is_builtin_scheme<S>;
+            alignas(64) std::int32_t zp_words[width];
+            if constexpr (words && (NB == 2 || NB % 4 == 0)) zero_point_words(bp.zero_point).store_aligned(zp_words);
+            // the codes of four batches at p, encoded by e0 (first pair) and e1 (second pair), at o
+            const auto quad = [&](const T* p, std::size_t g0, std::size_t g1, std::int8_t* o) {
+                const group_encoder e0 = encoder_of(g0);
+                const group_encoder e1 = encoder_of(g1);
+                const auto [a, b] = load_pair(p, arch_type{});
+                const auto [c, d] = load_pair(p + 2 * width, arch_type{});
+                if constexpr (words)
+                {
+                    store_int8_x4<ordered, true, Stream>(e0.code(a), e0.code(b), e1.code(c), e1.code(d), o, arch_type{}, int_batch(zp_words[g0]),
+                                                         int_batch(zp_words[g1]));
+                }
+                else
+                {
+                    store_int8_x4<ordered, false, Stream>(e0(a), e0(b), e1(c), e1(d), o, arch_type{});
+                }
+            };
             if constexpr (NB == 2)
             {
-                // two groups = two pairs, narrowed and stored together; a builtin scheme's zero
-                // points (within int8) are added to the 16-bit words of the narrow
-                constexpr bool ordered = pack_ordered_pairs<T, arch_type>;
-                constexpr bool words = S::has_zero_point && is_builtin_scheme<S>;
-                alignas(64) std::int32_t zp_words[width];
-                if constexpr (words) zero_point_words(bp.zero_point).store_aligned(zp_words);
-                for (; j + 2 <= count; j += 2)
+                // two groups = two pairs
+                for (; j + 2 <= count; j += 2) quad(x + j * group, j, j + 1, out + j * group);
+            }
+            else if constexpr (NB % 4 == 0)
+            {
+                // one group = NB / 4 quads
+                for (; j < count; ++j)
                 {
-                    const T* p = x + j * group;
-                    const group_encoder e0 = encoder_of(j);
-                    const group_encoder e1 = encoder_of(j + 1);
-                    const auto [a, b] = load_pair(p, arch_type{});
-                    const auto [c, d] = load_pair(p + 2 * width, arch_type{});
-                    if constexpr (words)
-                    {
-                        store_int8_x4<ordered, true, Stream>(e0.code(a), e0.code(b), e1.code(c), e1.code(d), out + j * group, arch_type{},
-                                                     int_batch(zp_words[j]), int_batch(zp_words[j + 1]));
-                    }
-                    else
-                    {
-                        store_int8_x4<ordered, false, Stream>(e0(a), e0(b), e1(c), e1(d), out + j * group, arch_type{});
-                    }
+                    for (std::size_t k = 0; k < NB; k += 4) quad(x + j * group + k * width, j, j, out + j * group + k * width);
                 }
             }
             for (; j < count; ++j)
@@ -1645,7 +1789,7 @@ namespace orbitq::kernels::simd
         inline void quantize_tiles(const T* x, std::size_t n, float* scales, std::int32_t* zero_points, std::int8_t* out,
                                    OnGroup& on_group)
         {
-            constexpr bool can_stream = has_streaming_stores && (Packed || (NB == 2 && !clamps_codes<S>));
+            constexpr bool can_stream = has_streaming_stores && (Packed || ((NB == 2 || NB % 4 == 0) && !clamps_codes<S>));
             if constexpr (Stream && can_stream)
             {
                 if (reinterpret_cast<std::uintptr_t>(out) % 64 == 0) return tile_loop<R, S, NB, Packed, true>(x, n, scales, zero_points, out, on_group);
@@ -1655,7 +1799,7 @@ namespace orbitq::kernels::simd
     }
 
     /// @brief quantize_groups for a scheme S whose parameters are stored as computed (float32
-    ///        scales, multiply_inverse scaling): groups of `width` or 2 `width` values are taken
+    ///        scales, multiply_inverse scaling): groups of 1, 2 or 4 `width` values are taken
     ///        up to `width` groups at a time, their parameters computed together in vectors and
     ///        written to scales[g] (and zero_points[g] when S has one); other group sizes, a
     ///        ragged last group, and a tile holding a non-finite value or an infinite inverse
@@ -1671,6 +1815,7 @@ namespace orbitq::kernels::simd
     {
         if (group == width) return detail::quantize_tiles<R, S, 1, false, Stream>(x, n, scales, zero_points, out, on_group);
         if (group == 2 * width) return detail::quantize_tiles<R, S, 2, false, Stream>(x, n, scales, zero_points, out, on_group);
+        if (group == 4 * width) return detail::quantize_tiles<R, S, 4, false, Stream>(x, n, scales, zero_points, out, on_group);
         quantize_groups<R, !S::has_zero_point>(x, n, group, out, on_group);
     }
 
@@ -1687,6 +1832,7 @@ namespace orbitq::kernels::simd
         static_assert(S::bits == 4, "packed codes are int4");
         if (group == width) return detail::quantize_tiles<R, S, 1, true, Stream>(x, n, scales, zero_points, out, on_group);
         if (group == 2 * width) return detail::quantize_tiles<R, S, 2, true, Stream>(x, n, scales, zero_points, out, on_group);
+        if (group == 4 * width) return detail::quantize_tiles<R, S, 4, true, Stream>(x, n, scales, zero_points, out, on_group);
         // other group sizes: whole groups, an even number of codes at a time, through a buffer
         const std::size_t chunk = std::max<std::size_t>(1, 4096 / (2 * group)) * 2 * group;
         std::vector<std::int8_t> codes(std::min(chunk, n));
