@@ -1357,6 +1357,11 @@ namespace orbitq::kernels::simd
         template <class S>
         inline constexpr bool clamps_codes = is_builtin_scheme<S> && !clamp_free_range(S::qmin, S::qmax);
 
+        /// Whether encode_tile narrows the codes of groups of NB batches four batches at a time
+        /// (store_int8_x4): two groups of 2 batches, or a group of 4. Only such tiles stream.
+        template <std::size_t NB>
+        inline constexpr bool narrows_in_quads = NB == 2 || NB % 4 == 0;
+
         /// The parameters of a tile from its per-group statistics, into bp; returns whether the
         /// fast path may use them: the tile's values are finite (`finite`) and no inverse scale
         /// is infinite. The tile functions return this flag and write the parameters through a
@@ -1629,7 +1634,7 @@ namespace orbitq::kernels::simd
         [[gnu::noinline]] inline void encode_tile(const T* x, std::size_t count, const batch_params& bp, float* scales, std::int32_t* zero_points,
                                 std::int8_t* out) noexcept
         {
-            static_assert(!Stream || ((NB == 2 || NB % 4 == 0) && !clamps_codes<S> && !Packed), "streamed codes are final as stored");
+            static_assert(!Stream || (narrows_in_quads<NB> && !clamps_codes<S> && !Packed), "streamed codes are final as stored");
             constexpr std::size_t group = NB * width;
             alignas(64) float inv[width];
             bp.inv.store_aligned(inv);
@@ -1683,7 +1688,7 @@ namespace orbitq::kernels::simd
             constexpr bool ordered = pack_ordered_pairs<T, arch_type>;
             constexpr bool words = S::has_zero_point && is_builtin_scheme<S>;
             alignas(64) std::int32_t zp_words[width];
-            if constexpr (words && (NB == 2 || NB % 4 == 0)) zero_point_words(bp.zero_point).store_aligned(zp_words);
+            if constexpr (words && narrows_in_quads<NB>) zero_point_words(bp.zero_point).store_aligned(zp_words);
             // the codes of four batches at p, encoded by e0 (first pair) and e1 (second pair), at o
             const auto quad = [&](const T* p, std::size_t g0, std::size_t g1, std::int8_t* o) {
                 const group_encoder e0 = encoder_of(g0);
@@ -1789,7 +1794,7 @@ namespace orbitq::kernels::simd
         inline void quantize_tiles(const T* x, std::size_t n, float* scales, std::int32_t* zero_points, std::int8_t* out,
                                    OnGroup& on_group)
         {
-            constexpr bool can_stream = has_streaming_stores && (Packed || ((NB == 2 || NB % 4 == 0) && !clamps_codes<S>));
+            constexpr bool can_stream = has_streaming_stores && (Packed || (narrows_in_quads<NB> && !clamps_codes<S>));
             if constexpr (Stream && can_stream)
             {
                 if (reinterpret_cast<std::uintptr_t>(out) % 64 == 0) return tile_loop<R, S, NB, Packed, true>(x, n, scales, zero_points, out, on_group);
