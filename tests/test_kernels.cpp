@@ -541,8 +541,9 @@ namespace
 {
     /// Schemes of a user's own (not builtin, so the tiles take their generic paths: statistics
     /// as float min and max or bf16 ordered keys, parameters lane by lane through make_params,
-    /// a float32 clamp before rounding). Their scales are narrower than the values' range, so
-    /// codes do clamp; the asymmetric one centres the range on a zero point anywhere in int8.
+    /// a float32 clamp before rounding). Their scales are too small for the values' range, so
+    /// the clamp bites at both ends: the asymmetric one spreads a group over 300 steps around a
+    /// zero point that centres it, the symmetric one puts max |x| at code 9 (codes -8..7).
     struct user_asymmetric
     {
         static constexpr const char* name = "user_asymmetric";
@@ -553,7 +554,7 @@ namespace
 
         static quant_params make_params(const min_max& s) noexcept
         {
-            const float scale = (s.max - s.min) / 200.0f;
+            const float scale = (s.max - s.min) / 300.0f;
             if (!(scale > 0.0f)) return {};
             const float zp = std::clamp(-std::nearbyint((s.max + s.min) * 0.5f / scale), float(qmin), float(qmax));
             return {scale, 1.0f / scale, static_cast<std::int32_t>(zp)};
@@ -570,7 +571,7 @@ namespace
 
         static quant_params make_params(const min_max& s) noexcept
         {
-            const float scale = std::max(-s.min, s.max) / 5.0f;
+            const float scale = std::max(-s.min, s.max) / 9.0f;
             if (!(scale > 0.0f)) return {};
             return {scale, 1.0f / scale, 0};
         }
