@@ -4,4 +4,4 @@
 find_package(benchmark REQUIRED)
 find_package(Threads REQUIRED)
 add_executable(orbitq_bench_analyze ${CMAKE_CURRENT_LIST_DIR}/bench_analyze.cpp)
-target_link_libraries(orbitq_bench_analyze PRIVATE orbitq::orbitq orbitq_build_flags benchmark::benchmark Threads::Threads)
+target_link_libraries(orbitq_bench_analyze PRIVATE orbitq::orbitq orbitq_build_flags orbitq_quantize_instances benchmark::benchmark Threads::Threads)

@@ -21,7 +21,7 @@ if(NOT orbitq_bench_have_cblas)
 endif()
 
 add_executable(bench_gemv ${CMAKE_CURRENT_LIST_DIR}/bench_gemv.cpp)
-target_link_libraries(bench_gemv PRIVATE orbitq::orbitq orbitq_build_flags benchmark::benchmark Threads::Threads)
+target_link_libraries(bench_gemv PRIVATE orbitq::orbitq orbitq_build_flags orbitq_quantize_instances benchmark::benchmark Threads::Threads)
 target_compile_definitions(bench_gemv PRIVATE ORBITQ_BENCH_HAVE_CBLAS=${orbitq_bench_have_cblas})
 if(orbitq_bench_have_cblas)
   target_link_libraries(bench_gemv PRIVATE BLAS::BLAS)

@@ -1,6 +1,5 @@
 // Tests of orbitq/analyze.hpp: the analysis equals real quantization + measure for every
 // candidate, hand-computed values, selection, outlier diagnostics and error paths.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <orbitq/analyze.hpp>

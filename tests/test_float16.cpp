@@ -1,5 +1,4 @@
 // Exactness of the bfloat16 / binary16 conversions.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <orbitq/core/float16.hpp>

@@ -2,7 +2,6 @@
 // read the output back with an independent minimal safetensors parser (nlohmann directly, no
 // orbitq I/O code) and check names, shapes, dtypes, and that the dequantized weights reproduce
 // the reported metrics. Also the error paths (malformed checkpoints, --out inside the input).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include "gemma_cli_support.hpp"

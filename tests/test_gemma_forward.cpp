@@ -1,6 +1,5 @@
 // The Gemma 4 MoE FFN forward pass, its pieces, the synthetic generator and the validator, on
 // hand-checked values and on a tiny configuration.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include "orbitq/models/gemma4.hpp"

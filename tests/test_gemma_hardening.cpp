@@ -2,7 +2,6 @@
 // choice by orbitq::analyze, the converted checkpoint following it), the root-cause block of
 // the first layer failing per-tensor, NaN/Inf weights (exit 1 naming the position, or
 // --skip-nonfinite), --force, and --out refused inside the input.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include "gemma_cli_support.hpp"

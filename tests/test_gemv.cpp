@@ -1,7 +1,6 @@
 // Tests of gemv.hpp: exact hand-computed products, the documented error bound against a double
 // reference built from dequantize() on every layout (random and adversarial inputs), gemm equal
 // bit for bit to one gemv per token, independence from the thread count, and the error paths.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include "orbitq/gemv.hpp"

@@ -8,7 +8,6 @@
 // (label hardening, examples/gemma_moe/CMakeLists.txt) runs them with --no-skip and
 // ORBITQ_GEMMA set to the binary. Without ORBITQ_GEMMA the binary is looked up as
 // ../bin/orbitq-gemma next to this executable.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include "orbitq/io/safetensors.hpp"

@@ -1,6 +1,5 @@
 // analyze over any safetensors checkpoint: which tensors, the channel rule, equality with
 // analyze() on the same data, and the JSON fields.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <orbitq/io/analyze_checkpoint.hpp>

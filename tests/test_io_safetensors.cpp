@@ -5,7 +5,6 @@
 //
 // Set ORBITQ_DUMP_CORPUS=<dir> to also write every malformed file built here into <dir> (this is
 // how fuzz/corpus/ is produced).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <orbitq/io/safetensors.hpp>

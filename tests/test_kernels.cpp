@@ -2,7 +2,6 @@
 // non-finite verdicts, on every length class (whole batches, tails, one element), every rounding,
 // scheme, input type and scale application. Built for the native ISA and, in CI, for the
 // baseline x86-64 (-DORBITQ_NATIVE=OFF: SSE2), so every kernel variant is checked.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <orbitq/kernels/reference.hpp>

@@ -1,5 +1,4 @@
 // Metrics on hand-computed cases, and measure() against an independent double computation.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <orbitq/metrics.hpp>

@@ -1,7 +1,6 @@
 // orbitq::parallel_rows: every row exactly once, in the documented ranges, for any thread count;
 // the lowest range's exception; nested and concurrent calls (which cannot share the kept
 // threads) complete; and many back-to-back calls on the kept threads stay correct.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <orbitq/core/parallel.hpp>

@@ -1,6 +1,5 @@
 // Conformance suite of the quantizers: laws over every policy, exact codes on hand-computed
 // cases, the peers' formulas bit for bit, and the error paths.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <orbitq/metrics.hpp>

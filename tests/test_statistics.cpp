@@ -1,5 +1,4 @@
 // Laws of the orbit statistics (associativity, identity, homomorphism) and the statistics pyramid.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <orbitq/algebra/orbits.hpp>

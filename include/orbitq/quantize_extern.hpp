@@ -1,0 +1,21 @@
+#pragma once
+/// @file
+/// @brief Declares the run-time dispatch `quantize_into(view, q, spec, threads)` for the three
+///        element types as instantiated elsewhere in the program, so that a translation unit
+///        including this header does not compile it again.
+///
+/// The dispatch instantiates every (granularity, scheme, bits, rounding) kernel for its element
+/// type: with GCC 12 at -O3, about 45 s of compile time in each translation unit that calls
+/// `quantize(view, spec)` or a header that does (analyze, the Gemma 4 validation). A program
+/// that includes this header (first, or through a forced include) must have exactly one
+/// translation unit that includes orbitq/quantize_instances.hpp, compiled with the same
+/// target flags (-march) as the others: the kernels are inline templates, and all translation
+/// units of one program must agree on them.
+#include "quantize.hpp"
+
+namespace orbitq
+{
+    extern template void quantize_into<float>(const matrix_view<float>&, quantized_tensor&, const quant_spec&, unsigned);
+    extern template void quantize_into<bfloat16_t>(const matrix_view<bfloat16_t>&, quantized_tensor&, const quant_spec&, unsigned);
+    extern template void quantize_into<float16_t>(const matrix_view<float16_t>&, quantized_tensor&, const quant_spec&, unsigned);
+}
