@@ -88,9 +88,11 @@ namespace orbitq
         /// @brief A short name such as "per_group:32 int4 asymmetric".
         std::string describe() const
         {
+            // appended piece by piece: GCC 12 warns (-Wrestrict, a false positive) on
+            // "literal" + std::string&& once that is inlined
             std::string s = to_string(granularity);
-            if (granularity == granularity_kind::per_group) s += ":" + std::to_string(group_size);
-            s += " int" + std::to_string(bits) + " " + to_string(scheme);
+            if (granularity == granularity_kind::per_group) s.append(":").append(std::to_string(group_size));
+            s.append(" int").append(std::to_string(bits)).append(" ").append(to_string(scheme));
             if (scheme == scheme_kind::symmetric && range == symmetric_range::full) s += " full-range";
             return s;
         }
