@@ -5,6 +5,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# Ninja for new build trees (an existing tree keeps its generator): it compiles a target's
+# sources while the libraries it links are still being built.
+export CMAKE_GENERATOR="${CMAKE_GENERATOR:-Ninja}"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DORBITQ_BUILD_TESTS=OFF -DORBITQ_BUILD_BENCHMARKS=OFF
 cmake --build build -j"$(nproc)" --target orbitq-gemma
 exec build/bin/orbitq-gemma "$@"

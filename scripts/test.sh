@@ -5,6 +5,9 @@ set -eu
 cd "$(dirname "$0")/.."
 build="${1:-build}"
 scripts/install-deps.sh
+# Ninja for new build trees (an existing tree keeps its generator): it compiles a target's
+# sources while the libraries it links are still being built.
+export CMAKE_GENERATOR="${CMAKE_GENERATOR:-Ninja}"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build" -j"$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j"$(nproc)" -LE long
