@@ -1,0 +1,664 @@
+// The xsimd tile kernels against the scalar reference (see test_kernels.cpp, which checks the
+// span kernels): tiles of groups with parameters in vectors, for every group shape a tile takes,
+// int4 codes packed from L1, streamed codes, non-finite values inside tiles, and quantize's fast
+// paths on tile-sized shapes.
+#include "kernel_test_support.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using namespace orbitq;
+using namespace kernel_tests;
+
+namespace
+{
+    /// Schemes of a user's own (not builtin, so the tiles take their generic paths: statistics
+    /// as float min and max or bf16 ordered keys, parameters lane by lane through make_params,
+    /// a float32 clamp before rounding). Their scales are too small for the values' range, so
+    /// the clamp bites at both ends: the asymmetric one spreads a group over 300 steps around a
+    /// zero point that centres it, the symmetric one puts max |x| at code 9 (codes -8..7).
+    struct user_asymmetric
+    {
+        static constexpr const char* name = "user_asymmetric";
+        static constexpr int bits = 8;
+        static constexpr int qmin = -128;
+        static constexpr int qmax = 127;
+        static constexpr bool has_zero_point = true;
+
+        static quant_params make_params(const min_max& s) noexcept
+        {
+            const float scale = (s.max - s.min) / 300.0f;
+            if (!(scale > 0.0f)) return {};
+            const float zp = std::clamp(-std::nearbyint((s.max + s.min) * 0.5f / scale), float(qmin), float(qmax));
+            return {scale, 1.0f / scale, static_cast<std::int32_t>(zp)};
+        }
+    };
+
+    struct user_symmetric_int4
+    {
+        static constexpr const char* name = "user_symmetric_int4";
+        static constexpr int bits = 4;
+        static constexpr int qmin = -8;
+        static constexpr int qmax = 7;
+        static constexpr bool has_zero_point = false;
+
+        static quant_params make_params(const min_max& s) noexcept
+        {
+            const float scale = std::max(-s.min, s.max) / 9.0f;
+            if (!(scale > 0.0f)) return {};
+            return {scale, 1.0f / scale, 0};
+        }
+    };
+    static_assert(scheme_policy<user_asymmetric> && !is_builtin_scheme<user_asymmetric>);
+    static_assert(scheme_policy<user_symmetric_int4> && !is_builtin_scheme<user_symmetric_int4>);
+
+    /// quantize_groups_with_params against the reference, group by group: codes, scales and
+    /// zero points, and the groups it hands to on_group (only those outside whole clean tiles).
+    /// @return how many groups went through on_group
+    /// Stream: the codes are streamed where the tiles can, into a line-aligned buffer at
+    /// `offset` bytes from its start (a misaligned one must fall back to plain stores).
+    template <rounding_policy R, class S, class T, bool Stream = false>
+    std::size_t check_groups_with_params(const std::vector<T>& x, std::size_t group, std::size_t offset = 0)
+    {
+        std::size_t handed = 0;
+        const std::size_t n = x.size();
+        const std::size_t groups = (n + group - 1) / group;
+        code_vector buffer(offset + n, 99);
+        std::vector<float> scales(groups, -1.0f);
+        std::vector<std::int32_t> zps(groups, -1000);
+        kernels::simd::quantize_groups_with_params<R, S, Stream>(x.data(), n, group, scales.data(), S::has_zero_point ? zps.data() : nullptr,
+                                                                  buffer.data() + offset, [&](std::size_t g, const min_max& s, bool finite) {
+                                                              REQUIRE(finite);
+                                                              ++handed;
+                                                              const quant_params p = S::make_params(s);
+                                                              scales[g] = p.scale;
+                                                              zps[g] = p.zero_point;
+                                                              return encode_params{p, S::qmin, S::qmax, scale_application::multiply_inverse};
+                                                          });
+        kernels::simd::store_fence();
+        REQUIRE(std::all_of(buffer.begin(), buffer.begin() + offset, [](std::int8_t c) { return c == 99; }));
+        const std::vector<std::int8_t> got(buffer.begin() + offset, buffer.end());
+        std::vector<std::int8_t> want(n, 99);
+        for (std::size_t g = 0; g < groups; ++g)
+        {
+            const std::size_t c0 = g * group;
+            const std::size_t m = std::min(group, n - c0);
+            bool f = false;
+            const quant_params p = S::make_params(kernels::reference::min_max_span(x.data() + c0, m, f));
+            CAPTURE(g);
+            REQUIRE(scales[g] == p.scale);
+            if (S::has_zero_point) REQUIRE(zps[g] == p.zero_point);
+            kernels::reference::quantize_span<R>(x.data() + c0, m, encode_params{p, S::qmin, S::qmax, scale_application::multiply_inverse},
+                                                 want.data() + c0);
+        }
+        const std::size_t i = first_difference(want, got);
+        CAPTURE(i);
+        CHECK(i == n);
+        return handed;
+    }
+
+    template <class T, bool Stream = false>
+    void check_all_schemes_with_params(const std::vector<T>& x, std::size_t group, std::size_t offset = 0)
+    {
+        check_groups_with_params<half_to_even, symmetric<8>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_away_from_zero, symmetric<8>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_to_even, symmetric<8, symmetric_range::full>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_to_even, symmetric<4>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_away_from_zero, symmetric<4, symmetric_range::full>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_to_even, asymmetric<8>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_away_from_zero, asymmetric<8>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_to_even, asymmetric<4>, T, Stream>(x, group, offset);
+        check_groups_with_params<half_to_even, user_asymmetric, T, Stream>(x, group, offset);
+        check_groups_with_params<half_away_from_zero, user_symmetric_int4, T, Stream>(x, group, offset);
+    }
+}
+
+namespace
+{
+    /// quantize_span with Bounded (e made by a builtin scheme from the span's own statistic)
+    /// against the reference.
+    template <rounding_policy R>
+    void check_bounded_span(const float* p, std::size_t n, const encode_params& e)
+    {
+        std::vector<std::int8_t> want(n);
+        std::vector<std::int8_t> got(n);
+        kernels::reference::quantize_span<R>(p, n, e, want.data());
+        kernels::simd::quantize_span<R, true>(p, n, e, got.data());
+        CHECK(first_difference(want, got) == n);
+    }
+}
+
+TEST_CASE_TEMPLATE("tiles of groups with vector parameters equal the reference", T, float, bfloat16_t, float16_t)
+{
+    const std::size_t w = kernels::simd::width;
+    for (std::size_t group : {w, 2 * w, 4 * w, std::size_t{32}, 3 * w})
+    {
+        // whole tiles, tiles plus spare groups, a ragged last group
+        for (std::size_t n : {w * group, 2 * w * group + 3 * group, 2 * w * group + group / 2 + 1, std::size_t{704}})
+        {
+            CAPTURE(group);
+            CAPTURE(n);
+            auto x = random_values<T>(n, static_cast<unsigned>(n + group));
+            check_all_schemes_with_params(x, group);
+            if ((group == w || group == 2 * w || group == 4 * w) && n == w * group)
+            {
+                // one whole clean tile: nothing goes group by group
+                CHECK(check_groups_with_params<half_to_even, symmetric<8>>(x, group) == 0);
+                CHECK(check_groups_with_params<half_to_even, asymmetric<4>>(x, group) == 0);
+            }
+            // an all-zero group, an all-positive and an all-negative group inside a tile, and
+            // groups of -0 with positive values, with negative values, and alone
+            for (std::size_t k = 0; k < group && 6 * group <= n; ++k)
+            {
+                x[k] = from_float<T>(0.0f);
+                x[group + k] = from_float<T>(0.01f + 0.001f * static_cast<float>(k));
+                x[2 * group + k] = from_float<T>(-0.5f - 0.01f * static_cast<float>(k));
+                x[3 * group + k] = from_float<T>(k % 2 ? -0.0f : 0.25f + 0.01f * static_cast<float>(k));
+                x[4 * group + k] = from_float<T>(k % 2 ? -0.0f : -0.25f - 0.01f * static_cast<float>(k));
+                x[5 * group + k] = from_float<T>(-0.0f);
+            }
+            check_all_schemes_with_params(x, group);
+            check_all_schemes_with_params(tie_and_clamp_values<T>(n), group);
+        }
+    }
+}
+
+namespace
+{
+    /// quantize_groups_with_params_packed against the unpacked kernel: the same scales and zero
+    /// points, and bytes equal to pack_int4 of its codes. Stream: the packed codes are streamed
+    /// where the tiles can, into a line-aligned buffer at `offset` bytes from its start (a
+    /// misaligned one must fall back to plain stores).
+    template <rounding_policy R, class S, class T, bool Stream = false>
+    void check_packed(const std::vector<T>& x, std::size_t group, std::size_t offset = 0)
+    {
+        const std::size_t n = x.size();
+        const auto params = [](const min_max& st, bool finite) {
+            REQUIRE(finite);
+            return encode_params{S::make_params(st), S::qmin, S::qmax, scale_application::multiply_inverse};
+        };
+        std::vector<float> scales(n / group, -1.0f);
+        std::vector<std::int32_t> zps(n / group, -1000);
+        std::vector<std::int8_t> codes(n, 99);
+        kernels::simd::quantize_groups_with_params<R, S>(x.data(), n, group, scales.data(), S::has_zero_point ? zps.data() : nullptr,
+                                                          codes.data(), [&](std::size_t g, const min_max& st, bool f) {
+                                                              const encode_params e = params(st, f);
+                                                              scales[g] = e.params.scale;
+                                                              zps[g] = e.params.zero_point;
+                                                              return e;
+                                                          });
+        std::vector<std::int8_t> want(n / 2);
+        kernels::simd::pack_int4(codes.data(), n, want.data());
+        std::vector<float> got_scales(n / group, -2.0f);
+        std::vector<std::int32_t> got_zps(n / group, -2000);
+        code_vector buffer(offset + n / 2, 99);
+        kernels::simd::quantize_groups_with_params_packed<R, S, Stream>(x.data(), n, group, got_scales.data(),
+                                                                         S::has_zero_point ? got_zps.data() : nullptr, buffer.data() + offset,
+                                                                         [&](std::size_t g, const min_max& st, bool f) {
+                                                                             const encode_params e = params(st, f);
+                                                                             got_scales[g] = e.params.scale;
+                                                                             got_zps[g] = e.params.zero_point;
+                                                                             return e;
+                                                                         });
+        kernels::simd::store_fence();
+        REQUIRE(std::all_of(buffer.begin(), buffer.begin() + offset, [](std::int8_t c) { return c == 99; }));
+        const std::vector<std::int8_t> got(buffer.begin() + offset, buffer.end());
+        CHECK(got_scales == scales);
+        if (S::has_zero_point) CHECK(got_zps == zps);
+        CHECK(first_difference(want, got) == n / 2);
+    }
+}
+
+TEST_CASE_TEMPLATE("int4 tiles packed from L1 equal pack_int4 of the int8 kernel's codes", T, float, bfloat16_t, float16_t)
+{
+    const std::size_t w = kernels::simd::width;
+    // tile sizes (w, 2w, 4w), the buffered path for other sizes (3w, 6, 5 with an even n),
+    // several tiles plus spare groups
+    for (std::size_t group : {w, 2 * w, 4 * w, 3 * w, std::size_t{6}, std::size_t{5}})
+    {
+        for (std::size_t groups : {w, 2 * w + 4, std::size_t{1000}})
+        {
+            const std::size_t n = group * groups;
+            if (n % 2 != 0) continue;
+            CAPTURE(group);
+            CAPTURE(n);
+            const auto x = random_values<T>(n, static_cast<unsigned>(n + group));
+            check_packed<half_to_even, symmetric<4>>(x, group);
+            check_packed<half_away_from_zero, symmetric<4, symmetric_range::full>>(x, group);
+            check_packed<half_to_even, asymmetric<4>>(x, group);
+            check_packed<half_away_from_zero, asymmetric<4>>(tie_and_clamp_values<T>(n), group);
+            for (std::size_t offset : {std::size_t{0}, std::size_t{16}})  // streamed, and a misaligned fallback
+            {
+                CAPTURE(offset);
+                check_packed<half_to_even, symmetric<4>, T, true>(x, group, offset);
+                check_packed<half_to_even, asymmetric<4>, T, true>(x, group, offset);
+                check_packed<half_away_from_zero, asymmetric<4>, T, true>(tie_and_clamp_values<T>(n), group, offset);
+            }
+        }
+    }
+}
+
+TEST_CASE("clamp_pack_int4 equals a clamp of the codes, then pack_int4, for every length and both store kinds")
+{
+    // codes over the whole int8 range: the clamp matters for every nibble position
+    std::mt19937 gen(7);
+    std::uniform_int_distribution<int> dist(-128, 127);
+    for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{2}, std::size_t{63}, std::size_t{64}, std::size_t{127}, std::size_t{128},
+                          std::size_t{129}, std::size_t{256}, std::size_t{512 + 66}, std::size_t{1024}})
+    {
+        CAPTURE(n);
+        std::vector<std::int8_t> codes(n);
+        for (auto& c : codes) c = static_cast<std::int8_t>(dist(gen));
+        std::vector<std::int8_t> clamped = codes;
+        for (auto& c : clamped) c = std::clamp<std::int8_t>(c, -8, 7);
+        std::vector<std::int8_t> want((n + 1) / 2 + 1, 99);
+        kernels::simd::pack_int4(clamped.data(), n, want.data());
+        const auto run = [&]<bool Clamp, bool Stream>(std::bool_constant<Clamp>, std::bool_constant<Stream>, const std::vector<std::int8_t>& in) {
+            std::vector<std::int8_t> work = in;
+            code_vector out((n + 1) / 2 + 1, 99);  // line-aligned; one guard byte after the codes
+            kernels::simd::detail::clamp_pack_int4<Clamp, Stream>(work.data(), n, -8, 7, out.data(), kernels::simd::arch_type{});
+            kernels::simd::store_fence();
+            return std::vector<std::int8_t>(out.begin(), out.end());
+        };
+        CHECK(run(std::true_type{}, std::false_type{}, codes) == want);
+        CHECK(run(std::true_type{}, std::true_type{}, codes) == want);
+        // without the clamp, codes already in range pack the same way
+        CHECK(run(std::false_type{}, std::false_type{}, clamped) == want);
+        CHECK(run(std::false_type{}, std::true_type{}, clamped) == want);
+    }
+}
+
+TEST_CASE("pack_int4 puts code 2k in the low nibble, an odd last code alone")
+{
+    const std::vector<std::int8_t> codes = {1, -1, -8, 7, 0, 3, -2};
+    std::vector<std::int8_t> out(4, 42);
+    kernels::simd::pack_int4(codes.data(), codes.size(), out.data());
+    CHECK(static_cast<std::uint8_t>(out[0]) == 0xf1);  // 1 | (-1 & 0xf) << 4
+    CHECK(static_cast<std::uint8_t>(out[1]) == 0x78);  // -8 -> 0x8, 7 -> 0x7
+    CHECK(static_cast<std::uint8_t>(out[2]) == 0x30);
+    CHECK(static_cast<std::uint8_t>(out[3]) == 0x0e);  // -2 alone, high nibble 0
+}
+
+TEST_CASE("tiles with a subnormal scale (infinite inverse) fall back to the reference")
+{
+    const std::size_t w = kernels::simd::width;
+    std::vector<float> x(4 * w * w);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i % 3 == 0) ? 0.0f : 1e-41f * static_cast<float>(i % 7);
+    CHECK(std::isinf(symmetric<8>::make_params(min_max{0.0f, 6e-41f}).inv_scale));
+    check_all_schemes_with_params(x, w);
+    check_all_schemes_with_params(x, 2 * w);
+    check_all_schemes_with_params(x, 4 * w);
+    check_packed<half_to_even, symmetric<4>>(x, 2 * w);
+    check_packed<half_to_even, asymmetric<4>>(x, 4 * w);
+    check_packed<half_to_even, asymmetric<4>>(x, w);
+}
+
+TEST_CASE("tiles of restricted symmetric groups encode without a clamp: the bound holds at every scale")
+{
+    // The tile encoder skips the clamp for restricted symmetric schemes because |x| <= a gives
+    // |x * fl(1 / fl(a / qmax))| < qmax + 1/2 whenever the inverse is finite. The hardest cases:
+    // values equal to +-a, subnormal scales (largest relative rounding), and scales of every
+    // binade; each tile must equal the reference, which clamps.
+    const std::size_t w = kernels::simd::width;
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+    for (float a : {4.0e-37f, 1.0e-36f, 1.4e-36f, 1.0e-30f, 0.02f, 1.0f, 3.0e38f})
+    {
+        const quant_params p8 = symmetric<8>::make_params(min_max{-a, a});
+        const quant_params p4 = symmetric<4>::make_params(min_max{-a, a});
+        REQUIRE(std::isfinite(p8.inv_scale));
+        REQUIRE(std::isfinite(p4.inv_scale));
+        if (a < 1.0e-35f) CHECK(p8.scale < std::numeric_limits<float>::min());  // subnormal scale
+        for (std::size_t group : {w, 2 * w, 4 * w})
+        {
+            std::vector<float> x(w * group);
+            for (std::size_t i = 0; i < x.size(); ++i)
+            {
+                // each group reaches +a or -a; the rest spread over (-a, a), including a(1 - 2^-24)
+                x[i] = i % 5 == 0 ? ((i / 5) % 2 ? a : -a) : i % 5 == 1 ? std::nextafter(a, 0.0f) : a * unit(rng);
+            }
+            CAPTURE(a);
+            CAPTURE(group);
+            CHECK(check_groups_with_params<half_to_even, symmetric<8>>(x, group) == 0);
+            CHECK(check_groups_with_params<half_away_from_zero, symmetric<8>>(x, group) == 0);
+            CHECK(check_groups_with_params<half_to_even, symmetric<4>>(x, group) == 0);
+            CHECK(check_groups_with_params<half_away_from_zero, symmetric<4>>(x, group) == 0);
+            // the same groups as Bounded spans (per-channel rows, per-tensor), both scale modes
+            for (std::size_t g = 0; g < w; ++g)
+            {
+                const float* p = x.data() + g * group;
+                bool f = false;
+                const min_max st = kernels::reference::min_max_span(p, group, f);
+                for (const scale_application mode : {scale_application::multiply_inverse, scale_application::divide})
+                {
+                    for (const encode_params e : {encode_params{symmetric<8>::make_params(st), -127, 127, mode},
+                                                  encode_params{symmetric<4>::make_params(st), -7, 7, mode}})
+                    {
+                        CAPTURE(g);
+                        check_bounded_span<half_away_from_zero>(p, group, e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+namespace
+{
+    /// Runs quantize_groups_with_params<S> over x and returns the groups handed to on_group, in
+    /// order, until it threw on the first non-finite one (thrown is set).
+    template <class S, class T>
+    std::vector<std::size_t> groups_until_non_finite(const std::vector<T>& x, std::size_t group, bool& thrown)
+    {
+        const std::size_t n = x.size();
+        std::vector<float> scales(n / group);
+        std::vector<std::int32_t> zps(n / group);
+        std::vector<std::int8_t> out(n);
+        std::vector<std::size_t> seen;
+        thrown = false;
+        try
+        {
+            kernels::simd::quantize_groups_with_params<half_to_even, S>(
+                x.data(), n, group, scales.data(), S::has_zero_point ? zps.data() : nullptr, out.data(),
+                [&](std::size_t g, const min_max& s, bool finite) {
+                    seen.push_back(g);
+                    if (!finite) throw std::runtime_error("non-finite");
+                    return encode_params{S::make_params(s), S::qmin, S::qmax, scale_application::multiply_inverse};
+                });
+        }
+        catch (const std::runtime_error&)
+        {
+            thrown = true;
+        }
+        return seen;
+    }
+}
+
+TEST_CASE_TEMPLATE("a non-finite value inside a tile is reported for its own group, in order", T, float, bfloat16_t, float16_t)
+{
+    // Every tile statistic path: max |x| on 32-bit magnitudes, on bf16 16-bit pairs, and
+    // min/max with the x * 0 poison; positions in each quarter of a tile (the reduction tree is
+    // fed four groups at a time) and in a second tile.
+    const std::size_t w = kernels::simd::width;
+    for (std::size_t group : {w, 2 * w, 4 * w})
+    {
+        const std::size_t n = 2 * w * group;
+        for (std::uint16_t bad16 : {std::uint16_t{0}, std::uint16_t{1}, std::uint16_t{2}, std::uint16_t{3}})
+        {
+            const float bad = bad16 == 0 ? std::numeric_limits<float>::quiet_NaN()
+                            : bad16 == 1 ? -std::numeric_limits<float>::quiet_NaN()
+                            : bad16 == 2 ? std::numeric_limits<float>::infinity()
+                                         : -std::numeric_limits<float>::infinity();
+            for (std::size_t pos : {std::size_t{0}, group * 5 + 3, group * (w / 2) + 1, group * (w - 1), group * w + 7, n - 1})
+            {
+                auto x = random_values<T>(n, 5);
+                x[pos] = from_float<T>(bad);
+                CAPTURE(group);
+                CAPTURE(bad);
+                CAPTURE(pos);
+                bool thrown = false;
+                for (int scheme = 0; scheme < 2; ++scheme)
+                {
+                    const auto seen = scheme == 0 ? groups_until_non_finite<symmetric<8>>(x, group, thrown)
+                                                  : groups_until_non_finite<asymmetric<8>>(x, group, thrown);
+                    CAPTURE(scheme);
+                    CHECK(thrown);
+                    REQUIRE_FALSE(seen.empty());
+                    CHECK(seen.back() == pos / group);
+                    // the groups of the failing tile before the bad one were handed over in order
+                    for (std::size_t k = 1; k < seen.size(); ++k) CHECK(seen[k] == seen[k - 1] + 1);
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("int8 tiles and spans clamp by saturation: asymmetric and full-range groups at every scale")
+{
+    // Asymmetric int8 and full-range symmetric int8 encode without a float clamp: the scaled
+    // value stays below 256 in magnitude, so the saturating narrow is the reference's clamp.
+    // The edge cases: one-sided groups (zero point at qmin or qmax), groups reaching exactly
+    // lo or hi, constant groups, and scales from subnormal to near FLT_MAX.
+    const std::size_t w = kernels::simd::width;
+    std::mt19937 rng(13);
+    std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+    for (float a : {4.0e-37f, 1.4e-36f, 1.0e-30f, 0.02f, 1.0f, 1.0e30f, 3.0e38f})
+    {
+        for (std::size_t group : {w, 2 * w, 4 * w})
+        {
+            std::vector<float> x(2 * w * group);
+            for (std::size_t g = 0; g < 2 * w; ++g)
+            {
+                // group kinds: [-a, a], [0, a], [-a, 0], [-a, a / 1000], constant a, constant -a
+                const std::size_t kind = g % 6;
+                const float lo = kind == 0 || kind == 2 || kind == 3 ? -a : kind == 5 ? -a : 0.0f;
+                const float hi = kind == 2 ? 0.0f : kind == 3 ? a / 1000.0f : kind == 5 ? -a : a;
+                for (std::size_t k = 0; k < group; ++k)
+                {
+                    const float u = unit(rng);
+                    float v = kind >= 4 ? (kind == 4 ? a : -a) : lo * (1.0f - u) + hi * u;  // no overflow at 3e38
+                    if (k == 0) v = kind == 4 ? a : lo;
+                    if (k == 1) v = kind == 4 ? a : hi;
+                    if (k == 2 && kind < 4) v = std::nextafter(hi, lo);
+                    x[g * group + k] = v;
+                }
+            }
+            CAPTURE(a);
+            CAPTURE(group);
+            // below ~1e-36 some scales are subnormal with an infinite inverse: those tiles go
+            // group by group (checked all the same); above, every tile takes the vector path
+            const std::size_t fallback = a < 1.0e-36f ? 1 : 0;
+            CHECK(check_groups_with_params<half_to_even, asymmetric<8>>(x, group) * (1 - fallback) == 0);
+            CHECK(check_groups_with_params<half_away_from_zero, asymmetric<8>>(x, group) * (1 - fallback) == 0);
+            CHECK(check_groups_with_params<half_to_even, symmetric<8, symmetric_range::full>>(x, group) * (1 - fallback) == 0);
+            CHECK(check_groups_with_params<half_away_from_zero, symmetric<8, symmetric_range::full>>(x, group) * (1 - fallback) == 0);
+            // the same values as one span each (per-channel rows, per-tensor), encoded Bounded
+            for (std::size_t g = 0; g < 2 * w; ++g)
+            {
+                const float* p = x.data() + g * group;
+                bool f = false;
+                const min_max st = kernels::reference::min_max_span(p, group, f);
+                for (const encode_params e : {encode_params{asymmetric<8>::make_params(st), -128, 127, scale_application::multiply_inverse},
+                                              encode_params{asymmetric<8>::make_params(st), -128, 127, scale_application::divide},
+                                              encode_params{symmetric<8, symmetric_range::full>::make_params(st), -128, 127,
+                                                            scale_application::multiply_inverse}})
+                {
+                    CAPTURE(g);
+                    check_bounded_span<half_to_even>(p, group, e);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver's fast paths (tiles over contiguous rows, pipelined rows, int4 chunks) against a
+// scalar re-derivation from the reference kernels, on shapes large enough to use them.
+
+TEST_CASE_TEMPLATE("streamed spans equal the reference at every alignment and leave their neighbours alone", T, float, bfloat16_t,
+                   float16_t)
+{
+    const auto x = random_values<T>(1100, 5);
+    const std::size_t sizes[] = {1, 15, 16, 47, 48, 63, 64, 65, 127, 128, 129, 200, 704, 1000};
+    for (std::size_t offset = 0; offset < 64; ++offset)
+    {
+        for (std::size_t n : sizes)
+        {
+            CAPTURE(offset);
+            CAPTURE(n);
+            bool f = false;
+            const min_max s = kernels::reference::min_max_span(x.data(), n, f);
+            for (const encode_params& e : {params_for<symmetric<8>>(s, scale_application::multiply_inverse),
+                                           params_for<asymmetric<8>>(s, scale_application::multiply_inverse),
+                                           params_for<asymmetric<4>>(s, scale_application::multiply_inverse),
+                                           params_for<symmetric<8>>(s, scale_application::divide)})
+            {
+                std::vector<std::int8_t> want(64 + n + 64, 99);
+                kernels::reference::quantize_span<half_to_even>(x.data(), n, e, want.data() + offset);
+                code_vector bounded(want.size(), 99), clamped(want.size(), 99);
+                kernels::simd::quantize_span<half_to_even, true, true>(x.data(), n, e, bounded.data() + offset);
+                kernels::simd::quantize_span<half_to_even, false, true>(x.data(), n, e, clamped.data() + offset);
+                kernels::simd::store_fence();
+                REQUIRE(std::equal(want.begin(), want.end(), bounded.begin()));
+                REQUIRE(std::equal(want.begin(), want.end(), clamped.begin()));
+            }
+        }
+    }
+}
+
+TEST_CASE_TEMPLATE("streamed tiles equal the reference; a misaligned output falls back to plain stores", T, float, bfloat16_t, float16_t)
+{
+    const std::size_t w = kernels::simd::width;
+    for (std::size_t group : {w, 2 * w, 4 * w})
+    {
+        for (std::size_t n : {group * w * 3, group * (w * 2 + 3), group * 5})  // whole tiles, a partial last tile, no whole tile
+        {
+            for (std::size_t offset : {std::size_t{0}, std::size_t{16}, std::size_t{1}})
+            {
+                CAPTURE(group);
+                CAPTURE(n);
+                CAPTURE(offset);
+                check_all_schemes_with_params<T, true>(random_values<T>(n, static_cast<unsigned>(n + group)), group, offset);
+            }
+        }
+    }
+}
+
+namespace
+{
+    template <class G, class S, rounding_policy R, class T>
+    void check_driver(const std::vector<T>& x, std::size_t rows, std::size_t cols, std::size_t group, unsigned threads)
+    {
+        quant_spec spec;
+        spec.group_size = group;
+        const auto view = make_view(x.data(), rows, cols, "w");
+        const quantized_tensor q = quantize<quantizer<G, S, R>>(view, spec, threads);
+        const std::size_t gsize = std::same_as<G, per_group<>> ? group : cols;
+        std::vector<std::int8_t> codes(cols);
+        std::vector<std::int8_t> packed((cols + 1) / 2);
+        min_max tensor = min_max::identity();
+        for (std::size_t r = 0; r < rows; ++r)
+        {
+            bool f = false;
+            tensor = combine(tensor, kernels::reference::min_max_span(view.row(r), cols, f));
+        }
+        for (std::size_t r = 0; r < rows; ++r)
+        {
+            for (std::size_t c0 = 0; c0 < cols; c0 += gsize)
+            {
+                const std::size_t m = std::min(gsize, cols - c0);
+                bool f = false;
+                const min_max s = std::same_as<G, per_tensor> ? tensor : kernels::reference::min_max_span(view.row(r) + c0, m, f);
+                const quant_params p = S::make_params(s);
+                const std::size_t o = q.layout.orbit(r, c0 / q.layout.group);
+                REQUIRE(q.scales[o] == p.scale);
+                REQUIRE(q.zero_point(o) == p.zero_point);
+                kernels::reference::quantize_span<R>(view.row(r) + c0, m, encode_params{p, S::qmin, S::qmax, spec.mode}, codes.data() + c0);
+            }
+            for (std::size_t c = 0; c < cols; ++c)
+            {
+                if (q.code(r, c) != codes[c])
+                {
+                    CAPTURE(r);
+                    CAPTURE(c);
+                    REQUIRE(q.code(r, c) == codes[c]);
+                }
+            }
+        }
+    }
+
+    template <class T>
+    void check_driver_all(std::size_t rows, std::size_t cols, std::size_t group)
+    {
+        CAPTURE(rows);
+        CAPTURE(cols);
+        CAPTURE(group);
+        const auto x = random_values<T>(rows * cols, static_cast<unsigned>(rows + cols));
+        for (unsigned threads : {1u, 2u})
+        {
+            check_driver<per_group<>, symmetric<8>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_group<>, asymmetric<8>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_group<>, symmetric<4>, half_away_from_zero>(x, rows, cols, group, threads);
+            check_driver<per_group<>, asymmetric<4>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_channel, symmetric<8>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_channel, asymmetric<4>, half_away_from_zero>(x, rows, cols, group, threads);
+            check_driver<per_channel, asymmetric<8>, half_away_from_zero>(x, rows, cols, group, threads);
+            check_driver<per_channel, symmetric<8, symmetric_range::full>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_tensor, asymmetric<8>, half_to_even>(x, rows, cols, group, threads);
+            check_driver<per_tensor, symmetric<4>, half_to_even>(x, rows, cols, group, threads);
+        }
+    }
+}
+
+TEST_CASE_TEMPLATE("quantize's fast paths equal the reference on tile-sized shapes", T, float, bfloat16_t, float16_t)
+{
+    check_driver_all<T>(37, 704, 32);   // 22 groups a row: tiles span rows
+    check_driver_all<T>(9, 2816, 16);   // 176 groups a row
+    check_driver_all<T>(300, 64, 32);   // several rows per int4 chunk
+    check_driver_all<T>(5, 99, 33);     // odd columns: general path, odd int4 rows
+}
+
+TEST_CASE("passes larger than the caches stream their codes and still equal the reference")
+{
+    // 2816 x 1408 f32: 15.9 MB in, 4.0 MB of int8 codes or 2.0 MB of int4 codes, over
+    // stream_codes' 16 MiB either way
+    const std::size_t rows = 2816, cols = 1408;
+    REQUIRE(kernels::simd::stream_codes(rows * cols * sizeof(float), rows * cols / 2) == kernels::simd::has_streaming_stores);
+    REQUIRE_FALSE(kernels::simd::stream_codes(rows * cols * sizeof(float) / 2, rows * cols / 2));
+    const auto x = random_values<float>(rows * cols, 11);
+    for (unsigned threads : {1u, 2u})
+    {
+        check_driver<per_channel, symmetric<8>, half_to_even>(x, rows, cols, 0, threads);
+        check_driver<per_channel, asymmetric<8>, half_away_from_zero>(x, rows, cols, 0, threads);
+        check_driver<per_group<>, symmetric<8>, half_to_even>(x, rows, cols, 32, threads);
+        check_driver<per_group<>, asymmetric<8>, half_to_even>(x, rows, cols, 32, threads);
+        check_driver<per_group<>, symmetric<8, symmetric_range::full>, half_away_from_zero>(x, rows, cols, 16, threads);
+        check_driver<per_tensor, symmetric<8>, half_to_even>(x, rows, cols, 0, threads);
+        // int4: the flat group tiles stream their packed codes, the other paths pack from a
+        // row buffer that is never streamed
+        check_driver<per_group<>, asymmetric<4>, half_to_even>(x, rows, cols, 32, threads);
+        check_driver<per_group<>, symmetric<4>, half_away_from_zero>(x, rows, cols, 16, threads);
+        check_driver<per_channel, asymmetric<4>, half_to_even>(x, rows, cols, 0, threads);
+        check_driver<per_tensor, symmetric<4>, half_to_even>(x, rows, cols, 0, threads);
+    }
+}
+
+TEST_CASE("a non-finite value in a tile spanning rows names its own row and column")
+{
+    const std::size_t rows = 40;
+    const std::size_t cols = 704;
+    for (std::size_t at : {std::size_t{0}, 5 * cols + 700, 17 * cols + 33, rows * cols - 1})
+    {
+        for (int bits : {8, 4})
+        {
+            for (scheme_kind sch : {scheme_kind::symmetric, scheme_kind::asymmetric})
+            {
+                auto x = random_values<float>(rows * cols, 1);
+                x[at] = std::numeric_limits<float>::infinity();
+                quant_spec spec{.granularity = granularity_kind::per_group, .group_size = 32, .bits = bits, .scheme = sch};
+                CAPTURE(at);
+                CAPTURE(bits);
+                for (unsigned threads : {1u, 2u})
+                {
+                    try
+                    {
+                        (void)quantize(make_view(x.data(), rows, cols, "w"), spec, threads);
+                        FAIL("expected non_finite_error");
+                    }
+                    catch (const non_finite_error& e)
+                    {
+                        CHECK(e.row() == at / cols);
+                        CHECK(e.col() == at % cols);
+                    }
+                }
+            }
+        }
+    }
+}
