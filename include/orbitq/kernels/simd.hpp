@@ -2,7 +2,8 @@
 /// @brief xsimd kernels for the statistics and quantize passes, compiled for the instruction set
 ///        of the build (xsimd::default_arch: AVX-512 with -march=native on an AVX-512 machine,
 ///        SSE2 on a baseline x86-64 build). Bit-identical to kernels::reference, which
-///        tests/test_kernels.cpp checks on every length class (tails included) in both builds.
+///        tests/test_kernels.cpp and test_kernel_tiles.cpp check on every length class (tails
+///        included) in both builds.
 ///
 /// Every kernel works on batches of `width` float32 lanes:
 /// - 16-bit inputs (bfloat16, binary16) are widened in registers as they are loaded (bf16: a
@@ -64,10 +65,11 @@ namespace orbitq::kernels::simd
     ///        (the `Stream` parameter of quantize_span and quantize_groups_with_params): full
     ///        64-byte lines of codes go to memory without first being read for ownership, so a
     ///        pass from memory moves 5 bytes per f32 value instead of 6 (read 4, write 1, no
-    ///        read of the code line), and 3 per 16-bit value instead of 4. Where false, Stream
-    ///        changes nothing.
-#if XSIMD_WITH_AVX512BW
-    inline constexpr bool has_streaming_stores = std::derived_from<arch_type, xsimd::avx512bw>;
+    ///        read of the code line), and 3 per 16-bit value instead of 4. AVX-512BW stores a
+    ///        line at once, AVX2 a line as two aligned halves. Where false, Stream changes
+    ///        nothing.
+#if XSIMD_WITH_AVX2
+    inline constexpr bool has_streaming_stores = std::derived_from<arch_type, xsimd::avx512bw> || std::derived_from<arch_type, xsimd::avx2>;
 #else
     inline constexpr bool has_streaming_stores = false;
 #endif
@@ -76,7 +78,7 @@ namespace orbitq::kernels::simd
     ///        (sfence): a pass that streamed codes calls it before it signals completion.
     inline void store_fence() noexcept
     {
-#if XSIMD_WITH_AVX512BW
+#if XSIMD_WITH_AVX2
         if constexpr (has_streaming_stores) _mm_sfence();
 #endif
     }
@@ -352,8 +354,9 @@ namespace orbitq::kernels::simd
                                   const ibatch<A>& zp_ab = ibatch<A>(0), const ibatch<A>& zp_cd = ibatch<A>(0)) noexcept
         {
             // As AVX-512BW on two 128-bit lanes: bytes [a_k, b_k, c_k, d_k] in lane k, one dword
-            // permutation puts them in order. (No pack order and no streaming stores here.)
-            static_assert(!PackOrdered && !Stream, "AVX2 loads in order and stores through the cache");
+            // permutation puts them in order. (No pack order here: AVX2 loads in order.)
+            // @pre Stream: out is 32-byte aligned (half a line; its callers stream whole lines).
+            static_assert(!PackOrdered, "AVX2 loads in order");
             __m256i ab = _mm256_packs_epi32(a, b);
             __m256i cd = _mm256_packs_epi32(c, d);
             if constexpr (AddZp)
@@ -363,7 +366,8 @@ namespace orbitq::kernels::simd
             }
             const __m256i abcd = _mm256_packs_epi16(ab, cd);
             const __m256i v = _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v);
+            if constexpr (Stream) _mm256_stream_si256(reinterpret_cast<__m256i*>(out), v);
+            else _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v);
         }
 #endif
 
@@ -1077,11 +1081,36 @@ namespace orbitq::kernels::simd
                 if constexpr (Stream) _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i / 2), v);
                 else _mm512_storeu_si512(out + i / 2, v);
             }
-            if (i < n)
+            if (i < n) clamp_pack_int4<Clamp, false>(codes + i, n - i, lo, hi, out + i / 2, xsimd::generic{});  // the tail
+        }
+#endif
+#if XSIMD_WITH_AVX2
+        /// AVX2: the same 16-bit word trick, 64 codes to 32 bytes of out per step (Stream: an
+        /// aligned half line).
+        template <bool Clamp, bool Stream, class A>
+            requires std::derived_from<A, xsimd::avx2>
+        inline void clamp_pack_int4(std::int8_t* codes, std::size_t n, std::int8_t lo, std::int8_t hi, std::int8_t* out, A) noexcept
+        {
+            const __m256i vlo = _mm256_set1_epi8(lo);
+            const __m256i vhi = _mm256_set1_epi8(hi);
+            const __m256i low_nibble = _mm256_set1_epi16(0x000f);
+            const __m256i high_nibble = _mm256_set1_epi16(0x00f0);
+            // 32 codes -> 16 words whose low byte is pack_int4's: (u & 0x0f) | ((u >> 4) & 0xf0)
+            const auto words = [&](const std::int8_t* p) {
+                __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+                if constexpr (Clamp) u = _mm256_min_epi8(_mm256_max_epi8(u, vlo), vhi);
+                return _mm256_or_si256(_mm256_and_si256(u, low_nibble), _mm256_and_si256(_mm256_srli_epi16(u, 4), high_nibble));
+            };
+            std::size_t i = 0;
+            for (; i + 64 <= n; i += 64)
             {
-                if constexpr (Clamp) clamp_codes(codes + i, n - i, lo, hi);
-                pack_int4(codes + i, n - i, out + i / 2);
+                // the unsigned narrow (exact: words <= 0xff) works per 128-bit lane, giving
+                // qwords (first 0, second 0, first 1, second 1); one qword permutation orders them
+                const __m256i v = _mm256_permute4x64_epi64(_mm256_packus_epi16(words(codes + i), words(codes + i + 32)), 0xd8);
+                if constexpr (Stream) _mm256_stream_si256(reinterpret_cast<__m256i*>(out + i / 2), v);
+                else _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i / 2), v);
             }
+            if (i < n) clamp_pack_int4<Clamp, false>(codes + i, n - i, lo, hi, out + i / 2, xsimd::generic{});  // the tail
         }
 #endif
     }
@@ -1271,7 +1300,7 @@ namespace orbitq::kernels::simd
         };
 
         /// The batch form of S::make_params for orbitq's schemes (the same float32 operations in
-        /// the same order, so equal lane by lane; test_kernels checks it); any other scheme goes
+        /// the same order, so equal lane by lane; test_kernel_tiles checks it); any other scheme goes
         /// lane by lane through S::make_params itself.
         template <class S>
         [[gnu::always_inline]] inline batch_params make_batch_params(const float_batch& mn, const float_batch& mx) noexcept
@@ -1788,13 +1817,17 @@ namespace orbitq::kernels::simd
         }
 
         /// The tile loop; Stream: see quantize_groups_with_params, taken only where the tiles can
-        /// stream (out 64-byte aligned, and int8 codes of groups of two batches with no code
-        /// clamp, or packed codes: a tile packs to whole lines).
+        /// stream (out 64-byte aligned, and int8 codes of groups of two or four batches with no
+        /// code clamp, or packed codes: a tile packs to whole lines), except 16-bit inputs on
+        /// AVX2: their tiles ran 2-6 % slower streamed than stored after a write prefetch
+        /// (bench/compare, seed shape, per_group32 int8 and int4, two runs), while f32 tiles
+        /// ran 3-8 % faster streamed.
         template <rounding_policy R, class S, std::size_t NB, bool Packed, bool Stream, weight_element T, class OnGroup>
         inline void quantize_tiles(const T* x, std::size_t n, float* scales, std::int32_t* zero_points, std::int8_t* out,
                                    OnGroup& on_group)
         {
-            constexpr bool can_stream = has_streaming_stores && (Packed || (narrows_in_quads<NB> && !clamps_codes<S>));
+            constexpr bool streams_type = sizeof(T) == 4 || !std::derived_from<arch_type, xsimd::avx2>;
+            constexpr bool can_stream = has_streaming_stores && streams_type && (Packed || (narrows_in_quads<NB> && !clamps_codes<S>));
             if constexpr (Stream && can_stream)
             {
                 if (reinterpret_cast<std::uintptr_t>(out) % 64 == 0) return tile_loop<R, S, NB, Packed, true>(x, n, scales, zero_points, out, on_group);
