@@ -26,7 +26,6 @@ namespace
     /// zero point that centres it, the symmetric one puts max |x| at code 9 (codes -8..7).
     struct user_asymmetric
     {
-        static constexpr const char* name = "user_asymmetric";
         static constexpr int bits = 8;
         static constexpr int qmin = -128;
         static constexpr int qmax = 127;
@@ -43,7 +42,6 @@ namespace
 
     struct user_symmetric_int4
     {
-        static constexpr const char* name = "user_symmetric_int4";
         static constexpr int bits = 4;
         static constexpr int qmin = -8;
         static constexpr int qmax = 7;
