@@ -2,8 +2,8 @@
 /// @brief xsimd kernels for the statistics and quantize passes, compiled for the instruction set
 ///        of the build (xsimd::default_arch: AVX-512 with -march=native on an AVX-512 machine,
 ///        SSE2 on a baseline x86-64 build). Bit-identical to kernels::reference, which
-///        tests/test_kernels.cpp, test_kernel_tiles.cpp and test_kernel_passes.cpp check on every length class (tails
-///        included) in both builds.
+///        tests/test_kernels.cpp, test_kernel_tiles.cpp and test_kernel_passes.cpp check on
+///        every length class (tails included) in both builds.
 ///
 /// Every kernel works on batches of `width` float32 lanes:
 /// - 16-bit inputs (bfloat16, binary16) are widened in registers as they are loaded (bf16: a
