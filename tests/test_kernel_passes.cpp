@@ -4,21 +4,12 @@
 #include "kernel_test_support.hpp"
 
 #include <algorithm>
-#include <bit>
-#include <cmath>
 #include <cstdint>
 #include <limits>
-#include <random>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
 using namespace orbitq;
 using namespace kernel_tests;
-
-// ---------------------------------------------------------------------------------------------
-// The driver's fast paths (tiles over contiguous rows, pipelined rows, int4 chunks) against a
-// scalar re-derivation from the reference kernels, on shapes large enough to use them.
 
 TEST_CASE_TEMPLATE("streamed spans equal the reference at every alignment and leave their neighbours alone", T, float, bfloat16_t,
                    float16_t)
@@ -68,6 +59,10 @@ TEST_CASE_TEMPLATE("streamed tiles equal the reference; a misaligned output fall
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The driver's fast paths (tiles over contiguous rows, pipelined rows, int4 chunks) against a
+// scalar re-derivation from the reference kernels, on shapes large enough to use them.
 
 namespace
 {
