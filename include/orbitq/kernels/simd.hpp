@@ -7,7 +7,7 @@
 ///
 /// Every kernel works on batches of `width` float32 lanes:
 /// - 16-bit inputs (bfloat16, binary16) are widened in registers as they are loaded (bf16: a
-///   zero-extend and a shift, or two unpacks per 64 bytes where the encode takes pairs of
+///   zero-extend and a shift, or two unpacks per 32 or 64 bytes where the encode takes pairs of
 ///   batches, see load_pair; f16: the F16C conversion), never through a float32 copy. Their
 ///   statistics need no widening at all: max |x| on the 16-bit magnitudes, min and max on
 ///   ordered int16 keys of the raw bits (b ^ ((b >> 15) & 0x7fff)), widened once per result.
@@ -210,10 +210,11 @@ namespace orbitq::kernels::simd
 #endif
 
         // ------------------------------------------------------------------ pairs of batches
-        // 2 width consecutive values as two batches. In order, except bf16 on AVX-512BW, which
-        // widens a whole 64-byte load with two unpacks (no shifts): each 128-bit chunk k of the
-        // first batch holds values 8k..8k+3, of the second 8k+4..8k+7. That is the order the
-        // saturating packs interleave, so store_int8_x4<true> puts the codes back in order.
+        // 2 width consecutive values as two batches. In order, except bf16 on AVX2 and AVX-512BW,
+        // which widen a whole 32- or 64-byte load with two unpacks (no shifts): each 128-bit
+        // chunk k of the first batch holds values 8k..8k+3, of the second 8k+4..8k+7. That is the
+        // order the saturating packs interleave, so store_int8_x4<true> puts the codes back in
+        // order.
 
         /// Whether load_pair gives T's values in pack order (see above).
         template <class T, class A>
@@ -225,6 +226,22 @@ namespace orbitq::kernels::simd
             return {load(p, A{}), load(p + fbatch<A>::size, A{})};
         }
 
+#if XSIMD_WITH_AVX2
+        template <class A>
+            requires std::derived_from<A, xsimd::avx2>
+        inline constexpr bool pack_ordered_pairs<bfloat16_t, A> = true;
+
+        template <class A>
+            requires std::derived_from<A, xsimd::avx2>
+        inline std::array<fbatch<A>, 2> load_pair(const bfloat16_t* p, A) noexcept
+        {
+            // as AVX-512BW below, on two 128-bit chunks
+            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+            const __m256i zero = _mm256_setzero_si256();
+            return {fbatch<A>(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, h))),
+                    fbatch<A>(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, h)))};
+        }
+#endif
 #if XSIMD_WITH_AVX512BW
         template <class A>
             requires std::derived_from<A, xsimd::avx512bw>
@@ -354,9 +371,10 @@ namespace orbitq::kernels::simd
                                   const ibatch<A>& zp_ab = ibatch<A>(0), const ibatch<A>& zp_cd = ibatch<A>(0)) noexcept
         {
             // As AVX-512BW on two 128-bit lanes: bytes [a_k, b_k, c_k, d_k] in lane k, one dword
-            // permutation puts them in order. (No pack order here: AVX2 loads in order.)
+            // permutation puts them in order; in pack order, words [a_k, b_k] are values 8k..8k+7
+            // of the first pair, so the bytes hold qwords (pair 1 part k, pair 2 part k), one
+            // qword permutation.
             // @pre Stream: out is 32-byte aligned (half a line; its callers stream whole lines).
-            static_assert(!PackOrdered, "AVX2 loads in order");
             __m256i ab = _mm256_packs_epi32(a, b);
             __m256i cd = _mm256_packs_epi32(c, d);
             if constexpr (AddZp)
@@ -365,7 +383,9 @@ namespace orbitq::kernels::simd
                 cd = _mm256_add_epi16(cd, zp_cd);
             }
             const __m256i abcd = _mm256_packs_epi16(ab, cd);
-            const __m256i v = _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            __m256i v;
+            if constexpr (PackOrdered) v = _mm256_permute4x64_epi64(abcd, 0xd8);  // qwords 0, 2, 1, 3
+            else v = _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             if constexpr (Stream) _mm256_stream_si256(reinterpret_cast<__m256i*>(out), v);
             else _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v);
         }
@@ -1442,8 +1462,12 @@ namespace orbitq::kernels::simd
         /// The parameters of a tile of `count` <= width groups of NB batches, into bp; false when
         /// the fast path may not use them: a value is not finite or an inverse scale is infinite
         /// (the caller then takes the tile group by group, which reports an error in order).
+        /// Always inlined into the tile loop: GCC 12 kept it out of line, and wrote bp through
+        /// the stack and general registers, 16 bytes at a time, at the end of the tile's latency
+        /// chain; inlined, bp stays in registers until encode_tile's call (bench/README, sixth
+        /// round on the AVX2 VM).
         template <class S, std::size_t NB, weight_element T>
-        inline bool compute_tile_params(const T* x, std::size_t count, batch_params& bp) noexcept
+        [[gnu::always_inline]] inline bool compute_tile_params(const T* x, std::size_t count, batch_params& bp) noexcept
         {
             constexpr std::size_t group = NB * width;
             constexpr bool abs_only = !S::has_zero_point && is_builtin_scheme<S>;
