@@ -1320,23 +1320,27 @@ namespace orbitq::kernels::simd
         };
 
         /// The batch form of S::make_params for orbitq's schemes (the same float32 operations in
-        /// the same order, so equal lane by lane; test_kernel_tiles checks it); any other scheme goes
-        /// lane by lane through S::make_params itself.
+        /// the same order, so equal lane by lane; test_kernel_tiles checks it), into bp; any other
+        /// scheme goes lane by lane through S::make_params itself. bp's members are assigned one
+        /// by one: GCC 12 moved a batch_params returned by value, or a pair of batches, through
+        /// the stack and general registers, 16 bytes at a time, at the end of each tile's
+        /// latency chain.
         template <class S>
-        [[gnu::always_inline]] inline batch_params make_batch_params(const float_batch& mn, const float_batch& mx) noexcept
+        [[gnu::always_inline]] inline void make_batch_params(const float_batch& mn, const float_batch& mx, batch_params& bp) noexcept
         {
-            const auto inverse = [](const float_batch& scale) {
+            const auto set_scale = [&bp](const float_batch& scale) {
                 // detail::with_inverse: !(scale > 0) gives (0, 0)
                 const auto pos = scale > float_batch(0.0f);
-                return std::pair{xsimd::select(pos, scale, float_batch(0.0f)), xsimd::select(pos, float_batch(1.0f) / scale, float_batch(0.0f))};
+                bp.scale = xsimd::select(pos, scale, float_batch(0.0f));
+                bp.inv = xsimd::select(pos, float_batch(1.0f) / scale, float_batch(0.0f));
             };
             if constexpr (is_builtin_scheme<S> && !S::has_zero_point)
             {
                 // min_max::to_abs_max: a = -min; a < max ? max : a
                 const float_batch a = -mn;
                 const float_batch amax = xsimd::select(a < mx, mx, a);
-                const auto [scale, inv] = inverse(amax / float_batch(S::divisor));
-                return {scale, inv, int_batch(0)};
+                set_scale(amax / float_batch(S::divisor));
+                bp.zero_point = int_batch(0);
             }
             else if constexpr (is_builtin_scheme<S>)
             {
@@ -1349,8 +1353,8 @@ namespace orbitq::kernels::simd
                 const float_batch qmin(static_cast<float>(S::qmin));
                 const float_batch qmax(static_cast<float>(S::qmax));
                 zp = xsimd::select(zp < qmin, qmin, xsimd::select(zp > qmax, qmax, zp));
-                const auto [s, inv] = inverse(scale);
-                return {s, inv, xsimd::to_int(xsimd::select(pos, zp, zero))};
+                set_scale(scale);
+                bp.zero_point = xsimd::to_int(xsimd::select(pos, zp, zero));
             }
             else
             {
@@ -1368,7 +1372,9 @@ namespace orbitq::kernels::simd
                     in[j] = p.inv_scale;
                     zp[j] = p.zero_point;
                 }
-                return {float_batch::load_aligned(sc), float_batch::load_aligned(in), int_batch::load_aligned(zp)};
+                bp.scale = float_batch::load_aligned(sc);
+                bp.inv = float_batch::load_aligned(in);
+                bp.zero_point = int_batch::load_aligned(zp);
             }
         }
 
@@ -1422,7 +1428,7 @@ namespace orbitq::kernels::simd
         template <class S>
         [[gnu::always_inline]] inline bool usable_tile_params(const float_batch& mn, const float_batch& mx, bool finite, batch_params& bp) noexcept
         {
-            bp = make_batch_params<S>(mn, mx);
+            make_batch_params<S>(mn, mx, bp);
             return finite && !xsimd::any(xsimd::isinf(bp.inv));
         }
 
@@ -1462,10 +1468,8 @@ namespace orbitq::kernels::simd
         /// The parameters of a tile of `count` <= width groups of NB batches, into bp; false when
         /// the fast path may not use them: a value is not finite or an inverse scale is infinite
         /// (the caller then takes the tile group by group, which reports an error in order).
-        /// Always inlined into the tile loop: GCC 12 kept it out of line, and wrote bp through
-        /// the stack and general registers, 16 bytes at a time, at the end of the tile's latency
-        /// chain; inlined, bp stays in registers until encode_tile's call (bench/README, sixth
-        /// round on the AVX2 VM).
+        /// Always inlined into the tile loop, so bp stays in registers until encode_tile's call:
+        /// GCC 12 left it out of line in some units (the bench binary) and not in others.
         template <class S, std::size_t NB, weight_element T>
         [[gnu::always_inline]] inline bool compute_tile_params(const T* x, std::size_t count, batch_params& bp) noexcept
         {
