@@ -143,6 +143,31 @@ TEST_CASE_TEMPLATE("int4 tiles packed from L1 equal pack_int4 of the int8 kernel
     }
 }
 
+TEST_CASE("load_pair gives bf16 values in pack order exactly where pack_ordered_pairs says so")
+{
+    using A = kernels::simd::arch_type;
+    namespace d = kernels::simd::detail;
+    static_assert(d::pack_ordered_pairs<bfloat16_t, xsimd::avx2> && d::pack_ordered_pairs<bfloat16_t, xsimd::fma3<xsimd::avx2>>);
+    static_assert(d::pack_ordered_pairs<bfloat16_t, xsimd::avx512bw>);
+    static_assert(!d::pack_ordered_pairs<float, xsimd::avx2> && !d::pack_ordered_pairs<float16_t, xsimd::avx512bw>);
+    static_assert(!d::pack_ordered_pairs<bfloat16_t, xsimd::sse4_2> && !d::pack_ordered_pairs<bfloat16_t, xsimd::avx512f>);
+
+    constexpr std::size_t w = d::fbatch<A>::size;
+    std::vector<bfloat16_t> in(2 * w);
+    for (std::size_t i = 0; i < in.size(); ++i) in[i] = to_bfloat16(static_cast<float>(i));
+    const auto pair = d::load_pair(in.data(), A{});
+    std::vector<float> got(2 * w);
+    pair[0].store_unaligned(got.data());
+    pair[1].store_unaligned(got.data() + w);
+    for (std::size_t b = 0; b < 2; ++b)
+        for (std::size_t l = 0; l < w; ++l)
+        {
+            // pack order: 128-bit chunk k of batch b holds values 8k + 4b .. 8k + 4b + 3
+            const std::size_t want = d::pack_ordered_pairs<bfloat16_t, A> ? 8 * (l / 4) + 4 * b + l % 4 : b * w + l;
+            CHECK(got[b * w + l] == static_cast<float>(want));
+        }
+}
+
 TEST_CASE("clamp_pack_int4 equals a clamp of the codes, then pack_int4, for every length and both store kinds")
 {
     // codes over the whole int8 range: the clamp matters for every nibble position

@@ -216,9 +216,11 @@ namespace orbitq::kernels::simd
         // order the saturating packs interleave, so store_int8_x4<true> puts the codes back in
         // order.
 
-        /// Whether load_pair gives T's values in pack order (see above).
+        /// Whether load_pair gives T's values in pack order (see above): bf16 on AVX2 and on
+        /// AVX-512BW, the two load_pair specializations below.
         template <class T, class A>
-        inline constexpr bool pack_ordered_pairs = false;
+        inline constexpr bool pack_ordered_pairs =
+            std::same_as<T, bfloat16_t> && (std::derived_from<A, xsimd::avx2> || std::derived_from<A, xsimd::avx512bw>);
 
         template <class A, class T>
         inline std::array<fbatch<A>, 2> load_pair(const T* p, A) noexcept
@@ -227,10 +229,6 @@ namespace orbitq::kernels::simd
         }
 
 #if XSIMD_WITH_AVX2
-        template <class A>
-            requires std::derived_from<A, xsimd::avx2>
-        inline constexpr bool pack_ordered_pairs<bfloat16_t, A> = true;
-
         template <class A>
             requires std::derived_from<A, xsimd::avx2>
         inline std::array<fbatch<A>, 2> load_pair(const bfloat16_t* p, A) noexcept
@@ -243,10 +241,6 @@ namespace orbitq::kernels::simd
         }
 #endif
 #if XSIMD_WITH_AVX512BW
-        template <class A>
-            requires std::derived_from<A, xsimd::avx512bw>
-        inline constexpr bool pack_ordered_pairs<bfloat16_t, A> = true;
-
         template <class A>
             requires std::derived_from<A, xsimd::avx512bw>
         inline std::array<fbatch<A>, 2> load_pair(const bfloat16_t* p, A) noexcept
