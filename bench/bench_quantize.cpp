@@ -1,5 +1,6 @@
 /// @file bench_quantize.cpp
-/// @brief Google Benchmark suite: every granularity x scheme x bits x input dtype of
+/// @brief Google Benchmark suite: every granularity (per_group with groups of 32, 64 and 128
+///        where they divide the rows) x scheme x bits x input dtype of
 ///        orbitq::quantize_into on the seed's (45056, 704) matrix and two Gemma 4 expert shapes,
 ///        at 1 and 2 threads, next to the roofline loops (read/convert/write, the same with
 ///        streaming stores, read-only max|x|, memcpy) compiled with the same flags. Bytes
@@ -25,6 +26,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace
@@ -336,8 +338,15 @@ namespace
                     }
                 }
             }
-            for (granularity_kind g : {granularity_kind::per_tensor, granularity_kind::per_channel, granularity_kind::per_group})
+            // per_group: groups of 32 (llama.cpp's blocks), 64 and 128 (GPTQ / AWQ), where they divide the rows
+            const std::pair<granularity_kind, std::size_t> grans[] = {{granularity_kind::per_tensor, 0},
+                                                                      {granularity_kind::per_channel, 0},
+                                                                      {granularity_kind::per_group, 32},
+                                                                      {granularity_kind::per_group, 64},
+                                                                      {granularity_kind::per_group, 128}};
+            for (const auto& [g, group] : grans)
             {
+                if (group != 0 && s.cols % group != 0) continue;
                 for (scheme_kind sch : {scheme_kind::symmetric, scheme_kind::asymmetric})
                 {
                     for (int bits : {8, 4})
@@ -348,10 +357,10 @@ namespace
                             {
                                 orbitq::quant_spec spec;
                                 spec.granularity = g;
-                                spec.group_size = g == granularity_kind::per_group ? 32 : 0;
+                                spec.group_size = group;
                                 spec.scheme = sch;
                                 spec.bits = bits;
-                                const std::string gname = g == granularity_kind::per_group ? "per_group32" : orbitq::to_string(g);
+                                const std::string gname = group != 0 ? "per_group" + std::to_string(group) : orbitq::to_string(g);
                                 const std::string name = "quantize/" + s.name() + "/" + gname + "/" + orbitq::to_string(sch) + "/int"
                                                          + std::to_string(bits) + "/" + dtype_name(d)
                                                          + "/threads:" + std::to_string(t);

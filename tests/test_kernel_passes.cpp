@@ -45,7 +45,7 @@ TEST_CASE_TEMPLATE("streamed spans equal the reference at every alignment and le
 TEST_CASE_TEMPLATE("streamed tiles equal the reference; a misaligned output falls back to plain stores", T, float, bfloat16_t, float16_t)
 {
     const std::size_t w = kernels::simd::width;
-    for (std::size_t group : {w, 2 * w, 4 * w})
+    for (std::size_t group : {w, 2 * w, 4 * w, 8 * w, 16 * w})
     {
         for (std::size_t n : {group * w * 3, group * (w * 2 + 3), group * 5})  // whole tiles, a partial last tile, no whole tile
         {
@@ -136,6 +136,8 @@ TEST_CASE_TEMPLATE("quantize's fast paths equal the reference on tile-sized shap
     check_driver_all<T>(9, 2816, 16);   // 176 groups a row
     check_driver_all<T>(300, 64, 32);   // several rows per int4 chunk
     check_driver_all<T>(5, 99, 33);     // odd columns: general path, odd int4 rows
+    check_driver_all<T>(13, 704, 64);   // groups of 8 (AVX2) or 4 (AVX-512) batches
+    check_driver_all<T>(21, 1408, 128); // groups of 16 or 8 batches; tiles span rows
 }
 
 TEST_CASE("passes larger than the caches stream their codes and still equal the reference")

@@ -36,7 +36,7 @@ namespace
 TEST_CASE_TEMPLATE("tiles of groups with vector parameters equal the reference", T, float, bfloat16_t, float16_t)
 {
     const std::size_t w = kernels::simd::width;
-    for (std::size_t group : {w, 2 * w, 4 * w, std::size_t{32}, 3 * w})
+    for (std::size_t group : {w, 2 * w, 4 * w, 8 * w, 16 * w, std::size_t{32}, 3 * w})
     {
         // whole tiles, tiles plus spare groups, a ragged last group
         for (std::size_t n : {w * group, 2 * w * group + 3 * group, 2 * w * group + group / 2 + 1, std::size_t{704}})
@@ -45,7 +45,7 @@ TEST_CASE_TEMPLATE("tiles of groups with vector parameters equal the reference",
             CAPTURE(n);
             auto x = random_values<T>(n, static_cast<unsigned>(n + group));
             check_all_schemes_with_params(x, group);
-            if ((group == w || group == 2 * w || group == 4 * w) && n == w * group)
+            if (group % w == 0 && std::has_single_bit(group / w) && group <= 16 * w && n == w * group)
             {
                 // one whole clean tile: nothing goes group by group
                 CHECK(check_groups_with_params<half_to_even, symmetric<8>>(x, group) == 0);
@@ -117,9 +117,9 @@ namespace
 TEST_CASE_TEMPLATE("int4 tiles packed from L1 equal pack_int4 of the int8 kernel's codes", T, float, bfloat16_t, float16_t)
 {
     const std::size_t w = kernels::simd::width;
-    // tile sizes (w, 2w, 4w), the buffered path for other sizes (3w, 6, 5 with an even n),
-    // several tiles plus spare groups
-    for (std::size_t group : {w, 2 * w, 4 * w, 3 * w, std::size_t{6}, std::size_t{5}})
+    // tile sizes (w, 2w, 4w, 8w, 16w), the buffered path for other sizes (3w, 6, 5 with an
+    // even n), several tiles plus spare groups
+    for (std::size_t group : {w, 2 * w, 4 * w, 8 * w, 16 * w, 3 * w, std::size_t{6}, std::size_t{5}})
     {
         for (std::size_t groups : {w, 2 * w + 4, std::size_t{1000}})
         {
@@ -239,7 +239,7 @@ TEST_CASE("tiles of restricted symmetric groups encode without a clamp: the boun
         REQUIRE(std::isfinite(p8.inv_scale));
         REQUIRE(std::isfinite(p4.inv_scale));
         if (a < 1.0e-35f) CHECK(p8.scale < std::numeric_limits<float>::min());  // subnormal scale
-        for (std::size_t group : {w, 2 * w, 4 * w})
+        for (std::size_t group : {w, 2 * w, 4 * w, 8 * w, 16 * w})
         {
             std::vector<float> x(w * group);
             for (std::size_t i = 0; i < x.size(); ++i)
@@ -310,7 +310,7 @@ TEST_CASE_TEMPLATE("a non-finite value inside a tile is reported for its own gro
     // min/max with the x * 0 poison; positions in each quarter of a tile (the reduction tree is
     // fed four groups at a time) and in a second tile.
     const std::size_t w = kernels::simd::width;
-    for (std::size_t group : {w, 2 * w, 4 * w})
+    for (std::size_t group : {w, 2 * w, 4 * w, 8 * w, 16 * w})
     {
         const std::size_t n = 2 * w * group;
         for (std::uint16_t bad16 : {std::uint16_t{0}, std::uint16_t{1}, std::uint16_t{2}, std::uint16_t{3}})
@@ -354,7 +354,7 @@ TEST_CASE("int8 tiles and spans clamp by saturation: asymmetric and full-range g
     std::uniform_real_distribution<float> unit(0.0f, 1.0f);
     for (float a : {4.0e-37f, 1.4e-36f, 1.0e-30f, 0.02f, 1.0f, 1.0e30f, 3.0e38f})
     {
-        for (std::size_t group : {w, 2 * w, 4 * w})
+        for (std::size_t group : {w, 2 * w, 4 * w, 8 * w, 16 * w})
         {
             std::vector<float> x(2 * w * group);
             for (std::size_t g = 0; g < 2 * w; ++g)

@@ -6,6 +6,8 @@
 #   per_channel 2 thr: 8.0 GB/s, convert 6.4 -> 1.250; 8.0 / 3.2 = 2.50x; bus x 6.4 / 3.2 = 2.00
 #   per_tensor 1 thr: 2.667 GB/s against 1 / (1/4.0 + 1/8.0) = 2.667 (max + convert) -> 1.000
 #   per_tensor 2 thr: 3.333 against 1 / (1/6.4 + 1/12.8) = 4.267 -> 0.781; 1.25x; bus x 1.60
+#   per_group32 asym int8: 2.5 GB/s -> 0.625 MISS 0.9; per_group128 asym int4: 4.0 -> 1.000 ok
+#   0.85 (after per_group32 though first in the JSON: groups sort by size)
 # usage: check.sh SOURCE_DIR WORK_DIR
 set -eu
 src=$1

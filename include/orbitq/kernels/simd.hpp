@@ -16,8 +16,8 @@
 ///   known to be bounded (see detail::needs_clamp and quantize_span's Bounded).
 /// - quantize_groups fuses the statistics and the encode pass of every group of a row: a group
 ///   of up to 8 batches is loaded once, reduced, and encoded from registers.
-/// - quantize_groups_with_params takes groups of 1, 2 or 4 batches `width` at a time (a tile:
-///   groups of 32 are 2 batches with AVX-512, 4 with AVX2):
+/// - quantize_groups_with_params takes groups of 1, 2, 4, 8 or 16 batches `width` at a time (a
+///   tile: groups of 32 are 2 batches with AVX-512, 4 with AVX2; groups of 128, 8 and 16):
 ///   their statistics go through one transposing reduction, their parameters are computed in
 ///   vectors, and int4 codes are packed from L1 tile by tile.
 /// - int8 codes of passes larger than the caches can be written with streaming stores (the
@@ -1838,6 +1838,20 @@ namespace orbitq::kernels::simd
             }
         }
 
+        /// Calls f.template operator()<NB>() where group is NB batches of a tile shape (NB = 1, 2,
+        /// 4, 8 or 16) and returns true; false for any other group size.
+        template <class F>
+        inline bool with_tile_shape(std::size_t group, F&& f)
+        {
+            const auto take = [&]<std::size_t NB>() {
+                if (group != NB * width) return false;
+                f.template operator()<NB>();
+                return true;
+            };
+            return take.template operator()<1>() || take.template operator()<2>() || take.template operator()<4>() ||
+                   take.template operator()<8>() || take.template operator()<16>();
+        }
+
         /// The tile loop; Stream: see quantize_groups_with_params, taken only where the tiles can
         /// stream (out 64-byte aligned, and int8 codes of groups of two or four batches with no
         /// code clamp, or packed codes: a tile packs to whole lines), except 16-bit inputs on
@@ -1859,7 +1873,7 @@ namespace orbitq::kernels::simd
     }
 
     /// @brief quantize_groups for a scheme S whose parameters are stored as computed (float32
-    ///        scales, multiply_inverse scaling): groups of 1, 2 or 4 `width` values are taken
+    ///        scales, multiply_inverse scaling): groups of 1, 2, 4, 8 or 16 `width` values are taken
     ///        up to `width` groups at a time, their parameters computed together in vectors and
     ///        written to scales[g] (and zero_points[g] when S has one); other group sizes, a
     ///        ragged last group, and a tile holding a non-finite value or an infinite inverse
@@ -1873,9 +1887,12 @@ namespace orbitq::kernels::simd
     void quantize_groups_with_params(const T* x, std::size_t n, std::size_t group, float* scales, std::int32_t* zero_points,
                                      std::int8_t* out, OnGroup&& on_group)
     {
-        if (group == width) return detail::quantize_tiles<R, S, 1, false, Stream>(x, n, scales, zero_points, out, on_group);
-        if (group == 2 * width) return detail::quantize_tiles<R, S, 2, false, Stream>(x, n, scales, zero_points, out, on_group);
-        if (group == 4 * width) return detail::quantize_tiles<R, S, 4, false, Stream>(x, n, scales, zero_points, out, on_group);
+        if (detail::with_tile_shape(group, [&]<std::size_t NB>() {
+                detail::quantize_tiles<R, S, NB, false, Stream>(x, n, scales, zero_points, out, on_group);
+            }))
+        {
+            return;
+        }
         quantize_groups<R, !S::has_zero_point>(x, n, group, out, on_group);
     }
 
@@ -1890,9 +1907,12 @@ namespace orbitq::kernels::simd
                                             std::int8_t* out, OnGroup&& on_group)
     {
         static_assert(S::bits == 4, "packed codes are int4");
-        if (group == width) return detail::quantize_tiles<R, S, 1, true, Stream>(x, n, scales, zero_points, out, on_group);
-        if (group == 2 * width) return detail::quantize_tiles<R, S, 2, true, Stream>(x, n, scales, zero_points, out, on_group);
-        if (group == 4 * width) return detail::quantize_tiles<R, S, 4, true, Stream>(x, n, scales, zero_points, out, on_group);
+        if (detail::with_tile_shape(group, [&]<std::size_t NB>() {
+                detail::quantize_tiles<R, S, NB, true, Stream>(x, n, scales, zero_points, out, on_group);
+            }))
+        {
+            return;
+        }
         // other group sizes: whole groups, an even number of codes at a time, through a buffer
         const std::size_t chunk = std::max<std::size_t>(1, 4096 / (2 * group)) * 2 * group;
         std::vector<std::int8_t> codes(std::min(chunk, n));
