@@ -45,7 +45,7 @@ TEST_CASE_TEMPLATE("tiles of groups with vector parameters equal the reference",
             CAPTURE(n);
             auto x = random_values<T>(n, static_cast<unsigned>(n + group));
             check_all_schemes_with_params(x, group);
-            if (group % w == 0 && std::has_single_bit(group / w) && group <= 16 * w && n == w * group)
+            if (kernels::simd::detail::with_tile_shape(group, []<std::size_t>() {}) && n == w * group)
             {
                 // one whole clean tile: nothing goes group by group
                 CHECK(check_groups_with_params<half_to_even, symmetric<8>>(x, group) == 0);

@@ -17,7 +17,7 @@
 /// - quantize_groups fuses the statistics and the encode pass of every group of a row: a group
 ///   of up to 8 batches is loaded once, reduced, and encoded from registers.
 /// - quantize_groups_with_params takes groups of 1, 2, 4, 8 or 16 batches `width` at a time (a
-///   tile: groups of 32 are 2 batches with AVX-512, 4 with AVX2; groups of 128, 8 and 16):
+///   tile: groups of 32 are 2 batches with AVX-512, 4 with AVX2; groups of 128 are 8 and 16):
 ///   their statistics go through one transposing reduction, their parameters are computed in
 ///   vectors, and int4 codes are packed from L1 tile by tile.
 /// - int8 codes of passes larger than the caches can be written with streaming stores (the
@@ -1407,7 +1407,8 @@ namespace orbitq::kernels::simd
         inline constexpr bool clamps_codes = is_builtin_scheme<S> && !clamp_free_range(S::qmin, S::qmax);
 
         /// Whether encode_tile narrows the codes of groups of NB batches four batches at a time
-        /// (store_int8_x4): two groups of 2 batches, or a group of 4. Only such tiles stream.
+        /// (store_int8_x4): two groups of 2 batches, or one group of a multiple of 4 batches. Only such
+        /// tiles stream.
         template <std::size_t NB>
         inline constexpr bool narrows_in_quads = NB == 2 || NB % 4 == 0;
 
@@ -1673,9 +1674,9 @@ namespace orbitq::kernels::simd
         }
 
         /// Stores the parameters of a tile of `count` groups and encodes it (multiply_inverse).
-        /// Stream: pairs of groups (NB == 2) or whole groups (NB == 4) are written with streaming
+        /// Stream: pairs of groups (NB == 2) or whole groups (NB % 4 == 0) are written with streaming
         /// stores. Packed: the codes go to an L1 buffer that clamp_pack_int4 clamps as it packs
-        /// them (no clamp here). @pre Stream: out is 64-byte aligned, NB is 2 or 4, !Packed and
+        /// them (no clamp here). @pre Stream: out is 64-byte aligned, narrows_in_quads<NB>, !Packed and
         /// the codes need no clamp after the narrow.
         /// Never inlined: whether GCC inlined it into the tile loop depended on how many kernels
         /// the unit held, and so did the throughput of the same kernel. Out of line, the
@@ -1853,7 +1854,7 @@ namespace orbitq::kernels::simd
         }
 
         /// The tile loop; Stream: see quantize_groups_with_params, taken only where the tiles can
-        /// stream (out 64-byte aligned, and int8 codes of groups of two or four batches with no
+        /// stream (out 64-byte aligned, and int8 codes of groups narrowed in quads (narrows_in_quads), no
         /// code clamp, or packed codes: a tile packs to whole lines), except 16-bit inputs on
         /// AVX2: their tiles ran 2-6 % slower streamed than stored after a write prefetch
         /// (bench/compare, seed shape, per_group32 int8 and int4, two runs), while f32 tiles
