@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages orbitq builds with (as root; uses sudo when run as a user).
 # Only missing packages are installed, so reruns are fast.
 set -eu
-pkgs="g++ cmake make ninja-build git xtensor-dev libxsimd-dev doctest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libopenblas-dev"
+pkgs="g++ cmake make ninja-build git xtensor-dev libxsimd-dev doctest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libopenblas-dev python3-numpy"
 [ "${ORBITQ_EXTRA_PACKAGES:-}" ] && pkgs="$pkgs $ORBITQ_EXTRA_PACKAGES"
 missing=""
 for p in $pkgs; do

@@ -106,6 +106,7 @@ namespace orbitq::gemma_cli
             double gate_layer_cos = 0.997;
             double gate_stack_cos = 0.97;
             std::string out;
+            std::string activations = "none";      ///< none (weight-only) or int8 (W8A8, dynamic per token)
             std::string report;
             std::string plot;
             bool quiet = false;
@@ -376,6 +377,23 @@ namespace orbitq::gemma_cli
             g4::validate_options vo;
             vo.specs.clear();
             const bool automatic = o.granularity == "auto";
+            namespace ct = io::compressed_tensors;
+            ct::activations acts = ct::activations::none;
+            if (o.activations == "int8")
+            {
+                acts = ct::activations::int8_per_token;
+                vo.activations = g4::activation_quantization::int8_per_token;
+                if (automatic || o.bits != 8 || base.scheme != scheme_kind::symmetric || parse_granularity(o.granularity, base, o.group_size).granularity != granularity_kind::per_channel)
+                {
+                    throw error(error_kind::invalid_argument, "--activations int8 takes int8 symmetric per_channel weights (the engines' W8A8 MoE kernels); "
+                                                              "leave out --bits, --scheme and --granularity, or set them to 8, symmetric, per_channel");
+                }
+            }
+            else if (o.activations != "none") throw error(error_kind::invalid_argument, "--activations must be none or int8");
+            const ct::format out_format = acts == ct::activations::none ? ct::format::pack_quantized : ct::format::int_quantized;
+            // in_features of every projection the conversion writes
+            std::vector<std::size_t> input_widths = {cfg.hidden, cfg.expert_intermediate};
+            if (o.include_dense) input_widths.push_back(cfg.dense_intermediate);
             if (automatic && !o.target_cos && !o.target_sqnr_db)
             {
                 throw error(error_kind::invalid_argument, "--granularity auto needs --target-cos and/or --target-sqnr");
@@ -430,35 +448,50 @@ namespace orbitq::gemma_cli
             std::vector<choice> choices;
             if (automatic)
             {
-                vo.choose = [&](const g4::any_view& v, const quant_spec&) {
-                    return std::visit(
-                        [&](const auto& m) {
-                            std::vector<quant_spec> cands;
-                            for (quant_spec c : default_candidates(m.cols))
-                            {
-                                if (o.bits_given && c.bits != o.bits) continue;
-                                if (o.scheme_given && c.scheme != base.scheme) continue;
-                                c.range = base.range;
-                                c.scale_type = element_type_of<typename std::decay_t<decltype(m)>::value_type>();
-                                c.codes_from_stored_scale = true;
-                                cands.push_back(c);
-                            }
-                            analyze_options ao;
-                            ao.threads = threads;
-                            ao.top_rows = 0;
-                            ao.top_weights = 0;
-                            const tensor_analysis a = analyze(m, cands, ao);
-                            const selection sel = select_candidate(a, o.target_cos, o.target_sqnr_db);
-                            if (!sel.index)
-                            {
-                                throw error(error_kind::invalid_argument, "--granularity auto: no candidate meets the target for '" + m.name + "': " + sel.reason
-                                                                              + " (lower the target, or allow int8 by leaving out --bits 4)");
-                            }
-                            const auto& c = a.candidates[*sel.index];
-                            choices.push_back({m.name, c.spec.describe(), c.bits_per_weight, sel.reason});
-                            return c.spec;
-                        },
-                        v);
+                vo.choose = [&](const std::vector<const g4::any_view*>& views, const quant_spec&) {
+                    // The candidates every tensor of the layer can take (loadable ones with --out),
+                    // analyzed per tensor; the cheapest (fewest bits over the layer) meeting the
+                    // target on every tensor wins.
+                    std::vector<quant_spec> cands;
+                    for (quant_spec c : default_candidates(cfg.hidden))
+                    {
+                        if (o.bits_given && c.bits != o.bits) continue;
+                        if (o.scheme_given && c.scheme != base.scheme) continue;
+                        bool fits = true;
+                        for (const g4::any_view* v : views) fits = fits && (c.granularity != granularity_kind::per_group || (g4::cols_of(*v) > c.group_size && g4::cols_of(*v) % c.group_size == 0));
+                        if (!fits || (!o.out.empty() && ct::moe_refusal(c, out_format, input_widths))) continue;
+                        c.range = base.range;
+                        c.codes_from_stored_scale = true;
+                        cands.push_back(c);
+                    }
+                    std::vector<tensor_analysis> analyses;
+                    for (const g4::any_view* v : views)
+                    {
+                        analyses.push_back(std::visit(
+                            [&](const auto& m) {
+                                std::vector<quant_spec> typed = cands;
+                                for (auto& c : typed) c.scale_type = element_type_of<typename std::decay_t<decltype(m)>::value_type>();
+                                analyze_options ao;
+                                ao.threads = threads;
+                                ao.top_rows = 0;
+                                ao.top_weights = 0;
+                                return analyze(m, typed, ao);
+                            },
+                            *v));
+                    }
+                    const selection lc = select_common_candidate(analyses, o.target_cos, o.target_sqnr_db);
+                    if (!lc.index)
+                    {
+                        throw error(error_kind::invalid_argument, "--granularity auto: no candidate meets the target for every tensor of layer '"
+                                                                      + analyses.front().name + "': " + lc.reason
+                                                                      + " (lower the target, or allow int8 by leaving out --bits 4)");
+                    }
+                    for (const auto& a : analyses)
+                    {
+                        const auto& c = a.candidates[*lc.index];
+                        choices.push_back({a.name, c.spec.describe(), c.bits_per_weight, lc.reason});
+                    }
+                    return analyses.front().candidates[*lc.index].spec;
                 };
             }
 
@@ -467,6 +500,17 @@ namespace orbitq::gemma_cli
                 const g4::layer_weights& w0 = src->load_layer(vo.layers.front(), threads);
                 const element_type st = std::visit([](const auto& m) { return element_type_of<typename std::decay_t<decltype(m)>::value_type>(); }, w0.gate_up);
                 for (auto& s : vo.specs) s.scale_type = st;
+            }
+            // What the engines cannot load is refused before anything is written (analysis and
+            // validation without --out stay open to every spec).
+            if (!o.out.empty() && !automatic)
+            {
+                if (const auto why = ct::moe_refusal(vo.specs[vo.gated], out_format, input_widths))
+                {
+                    throw error(error_kind::invalid_argument, "--out: vLLM's MoE kernels cannot load " + label(vo.specs[vo.gated]) + " int"
+                                                                  + std::to_string(o.bits) + " (" + *why + "); nothing was written. "
+                                                                  + ct::moe_loadable_summary(input_widths));
+                }
             }
             for (const auto& s : vo.specs)
             {
@@ -500,7 +544,8 @@ namespace orbitq::gemma_cli
             if (!o.out.empty())
             {
                 writer = std::make_unique<g4::converted_writer>(o.out, *src, synthetic ? fs::path{} : fs::path(o.checkpoint), vo.specs[vo.gated],
-                                                                o.include_dense, vo.layers.size(), threads, o.force);
+                                                                vo.layers.size(), threads, o.force, acts);
+                writer->set_automatic(automatic);
             }
 
             if (!o.quiet)
@@ -517,10 +562,16 @@ namespace orbitq::gemma_cli
             };
             const g4::validation_report rep = g4::validate(
                 cfg, [&](std::size_t l) -> const g4::layer_weights& { return src->load_layer(l, threads); }, x0, vo, writer.get(), progress);
+            std::string written_note;
             if (writer)
             {
                 writer->finish();
                 if (!o.quiet) err << "wrote the converted checkpoint to " << o.out << "\n";
+                if (!automatic && vo.specs[vo.gated].granularity == granularity_kind::per_tensor)
+                {
+                    written_note = "per_tensor written with strategy 'channel' (its one scale repeated on every row; the numbers are unchanged): "
+                                   "vLLM's MoE kernels take channel scales, not tensor ones";
+                }
             }
 
             // Human table.
@@ -587,6 +638,8 @@ namespace orbitq::gemma_cli
             }
             const auto& gs = rep.stack[vo.gated];
             const int code = rep.passed ? 0 : 2;
+            if (!written_note.empty()) out << "out: " << written_note << "\n";
+            if (acts != ct::activations::none) out << "activations: int8 per token, dynamic symmetric (W8A8), simulated in the " << spec_name(vo.gated) << " forward pass\n";
             out << "verdict: " << spec_name(vo.gated) << (automatic ? std::string() : " int" + std::to_string(o.bits)) << " " << (rep.passed ? "PASSES" : "FAILS") << " (layer gate "
                 << (gs.layer_gate_passed ? "pass" : "FAIL") << ", stack gate " << (gs.stack_gate_passed ? "pass" : "FAIL") << ")  [exit " << code << "]\n";
             const double gbps = rep.quantized_source_bytes / std::max(rep.quantize_seconds, 1e-9) / 1e9;
@@ -651,7 +704,10 @@ namespace orbitq::gemma_cli
                       {"include_dense", o.include_dense},
                       {"min_elements", o.min_elements},
                       {"threads", threads},
-                      {"out", o.out}}},
+                      {"out", o.out},
+                      {"activations", o.activations},
+                      {"out_format", o.out.empty() ? nlohmann::json(nullptr) : nlohmann::json(ct::format_name(out_format))},
+                      {"out_note", written_note.empty() ? nlohmann::json(nullptr) : nlohmann::json(written_note)}}},
                     {"layers", layers},
                     {"stack", stack},
                     {"gates",
@@ -910,6 +966,10 @@ namespace orbitq::gemma_cli
         app.add_option("--gate-layer-cos", o.gate_layer_cos, "layer gate on min cos(hidden)")->capture_default_str();
         app.add_option("--gate-stack-cos", o.gate_stack_cos, "stack gate on the final min cos")->capture_default_str();
         app.add_option("--out", o.out, "write the converted checkpoint to DIR (must not exist, not inside the input)");
+        app.add_option("--activations", o.activations,
+                       "none (weight-only, pack-quantized) or int8 (W8A8: int8 per_channel symmetric weights, dynamic per-token int8 "
+                       "activations, int-quantized; the validation quantizes activations the same way)")
+            ->capture_default_str();
         app.add_option("--report", o.report, "write a JSON report");
         app.add_option("--plot", o.plot, "write an SVG plot of per-layer min cos(hidden)");
         app.add_flag("-q,--quiet", o.quiet, "no progress on stderr");

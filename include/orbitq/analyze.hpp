@@ -844,4 +844,91 @@ namespace orbitq
         if (const auto m = best_miss(b.bits_per_weight)) s.reason += "; the best cheaper one, " + describe(a.candidates[*m]) + ", misses it";
         return s;
     }
+
+    /// @brief The one candidate for several tensors that must share a spec (the projections of
+    ///        a MoE layer): the fewest bits over all of them (bits per weight weighted by each
+    ///        tensor's size) among the candidates meeting the target on every tensor; ties go
+    ///        to the higher worst SQNR.
+    /// @pre every analysis evaluated the same candidate specs in the same order (scale_type
+    ///      may differ).
+    /// @throws error (invalid_argument) without a target, without analyses or candidates, or
+    ///         when the analyses' candidate lists differ.
+    inline selection select_common_candidate(const std::vector<tensor_analysis>& analyses, std::optional<double> target_cos,
+                                             std::optional<double> target_sqnr_db)
+    {
+        namespace A = detail::analysis;
+        if (!target_cos && !target_sqnr_db) throw error(error_kind::invalid_argument, "select_common_candidate needs a cosine or SQNR target");
+        if (analyses.empty() || analyses.front().candidates.empty())
+        {
+            throw error(error_kind::invalid_argument, "select_common_candidate: no analyses or no candidates");
+        }
+        const std::size_t C = analyses.front().candidates.size();
+        for (const auto& a : analyses)
+        {
+            bool same = a.candidates.size() == C;
+            for (std::size_t i = 0; same && i < C; ++i)
+            {
+                quant_spec x = a.candidates[i].spec, y = analyses.front().candidates[i].spec;
+                x.scale_type = y.scale_type;
+                same = x == y;
+            }
+            if (!same) throw error(error_kind::invalid_argument, "select_common_candidate: '" + a.name + "' evaluated other candidates");
+        }
+        std::string target;
+        if (target_cos) target = "cos >= " + A::format_double("%.6g", *target_cos);
+        if (target_sqnr_db) target += (target.empty() ? "" : " and ") + std::string("SQNR >= ") + A::format_double("%.4g dB", *target_sqnr_db);
+        auto meets = [&](const candidate_result& c) {
+            return (!target_cos || c.cosine >= *target_cos) && (!target_sqnr_db || c.sqnr_db >= *target_sqnr_db);
+        };
+        double weights = 0.0;
+        for (const auto& a : analyses) weights += static_cast<double>(a.rows * a.cols);
+        struct summary
+        {
+            double bits = 0.0, worst_cos = 1.0, worst_sqnr = std::numeric_limits<double>::infinity();
+            std::string missed;  // the first tensor it misses the target on
+        };
+        std::vector<summary> sums(C);
+        for (std::size_t i = 0; i < C; ++i)
+        {
+            for (const auto& a : analyses)
+            {
+                const candidate_result& c = a.candidates[i];
+                sums[i].bits += c.bits_per_weight * static_cast<double>(a.rows * a.cols) / weights;
+                sums[i].worst_cos = std::min(sums[i].worst_cos, c.cosine);
+                sums[i].worst_sqnr = std::min(sums[i].worst_sqnr, c.sqnr_db);
+                if (sums[i].missed.empty() && !meets(c)) sums[i].missed = a.name;
+            }
+        }
+        auto describe = [&](std::size_t i) {
+            return analyses.front().candidates[i].spec.describe() + " (" + A::format_double("%.4f", sums[i].bits) + " bits/weight, worst cos "
+                + A::format_double("%.7f", sums[i].worst_cos) + ", worst SQNR " + A::format_double("%.2f dB", sums[i].worst_sqnr) + ")";
+        };
+        std::optional<std::size_t> best, miss;
+        std::size_t meeting = 0;
+        for (std::size_t i = 0; i < C; ++i)
+        {
+            if (!sums[i].missed.empty()) continue;
+            ++meeting;
+            if (!best || sums[i].bits < sums[*best].bits || (sums[i].bits == sums[*best].bits && sums[i].worst_sqnr > sums[*best].worst_sqnr)) best = i;
+        }
+        const double below = best ? sums[*best].bits : std::numeric_limits<double>::infinity();
+        for (std::size_t i = 0; i < C; ++i)
+        {
+            if (sums[i].missed.empty() || sums[i].bits >= below) continue;
+            if (!miss || sums[i].worst_sqnr > sums[*miss].worst_sqnr) miss = i;
+        }
+        selection s;
+        const std::string of = std::to_string(analyses.size()) + " tensors";
+        if (!best)
+        {
+            s.reason = "no candidate of " + std::to_string(C) + " meets " + target + " on all " + of;
+            if (miss) s.reason += "; the closest is " + describe(*miss) + ", missing it on '" + sums[*miss].missed + "'";
+            return s;
+        }
+        s.index = best;
+        s.reason = describe(*best) + ": the fewest bits per weight of the " + std::to_string(meeting) + " of " + std::to_string(C)
+            + " candidates meeting " + target + " on all " + of;
+        if (miss) s.reason += "; the best cheaper one, " + describe(*miss) + ", misses it on '" + sums[*miss].missed + "'";
+        return s;
+    }
 }

@@ -395,6 +395,30 @@ namespace orbitq::models::gemma4
         }
     }
 
+    /// @brief How an engine quantizes the activations entering a quantized product.
+    enum class activation_quantization
+    {
+        none,           ///< weight-only: activations stay in floating point
+        int8_per_token  ///< dynamic symmetric int8, one scale per token (W8A8 kernels)
+    };
+
+    /// @brief Replaces each token of `x` (tokens × n) by its dynamic symmetric int8 quantization,
+    ///        dequantized: scale = amax/127, code = round half to even (x/scale) clamped to
+    ///        [-128, 127], value = code·scale; a zero token stays zero. The product with
+    ///        quantized weights then equals the engine's int8 × int8 product, rescaled.
+    inline void quantize_tokens_int8(float* x, std::size_t tokens, std::size_t n)
+    {
+        for (std::size_t t = 0; t < tokens; ++t)
+        {
+            float* v = x + t * n;
+            float amax = 0.0f;
+            for (std::size_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(v[i]));
+            if (amax == 0.0f) continue;
+            const float scale = amax / 127.0f;
+            for (std::size_t i = 0; i < n; ++i) v[i] = std::clamp(std::nearbyint(v[i] / scale), -128.0f, 127.0f) * scale;
+        }
+    }
+
     /// @brief The matrix products of one layer's FFN. Implementations decide how weights are
     ///        stored (source precision, quantized, ...); the forward pass only calls these.
     class ffn_operators
@@ -453,13 +477,16 @@ namespace orbitq::models::gemma4
 
         /// @param experts returns expert e's quantized slices; called once per use.
         /// @param dense_q {gate, up, down} quantized, or nullptrs to use the source views.
+        /// @param acts how the activations entering a quantized product are quantized first.
         quantized_operators(const config& c, const layer_weights& w, expert_provider experts,
-                            std::array<const quantized_tensor*, 3> dense_q, unsigned threads)
+                            std::array<const quantized_tensor*, 3> dense_q, unsigned threads,
+                            activation_quantization acts = activation_quantization::none)
             : m_cfg(c)
             , m_src(c, w, threads)
             , m_experts(std::move(experts))
             , m_dense(dense_q)
             , m_threads(threads)
+            , m_acts(acts)
         {
         }
 
@@ -467,7 +494,7 @@ namespace orbitq::models::gemma4
         {
             const quantized_tensor* q = m_dense[static_cast<std::size_t>(m)];
             if (q == nullptr) m_src.dense(m, x, tokens, y);
-            else apply(*q, x, tokens, y, m_threads);
+            else apply_quantized(*q, x, tokens, y);
         }
         void expert(std::size_t e, expert_matrix m, const float* x, std::size_t tokens, float* y) const override
         {
@@ -479,15 +506,24 @@ namespace orbitq::models::gemma4
             {
                 throw error(error_kind::shape_mismatch, "quantized expert " + std::to_string(e) + " has the wrong shape");
             }
-            apply(*s.q[k], x, tokens, y, m_threads);
+            apply_quantized(*s.q[k], x, tokens, y);
         }
 
     private:
+        void apply_quantized(const quantized_tensor& q, const float* x, std::size_t tokens, float* y) const
+        {
+            if (m_acts == activation_quantization::none) return apply(q, x, tokens, y, m_threads);
+            std::vector<float> xq(x, x + tokens * q.cols);
+            quantize_tokens_int8(xq.data(), tokens, q.cols);
+            apply(q, xq.data(), tokens, y, m_threads);
+        }
+
         const config& m_cfg;
         view_operators m_src;
         expert_provider m_experts;
         std::array<const quantized_tensor*, 3> m_dense;
         unsigned m_threads;
+        activation_quantization m_acts;
     };
 
     /// @brief Router of one layer for a batch of tokens (the router is never quantized).

@@ -3,25 +3,23 @@
 ///        (memory-mapped, zero-copy), writing the synthetic model as a sharded checkpoint, and
 ///        writing a converted checkpoint in the compressed-tensors per-expert layout vLLM loads.
 ///
-/// Converted layout (one shard per selected layer, plus one for every other tensor):
+/// Converted layout (one shard per selected layer, plus one for every other tensor), in the
+/// compressed-tensors form vLLM's Gemma 4 loader maps onto its fused MoE (see
+/// io/compressed_tensors.hpp for the tensors of one Linear):
 /// - every tensor that is not quantized is copied byte for byte (name, dtype, shape unchanged);
 /// - the stacked `experts.gate_up_proj` [E, 2I, H] and `experts.down_proj` [E, H, I] of a
-///   quantized layer are replaced, for each expert e, by the Linear weights vLLM's Gemma 4 loader
-///   maps onto its fused MoE: `experts.{e}.gate_proj` (rows 0..I-1 of gate_up[e]),
-///   `experts.{e}.up_proj` (rows I..2I-1) and `experts.{e}.down_proj`, each with
-///   - INT8: `weight` I8 [out, in]; INT4: `weight_packed` I32 [out, in/8] (eight 4-bit codes per
-///     int32, column 8j+k in bits 4k..4k+3, stored as code + 8, i.e. offset binary: the
-///     compressed-tensors pack-quantized layout) and `weight_shape` I64 [2] = {out, in};
-///   - `weight_scale` in the checkpoint's float dtype: [1] per-tensor (the stacked tensor's one
-///     scale, repeated for every expert), [out, 1] per-channel, [out, in/group] per-group;
-///   - `weight_zero_point` I8 with the scale's shape, only for the asymmetric scheme
-///     (dequantization: (code − zero_point) · scale).
-/// - with include_dense, `mlp.{gate,up,down}_proj.weight` likewise (same suffixes);
+///   quantized layer are replaced, for each expert e, by the Linears `experts.{e}.gate_proj`
+///   (rows 0..I-1 of gate_up[e]), `experts.{e}.up_proj` (rows I..2I-1) and
+///   `experts.{e}.down_proj`, `pack-quantized` (or `int-quantized` for W8A8), scales in the
+///   checkpoint's float dtype; a layer's gate, up and down always share one spec (the engines
+///   load a MoE layer only then);
+/// - with include_dense, `mlp.{gate,up,down}_proj` likewise;
 /// - model.safetensors.index.json is written after every shard, config.json (the input's, plus
-///   `quantization_config` with `quant_method: compressed-tensors`) last.
+///   `quantization_config`) last.
 /// Every file is written atomically (temporary file, then rename).
 #pragma once
 
+#include "orbitq/io/compressed_tensors.hpp"
 #include "orbitq/io/safetensors.hpp"
 #include "orbitq/models/gemma4.hpp"
 #include "orbitq/models/gemma4_synthetic.hpp"
@@ -30,6 +28,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -45,7 +45,9 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <csignal>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -311,154 +313,86 @@ namespace orbitq::models::gemma4
         io::write_file_atomic(dir / "config.json", src.config_json().dump(2) + "\n", true);
     }
 
-    /// @brief The compressed-tensors `quantization_config` of a conversion.
-    inline nlohmann::json quantization_config_json(const quant_spec& spec, bool include_dense)
-    {
-        const char* strategy = spec.granularity == granularity_kind::per_tensor    ? "tensor"
-                               : spec.granularity == granularity_kind::per_channel ? "channel"
-                                                                                   : "group";
-        nlohmann::json weights = {{"num_bits", spec.bits},
-                                  {"type", "int"},
-                                  {"symmetric", spec.scheme == scheme_kind::symmetric},
-                                  {"strategy", strategy},
-                                  {"group_size", spec.granularity == granularity_kind::per_group ? nlohmann::json(spec.group_size)
-                                                                                                  : nlohmann::json(nullptr)},
-                                  {"dynamic", false},
-                                  {"observer", "minmax"}};
-        nlohmann::json targets = {"re:.*experts\\.\\d+\\.(gate|up|down)_proj$"};
-        if (include_dense) targets.push_back("re:.*mlp\\.(gate|up|down)_proj$");
-        nlohmann::json ignore = {"lm_head", "re:.*router.*"};
-        if (!include_dense) ignore.push_back("re:.*mlp\\.(gate|up|down)_proj$");
-        return {{"quant_method", "compressed-tensors"},
-                {"format", spec.bits == 4 ? "pack-quantized" : "int-quantized"},
-                {"quantization_status", "compressed"},
-                {"config_groups", {{"group_0", {{"targets", targets}, {"weights", weights}, {"input_activations", nullptr}}}}},
-                {"ignore", ignore},
-                {"orbitq", {{"spec", spec.describe()},
-                            {"range", to_string(spec.range)},
-                            {"rounding", to_string(spec.rounding)},
-                            {"scale_dtype", std::string(element_name(spec.scale_type))}}}};
-    }
-
     namespace detail
     {
-        /// Bytes of a float scale/zero-point vector stored as `t`.
-        inline std::vector<std::byte> encode_floats(const std::vector<float>& v, io::dtype t)
+        /// `(a|b|c)` of the layer numbers, or `\d+` when they are every layer of the model.
+        inline std::string layer_alternation(const std::vector<std::size_t>& layers, std::size_t model_layers)
         {
-            std::vector<std::byte> out(v.size() * io::dtype_size(t));
-            for (std::size_t i = 0; i < v.size(); ++i)
-            {
-                if (t == io::dtype::f32) std::memcpy(out.data() + 4 * i, &v[i], 4);
-                else if (t == io::dtype::bf16)
-                {
-                    const auto h = to_bfloat16(v[i]);
-                    std::memcpy(out.data() + 2 * i, &h, 2);
-                }
-                else
-                {
-                    const auto h = to_float16(v[i]);
-                    std::memcpy(out.data() + 2 * i, &h, 2);
-                }
-            }
-            return out;
+            if (layers.size() == model_layers) return "\\d+";
+            std::string s = "(";
+            for (std::size_t i = 0; i < layers.size(); ++i) s += (i ? "|" : "") + std::to_string(layers[i]);
+            return s + ")";
         }
 
-        /// The tensors of one quantized Linear [rows, cols] in compressed-tensors naming, in the
-        /// order encode_linear produces them.
-        inline std::vector<io::tensor_decl> linear_decls(const quant_spec& spec, std::size_t rows, std::size_t cols,
-                                                         const std::string& base, io::dtype scale_type)
+        /// The regex entry for the expert Linears of `layers`: matches the checkpoint's names
+        /// (`model.language_model.layers.N.experts.E.gate_proj`) and vLLM's module names after
+        /// its Gemma 4 weight mapping (`language_model.model.layers.N.moe.experts.0.gate_proj`).
+        inline std::string experts_entry(const std::vector<std::size_t>& layers, std::size_t model_layers)
         {
-            std::vector<io::tensor_decl> d;
-            if (spec.bits == 8)
-            {
-                d.push_back({base + ".weight", io::dtype::i8, {rows, cols}});
-            }
-            else
-            {
-                if (cols % 8 != 0) throw error(error_kind::invalid_argument, base + ": int4 packing needs in_features divisible by 8");
-                d.push_back({base + ".weight_packed", io::dtype::i32, {rows, cols / 8}});
-                d.push_back({base + ".weight_shape", io::dtype::i64, {2}});
-            }
-            const shape_type sshape = spec.granularity == granularity_kind::per_tensor    ? shape_type{1}
-                                      : spec.granularity == granularity_kind::per_channel ? shape_type{rows, 1}
-                                                                                          : shape_type{rows, cols / spec.group_size};
-            d.push_back({base + ".weight_scale", scale_type, sshape});
-            if (spec.scheme == scheme_kind::asymmetric) d.push_back({base + ".weight_zero_point", io::dtype::i8, sshape});
-            return d;
+            return "re:.*\\.layers\\." + layer_alternation(layers, model_layers) + "\\.(moe\\.)?experts\\.\\d+\\.(gate|up|down)_proj$";
         }
 
-        /// The bytes of one Linear (rows [row0, row0 + rows) of q), in linear_decls order.
-        inline std::vector<std::vector<std::byte>> encode_linear(const quantized_tensor& q, std::size_t row0, std::size_t rows,
-                                                                 io::dtype scale_type)
+        /// The regex entry for dense-MLP Linear `stem` (gate_proj, up_proj, down_proj) of `layers`.
+        inline std::string dense_entry(const std::vector<std::size_t>& layers, std::size_t model_layers, const std::string& stem)
         {
-            std::vector<std::vector<std::byte>> o;
-            const std::size_t cols = q.cols;
-            if (q.spec.bits == 8)
-            {
-                std::vector<std::byte> codes(rows * cols);
-                std::memcpy(codes.data(), q.codes.data() + row0 * cols, rows * cols);
-                o.push_back(std::move(codes));
-            }
-            else
-            {
-                const std::size_t rb = q.row_bytes();
-                std::vector<std::byte> packed(rows * rb);
-                for (std::size_t i = 0; i < rows * rb; ++i)
-                {
-                    // two's complement nibbles -> offset binary (code + 8): flip bit 3 of each nibble
-                    packed[i] = static_cast<std::byte>(static_cast<std::uint8_t>(q.codes[row0 * rb + i]) ^ 0x88u);
-                }
-                o.push_back(std::move(packed));
-                std::vector<std::byte> shape(16);
-                const std::int64_t dims[2] = {static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols)};
-                std::memcpy(shape.data(), dims, 16);
-                o.push_back(std::move(shape));
-            }
-            std::vector<std::size_t> orbits;
-            if (q.spec.granularity == granularity_kind::per_tensor) orbits = {0};
-            else
-            {
-                for (std::size_t r = row0; r < row0 + rows; ++r)
-                {
-                    for (std::size_t g = 0; g < q.layout.groups_per_row; ++g) orbits.push_back(q.layout.orbit(r, g));
-                }
-            }
-            std::vector<float> scales;
-            for (std::size_t k : orbits) scales.push_back(q.scales[k]);
-            o.push_back(encode_floats(scales, scale_type));
-            if (!q.zero_points.empty())
-            {
-                std::vector<std::byte> z;
-                for (std::size_t k : orbits) z.push_back(static_cast<std::byte>(static_cast<std::int8_t>(q.zero_points[k])));
-                o.push_back(std::move(z));
-            }
-            return o;
+            return "re:.*\\.layers\\." + layer_alternation(layers, model_layers) + "\\.mlp\\." + stem + "$";
         }
+
+        /// Modules of a Gemma 4 checkpoint that the converter never quantizes (attention,
+        /// router, towers and their embedders, per-layer-input projections, lm_head), as regex
+        /// entries: vLLM rewrites exact names with its checkpoint-to-module name mapper but
+        /// leaves `re:` entries as they are, so these match both naming schemes.
+        inline std::vector<std::string> never_converted_entries()
+        {
+            return {"lm_head",
+                    "re:.*lm_head$",
+                    "re:.*\\.router\\.proj$",
+                    "re:.*self_attn\\.(q|k|v|o)_proj$",
+                    "re:.*vision_tower\\..*",
+                    "re:.*audio_tower\\..*",
+                    "re:.*embed_vision\\..*",
+                    "re:.*embed_audio\\..*",
+                    "re:.*per_layer_(input_gate|projection|model_projection)$"};
+        }
+
+        static constexpr std::array<const char*, 3> dense_stems = {"gate_proj", "up_proj", "down_proj"};
     }
 
     /// @brief Writes a converted checkpoint as the validator produces the quantized tensors: one
     ///        shard per converted layer (its experts written one by one as they are quantized),
     ///        then the remaining tensors, the index and config.json (see the file brief).
     ///
-    /// Output goes to a hidden staging directory next to `dir` (`.NAME.partial`) that finish()
-    /// renames onto `dir`, so `dir` appears complete or not at all; an unfinished writer removes
-    /// it, and a writer killed before that leaves only the hidden staging directory, which the
-    /// next writer for the same `dir` removes. With `overwrite`, an existing `dir` is swapped
-    /// with the staging directory in one atomic step (renameat2 RENAME_EXCHANGE) and the old
+    /// `quantization_config` has one config group per spec, each with its `format` and targets
+    /// that name the converted layers only (the checkpoint's and vLLM's module names alike), and
+    /// an `ignore` list with every Linear left in source precision, so that no engine looks for
+    /// quantized tensors where there are none.
+    ///
+    /// Output goes to a staging directory of this writer's own next to `dir`
+    /// (`.NAME.partial.PID.N`, created exclusively) that finish() renames onto `dir` only if
+    /// nothing holds that name then, so `dir` appears complete or not at all, and two writers of
+    /// the same `dir` never mix their files: the second to finish fails. An unfinished writer
+    /// removes its staging directory; one left by a killed process (its PID gone) is removed by
+    /// the next writer for the same `dir`. With `overwrite`, an existing `dir` is swapped with
+    /// the staging directory in one atomic step (renameat2 RENAME_EXCHANGE) and the old
     /// contents, now under the staging name, are then removed: no stale shard survives.
     class converted_writer : public conversion_sink
     {
     public:
+        /// @param act int8_per_token writes the W8A8 form (int-quantized), else pack-quantized.
         /// @throws error (invalid_argument) when dir exists (unless overwrite; and even then when
         ///         it is not a directory), or is inside or equal to the input directory; error (io)
         ///         when the staging directory cannot be created.
         converted_writer(std::filesystem::path dir, model_source& src, const std::filesystem::path& input_dir, quant_spec spec,
-                         bool include_dense, std::size_t converted_layers, unsigned threads, bool overwrite = false)
+                         std::size_t converted_layers, unsigned threads, bool overwrite = false,
+                         io::compressed_tensors::activations act = io::compressed_tensors::activations::none)
             : m_dir(std::move(dir))
             , m_src(src)
             , m_spec(spec)
-            , m_include_dense(include_dense)
+            , m_act(act)
+            , m_format(act == io::compressed_tensors::activations::none ? io::compressed_tensors::format::pack_quantized
+                                                                         : io::compressed_tensors::format::int_quantized)
             , m_threads(threads)
+            , m_overwrite(overwrite)
         {
             namespace fs = std::filesystem;
             std::error_code ec;
@@ -485,12 +419,8 @@ namespace orbitq::models::gemma4
                 {
                     throw error(error_kind::invalid_argument, "--out '" + m_dir.string() + "' exists and is not a directory; --force replaces only directories");
                 }
-                m_replace = true;
             }
-            m_stage = (m_dir.has_parent_path() ? m_dir.parent_path() : fs::path(".")) / ("." + m_dir.filename().string() + ".partial");
-            fs::remove_all(m_stage, ec);
-            fs::create_directories(m_stage, ec);
-            if (ec) throw error(error_kind::io, "cannot create '" + m_stage.string() + "': " + ec.message());
+            m_stage = make_stage();
             for (const auto& d : src.tensors()) m_pending[d.name] = d;
             m_shards = converted_layers + 1;
         }
@@ -507,6 +437,9 @@ namespace orbitq::models::gemma4
             }
         }
 
+        /// @brief The staging directory (exists until finish() publishes it).
+        const std::filesystem::path& staging_directory() const noexcept { return m_stage; }
+
         /// @brief The scale dtype of the output: the source dtype of the expert tensors.
         static io::dtype scale_dtype(const any_view& v)
         {
@@ -517,44 +450,39 @@ namespace orbitq::models::gemma4
                          const std::array<quant_spec, 5>& specs) override
         {
             const config& c = m_src.cfg();
+            if (experts[0] != experts[1] || specs[0] != specs[1])
+            {
+                throw error(error_kind::invalid_argument, "converted_writer: layer " + std::to_string(w.layer)
+                                                              + ": the engines load a MoE layer only when gate, up and down share one spec");
+            }
             const std::string prefix = names::layer_prefix(c, w.layer);
             const std::size_t I = c.expert_intermediate, H = c.hidden;
             m_scale_type = scale_dtype(w.gate_up);
             std::vector<io::tensor_decl> decls;
             std::set<std::string> replaced;
             auto add = [&](std::vector<io::tensor_decl>&& d) { decls.insert(decls.end(), d.begin(), d.end()); };
-            for (std::size_t e = 0; e < c.experts; ++e)
-            {
-                const std::string b = prefix + "experts." + std::to_string(e) + ".";
-                if (experts[0])
-                {
-                    add(detail::linear_decls(specs[0], I, H, b + "gate_proj", m_scale_type));
-                    add(detail::linear_decls(specs[0], I, H, b + "up_proj", m_scale_type));
-                }
-                if (experts[1]) add(detail::linear_decls(specs[1], H, I, b + "down_proj", m_scale_type));
-            }
-            const std::string lp = "re:.*layers\\." + std::to_string(w.layer) + "\\.";
             if (experts[0])
             {
+                for (std::size_t e = 0; e < c.experts; ++e)
+                {
+                    const std::string b = prefix + "experts." + std::to_string(e) + ".";
+                    add(io::compressed_tensors::linear_decls(specs[0], m_format, I, H, b + "gate_proj", m_scale_type));
+                    add(io::compressed_tensors::linear_decls(specs[0], m_format, I, H, b + "up_proj", m_scale_type));
+                    add(io::compressed_tensors::linear_decls(specs[1], m_format, H, I, b + "down_proj", m_scale_type));
+                }
                 replaced.insert(names::expert(c, w.layer, expert_matrix::gate_up));
-                target(specs[0], lp + "experts\\.\\d+\\.(gate|up)_proj$");
-            }
-            if (experts[1])
-            {
                 replaced.insert(names::expert(c, w.layer, expert_matrix::down));
-                target(specs[1], lp + "experts\\.\\d+\\.down_proj$");
+                m_converted[w.layer].experts = specs[0];
             }
-            static constexpr const char* dense_stem[3] = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
             const std::size_t D = c.dense_intermediate;
             const std::array<std::pair<std::size_t, std::size_t>, 3> dshape = {{{D, H}, {D, H}, {H, D}}};
             for (std::size_t k = 0; k < 3; ++k)
             {
                 if (!dense[k]) continue;
                 replaced.insert(names::dense(c, w.layer, static_cast<dense_matrix>(k)));
-                add(detail::linear_decls(specs[2 + k], dshape[k].first, dshape[k].second, prefix + dense_stem[k], m_scale_type));
-                std::string stem = dense_stem[k];
-                stem.replace(stem.find('.'), 1, "\\.");
-                target(specs[2 + k], lp + stem + "$");
+                add(io::compressed_tensors::linear_decls(specs[2 + k], m_format, dshape[k].first, dshape[k].second,
+                                                         prefix + "mlp." + detail::dense_stems[k], m_scale_type));
+                m_converted[w.layer].dense[k] = specs[2 + k];
             }
             m_copies.clear();
             for (auto it = m_pending.lower_bound(prefix); it != m_pending.end() && it->first.rfind(prefix, 0) == 0;)
@@ -567,7 +495,6 @@ namespace orbitq::models::gemma4
                 it = m_pending.erase(it);
             }
             m_prefix = prefix;
-            m_layer_decls = decls;
             m_layer.emplace(m_stage / shard_name(), decls, std::map<std::string, std::string>{{"format", "pt"}}, true);
         }
 
@@ -586,82 +513,199 @@ namespace orbitq::models::gemma4
 
         void end_layer(const layer_weights&, std::array<const quantized_tensor*, 3> dense) override
         {
-            static constexpr const char* dense_stem[3] = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
             for (std::size_t k = 0; k < 3; ++k)
             {
-                if (dense[k]) write_linear(*dense[k], 0, dense[k]->rows, m_prefix + dense_stem[k]);
+                if (dense[k]) write_linear(*dense[k], 0, dense[k]->rows, m_prefix + "mlp." + detail::dense_stems[k]);
             }
             for (const auto& d : m_copies) write_copy(*m_layer, d);
             m_layer->commit();
             m_layer.reset();
         }
 
+        /// @brief The `quantization_config` of what has been written so far (see the class brief).
+        nlohmann::json quantization_config() const
+        {
+            namespace ct = io::compressed_tensors;
+            const std::size_t L = m_src.cfg().layers;
+            // Converted (layer, module) per spec, and the modules left in source precision.
+            std::map<std::string, std::pair<quant_spec, std::array<std::vector<std::size_t>, 4>>> by_spec;  // experts, dense k
+            std::array<std::vector<std::size_t>, 4> kept;
+            for (std::size_t l = 0; l < L; ++l)
+            {
+                const auto it = m_converted.find(l);
+                for (std::size_t m = 0; m < 4; ++m)
+                {
+                    const std::optional<quant_spec> s = it == m_converted.end() ? std::nullopt : m == 0 ? it->second.experts : it->second.dense[m - 1];
+                    if (!s)
+                    {
+                        kept[m].push_back(l);
+                        continue;
+                    }
+                    auto& entry = by_spec[s->describe()];
+                    entry.first = *s;
+                    entry.second[m].push_back(l);
+                }
+            }
+            auto entries = [&](const std::array<std::vector<std::size_t>, 4>& layers) {
+                std::vector<std::string> out;
+                if (!layers[0].empty()) out.push_back(detail::experts_entry(layers[0], L));
+                for (std::size_t k = 0; k < 3; ++k)
+                {
+                    if (!layers[k + 1].empty()) out.push_back(detail::dense_entry(layers[k + 1], L, detail::dense_stems[k]));
+                }
+                return out;
+            };
+            nlohmann::json groups = nlohmann::json::object();
+            nlohmann::json specs = nlohmann::json::object();
+            std::size_t n = 0;
+            for (const auto& [key, entry] : by_spec)
+            {
+                const auto targets = entries(entry.second);
+                groups["group_" + std::to_string(n++)] = ct::config_group_json(entry.first, m_act, targets);
+                specs[key] = targets;
+            }
+            std::vector<std::string> ignore = detail::never_converted_entries();
+            for (auto& e : entries(kept)) ignore.push_back(std::move(e));
+            // Any other Linear weight of the source left as it was, by its exact module name.
+            for (const auto& d : m_src.tensors())
+            {
+                if (d.shape.size() != 2 || d.name.size() < 7 || d.name.compare(d.name.size() - 7, 7, ".weight") != 0) continue;
+                const std::string module = d.name.substr(0, d.name.size() - 7);
+                bool covered = false;
+                for (const auto& [key, entry] : by_spec)
+                {
+                    for (const auto& t : entries(entry.second)) covered = covered || ct::entry_matches(t, module);
+                }
+                for (const auto& i : ignore) covered = covered || ct::entry_matches(i, module);
+                if (!covered) ignore.push_back(module);
+            }
+            nlohmann::json qc = {{"quant_method", "compressed-tensors"},
+                                 {"format", ct::format_name(m_format)},
+                                 {"quantization_status", "compressed"},
+                                 {"config_groups", groups},
+                                 {"ignore", ignore},
+                                 {"kv_cache_scheme", nullptr},
+                                 {"global_compression_ratio", nullptr},
+                                 {"orbitq",
+                                  {{"spec", m_auto ? std::string("auto") : m_spec.describe()},
+                                   {"range", to_string(m_spec.range)},
+                                   {"rounding", to_string(m_spec.rounding)},
+                                   {"scale_dtype", std::string(io::dtype_name(m_scale_type))},
+                                   {"activations", m_act == ct::activations::none ? "none" : "int8 dynamic per token"}}}};
+            if (m_spec.granularity == granularity_kind::per_tensor && !m_auto)
+            {
+                qc["orbitq"]["note"] = "per_tensor scales written with strategy 'channel': the one scale (and zero point) repeated on every row";
+            }
+            if (m_auto) qc["orbitq"]["specs"] = specs;
+            return qc;
+        }
+
+        /// @brief Marks the conversion as automatic (one chosen spec per layer) in the config.
+        void set_automatic(bool a) noexcept { m_auto = a; }
+
         /// @brief Writes the remaining tensors, the index and config.json, then publishes the
         ///        directory.
+        /// @throws error (io) when `dir` appeared meanwhile (without overwrite) or cannot be
+        ///         replaced; the staging directory is then removed and `dir` left as it is.
         void finish()
         {
             std::vector<io::tensor_decl> rest;
             for (auto& [name, d] : m_pending) rest.push_back(d);
             m_pending.clear();
-            m_layer_decls = rest;
             io::safetensors_writer w(m_stage / shard_name(), rest, {{"format", "pt"}}, true);
             for (const auto& d : rest) write_copy(w, d);
             w.commit();
             const nlohmann::json index = {{"metadata", {{"total_size", m_total}}}, {"weight_map", m_weight_map}};
             io::write_file_atomic(m_stage / std::string(io::checkpoint::index_name), index.dump(2) + "\n", true);
             nlohmann::json cfg = m_src.config_json();
-            cfg["quantization_config"] = quantization_config_json(m_spec, m_include_dense);
-            if (m_targets.size() > 1 || (m_targets.size() == 1 && m_targets.begin()->second.first != m_spec))
-            {
-                // Several specs (automatic granularity): one config group per spec, targeting the
-                // layers' modules that use it.
-                nlohmann::json groups = nlohmann::json::object();
-                nlohmann::json specs = nlohmann::json::object();
-                std::size_t n = 0;
-                for (const auto& [key, st] : m_targets)
-                {
-                    const nlohmann::json one = quantization_config_json(st.first, m_include_dense);
-                    nlohmann::json grp = one["config_groups"]["group_0"];
-                    grp["targets"] = st.second;
-                    groups["group_" + std::to_string(n++)] = grp;
-                    specs[key] = st.second;
-                }
-                auto& qc = cfg["quantization_config"];
-                qc["config_groups"] = groups;
-                qc["format"] = "mixed-precision";
-                qc["orbitq"]["spec"] = "auto";
-                qc["orbitq"]["specs"] = specs;
-            }
+            cfg["quantization_config"] = quantization_config();
             io::write_file_atomic(m_stage / "config.json", cfg.dump(2) + "\n", true);
             io::detail::fsync_directory(m_stage);
-            if (m_replace && std::filesystem::exists(m_dir))
-            {
-                // Swap atomically; the old output now sits under the hidden staging name.
-                if (::renameat2(AT_FDCWD, m_stage.c_str(), AT_FDCWD, m_dir.c_str(), RENAME_EXCHANGE) != 0)
-                {
-                    io::detail::throw_io("cannot exchange the new output with the existing", m_dir, errno);
-                }
-                m_finished = true;
-                std::error_code ec;
-                std::filesystem::remove_all(m_stage, ec);
-            }
-            else
-            {
-                std::error_code ec;
-                std::filesystem::rename(m_stage, m_dir, ec);
-                if (ec) throw error(error_kind::io, "cannot rename '" + m_stage.string() + "' to '" + m_dir.string() + "': " + ec.message());
-                m_finished = true;
-            }
+            publish();
             io::detail::fsync_directory(m_dir.has_parent_path() ? m_dir.parent_path() : std::filesystem::path("."));
         }
 
     private:
-        /// Records that the modules matching `regex` use `spec` (for the config groups).
-        void target(const quant_spec& spec, const std::string& regex)
+        /// What a layer's conversion wrote: the experts' spec, each dense matrix's.
+        struct converted_layer
         {
-            auto& t = m_targets[spec.describe()];
-            t.first = spec;
-            t.second.push_back(regex);
+            std::optional<quant_spec> experts;
+            std::array<std::optional<quant_spec>, 3> dense;
+        };
+
+        /// Removes staging directories of `dir` whose writer is gone (its PID no longer runs, or
+        /// an unnumbered one of an earlier version), then creates this writer's own.
+        std::filesystem::path make_stage() const
+        {
+            namespace fs = std::filesystem;
+            const fs::path parent = m_dir.has_parent_path() ? m_dir.parent_path() : fs::path(".");
+            const std::string base = "." + m_dir.filename().string() + ".partial";
+            std::error_code ec;
+            for (const auto& e : fs::directory_iterator(parent, ec))
+            {
+                const std::string n = e.path().filename().string();
+                if (n.rfind(base, 0) != 0) continue;
+                const std::string rest = n.substr(base.size());  // "" or ".PID.N"
+                bool stale = rest.empty();
+                if (!stale && rest[0] == '.')
+                {
+                    const std::string pid = rest.substr(1, rest.find('.', 1) - 1);
+                    if (!pid.empty() && pid.find_first_not_of("0123456789") == std::string::npos)
+                    {
+                        stale = ::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH;
+                    }
+                }
+                if (stale) fs::remove_all(e.path(), ec);
+            }
+            static std::atomic<unsigned> counter{0};
+            for (int attempt = 0;; ++attempt)
+            {
+                const fs::path p = parent / (base + "." + std::to_string(::getpid()) + "." + std::to_string(counter++));
+                if (::mkdir(p.c_str(), 0755) == 0) return p;
+                if (errno != EEXIST || attempt > 1000) io::detail::throw_io("cannot create the staging directory", p, errno);
+            }
+        }
+
+        /// Renames the staging directory onto `dir`: only if nothing holds that name, or, with
+        /// overwrite, by exchanging the two atomically.
+        void publish()
+        {
+            std::error_code ec;
+            // With overwrite, a `dir` that appears or vanishes meanwhile (another writer) is
+            // met by the other of the two renames; a few rounds settle any such race.
+            for (int round = 0; round < (m_overwrite ? 8 : 1); ++round)
+            {
+                if (m_overwrite && std::filesystem::exists(std::filesystem::symlink_status(m_dir, ec)))
+                {
+                    if (::renameat2(AT_FDCWD, m_stage.c_str(), AT_FDCWD, m_dir.c_str(), RENAME_EXCHANGE) == 0)
+                    {
+                        // The old output now sits under the staging name.
+                        m_finished = true;
+                        std::filesystem::remove_all(m_stage, ec);
+                        return;
+                    }
+                    if (errno == ENOENT) continue;
+                    io::detail::throw_io("cannot exchange the new output with the existing", m_dir, errno);
+                }
+                if (::renameat2(AT_FDCWD, m_stage.c_str(), AT_FDCWD, m_dir.c_str(), RENAME_NOREPLACE) == 0)
+                {
+                    m_finished = true;
+                    return;
+                }
+                if (errno == EEXIST || errno == ENOTEMPTY) continue;
+                if (errno != EINVAL) io::detail::throw_io("cannot rename the staging directory to", m_dir, errno);
+                // A file system without RENAME_NOREPLACE: a plain rename, which also refuses a
+                // non-empty directory.
+                if (!std::filesystem::exists(std::filesystem::symlink_status(m_dir, ec)))
+                {
+                    if (::rename(m_stage.c_str(), m_dir.c_str()) != 0) io::detail::throw_io("cannot rename the staging directory to", m_dir, errno);
+                    m_finished = true;
+                    return;
+                }
+            }
+            throw error(error_kind::io, "--out '" + m_dir.string()
+                                            + "' appeared while this conversion ran (another conversion writing there?); it is left as it is and "
+                                              "nothing of this run was written; pass --force to replace it");
         }
 
         std::string shard_name()
@@ -679,8 +723,8 @@ namespace orbitq::models::gemma4
 
         void write_linear(const quantized_tensor& q, std::size_t row0, std::size_t rows, const std::string& base)
         {
-            const auto decls = detail::linear_decls(q.spec, rows, q.cols, base, m_scale_type);
-            const auto data = detail::encode_linear(q, row0, rows, m_scale_type);
+            const auto decls = io::compressed_tensors::linear_decls(q.spec, m_format, rows, q.cols, base, m_scale_type);
+            const auto data = io::compressed_tensors::encode_linear(q, m_format, row0, rows, m_scale_type);
             for (std::size_t i = 0; i < decls.size(); ++i)
             {
                 m_layer->write(decls[i].name, std::span<const std::byte>(data[i]));
@@ -700,13 +744,14 @@ namespace orbitq::models::gemma4
         std::filesystem::path m_stage;
         model_source& m_src;
         quant_spec m_spec;
-        bool m_include_dense;
+        io::compressed_tensors::activations m_act;
+        io::compressed_tensors::format m_format;
+        bool m_auto = false;
         unsigned m_threads;
         io::dtype m_scale_type = io::dtype::bf16;
         std::map<std::string, io::tensor_decl> m_pending;
         std::vector<io::tensor_decl> m_copies;
-        std::map<std::string, std::pair<quant_spec, std::vector<std::string>>> m_targets;
-        std::vector<io::tensor_decl> m_layer_decls;
+        std::map<std::size_t, converted_layer> m_converted;
         std::string m_prefix;
         std::optional<io::safetensors_writer> m_layer;
         std::string m_current_shard;
@@ -715,6 +760,6 @@ namespace orbitq::models::gemma4
         std::size_t m_written = 0;
         std::size_t m_shards = 0;
         bool m_finished = false;
-        bool m_replace = false;
+        bool m_overwrite;
     };
 }

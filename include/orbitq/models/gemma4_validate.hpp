@@ -54,11 +54,17 @@ namespace orbitq::models::gemma4
         double gate_layer_cos = 0.997;
         double gate_stack_cos = 0.97;
         unsigned threads = 0;                ///< 0: hardware concurrency
-        /// If set, picks the spec of each tensor the gated granularity quantizes (automatic
-        /// granularity): called once per tensor and layer with the source view and the gated spec;
-        /// the result replaces the gated spec for that tensor (the other granularities are
-        /// unaffected). It may throw to stop the run.
-        std::function<quant_spec(const any_view&, const quant_spec&)> choose;
+        /// If set, picks the one spec of a layer's tensors that the gated granularity quantizes
+        /// (automatic granularity): called once per layer with the source views of those tensors
+        /// (gate_up and down of the experts, then the dense matrices included) and the gated
+        /// spec; the result replaces the gated spec for all of them (the other granularities are
+        /// unaffected). One spec per layer: engines load a MoE layer only when gate, up and down
+        /// share it. It may throw to stop the run.
+        std::function<quant_spec(const std::vector<const any_view*>&, const quant_spec&)> choose;
+        /// Activations the engine quantizes before each quantized product: none, or int8 per
+        /// token (symmetric, scale = amax/127, round half to even), as W8A8 kernels do; the
+        /// gated granularity's forward pass simulates it, so the gates judge what will run.
+        activation_quantization activations = activation_quantization::none;
         /// A NaN or infinity in a tensor that would be quantized: false (default) stops the run
         /// with an error naming the tensor and the position (expert, row, column); true keeps such
         /// tensors in source precision (copied unquantized) and lists them in
@@ -461,6 +467,17 @@ namespace orbitq::models::gemma4
                     tensor_report t;
                     std::visit([&](const auto& m) { t.name = m.name; t.shape = m.shape; }, v);
                     if (nonfinite.count(t.name)) t.skipped = "non-finite values";
+                    else
+                    {
+                        // A partner (the other expert tensor, or another dense matrix) has them.
+                        const bool expert = &v == &w.gate_up || &v == &w.down;
+                        for (const any_view* p : expert ? std::vector<const any_view*>{&w.gate_up, &w.down}
+                                                        : std::vector<const any_view*>{&w.dense_gate, &w.dense_up, &w.dense_down})
+                        {
+                            const std::string pn = std::visit([](const auto& m) { return m.name; }, *p);
+                            if (nonfinite.count(pn)) t.skipped = "kept with '" + pn + "' (non-finite values): one scheme per layer";
+                        }
+                    }
                     t.bits_per_weight = 8.0 * static_cast<double>(detail::element_bytes(v));
                     return t;
                 };
@@ -475,19 +492,21 @@ namespace orbitq::models::gemma4
                 // rows); per-tensor first reduces the stacked tensor's statistic, block by block.
                 const std::array<const any_view*, 2> ev = {&w.gate_up, &w.down};
                 const std::array<std::size_t, 2> erows = {2 * c.expert_intermediate, c.hidden};
-                std::array<bool, 2> equant = {wanted(w.gate_up), wanted(w.down)};
-                const std::array<bool, 3> dquant = {opt.include_dense && wanted(w.dense_gate), opt.include_dense && wanted(w.dense_up),
-                                                    opt.include_dense && wanted(w.dense_down)};
-                // The spec of each tensor: the granularity's, or the chosen one (automatic).
+                // The experts' gate_up and down are quantized together or not at all, and so are
+                // the three dense matrices: engines load a MoE layer (and a fused gate_up) only in
+                // one scheme, so a tensor kept in source precision keeps its partners too.
+                const bool experts_wanted = wanted(w.gate_up) && wanted(w.down);
+                const bool dense_wanted = opt.include_dense && wanted(w.dense_gate) && wanted(w.dense_up) && wanted(w.dense_down);
+                std::array<bool, 2> equant = {experts_wanted, experts_wanted};
+                const std::array<bool, 3> dquant = {dense_wanted, dense_wanted, dense_wanted};
+                // The spec of each tensor: the granularity's, or the layer's chosen one (automatic).
                 std::array<quant_spec, 5> tspec = {spec, spec, spec, spec, spec};
-                if (g == opt.gated && opt.choose)
+                if (g == opt.gated && opt.choose && (experts_wanted || dense_wanted))
                 {
-                    const std::array<const any_view*, 5> all = {&w.gate_up, &w.down, &w.dense_gate, &w.dense_up, &w.dense_down};
-                    const std::array<bool, 5> q = {equant[0], equant[1], dquant[0], dquant[1], dquant[2]};
-                    for (std::size_t k = 0; k < 5; ++k)
-                    {
-                        if (q[k]) tspec[k] = opt.choose(*all[k], spec);
-                    }
+                    std::vector<const any_view*> chosen_for;
+                    if (experts_wanted) chosen_for.insert(chosen_for.end(), {&w.gate_up, &w.down});
+                    if (dense_wanted) chosen_for.insert(chosen_for.end(), {&w.dense_gate, &w.dense_up, &w.dense_down});
+                    tspec.fill(opt.choose(chosen_for, spec));
                     if (w.release_expert)
                     {
                         for (std::size_t e = 0; e < c.experts; ++e) w.release_expert(e);
@@ -582,7 +601,8 @@ namespace orbitq::models::gemma4
                 // granularity's own stream (stack).
                 std::copy(x_orig.begin(), x_orig.end(), xin.begin());
                 std::copy(x_q[g].begin(), x_q[g].end(), xin.begin() + static_cast<std::ptrdiff_t>(T * H));
-                quantized_operators qops(c, w, provide, dq, opt.threads);
+                quantized_operators qops(c, w, provide, dq, opt.threads,
+                                         g == opt.gated ? opt.activations : activation_quantization::none);
                 std::vector<token_route> routes_q;
                 ffn_forward(c, w, qops, xin.data(), 2 * T, yq.data(), &routes_q, opt.threads);
                 // Experts no token chose: quantized for the metrics and the output all the same.

@@ -1,0 +1,314 @@
+/// @file compressed_tensors.hpp
+/// @brief Quantized Linear weights in the compressed-tensors checkpoint format (the format vLLM
+///        loads), and its `quantization_config`.
+///
+/// Two formats, per Linear named `base` with weight [out, in]:
+/// - `pack-quantized` (weight-only, 4 or 8 bits; vLLM's WNA16 kernels, Marlin for MoE):
+///   `base.weight_packed` I32 [out, ceil(in·b/32)]: value j of word k is column k·(32/b)+j, at
+///   bits [j·b, (j+1)·b), stored unsigned as code + 2^(b−1); `base.weight_shape` I64 [2] =
+///   {out, in}; `base.weight_scale` in the model's float dtype, [out, 1] per channel or
+///   [out, in/G] per group; asymmetric only, `base.weight_zero_point` I32 [ceil(out·b/32), scale
+///   columns]: the zero points packed the same way along the output dimension.
+/// - `int-quantized` (W8A8: int8 weights, dynamic per-token int8 activations): `base.weight` I8
+///   [out, in] (signed codes) and `base.weight_scale` [out, 1]; symmetric per channel only.
+///
+/// Dequantization, as compressed-tensors defines it: w = (code − zero_point) · scale, with the
+/// scale (and zero point) of column c taken from group c / G.
+///
+/// A per-tensor quantization is written with strategy `channel` and its one scale (and zero
+/// point) repeated on every row: the numbers are unchanged, and vLLM's MoE kernels take
+/// channel scales but not tensor ones.
+#pragma once
+
+#include "orbitq/core/error.hpp"
+#include "orbitq/core/float16.hpp"
+#include "orbitq/io/safetensors.hpp"
+#include "orbitq/quantize.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <regex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace orbitq::io::compressed_tensors
+{
+    /// @brief How a Linear's codes are stored.
+    enum class format
+    {
+        pack_quantized,  ///< weight-only: codes packed in int32 words
+        int_quantized    ///< W8A8: int8 codes as they are, activations quantized per token at run time
+    };
+
+    /// @brief The format's name in `quantization_config`.
+    inline std::string_view format_name(format f) noexcept { return f == format::pack_quantized ? "pack-quantized" : "int-quantized"; }
+
+    /// @brief Dynamic activation quantization declared with the weights (`input_activations`).
+    enum class activations
+    {
+        none,          ///< weight-only
+        int8_per_token ///< symmetric int8, one scale per token computed at run time
+    };
+
+    /// @brief Codes per int32 word.
+    constexpr std::size_t pack_factor(int bits) noexcept { return 32u / static_cast<unsigned>(bits); }
+
+    /// @brief Words of a packed row of `n` codes.
+    constexpr std::size_t packed_words(std::size_t n, int bits) noexcept { return (n + pack_factor(bits) - 1) / pack_factor(bits); }
+
+    /// @brief Packs `rows` × `cols` signed codes (row-major, `code(r, c)`) into int32 words along
+    ///        each row: value j of word k is column k·(32/b)+j at bits j·b, as code + 2^(b−1).
+    ///        Bits past the last column of a row are 0.
+    /// @pre bits is 4 or 8; every code lies in [−2^(b−1), 2^(b−1)−1].
+    template <class CodeAt>
+    std::vector<std::uint32_t> pack_rows(std::size_t rows, std::size_t cols, int bits, CodeAt code)
+    {
+        const std::size_t words = packed_words(cols, bits), pf = pack_factor(bits);
+        const std::uint32_t mask = (1u << bits) - 1u, offset = 1u << (bits - 1);
+        std::vector<std::uint32_t> out(rows * words, 0u);
+        for (std::size_t r = 0; r < rows; ++r)
+        {
+            for (std::size_t c = 0; c < cols; ++c)
+            {
+                const auto u = (static_cast<std::uint32_t>(code(r, c)) + offset) & mask;
+                out[r * words + c / pf] |= u << (bits * static_cast<int>(c % pf));
+            }
+        }
+        return out;
+    }
+
+    /// @brief Packs `rows` × `cols` signed values along the rows (dimension 0), as
+    ///        compressed-tensors packs zero points: word [k, c] holds rows k·(32/b)+j, j = 0..,
+    ///        at bits j·b, as value + 2^(b−1).
+    template <class ValueAt>
+    std::vector<std::uint32_t> pack_columns(std::size_t rows, std::size_t cols, int bits, ValueAt value)
+    {
+        const std::size_t pf = pack_factor(bits);
+        const std::uint32_t mask = (1u << bits) - 1u, offset = 1u << (bits - 1);
+        std::vector<std::uint32_t> out(packed_words(rows, bits) * cols, 0u);
+        for (std::size_t r = 0; r < rows; ++r)
+        {
+            for (std::size_t c = 0; c < cols; ++c)
+            {
+                const auto u = (static_cast<std::uint32_t>(value(r, c)) + offset) & mask;
+                out[(r / pf) * cols + c] |= u << (bits * static_cast<int>(r % pf));
+            }
+        }
+        return out;
+    }
+
+    /// @brief Why vLLM's fused-MoE kernels cannot load experts quantized with `spec` in `f`
+    ///        (empty: they can). `input_widths` are the in_features of every expert projection
+    ///        (Gemma 4: hidden 2816 for gate and up, 704 for down).
+    ///
+    /// Weight-only (`pack-quantized`): 4 or 8 bits, per channel (per tensor written as channel),
+    /// or groups of 32, 64 or 128 that divide every input width (the Marlin MoE kernel's rule),
+    /// symmetric or asymmetric. W8A8 (`int-quantized`): 8 bits, symmetric, per channel.
+    inline std::optional<std::string> moe_refusal(const quant_spec& spec, format f, std::span<const std::size_t> input_widths)
+    {
+        if (spec.bits != 4 && spec.bits != 8) return "only 4 and 8 bits load";
+        if (f == format::int_quantized)
+        {
+            if (spec.bits != 8 || spec.scheme != scheme_kind::symmetric || spec.granularity != granularity_kind::per_channel)
+            {
+                return "int8 weights with int8 activations need int8 symmetric per_channel weights";
+            }
+            return std::nullopt;
+        }
+        if (spec.granularity != granularity_kind::per_group) return std::nullopt;
+        if (spec.group_size != 32 && spec.group_size != 64 && spec.group_size != 128)
+        {
+            return "group size " + std::to_string(spec.group_size) + " is not one of 32, 64, 128";
+        }
+        for (std::size_t w : input_widths)
+        {
+            if (w % spec.group_size != 0)
+            {
+                return "group size " + std::to_string(spec.group_size) + " does not divide the input width " + std::to_string(w);
+            }
+        }
+        return std::nullopt;
+    }
+
+    /// @brief For people: the specs moe_refusal() accepts for projections of these input widths.
+    inline std::string moe_loadable_summary(std::span<const std::size_t> input_widths)
+    {
+        std::string groups;
+        for (std::size_t g : {32u, 64u, 128u})
+        {
+            bool all = true;
+            for (std::size_t w : input_widths) all = all && w % g == 0;
+            if (all) groups += (groups.empty() ? "" : ", ") + std::string("per_group:") + std::to_string(g);
+        }
+        return "vLLM's MoE kernels load int8 or int4, symmetric or asymmetric, per_channel, per_tensor (written per channel)"
+               + (groups.empty() ? std::string() : ", " + groups)
+               + "; with --activations int8, int8 symmetric per_channel";
+    }
+
+    /// @brief The `weights` QuantizationArgs of `spec` as written (per tensor becomes channel).
+    inline nlohmann::json weight_args_json(const quant_spec& spec)
+    {
+        const bool group = spec.granularity == granularity_kind::per_group;
+        return {{"num_bits", spec.bits},
+                {"type", "int"},
+                {"symmetric", spec.scheme == scheme_kind::symmetric},
+                {"strategy", group ? "group" : "channel"},
+                {"group_size", group ? nlohmann::json(spec.group_size) : nlohmann::json(nullptr)},
+                {"block_structure", nullptr},
+                {"dynamic", false},
+                {"actorder", nullptr},
+                {"observer", "minmax"},
+                {"observer_kwargs", nlohmann::json::object()}};
+    }
+
+    /// @brief The `input_activations` QuantizationArgs (null for weight-only).
+    inline nlohmann::json activation_args_json(activations a)
+    {
+        if (a == activations::none) return nullptr;
+        return {{"num_bits", 8},
+                {"type", "int"},
+                {"symmetric", true},
+                {"strategy", "token"},
+                {"group_size", nullptr},
+                {"block_structure", nullptr},
+                {"dynamic", true},
+                {"actorder", nullptr},
+                {"observer", nullptr},
+                {"observer_kwargs", nlohmann::json::object()}};
+    }
+
+    /// @brief One config group: the modules matching `targets` use `spec`.
+    inline nlohmann::json config_group_json(const quant_spec& spec, activations a, const std::vector<std::string>& targets)
+    {
+        const format f = a == activations::none ? format::pack_quantized : format::int_quantized;
+        return {{"targets", targets},
+                {"weights", weight_args_json(spec)},
+                {"input_activations", activation_args_json(a)},
+                {"output_activations", nullptr},
+                {"format", format_name(f)}};
+    }
+
+    /// @brief The tensors of one quantized Linear [rows, cols] named `base`, in the order
+    ///        encode_linear produces them.
+    /// @throws error (invalid_argument) for bits other than 4 and 8, or int_quantized with 4 bits.
+    inline std::vector<tensor_decl> linear_decls(const quant_spec& spec, format f, std::size_t rows, std::size_t cols,
+                                                 const std::string& base, dtype scale_type)
+    {
+        if (spec.bits != 4 && spec.bits != 8) throw error(error_kind::invalid_argument, base + ": compressed-tensors stores 4 or 8 bits");
+        const std::size_t scale_cols = spec.granularity == granularity_kind::per_group ? (cols + spec.group_size - 1) / spec.group_size : 1;
+        std::vector<tensor_decl> d;
+        if (f == format::int_quantized)
+        {
+            if (spec.bits != 8 || spec.scheme != scheme_kind::symmetric)
+            {
+                throw error(error_kind::invalid_argument, base + ": int-quantized stores int8 symmetric weights");
+            }
+            d.push_back({base + ".weight", dtype::i8, {rows, cols}});
+            d.push_back({base + ".weight_scale", scale_type, {rows, scale_cols}});
+            return d;
+        }
+        d.push_back({base + ".weight_packed", dtype::i32, {rows, packed_words(cols, spec.bits)}});
+        d.push_back({base + ".weight_shape", dtype::i64, {2}});
+        d.push_back({base + ".weight_scale", scale_type, {rows, scale_cols}});
+        if (spec.scheme == scheme_kind::asymmetric)
+        {
+            d.push_back({base + ".weight_zero_point", dtype::i32, {packed_words(rows, spec.bits), scale_cols}});
+        }
+        return d;
+    }
+
+    namespace detail
+    {
+        /// Floats stored as `t` (f32, bf16 or f16), little-endian.
+        inline std::vector<std::byte> encode_floats(const std::vector<float>& v, dtype t)
+        {
+            std::vector<std::byte> out(v.size() * dtype_size(t));
+            for (std::size_t i = 0; i < v.size(); ++i)
+            {
+                switch (t)
+                {
+                    case dtype::f32: std::memcpy(out.data() + 4 * i, &v[i], 4); break;
+                    case dtype::bf16:
+                    {
+                        const auto h = to_bfloat16(v[i]);
+                        std::memcpy(out.data() + 2 * i, &h, 2);
+                        break;
+                    }
+                    case dtype::f16:
+                    {
+                        const auto h = to_float16(v[i]);
+                        std::memcpy(out.data() + 2 * i, &h, 2);
+                        break;
+                    }
+                    default: throw error(error_kind::invalid_argument, "scales are stored as F32, BF16 or F16");
+                }
+            }
+            return out;
+        }
+
+        template <class T>
+        std::vector<std::byte> as_bytes(const std::vector<T>& v)
+        {
+            std::vector<std::byte> out(v.size() * sizeof(T));
+            std::memcpy(out.data(), v.data(), out.size());
+            return out;
+        }
+    }
+
+    /// @brief The bytes of one Linear, rows [row0, row0 + rows) of `q`, in linear_decls order.
+    ///        Every column of those rows belongs to the Linear (a stacked expert tensor is split
+    ///        by rows only).
+    /// @pre f is int_quantized only for an 8-bit symmetric q; the host is little-endian.
+    inline std::vector<std::vector<std::byte>> encode_linear(const quantized_tensor& q, format f, std::size_t row0, std::size_t rows,
+                                                             dtype scale_type)
+    {
+        const std::size_t cols = q.cols;
+        const bool group = q.spec.granularity == granularity_kind::per_group;
+        const std::size_t scale_cols = group ? (cols + q.spec.group_size - 1) / q.spec.group_size : 1;
+        // Orbit of (row r of the Linear, scale column g): per tensor repeats orbit 0 on every row.
+        auto orbit = [&](std::size_t r, std::size_t g) {
+            return q.spec.granularity == granularity_kind::per_tensor ? std::size_t{0} : q.layout.orbit(row0 + r, g);
+        };
+        std::vector<std::vector<std::byte>> o;
+        if (f == format::int_quantized)
+        {
+            std::vector<std::byte> codes(rows * cols);
+            std::memcpy(codes.data(), q.codes.data() + row0 * cols, rows * cols);
+            o.push_back(std::move(codes));
+        }
+        else
+        {
+            o.push_back(detail::as_bytes(pack_rows(rows, cols, q.spec.bits, [&](std::size_t r, std::size_t c) { return q.code(row0 + r, c); })));
+            o.push_back(detail::as_bytes(std::vector<std::int64_t>{static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols)}));
+        }
+        std::vector<float> scales(rows * scale_cols);
+        for (std::size_t r = 0; r < rows; ++r)
+        {
+            for (std::size_t g = 0; g < scale_cols; ++g) scales[r * scale_cols + g] = q.scales[orbit(r, g)];
+        }
+        o.push_back(detail::encode_floats(scales, scale_type));
+        if (f == format::pack_quantized && q.spec.scheme == scheme_kind::asymmetric)
+        {
+            o.push_back(detail::as_bytes(pack_columns(rows, scale_cols, q.spec.bits, [&](std::size_t r, std::size_t g) { return q.zero_point(orbit(r, g)); })));
+        }
+        return o;
+    }
+
+    /// @brief Whether `name` matches a `quantization_config` target or ignore entry as vLLM and
+    ///        compressed-tensors match them: `re:PATTERN` matches from the start of the name
+    ///        (Python's re.match: anchored at the start, not at the end unless the pattern ends
+    ///        with `$`); any other entry must equal the name.
+    /// @pre PATTERN is valid in both Python's and ECMAScript's regex syntax (the common subset:
+    ///      `.`, `\.`, `\d`, `*`, `+`, `?`, groups, alternation, `$`).
+    inline bool entry_matches(const std::string& entry, const std::string& name)
+    {
+        if (entry.rfind("re:", 0) != 0) return entry == name;
+        const std::regex re(entry.substr(3), std::regex::ECMAScript);
+        return std::regex_search(name, re, std::regex_constants::match_continuous);
+    }
+}

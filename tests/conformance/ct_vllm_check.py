@@ -1,0 +1,1553 @@
+#!/usr/bin/env python3
+"""Independent conformance checker: Gemma 4 MoE checkpoint -> compressed-tensors for vLLM.
+
+Checks a converted Hugging Face checkpoint (OUT_DIR) against its bf16 source
+(SRC_DIR).  It is written from the upstream rules only (not from this
+repository's converter), with Python's standard library and numpy:
+
+* safetensors container: 8-byte little-endian header length, JSON header,
+  data_offsets relative to the end of the header (huggingface/safetensors
+  format spec); the index's ``weight_map`` must list every tensor of every
+  shard and nothing else.
+* compressed-tensors
+  - ``compressors/quantized_compressors/pack_quantized.py``
+    (``pack_to_int32`` / ``unpack_from_int32``): codes offset by 2^(b-1),
+    32/b values per int32 word, least significant first, zero points packed
+    along dim 0, tensors ``weight_packed``, ``weight_shape``,
+    ``weight_scale``, ``weight_zero_point`` (asymmetric only).
+  - ``compressors/quantized_compressors/int_quantized.py`` (``weight`` int8).
+  - ``quantization/quant_args.py`` (QuantizationArgs fields, defaults,
+    strategy inference from group_size, q_min/q_max).
+  - ``quantization/lifecycle/forward.py`` (``_quantize``/``_dequantize``:
+    x_hat = (q - zp) * scale, group of column c is c // group_size).
+* vLLM
+  - ``model_executor/layers/quantization/compressed_tensors/compressed_tensors.py``
+    (target_scheme_map from config_groups, per-group/top-level format,
+    ``apply_vllm_mapper`` for targets/ignore, ``get_scheme_dict``,
+    ``_is_wNa16_group_channel``, ``_is_dynamic_token_w8a8``,
+    ``_add_fused_moe_to_target_scheme_map``).
+  - ``.../compressed_tensors/utils.py`` (``should_ignore_layer``,
+    ``find_matched_target``, ``_is_equal_or_regex_match``,
+    ``_match_fused_layer``).
+  - ``.../compressed_tensors_moe/compressed_tensors_moe.py`` (``get_moe_method``),
+    ``compressed_tensors_moe_wna16_marlin.py`` and
+    ``compressed_tensors_moe_w8a8_int8.py`` (create_weights parameter shapes,
+    ``is_transposed`` loading of per-expert tensors into w13/w2).
+  - ``quantization/utils/marlin_utils.py`` (``check_moe_marlin_supports_layer``).
+  - ``model_executor/models/gemma4.py`` and ``gemma4_mm.py`` (module names
+    ``language_model.model.layers.N.moe.experts``, fused ``qkv_proj`` /
+    ``gate_up_proj``, ``hf_to_vllm_mapper`` prefixes, router GateLinear).
+
+Usage:
+  ct_vllm_check.py --source SRC --converted OUT [--expect-format F]
+      [--expect-bits 4|8] [--expect-strategy channel|group]
+      [--expect-group-size N] [--expect-symmetric true|false] [--min-cos X]
+  ct_vllm_check.py --self-test
+Exit status 0 when every check passes, 1 otherwise.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+# --------------------------------------------------------------------------
+# safetensors
+# --------------------------------------------------------------------------
+
+DTYPES = {
+    "BOOL": (1, np.bool_), "U8": (1, np.uint8), "I8": (1, np.int8),
+    "I16": (2, np.int16), "U16": (2, np.uint16), "F16": (2, np.float16),
+    "BF16": (2, np.uint16), "I32": (4, np.int32), "U32": (4, np.uint32),
+    "F32": (4, np.float32), "I64": (8, np.int64), "U64": (8, np.uint64),
+    "F64": (8, np.float64),
+}
+FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
+
+
+class FormatError(Exception):
+    pass
+
+
+class SafetensorsFile:
+    """A memory-mapped safetensors file (header validated on open)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.problems = []  # non-fatal container problems (strings)
+        size = os.path.getsize(path)
+        if size < 8:
+            raise FormatError(f"{path}: shorter than the 8-byte header length")
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > size - 8:
+                raise FormatError(f"{path}: header length {n} exceeds file size {size}")
+            raw = f.read(n)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as ex:
+            raise FormatError(f"{path}: header is not JSON: {ex}")
+        if not isinstance(header, dict):
+            raise FormatError(f"{path}: header is not a JSON object")
+        self.metadata = header.pop("__metadata__", None)
+        self.data_start = 8 + n
+        self.data_len = size - 8 - n
+        self.buf = np.memmap(path, dtype=np.uint8, mode="r")
+        self.entries = {}
+        spans = []
+        for name, ent in header.items():
+            try:
+                dt = ent["dtype"]
+                shape = [int(x) for x in ent["shape"]]
+                b, e = (int(x) for x in ent["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise FormatError(f"{path}: malformed header entry for {name!r}")
+            if dt not in DTYPES:
+                raise FormatError(f"{path}: {name}: unknown dtype {dt}")
+            if any(s < 0 for s in shape):
+                raise FormatError(f"{path}: {name}: negative dimension in {shape}")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dt][0]
+            if e - b != nbytes or b < 0:
+                raise FormatError(
+                    f"{path}: {name}: data_offsets [{b},{e}) hold {e - b} bytes but "
+                    f"{dt}{shape} needs {nbytes}")
+            if e > self.data_len:
+                raise FormatError(f"{path}: {name}: data_offsets end {e} beyond data size {self.data_len}")
+            self.entries[name] = (dt, shape, b, e)
+            spans.append((b, e, name))
+        spans.sort()
+        pos = 0
+        for b, e, name in spans:
+            if b < pos:
+                raise FormatError(f"{path}: {name}: data overlaps the previous tensor")
+            if b > pos:
+                self.problems.append(f"{path}: {b - pos} unreferenced bytes before {name}")
+            pos = max(pos, e)
+        if pos != self.data_len:
+            self.problems.append(f"{path}: {self.data_len - pos} unreferenced bytes at the end")
+
+    def raw(self, name):
+        _, _, b, e = self.entries[name]
+        return self.buf[self.data_start + b:self.data_start + e]
+
+    def array(self, name):
+        """The tensor in its storage dtype (BF16 as uint16)."""
+        dt, shape, _, _ = self.entries[name]
+        return self.raw(name).view(DTYPES[dt][1]).reshape(shape)
+
+
+def read_safetensors(path):
+    return SafetensorsFile(path)
+
+
+def to_float(arr, dtype, out=np.float32):
+    """Storage array -> float (BF16: uint16 << 16 viewed as float32)."""
+    if dtype == "BF16":
+        return (np.asarray(arr, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32).astype(out, copy=False)
+    return np.asarray(arr).astype(out)
+
+
+def write_safetensors(path, tensors):
+    """tensors: name -> (dtype string, numpy array in storage dtype)."""
+    header, chunks, pos = {}, [], 0
+    for name, (dt, arr) in tensors.items():
+        a = np.ascontiguousarray(arr, dtype=DTYPES[dt][1])
+        data = a.tobytes()
+        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [pos, pos + len(data)]}
+        chunks.append(data)
+        pos += len(data)
+    header["__metadata__"] = {"format": "pt"}
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for c in chunks:
+            f.write(c)
+
+
+# --------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------
+
+class Report:
+    MAX_PER_KEY = 8
+
+    def __init__(self, log=print):
+        self.fails = {}
+        self.notes = []
+        self.info = []
+        self.log = log
+
+    def fail(self, key, msg):
+        self.fails.setdefault(key, []).append(msg)
+
+    def note(self, msg):
+        if msg not in self.notes:
+            self.notes.append(msg)
+
+    @property
+    def failed(self):
+        return bool(self.fails)
+
+    def all_failures(self):
+        return [m for v in self.fails.values() for m in v]
+
+    def emit(self, summary):
+        for n in self.notes:
+            self.log(f"note: {n}")
+        for line in self.info:
+            self.log(line)
+        for key, msgs in self.fails.items():
+            for m in msgs[:self.MAX_PER_KEY]:
+                self.log(f"FAIL [{key}] {m}")
+            if len(msgs) > self.MAX_PER_KEY:
+                self.log(f"FAIL [{key}] ... and {len(msgs) - self.MAX_PER_KEY} more like this")
+        if self.failed:
+            self.log(f"FAILED: {sum(len(v) for v in self.fails.values())} failed checks "
+                     f"in {len(self.fails)} categories")
+        else:
+            self.log("OK: " + summary)
+
+
+# --------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------
+
+class Checkpoint:
+    """A Hugging Face checkpoint directory: config.json + index + shards."""
+
+    def __init__(self, d, rep, label):
+        self.dir, self.label = d, label
+        self.ok = True
+        self.config = {}
+        self.files = {}
+        self.where = {}
+        cfg_path = os.path.join(d, "config.json")
+        try:
+            with open(cfg_path) as f:
+                self.config = json.load(f)
+        except (OSError, json.JSONDecodeError) as ex:
+            rep.fail("config", f"{label}: cannot read config.json: {ex}")
+            self.ok = False
+        idx_path = os.path.join(d, "model.safetensors.index.json")
+        if os.path.exists(idx_path):
+            try:
+                with open(idx_path) as f:
+                    wm = json.load(f)["weight_map"]
+                if not isinstance(wm, dict):
+                    raise ValueError("weight_map is not an object")
+            except (OSError, ValueError, KeyError, TypeError) as ex:
+                rep.fail("index", f"{label}: bad model.safetensors.index.json: {ex}")
+                self.ok = False
+                return
+        elif os.path.exists(os.path.join(d, "model.safetensors")):
+            rep.note(f"{label}: no index, using the single model.safetensors")
+            wm = None
+        else:
+            rep.fail("index", f"{label}: neither model.safetensors.index.json nor model.safetensors in {d}")
+            self.ok = False
+            return
+        shards = sorted(set(wm.values())) if wm is not None else ["model.safetensors"]
+        for s in shards:
+            p = os.path.join(d, s)
+            if not os.path.exists(p):
+                rep.fail("index", f"{label}: weight_map names shard {s} which does not exist")
+                self.ok = False
+                continue
+            try:
+                sf = read_safetensors(p)
+            except FormatError as ex:
+                rep.fail("safetensors", f"{label}: {ex}")
+                self.ok = False
+                continue
+            for pr in sf.problems:
+                rep.note(f"{label}: {pr}")
+            self.files[s] = sf
+            for name in sf.entries:
+                if name in self.where:
+                    rep.fail("index", f"{label}: tensor {name} stored in both {self.where[name]} and {s}")
+                    self.ok = False
+                self.where[name] = s
+        if wm is not None:
+            for name, s in wm.items():
+                if s in self.files and name not in self.files[s].entries:
+                    rep.fail("index", f"{label}: weight_map puts {name} in {s}, which lacks it")
+            for name, s in self.where.items():
+                if wm.get(name) != s:
+                    rep.fail("index", f"{label}: tensor {name} in shard {s} is "
+                             f"{'not listed in weight_map' if name not in wm else 'mapped to ' + wm[name]}")
+            listed = set(shards)
+            for fn in os.listdir(d):
+                if fn.endswith(".safetensors") and fn not in listed:
+                    rep.note(f"{label}: shard file {fn} is not referenced by weight_map")
+
+    def has(self, name):
+        return name in self.where
+
+    def entry(self, name):
+        return self.files[self.where[name]].entries[name]
+
+    def dtype(self, name):
+        return self.entry(name)[0]
+
+    def shape(self, name):
+        return list(self.entry(name)[1])
+
+    def array(self, name):
+        return self.files[self.where[name]].array(name)
+
+    def raw(self, name):
+        return self.files[self.where[name]].raw(name)
+
+
+# --------------------------------------------------------------------------
+# compressed-tensors: QuantizationArgs, packing, dequantization
+# --------------------------------------------------------------------------
+
+QARGS_DEFAULTS = {
+    "num_bits": 8, "type": "int", "symmetric": True, "group_size": None,
+    "strategy": None, "block_structure": None, "dynamic": False,
+    "actorder": None, "observer": None, "observer_kwargs": {},
+}
+
+
+class ConfigError(Exception):
+    pass
+
+
+def normalize_quant_args(d, where):
+    """QuantizationArgs.model_validate: defaults + strategy inference/validation."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: QuantizationArgs must be an object, got {d!r}")
+    a = dict(QARGS_DEFAULTS)
+    a.update(d)
+    if a["type"] not in ("int", "float"):
+        raise ConfigError(f"{where}: type {a['type']!r} is not int/float")
+    if not isinstance(a["num_bits"], int) or isinstance(a["num_bits"], bool) or a["num_bits"] <= 0:
+        raise ConfigError(f"{where}: num_bits {a['num_bits']!r} invalid")
+    if not isinstance(a["symmetric"], bool):
+        raise ConfigError(f"{where}: symmetric must be a boolean")
+    gs, st = a["group_size"], a["strategy"]
+    if st is not None:
+        st = str(st).lower()
+    if st is None:
+        if gs is None:
+            st = "tensor"
+        elif gs > 0:
+            st = "group"
+        elif gs == -1:
+            st = "channel"
+        else:
+            raise ConfigError(f"{where}: group_size {gs} invalid")
+    if st not in ("tensor", "channel", "group", "block", "token", "tensor_group", "attn_head"):
+        raise ConfigError(f"{where}: unknown strategy {st!r}")
+    if st == "group" and (not isinstance(gs, int) or gs <= 0):
+        raise ConfigError(f"{where}: strategy group needs a positive group_size, got {gs!r}")
+    if gs is not None and st not in ("group", "tensor_group"):
+        if not (st == "channel" and gs == -1):
+            raise ConfigError(f"{where}: group_size {gs} requires strategy 'group' (strategy {st})")
+    if a["actorder"] not in (None, False) and st != "group":
+        raise ConfigError(f"{where}: actorder requires strategy group")
+    a["strategy"] = st
+    return a
+
+
+def qrange(bits):
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def unpack_int32(packed, bits, n, packed_dim=1):
+    """compressed-tensors unpack_from_int32: returns (signed codes, raw padding values).
+
+    packed_dim=1: packed [rows, ceil(n/pf)] -> codes [rows, n];
+    packed_dim=0: packed [ceil(n/pf), cols] -> codes [n, cols].
+    """
+    pf = 32 // bits
+    mask = np.uint32((1 << bits) - 1)
+    u = np.ascontiguousarray(packed, dtype=np.int32).view(np.uint32)
+    if packed_dim == 0:
+        u = u.T
+    shifts = np.arange(pf, dtype=np.uint32) * np.uint32(bits)
+    vals = ((u[:, :, None] >> shifts) & mask).reshape(u.shape[0], -1)
+    pad = vals[:, n:]
+    codes = vals[:, :n].astype(np.int32) - (1 << (bits - 1))
+    if packed_dim == 0:
+        codes, pad = codes.T, pad.T
+    return codes, pad
+
+
+def pack_to_int32(codes, bits, packed_dim=1, lsb_first=True):
+    """compressed-tensors pack_to_int32 (self-test's own implementation).
+
+    lsb_first=False produces the (non-conforming) reversed value order."""
+    pf = 32 // bits
+    v = (np.asarray(codes, dtype=np.int64) + (1 << (bits - 1))).astype(np.uint32)
+    if packed_dim == 0:
+        v = v.T
+    rows, cols = v.shape
+    padded = -(-cols // pf) * pf
+    if padded != cols:
+        v = np.pad(v, ((0, 0), (0, padded - cols)))
+    v = v.reshape(rows, padded // pf, pf)
+    shifts = np.arange(pf, dtype=np.uint32) * np.uint32(bits)
+    if not lsb_first:
+        shifts = shifts[::-1].copy()
+    packed = np.bitwise_or.reduce(v << shifts, axis=2).astype(np.uint32).view(np.int32)
+    if packed_dim == 0:
+        packed = np.ascontiguousarray(packed.T)
+    return packed
+
+
+def ct_num_groups(args, in_features):
+    st = args["strategy"]
+    if st == "group":
+        return -(-in_features // args["group_size"])
+    if st == "channel":
+        return 1
+    return None  # tensor
+
+
+def ct_expected_layout(fmt, args, out_f, in_f):
+    """compressed-tensors on-disk tensors of one Linear: suffix -> (dtypes, shape)."""
+    b = args["num_bits"]
+    ng = ct_num_groups(args, in_f)
+    scale_shape = [out_f, ng] if ng is not None else [1]
+    lay = {}
+    if fmt == "pack-quantized":
+        pf = 32 // b
+        lay["weight_packed"] = (("I32",), [out_f, -(-in_f // pf)])
+        lay["weight_shape"] = (("I64", "I32"), [2])
+        lay["weight_scale"] = (FLOAT_DTYPES, scale_shape)
+        if not args["symmetric"]:
+            lay["weight_zero_point"] = (("I32",), [-(-out_f // pf), ng if ng is not None else 1])
+    else:  # int-quantized / naive-quantized
+        lay["weight"] = (("I8",), [out_f, in_f])
+        lay["weight_scale"] = (FLOAT_DTYPES, scale_shape)
+        if not args["symmetric"]:
+            lay["weight_zero_point"] = (("I8", "I32"), scale_shape)
+    return lay
+
+
+def dequantize_linear(ck, module, fmt, args, out_f, in_f, rep, tag):
+    """Decompress one converted Linear -> (w_hat float64 [out,in], scale per element,
+    codes at bound mask) or None when its tensors are structurally wrong."""
+    b = args["num_bits"]
+    qmin, qmax = qrange(b)
+    lay = ct_expected_layout(fmt, args, out_f, in_f)
+    ok = True
+    for suf, (dts, shape) in lay.items():
+        n = f"{module}.{suf}"
+        if not ck.has(n):
+            rep.fail("tensor-missing", f"{tag}: missing {n}")
+            ok = False
+            continue
+        if ck.dtype(n) not in dts:
+            rep.fail("tensor-dtype", f"{tag}: {n} dtype {ck.dtype(n)}, expected one of {list(dts)}")
+            ok = False
+        if ck.shape(n) != shape:
+            rep.fail("tensor-shape", f"{tag}: {n} shape {ck.shape(n)}, compressed-tensors gives {shape}")
+            ok = False
+    if not ok:
+        return None
+    ng = ct_num_groups(args, in_f)
+    scale = to_float(ck.array(f"{module}.weight_scale"), ck.dtype(f"{module}.weight_scale"), np.float64)
+    if not np.all(np.isfinite(scale)) or np.any(scale < 0):
+        rep.fail("scale-value", f"{tag}: weight_scale has non-finite or negative values")
+        return None
+    if fmt == "pack-quantized":
+        ws = ck.array(f"{module}.weight_shape")
+        if [int(x) for x in ws] != [out_f, in_f]:
+            rep.fail("weight_shape", f"{tag}: weight_shape {[int(x) for x in ws]} != [out, in] = {[out_f, in_f]}")
+            return None
+        q, pad = unpack_int32(ck.array(f"{module}.weight_packed"), b, in_f, packed_dim=1)
+        if pad.size and np.any(pad != 0):
+            rep.note(f"{tag}: padding values of weight_packed are not 0 (pack_to_int32 pads with 0)")
+    else:
+        q = ck.array(f"{module}.weight").astype(np.int32)
+        if np.any(q < qmin) or np.any(q > qmax):
+            rep.fail("code-range", f"{tag}: codes outside [{qmin}, {qmax}]")
+            return None
+    if args["symmetric"]:
+        zp = np.zeros_like(scale)
+    else:
+        zn = f"{module}.weight_zero_point"
+        if fmt == "pack-quantized":
+            zp, _ = unpack_int32(ck.array(zn), b, out_f, packed_dim=0)
+        else:
+            zp = ck.array(zn).astype(np.int32)
+        if np.any(zp < qmin) or np.any(zp > qmax):
+            rep.fail("zp-range", f"{tag}: zero points outside [{qmin}, {qmax}]")
+            return None
+        zp = zp.reshape(scale.shape).astype(np.float64)
+    if ng is None:  # tensor strategy
+        s_el = np.full((out_f, in_f), float(scale.reshape(-1)[0]))
+        z_el = np.full((out_f, in_f), float(zp.reshape(-1)[0]))
+    else:
+        gs = args["group_size"] if args["strategy"] == "group" else in_f
+        s_el = np.repeat(scale, gs, axis=1)[:, :in_f]
+        z_el = np.repeat(zp, gs, axis=1)[:, :in_f]
+    w_hat = (q - z_el) * s_el
+    at_bound = (q == qmin) | (q == qmax)
+    return w_hat, s_el, at_bound
+
+
+# --------------------------------------------------------------------------
+# vLLM replay: names, matching, scheme selection
+# --------------------------------------------------------------------------
+
+FUSED_MAPPING = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+# gemma4_mm.py hf_to_vllm_mapper.orig_to_new_prefix (every matching rule applies in turn)
+HF_TO_VLLM_PREFIX = [
+    ("model.vision_tower", "vision_tower"), ("model.embed_vision", "embed_vision"),
+    ("model.audio_tower.", "audio_tower."), ("model.embed_audio.", "embed_audio."),
+    ("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+    ("model", "language_model.model"),
+]
+ACT_FORMATS = ("naive-quantized", "int-quantized", "float-quantized", "nvfp4-pack-quantized")
+TEXT_PREFIX = "model.language_model."
+
+
+class VllmError(Exception):
+    pass
+
+
+class VllmUnmatched(VllmError):
+    pass
+
+
+def hf_to_vllm_name(name):
+    for old, new in HF_TO_VLLM_PREFIX:
+        if name.startswith(old):
+            name = name.replace(old, new, 1)
+    return name
+
+
+def map_config_entry(entry):
+    """compressed_tensors.apply_vllm_mapper: only layer paths (a '.' and no 're:')."""
+    if "." in entry and not entry.startswith("re:"):
+        return hf_to_vllm_name(entry)
+    return entry
+
+
+def is_equal_or_regex_match(value, target, check_contains=False):
+    if target.startswith("re:"):
+        return re.match(target[3:], value) is not None
+    if check_contains:
+        return target.lower() in value.lower()
+    return target == value
+
+
+def find_first_match(value, targets, check_contains=False):
+    for t in targets:
+        if is_equal_or_regex_match(value, t, check_contains):
+            return t
+    return None
+
+
+def vllm_should_ignore(name, ignore):
+    proj = name.split(".")[-1]
+    if proj in FUSED_MAPPING and name not in ignore:
+        result = None
+        for shard in FUSED_MAPPING[proj]:
+            sname = name.replace(proj, shard)
+            s = any(is_equal_or_regex_match(sname, t) for t in ignore)
+            if result is None:
+                result = s
+            elif s != result:
+                raise VllmError(f"Found a different quantization schemes for {FUSED_MAPPING[proj]} in {name}. "
+                                "vLLM requires all to use the same scheme.")
+        return bool(result)
+    return any(is_equal_or_regex_match(name, t) for t in ignore)
+
+
+def match_fused_layer(name, targets):
+    fused = next((k for k in FUSED_MAPPING if name.endswith(k)), None)
+    if fused is None:
+        return None
+    matches = [find_first_match(name.replace(fused, u), targets) for u in FUSED_MAPPING[fused]]
+    return matches[0] if all(matches) else None
+
+
+def vllm_find_matched_target(name, class_name, targets):
+    targets = list(targets)
+    return (find_first_match(name, targets) or find_first_match(class_name, targets, True)
+            or match_fused_layer(name, targets))
+
+
+class QuantConfig:
+    """quantization_config parsed as vLLM (mapped) and as llm-compressor (raw HF names)."""
+
+    def __init__(self, qc, rep):
+        self.ok = True
+        self.quant_format = qc.get("format")
+        self.raw_map = {}       # raw target -> scheme
+        self.target_group = {}  # raw target -> group name
+        self.group_schemes = {}
+        groups = qc.get("config_groups")
+        if not isinstance(groups, dict) or not groups:
+            rep.fail("config", "quantization_config.config_groups missing or empty")
+            self.ok = False
+            groups = {}
+        for gname, g in groups.items():
+            try:
+                targets = g.get("targets")
+                if not isinstance(targets, list) or not targets:
+                    raise ConfigError(f"group {gname}: targets must be a non-empty list")
+                w = normalize_quant_args(g.get("weights"), f"group {gname}.weights")
+                ia = g.get("input_activations")
+                fmt = g.get("format")
+                if fmt == "mixed-precision":
+                    raise ConfigError(f"group {gname}: a group's format must not be 'mixed-precision'")
+                eff = fmt if fmt is not None else self.quant_format
+                if eff in ACT_FORMATS or ia:
+                    if not ia:
+                        if w["type"] != "float":
+                            raise ConfigError(f"group {gname}: format {eff!r} quantizes activations but "
+                                              "input_activations is missing (vLLM asserts float weights)")
+                        ia = None
+                    else:
+                        ia = normalize_quant_args(ia, f"group {gname}.input_activations")
+                else:
+                    ia = None
+                scheme = {"weights": w, "input_activations": ia, "format": eff}
+            except (ConfigError, AttributeError) as ex:
+                rep.fail("config", str(ex))
+                self.ok = False
+                continue
+            self.group_schemes[gname] = scheme
+            for t in targets:
+                self.raw_map[t] = scheme
+                self.target_group[t] = gname
+        self.ignore_raw = list(qc.get("ignore") or [])
+        for t in list(self.raw_map) + self.ignore_raw:
+            if t.startswith("re:"):
+                try:
+                    re.compile(t[3:])
+                except re.error as ex:
+                    rep.fail("config", f"invalid regex {t!r}: {ex}")
+                    self.ok = False
+        self.vllm_map = {}
+        for t, s in self.raw_map.items():
+            self.vllm_map[map_config_entry(t)] = s
+        self.ignore = [map_config_entry(t) for t in self.ignore_raw]
+
+    def group_of(self, scheme):
+        for g, s in self.group_schemes.items():
+            if s is scheme:
+                return g
+        return "?"
+
+
+def vllm_get_scheme_dict(qcfg, name, class_name, moe=False):
+    """CompressedTensorsConfig.get_scheme_dict; raises VllmUnmatched when nothing matches."""
+    if vllm_should_ignore(name, qcfg.ignore):
+        return None
+    tmap = qcfg.vllm_map
+    if moe and "Linear" in tmap and "FusedMoE" not in tmap:
+        tmap = dict(tmap)
+        tmap["FusedMoE"] = tmap["Linear"]
+    if not tmap:
+        return None
+    t = vllm_find_matched_target(name, class_name, tmap.keys())
+    if t is None:
+        raise VllmUnmatched(f"Unable to find matching target for {name} in the compressed-tensors config.")
+    return tmap[t]
+
+
+def hf_scheme(qcfg, hf_name, class_name="Linear"):
+    """llm-compressor/transformers semantics on raw HF names (ignore first)."""
+    if any(is_equal_or_regex_match(hf_name, t) for t in qcfg.ignore_raw):
+        return None
+    t = find_first_match(hf_name, qcfg.raw_map) or find_first_match(class_name, qcfg.raw_map, True)
+    return qcfg.raw_map[t] if t is not None else None
+
+
+def is_wna16_group_channel(w, a):
+    return w["type"] == "int" and w["strategy"] in ("channel", "group") and a is None and not w["dynamic"]
+
+
+def is_dynamic_token_w8a8(w, a):
+    if a is None or w["type"] != "int" or a["type"] != "int":
+        return False
+    return (w["num_bits"] == 8 and a["num_bits"] == 8 and w["strategy"] in ("tensor", "channel")
+            and a["strategy"] == "token" and w["symmetric"] and not w["dynamic"] and bool(a["dynamic"]))
+
+
+def effective_group_size(w, in_f):
+    return w["group_size"] if w["strategy"] == "group" else in_f
+
+
+def vllm_get_moe_method(qcfg, layer_name, H, I, rep):
+    """compressed_tensors_moe.get_moe_method -> ('unquantized'|'wna16'|'w8a8_int8', scheme)."""
+    dicts = []
+    for p in (".0.gate_proj", ".0.up_proj", ".0.down_proj"):
+        try:
+            dicts.append(vllm_get_scheme_dict(qcfg, layer_name + p, "FusedMoE", moe=True))
+        except VllmUnmatched:
+            dicts.append(None)
+    last = dicts.pop()
+    if not all(d == last for d in dicts):
+        raise VllmError("All MoE projections need to have same quantization scheme but found multiple")
+    if last is None:
+        return "unquantized", None
+    w, a, fmt = last["weights"], last["input_activations"], last["format"]
+    if is_wna16_group_channel(w, a):
+        if fmt != "pack-quantized" or w["num_bits"] not in (4, 8):
+            raise VllmError("For Fused MoE layers, only format 'pack-quantized' and bits [4, 8] are supported "
+                            f"(got format {fmt!r}, bits {w['num_bits']})")
+        if w["strategy"] == "channel":
+            gs = -1
+        else:
+            gs = w["group_size"]
+            if gs not in (32, 64, 128):
+                raise VllmError(f"Marlin MoE: group_size {gs} not in [32, 64, 128] (or channel)")
+            if H % gs or I % gs:
+                raise VllmError(f"Marlin MoE: hidden_size {H} and moe_intermediate_size {I} must be "
+                                f"multiples of group_size {gs} (scale params would be truncated)")
+        if w["actorder"] in ("group", "dynamic"):
+            raise VllmError("actorder group/dynamic needs weight_g_idx tensors, not part of this layout")
+        if not (H % 128 == 0 and I % max(64, gs) == 0):
+            rep.note(f"check_moe_marlin_supports_layer is false (H={H}, I={I}, group {gs}): vLLM falls back "
+                     "to CompressedTensorsWNA16MoEMethod (same checkpoint layout)")
+        return "wna16", last
+    if is_dynamic_token_w8a8(w, a):
+        if w["strategy"] != "channel":
+            raise VllmError("For INT8 Fused MoE layers, we require channelwise, dynamic per token quantization.")
+        if fmt != "int-quantized":
+            raise VllmError(f"W8A8 int8 MoE needs format 'int-quantized', got {fmt!r}")
+        return "w8a8_int8", last
+    raise VllmError(f"Unsupported FusedMoe scheme: weights={w}, input_activations={a}")
+
+
+def vllm_linear_scheme(scheme, in_f):
+    """_get_scheme_from_parts for the int schemes a dense Linear may use."""
+    w, a, fmt = scheme["weights"], scheme["input_activations"], scheme["format"]
+    if is_wna16_group_channel(w, a):
+        if fmt != "pack-quantized" or w["num_bits"] not in (4, 8):
+            raise VllmError(f"No compressed-tensors compatible scheme was found (wNa16 needs "
+                            f"pack-quantized and bits [4, 8], got {fmt!r}, {w['num_bits']})")
+        if w["strategy"] == "group" and in_f % w["group_size"]:
+            raise VllmError(f"input width {in_f} is not a multiple of group_size {w['group_size']}")
+        if in_f % (32 // w["num_bits"]):
+            raise VllmError(f"input width {in_f} is not a multiple of the pack factor")
+        return "wna16"
+    if is_dynamic_token_w8a8(w, a) and fmt in ("int-quantized", "naive-quantized"):
+        return "w8a8_int8"
+    raise VllmError("No compressed-tensors compatible scheme was found.")
+
+
+def check_expert_params(rep, ck, module, method_fmt, args, proj, H, I, tag):
+    """Per-expert tensors vs the fused parameter slots vLLM's MoE method creates."""
+    present = {n[len(module) + 1:] for n in ck.module_tensors.get(module, ())}
+    if method_fmt == "pack-quantized":
+        b = args["num_bits"]
+        pf = 32 // b
+        chan = args["strategy"] == "channel"
+        gs = None if chan else args["group_size"]
+        ng13 = 1 if chan else H // gs
+        ng2 = 1 if chan else I // gs
+        if proj in ("gate_proj", "up_proj"):
+            # w13_*: (E, H//pf, 2I), (E, ng13, 2I), (E, ng13, 2I//pf); is_transposed, shard = last dim // 2
+            slots = {"weight_packed": [H // pf, 2 * I // 2], "weight_scale": [ng13, 2 * I // 2],
+                     "weight_zero_point": [ng13, (2 * I // pf) // 2]}
+            out_f, in_f = I, H
+        else:
+            slots = {"weight_packed": [I // pf, H], "weight_scale": [ng2, H], "weight_zero_point": [ng2, H // pf]}
+            out_f, in_f = H, I
+        expected = {"weight_packed", "weight_shape", "weight_scale"}
+        if not args["symmetric"]:
+            expected.add("weight_zero_point")
+        transposed = True
+    else:
+        if proj in ("gate_proj", "up_proj"):
+            slots = {"weight": [I, H], "weight_scale": [I, 1]}  # shards of (E, 2I, H), (E, 2I, 1)
+            out_f, in_f = I, H
+        else:
+            slots = {"weight": [H, I], "weight_scale": [H, 1]}
+            out_f, in_f = H, I
+        expected = {"weight", "weight_scale"}
+        transposed = False
+    extra = present - expected
+    missing = expected - present
+    if extra:
+        rep.fail("expert-names", f"{tag}: unexpected per-expert tensor(s) {sorted(extra)} "
+                 "(vLLM's MoE method has no parameter for them -> KeyError)")
+    if missing:
+        rep.fail("expert-names", f"{tag}: missing per-expert tensor(s) {sorted(missing)}")
+    for suf, slot in slots.items():
+        n = f"{module}.{suf}"
+        if suf not in expected or not ck.has(n):
+            continue
+        shp = ck.shape(n)
+        loaded = shp[::-1] if transposed else shp
+        if loaded != slot:
+            rep.fail("expert-slot", f"{tag}: {suf} shape {shp}{' (transposed ' + str(loaded) + ')' if transposed else ''}"
+                     f" does not fit vLLM slot {slot}")
+    if "weight_shape" in expected and ck.has(f"{module}.weight_shape"):
+        n = f"{module}.weight_shape"
+        if ck.shape(n) != [2] or ck.dtype(n) not in ("I64", "I32"):
+            rep.fail("expert-slot", f"{tag}: weight_shape must be I64[2], got {ck.dtype(n)}{ck.shape(n)}")
+    return out_f, in_f
+
+
+# --------------------------------------------------------------------------
+# the checks
+# --------------------------------------------------------------------------
+
+EXPERT_RE = re.compile(r"^(model\.language_model\.layers\.(\d+)\.)experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.([A-Za-z_]+)$")
+DENSE_RE = re.compile(r"^(model\.language_model\.layers\.(\d+)\.)mlp\.(gate_proj|up_proj|down_proj)\.([A-Za-z_]+)$")
+STACKED_RE = re.compile(r"^model\.language_model\.layers\.(\d+)\.experts\.(gate_up_proj|down_proj)$")
+QUANT_SUFFIXES = ("weight_packed", "weight_shape", "weight_scale", "weight_zero_point", "weight", "weight_g_idx")
+PROJS = ("gate_proj", "up_proj", "down_proj")
+
+
+def text_dims(cfg, src, rep):
+    tc = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+
+    def get(*keys):
+        for k in keys:
+            if k in tc and tc[k] is not None:
+                return tc[k]
+            if k in cfg and cfg[k] is not None:
+                return cfg[k]
+        return None
+
+    H, L = get("hidden_size"), get("num_hidden_layers")
+    E, I, D = get("num_experts", "num_local_experts"), get("moe_intermediate_size"), get("intermediate_size")
+    g0 = f"{TEXT_PREFIX}layers.0.experts.gate_up_proj"
+    if src.has(g0):
+        e_, i2, h_ = src.shape(g0)
+        for nm, v, t in (("num_experts", E, e_), ("moe_intermediate_size", I, i2 // 2), ("hidden_size", H, h_)):
+            if v is not None and v != t:
+                rep.fail("config", f"source config {nm}={v} but {g0} has shape {src.shape(g0)}")
+        E = E if E is not None else e_
+        I = I if I is not None else i2 // 2
+        H = H if H is not None else h_
+    if L is None:
+        L = 1 + max([int(m.group(1)) for m in (re.match(r"^model\.language_model\.layers\.(\d+)\.", n)
+                                              for n in src.where) if m] or [-1])
+    if None in (H, L, E, I):
+        rep.fail("config", f"cannot determine H/L/E/I from the source config (H={H} L={L} E={E} I={I})")
+        return None
+    return {"H": int(H), "L": int(L), "E": int(E), "I": int(I), "D": D}
+
+
+def check_config_preserved(src_cfg, conv_cfg, rep):
+    for k, v in src_cfg.items():
+        if k == "quantization_config":
+            rep.fail("config", "source config already has a quantization_config")
+            continue
+        if k not in conv_cfg:
+            rep.fail("config", f"converted config.json lacks source key {k!r}")
+        elif conv_cfg[k] != v:
+            rep.fail("config", f"converted config.json changes source key {k!r}")
+    extra = [k for k in conv_cfg if k not in src_cfg and k != "quantization_config"]
+    if extra:
+        rep.note(f"converted config.json adds keys {extra}")
+
+
+def classify(src, conv, dims, rep):
+    """Which layers/dense Linears were converted; every tensor present or replaced."""
+    E = dims["E"]
+    conv_layers, modules = set(), {}
+    dense_modules = set()
+    for n in conv.where:
+        m = EXPERT_RE.match(n)
+        if m and m.group(5) in QUANT_SUFFIXES:
+            mod = n[:-(len(m.group(5)) + 1)]
+            modules.setdefault(mod, []).append(n)
+            conv_layers.add(int(m.group(2)))
+            continue
+        m = DENSE_RE.match(n)
+        if m and m.group(4) in QUANT_SUFFIXES:
+            mod = n[:-(len(m.group(4)) + 1)]
+            modules.setdefault(mod, []).append(n)
+    for mod, names in list(modules.items()):
+        if ".mlp." in mod:
+            if any(n.endswith((".weight_packed", ".weight_scale")) for n in names) and src.has(mod + ".weight"):
+                dense_modules.add(mod)
+            else:
+                del modules[mod]
+    conv.module_tensors = modules
+    identical = 0
+    for n in src.where:
+        sm = STACKED_RE.match(n)
+        if sm and int(sm.group(1)) in conv_layers:
+            if conv.has(n):
+                rep.fail("layout", f"layer {sm.group(1)} has per-expert tensors but still holds stacked {n}")
+            continue
+        if n.endswith(".weight") and n[:-7] in dense_modules:
+            continue
+        if not conv.has(n):
+            rep.fail("missing", f"source tensor {n} is neither present nor replaced by a converted Linear")
+            continue
+        if src.dtype(n) != conv.dtype(n) or src.shape(n) != conv.shape(n):
+            rep.fail("modified", f"{n}: {src.dtype(n)}{src.shape(n)} became {conv.dtype(n)}{conv.shape(n)}")
+        elif not np.array_equal(src.raw(n), conv.raw(n)):
+            rep.fail("modified", f"{n}: bytes differ from source")
+        else:
+            identical += 1
+    for n in conv.where:
+        if src.has(n):
+            continue
+        m = EXPERT_RE.match(n)
+        if m and n[:-(len(m.group(5)) + 1)] in modules:
+            if int(m.group(3)) >= E:
+                rep.fail("unexpected", f"{n}: expert index {m.group(3)} >= num_experts {E}")
+            continue
+        m = DENSE_RE.match(n)
+        if m and n[:-(len(m.group(4)) + 1)] in dense_modules:
+            continue
+        rep.fail("unexpected", f"converted tensor {n} is not in the source and not part of a converted Linear")
+    return conv_layers, dense_modules, identical
+
+
+class CosAcc:
+    def __init__(self):
+        self.dot = self.a = self.b = 0.0
+
+    def add(self, w, w_hat):
+        self.dot += float(np.dot(w.ravel(), w_hat.ravel()))
+        self.a += float(np.dot(w.ravel(), w.ravel()))
+        self.b += float(np.dot(w_hat.ravel(), w_hat.ravel()))
+
+    def cos(self):
+        if self.a == 0 and self.b == 0:
+            return 1.0
+        if self.a == 0 or self.b == 0:
+            return 0.0
+        return self.dot / math.sqrt(self.a * self.b)
+
+
+def clipped_bound_steps(args, scale_dtype):
+    """How far (in steps) a value clamped at the code range may lie from its reconstruction.
+
+    Symmetric: half a step, as everywhere else. Asymmetric: the zero point is rounded to an
+    integer (the grid moves by up to half a step against the range [min, max]) and the scale is
+    stored in the model dtype (relative rounding up to 2^-9 for bf16, 2^-11 for f16, taken as
+    2^-8), so the extreme values of an orbit can land up to 0.5 + 0.5 + (2^b - 1) * 2^-8 steps
+    away after clamping: compressed-tensors' own quantize (clamp(round(x / scale + zp))) does
+    the same.
+    """
+    if args.get("symmetric", True):
+        return 0.5
+    rel = 0.0 if scale_dtype == "F32" else 2.0 ** -8
+    return 1.0 + (2 ** int(args["num_bits"]) - 1) * rel
+
+
+def compare_linear(rep, w, deq, scale_dtype, src_dtype, fmt, tag, acc, args):
+    w_hat, s_el, at_bound = deq
+    if fmt == "pack-quantized" and scale_dtype != src_dtype:
+        rep.fail("scale-dtype", f"{tag}: weight_scale dtype {scale_dtype} != model dtype {src_dtype}")
+    elif scale_dtype != src_dtype:
+        rep.note(f"weight_scale dtype {scale_dtype} differs from model dtype {src_dtype} ({fmt}; accepted)")
+    err = np.abs(w - w_hat)
+    tol = 0.5 * np.abs(s_el) * (1 + 1e-2) + 1e-7
+    clip_tol = clipped_bound_steps(args, scale_dtype) * np.abs(s_el) * (1 + 1e-2) + 1e-7
+    bad = np.where(at_bound, err > clip_tol, err > tol)
+    nbad = int(np.count_nonzero(bad))
+    if nbad:
+        nclip = int(np.count_nonzero(bad & at_bound))
+        steps = float(np.max(err[bad] / np.maximum(np.abs(s_el[bad]), 1e-30)))
+        rep.fail("rounding", f"{tag}: {nbad} values beyond half a step ({nclip} of them clipped at the "
+                 f"code range, beyond {clipped_bound_steps(args, scale_dtype):.3g} steps), worst {steps:.3g} steps")
+    acc.add(w, w_hat)
+
+
+def run_checks(src_dir, conv_dir, opts, log=print):
+    rep = Report(log)
+    src = Checkpoint(src_dir, rep, "source")
+    conv = Checkpoint(conv_dir, rep, "converted")
+    if not (src.ok and conv.ok):
+        rep.emit("")
+        return rep
+    dims = text_dims(src.config, src, rep)
+    qc_raw = conv.config.get("quantization_config")
+    if not isinstance(qc_raw, dict):
+        rep.fail("config", "converted config.json has no top-level quantization_config")
+        rep.emit("")
+        return rep
+    if qc_raw.get("quant_method") != "compressed-tensors":
+        rep.fail("config", f"quant_method is {qc_raw.get('quant_method')!r}, not 'compressed-tensors'")
+    if "format" not in qc_raw:
+        rep.fail("config", "quantization_config has no top-level format")
+    check_config_preserved(src.config, conv.config, rep)
+    qcfg = QuantConfig(qc_raw, rep)
+    if dims is None or not qcfg.ok:
+        rep.emit("")
+        return rep
+    H, L, E, I = dims["H"], dims["L"], dims["E"], dims["I"]
+    conv_layers, dense_modules, identical = classify(src, conv, dims, rep)
+    for N in sorted(conv_layers):
+        if N >= L:
+            rep.fail("layout", f"converted layer {N} >= num_hidden_layers {L}")
+    for N in range(L):
+        if N not in conv_layers and not src.has(f"{TEXT_PREFIX}layers.{N}.experts.gate_up_proj"):
+            rep.note(f"layer {N}: no stacked experts in the source")
+
+    used_schemes = []
+    ok_moe = {}
+    # ---- (b) vLLM MoE scheme selection, both directions ----
+    for N in range(L):
+        if not src.has(f"{TEXT_PREFIX}layers.{N}.experts.gate_up_proj"):
+            continue
+        vname = f"language_model.model.layers.{N}.moe.experts"
+        try:
+            method, scheme = vllm_get_moe_method(qcfg, vname, H, I, rep)
+        except VllmError as ex:
+            rep.fail("vllm-moe", f"layer {N}: vLLM get_moe_method would raise: {ex}")
+            method, scheme = None, None
+        converted = N in conv_layers
+        if converted and method == "unquantized":
+            rep.fail("vllm-moe", f"layer {N}: converted, but vLLM resolves {vname} as unquantized MoE "
+                     "(ignored or matching no target)")
+        if not converted and method not in (None, "unquantized"):
+            rep.fail("vllm-moe", f"layer {N}: not converted (stacked bf16 experts), but vLLM would load "
+                     f"{vname} with the {method} MoE method; it must be ignored")
+        if converted and method in ("wna16", "w8a8_int8"):
+            ok_moe[N] = (method, scheme)
+            used_schemes.append(scheme)
+        # every expert index under vLLM names, and the HF names, must resolve consistently
+        for e in range(E):
+            for p in PROJS:
+                vn = f"{vname}.{e}.{p}"
+                if method is not None and e > 0:
+                    try:
+                        s = vllm_get_scheme_dict(qcfg, vn, "FusedMoE", moe=True)
+                    except VllmError:
+                        s = None
+                    if s != scheme:
+                        rep.fail("vllm-moe", f"layer {N}: {vn} resolves to a different scheme than expert 0")
+                hn = f"{TEXT_PREFIX}layers.{N}.experts.{e}.{p}"
+                hs = hf_scheme(qcfg, hn)
+                if converted and hs is None:
+                    rep.fail("hf-targets", f"{hn} is converted but ignored/unmatched under HF names")
+                elif converted and method is not None and scheme is not None and hs != scheme:
+                    rep.fail("hf-targets", f"{hn}: HF-name scheme (group {qcfg.group_of(hs)}) differs "
+                             f"from vLLM's (group {qcfg.group_of(scheme)})")
+                elif not converted and hs is not None:
+                    rep.fail("hf-targets", f"{hn}: not converted but targeted under HF names "
+                             f"(group {qcfg.group_of(hs)})")
+
+    # ---- (b) dense MLP, attention, router, lm_head ----
+    def vllm_linear_state(vn, cls):
+        try:
+            if vllm_should_ignore(vn, qcfg.ignore):
+                return "ignored", None
+            return "quantized", vllm_get_scheme_dict(qcfg, vn, cls)
+        except VllmUnmatched as ex:
+            return "unmatched", str(ex)
+        except VllmError as ex:
+            return "error", str(ex)
+
+    for N in range(L):
+        P = f"{TEXT_PREFIX}layers.{N}."
+        VP = f"language_model.model.layers.{N}."
+        if src.has(P + "mlp.gate_proj.weight") or src.has(P + "mlp.down_proj.weight"):
+            conv_state = {p: (P + "mlp." + p) in dense_modules for p in PROJS}
+            if conv_state["gate_proj"] != conv_state["up_proj"]:
+                rep.fail("dense", f"layer {N}: mlp.gate_proj and mlp.up_proj differ in converted state "
+                         "(vLLM fuses them into gate_up_proj)")
+            for vp, parts, cls in (("mlp.gate_up_proj", ("gate_proj", "up_proj"), "MergedColumnParallelLinear"),
+                                   ("mlp.down_proj", ("down_proj",), "RowParallelLinear")):
+                state, info = vllm_linear_state(VP + vp, cls)
+                converted = any(conv_state[p] for p in parts)
+                wn = f"{P}mlp.{parts[0]}.weight"
+                in_f = src.shape(wn)[1] if src.has(wn) else (H if parts[0] != "down_proj" else dims["D"])
+                if state == "error":
+                    rep.fail("vllm-linear", f"{VP + vp}: vLLM would raise: {info}")
+                elif converted:
+                    if state != "quantized":
+                        rep.fail("vllm-linear", f"{VP + vp}: converted in the checkpoint but {state} in vLLM"
+                                 + (f" ({info})" if state == "unmatched" else ""))
+                    else:
+                        try:
+                            kind = vllm_linear_scheme(info, in_f)
+                            used_schemes.append(info)
+                            if kind != "wna16":
+                                rep.note(f"{VP + vp}: dense Linear uses vLLM {kind} (not WNA16)")
+                        except VllmError as ex:
+                            rep.fail("vllm-linear", f"{VP + vp}: {ex}")
+                elif state != "ignored":
+                    rep.fail("vllm-linear", f"{VP + vp}: not converted but not ignored in vLLM ({state})")
+        for vp, cls in (("self_attn.qkv_proj", "QKVParallelLinear"), ("self_attn.o_proj", "RowParallelLinear")):
+            state, info = vllm_linear_state(VP + vp, cls)
+            if state == "error":
+                rep.fail("vllm-linear", f"{VP + vp}: vLLM would raise: {info}")
+            elif state != "ignored":
+                rep.fail("vllm-linear", f"{VP + vp}: attention is not converted but not ignored ({state})")
+        if src.has(P + "router.proj.weight"):
+            state, info = vllm_linear_state(VP + "router.proj", "GateLinear")
+            if state != "ignored":
+                rep.fail("vllm-linear", f"{VP}router.proj: the ignore list must cover the router ({state})")
+    state, info = vllm_linear_state("language_model.lm_head", "ParallelLMHead")
+    if state != "ignored":
+        if any(is_equal_or_regex_match("lm_head", t) for t in qcfg.ignore_raw):
+            rep.note("lm_head is ignored only under its HF name 'lm_head' (vLLM name language_model.lm_head; "
+                     "ParallelLMHead takes no compressed-tensors scheme anyway)")
+        else:
+            rep.fail("vllm-linear", f"language_model.lm_head is not ignored ({state})")
+
+    # every 2-D source .weight that is not converted must be ignored
+    towers = ("model.vision_tower", "model.audio_tower", "model.embed_vision", "model.embed_audio")
+    tower_missing = 0
+    for n in src.where:
+        if not n.endswith(".weight") or len(src.shape(n)) != 2:
+            continue
+        mod = n[:-7]
+        if mod in dense_modules:
+            continue
+        if "embed_tokens" in mod or mod.endswith("embedding") and not mod.startswith(towers):
+            continue  # Embedding, not a Linear
+        vn = hf_to_vllm_name(mod)
+        try:
+            ign = vllm_should_ignore(vn, qcfg.ignore)
+        except VllmError as ex:
+            rep.fail("ignore", f"{mod}: {ex}")
+            continue
+        targeted_hf = hf_scheme(qcfg, mod) is not None
+        if mod.startswith(towers):
+            if not ign or targeted_hf:
+                tower_missing += 1
+            continue
+        if not ign:
+            rep.fail("ignore", f"unconverted 2-D weight {n}: module {vn} not ignored (vLLM names)")
+        if targeted_hf:
+            rep.fail("ignore", f"unconverted 2-D weight {n}: targeted and not ignored under its HF name")
+    if tower_missing:
+        rep.note(f"{tower_missing} vision/audio 2-D weights are not covered by the ignore list")
+    elif not any(n.startswith(towers) for n in src.where):
+        probe = ["vision_tower.encoder.layers.0.self_attn.q_proj", "audio_tower.layers.0.self_attn.q_proj",
+                 "embed_vision.embedding_projection", "embed_audio.embedding_projection"]
+        if not all(any(is_equal_or_regex_match(p, t) for t in qcfg.ignore) for p in probe):
+            rep.note("ignore list may not cover vision_tower/audio_tower/embed_vision/embed_audio "
+                     "(no such tensors in the source)")
+
+    # ---- (a)+(c) per converted expert / dense Linear ----
+    min_cos = {}
+    threshold_fail = []
+
+    def threshold(bits):
+        if opts.min_cos is not None:
+            return opts.min_cos
+        return 0.999 if bits >= 8 else 0.98
+
+    for N in sorted(conv_layers):
+        if N >= L:
+            continue
+        P = f"{TEXT_PREFIX}layers.{N}."
+        gu_n, dn_n = P + "experts.gate_up_proj", P + "experts.down_proj"
+        if not (src.has(gu_n) and src.has(dn_n)):
+            rep.fail("layout", f"layer {N}: converted but the source has no stacked experts")
+            continue
+        src_dt = src.dtype(gu_n)
+        gu, dn = src.array(gu_n), src.array(dn_n)
+        if src.shape(gu_n) != [E, 2 * I, H] or src.shape(dn_n) != [E, H, I]:
+            rep.fail("layout", f"layer {N}: source expert shapes {src.shape(gu_n)}, {src.shape(dn_n)} "
+                     f"!= [E,2I,H], [E,H,I]")
+            continue
+        accs = {p: CosAcc() for p in PROJS}
+        bits_seen = {}
+        for e in range(E):
+            for p in PROJS:
+                mod = f"{P}experts.{e}.{p}"
+                tag = f"layer {N} expert {e} {p}"
+                if mod not in conv.module_tensors:
+                    rep.fail("missing-expert", f"{tag}: no converted tensors for {mod}")
+                    continue
+                scheme = hf_scheme(qcfg, mod)
+                if scheme is None:
+                    scheme = ok_moe.get(N, (None, None))[1]
+                if scheme is None:
+                    rep.fail("scheme", f"{tag}: no quantization scheme applies; cannot decompress")
+                    continue
+                args, fmt = scheme["weights"], scheme["format"]
+                if fmt not in ("pack-quantized", "int-quantized", "naive-quantized") or args["type"] != "int":
+                    rep.fail("scheme", f"{tag}: cannot decompress format {fmt!r} type {args['type']!r}")
+                    continue
+                out_f, in_f = check_expert_params(rep, conv, mod, "pack-quantized" if fmt == "pack-quantized"
+                                                  else "int-quantized", args, p, H, I, tag)
+                deq = dequantize_linear(conv, mod, fmt, args, out_f, in_f, rep, tag)
+                if deq is None:
+                    continue
+                if p == "gate_proj":
+                    w = to_float(gu[e, :I], src_dt, np.float64)
+                elif p == "up_proj":
+                    w = to_float(gu[e, I:], src_dt, np.float64)
+                else:
+                    w = to_float(dn[e], src_dt, np.float64)
+                compare_linear(rep, w, deq, conv.dtype(mod + ".weight_scale"), src_dt, fmt, tag, accs[p], args)
+                bits_seen[p] = args["num_bits"]
+        for p, acc in accs.items():
+            if p not in bits_seen:
+                continue
+            c = acc.cos()
+            key = f"experts.{p}"
+            if key not in min_cos or c < min_cos[key][0]:
+                min_cos[key] = (c, N)
+            if c < threshold(bits_seen[p]):
+                threshold_fail.append(f"layer {N} experts {p}: cos {c:.6f} < {threshold(bits_seen[p])}")
+
+    for mod in sorted(dense_modules):
+        m = DENSE_RE.match(mod + ".x")
+        N, p = int(m.group(2)), m.group(3)
+        tag = f"layer {N} dense mlp.{p}"
+        scheme = hf_scheme(qcfg, mod)
+        if scheme is None:
+            rep.fail("scheme", f"{tag}: converted but ignored/unmatched under its HF name")
+            continue
+        args, fmt = scheme["weights"], scheme["format"]
+        if fmt not in ("pack-quantized", "int-quantized", "naive-quantized") or args["type"] != "int":
+            rep.fail("scheme", f"{tag}: cannot decompress format {fmt!r}")
+            continue
+        out_f, in_f = src.shape(mod + ".weight")
+        expected = set(ct_expected_layout(fmt, args, out_f, in_f))
+        present = {n[len(mod) + 1:] for n in conv.module_tensors.get(mod, ())}
+        if present - expected:
+            rep.fail("dense-names", f"{tag}: unexpected tensor(s) {sorted(present - expected)}")
+        deq = dequantize_linear(conv, mod, fmt, args, out_f, in_f, rep, tag)
+        if deq is None:
+            continue
+        acc = CosAcc()
+        sdt = src.dtype(mod + ".weight")
+        compare_linear(rep, to_float(src.array(mod + ".weight"), sdt, np.float64), deq,
+                       conv.dtype(mod + ".weight_scale"), sdt, fmt, tag, acc, args)
+        c = acc.cos()
+        key = f"mlp.{p}"
+        if key not in min_cos or c < min_cos[key][0]:
+            min_cos[key] = (c, N)
+        if c < threshold(args["num_bits"]):
+            threshold_fail.append(f"{tag}: cos {c:.6f} < {threshold(args['num_bits'])}")
+    for t in threshold_fail:
+        rep.fail("cosine", t)
+    for key, (c, N) in sorted(min_cos.items()):
+        rep.info.append(f"min cos {key}: {c:.6f} (layer {N})")
+
+    # ---- --expect-* ----
+    seen = []
+    for s in used_schemes:
+        if any(s is x for x in seen):
+            continue
+        seen.append(s)
+        w, g = s["weights"], qcfg.group_of(s)
+        if opts.expect_format is not None and s["format"] != opts.expect_format:
+            rep.fail("expect", f"group {g}: format {s['format']!r}, --expect-format {opts.expect_format}")
+        if opts.expect_bits is not None and w["num_bits"] != opts.expect_bits:
+            rep.fail("expect", f"group {g}: num_bits {w['num_bits']}, --expect-bits {opts.expect_bits}")
+        if opts.expect_strategy is not None and w["strategy"] != opts.expect_strategy:
+            rep.fail("expect", f"group {g}: strategy {w['strategy']!r}, --expect-strategy {opts.expect_strategy}")
+        if opts.expect_group_size is not None and w["group_size"] != opts.expect_group_size:
+            rep.fail("expect", f"group {g}: group_size {w['group_size']}, --expect-group-size {opts.expect_group_size}")
+        if opts.expect_symmetric is not None and w["symmetric"] != opts.expect_symmetric:
+            rep.fail("expect", f"group {g}: symmetric {w['symmetric']}, --expect-symmetric {opts.expect_symmetric}")
+    has_expect = any(v is not None for v in (opts.expect_format, opts.expect_bits, opts.expect_strategy,
+                                             opts.expect_group_size, opts.expect_symmetric))
+    if has_expect and not seen:
+        rep.fail("expect", "--expect-* given but no converted module uses a quantization scheme")
+
+    schemes_txt = ", ".join(f"{qcfg.group_of(s)}: {s['format']} {s['weights']['num_bits']}-bit "
+                            f"{s['weights']['strategy']}"
+                            + (f"/{s['weights']['group_size']}" if s['weights']['strategy'] == 'group' else "")
+                            + (" sym" if s['weights']['symmetric'] else " asym")
+                            + (" +dyn-token act" if s['input_activations'] else "") for s in seen)
+    summary = (f"{len(conv_layers)}/{L} MoE layers converted ({E} experts each, methods "
+               f"{sorted(set(m for m, _ in ok_moe.values()))}), {len(dense_modules)} dense Linears converted, "
+               f"{identical} tensors byte-identical; schemes [{schemes_txt}]; "
+               + ", ".join(f"min cos {k} {c:.5f}" for k, (c, _) in sorted(min_cos.items())))
+    rep.emit(summary)
+    return rep
+
+
+# --------------------------------------------------------------------------
+# self-test: a tiny fake Gemma 4 MoE source and own compressed-tensors packer
+# --------------------------------------------------------------------------
+
+ST_DIMS = dict(H=256, I=128, E=4, L=3, D=192, V=64)
+
+
+def f32_to_bf16(x):
+    b = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def f32_to_bf16_up(x):
+    """Round positive values up to bf16 (so |w/scale| never exceeds the code range)."""
+    b = np.asarray(x, dtype=np.float32).view(np.uint32)
+    hi = (b >> 16) + ((b & 0xFFFF) != 0).astype(np.uint32)
+    return hi.astype(np.uint16)
+
+
+def st_quantize(w, bits, strategy, gs, symmetric):
+    out_f, in_f = w.shape
+    qmin, qmax = qrange(bits)
+    g = in_f if strategy == "channel" else gs
+    wg = w.reshape(out_f, in_f // g, g)
+    if symmetric:
+        s = np.max(np.abs(wg), axis=2) / qmax
+    else:
+        lo, hi = np.minimum(wg.min(axis=2), 0), np.maximum(wg.max(axis=2), 0)
+        s = (hi - lo) / (qmax - qmin)
+    s = np.maximum(s, 1e-8)
+    s16 = f32_to_bf16_up(s)
+    sf = to_float(s16, "BF16", np.float64)
+    if symmetric:
+        zp = None
+        q = np.clip(np.round(wg / sf[:, :, None]), qmin, qmax)
+    else:
+        zp = np.clip(np.round(qmin - lo / sf), qmin, qmax)
+        q = np.clip(np.round(wg / sf[:, :, None]) + zp[:, :, None], qmin, qmax)
+        zp = zp.astype(np.int32)
+    return q.reshape(out_f, in_f).astype(np.int32), s16, zp
+
+
+def st_source():
+    d = ST_DIMS
+    H, I, E, L, D, V = d["H"], d["I"], d["E"], d["L"], d["D"], d["V"]
+    rng = np.random.default_rng(1234)
+
+    def bf(*shape, std=0.02):
+        return ("BF16", f32_to_bf16(rng.normal(0, std, size=shape).astype(np.float32)))
+
+    t = {"model.language_model.embed_tokens.weight": bf(V, H),
+         "model.language_model.norm.weight": bf(H, std=1.0),
+         "model.vision_tower.encoder.layers.0.self_attn.q_proj.linear.weight": bf(32, 32)}
+    for N in range(L):
+        P = f"model.language_model.layers.{N}."
+        t[P + "self_attn.q_proj.weight"] = bf(H, H)
+        t[P + "self_attn.k_proj.weight"] = bf(H // 2, H)
+        t[P + "self_attn.v_proj.weight"] = bf(H // 2, H)
+        t[P + "self_attn.o_proj.weight"] = bf(H, H)
+        for nm in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                   "post_feedforward_layernorm"):
+            t[P + nm + ".weight"] = bf(H, std=1.0)
+        t[P + "mlp.gate_proj.weight"] = bf(D, H)
+        t[P + "mlp.up_proj.weight"] = bf(D, H)
+        t[P + "mlp.down_proj.weight"] = bf(H, D)
+        t[P + "experts.gate_up_proj"] = bf(E, 2 * I, H)
+        t[P + "experts.down_proj"] = bf(E, H, I)
+        t[P + "router.proj.weight"] = bf(E, H)
+        t[P + "router.scale"] = bf(H, std=1.0)
+        t[P + "router.per_expert_scale"] = bf(E, std=1.0)
+        t[P + "layer_scalar"] = bf(1, std=1.0)
+    cfg = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4",
+           "text_config": {"model_type": "gemma4_text", "hidden_size": H, "num_hidden_layers": L,
+                           "num_experts": E, "moe_intermediate_size": I, "intermediate_size": D,
+                           "vocab_size": V, "torch_dtype": "bfloat16"},
+           "vision_config": {"model_type": "gemma4_vision"}, "torch_dtype": "bfloat16"}
+    return t, cfg
+
+
+def st_write_checkpoint(d, tensors, cfg, drop_from_index=()):
+    os.makedirs(d, exist_ok=True)
+    names = list(tensors)
+    half = len(names) // 2
+    shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+    wm = {}
+    for fn, ns in shards.items():
+        write_safetensors(os.path.join(d, fn), {n: tensors[n] for n in ns})
+        for n in ns:
+            if n not in drop_from_index:
+                wm[n] = fn
+    with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": wm}, f, indent=1)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+
+
+def st_convert(src_t, src_cfg, spec):
+    d = ST_DIMS
+    I, E = d["I"], d["E"]
+    bits = spec.get("bits", 4)
+    strategy = spec.get("strategy", "group")
+    gs = spec.get("gs", 32)
+    sym = spec.get("sym", True)
+    fmt = spec.get("fmt", "pack-quantized")
+    layers = spec.get("layers", (0, 1))
+    dense = spec.get("dense", False)
+    mut = set(spec.get("mut", ()))
+    out = {}
+
+    def emit(mod, w, mgs=None):
+        g = gs if mgs is None else mgs
+        q, s16, zp = st_quantize(w, bits, strategy, g, sym)
+        if fmt == "pack-quantized":
+            out[mod + ".weight_packed"] = ("I32", pack_to_int32(q, bits, 1, lsb_first="nibble" not in mut))
+            out[mod + ".weight_shape"] = ("I64", np.array(w.shape, dtype=np.int64))
+            if "scale_f32" in mut:
+                out[mod + ".weight_scale"] = ("F32", to_float(s16, "BF16"))
+            else:
+                out[mod + ".weight_scale"] = ("BF16", s16)
+            if zp is not None or "extra_zp" in mut:
+                z = zp if zp is not None else np.zeros(s16.shape, np.int32)
+                if "zp_unpacked" in mut:
+                    out[mod + ".weight_zero_point"] = ("I32", z.astype(np.int32))
+                else:
+                    out[mod + ".weight_zero_point"] = ("I32", pack_to_int32(z, bits, packed_dim=0))
+        else:
+            out[mod + ".weight"] = ("I8", q.astype(np.int8))
+            out[mod + ".weight_scale"] = ("BF16", s16)
+
+    for name, (dt, arr) in src_t.items():
+        m = STACKED_RE.match(name)
+        if m and int(m.group(1)) in layers:
+            P = f"model.language_model.layers.{m.group(1)}."
+            w = to_float(arr, dt, np.float64)
+            for e in range(E):
+                if "drop_expert" in mut and int(m.group(1)) == 1 and e == E - 1:
+                    continue
+                if m.group(2) == "gate_up_proj":
+                    gate, up = w[e, :I], w[e, I:]
+                    if "swap" in mut:
+                        gate, up = up, gate
+                    emit(f"{P}experts.{e}.gate_proj", gate)
+                    emit(f"{P}experts.{e}.up_proj", up)
+                else:
+                    emit(f"{P}experts.{e}.down_proj", w[e], 64 if "down_gs64" in mut else None)
+            continue
+        m = DENSE_RE.match(name)
+        if dense and m and m.group(4) == "weight":
+            emit(name[:-7], to_float(arr, dt, np.float64))
+            continue
+        if "modify_norm" in mut and name == "model.language_model.layers.1.input_layernorm.weight":
+            arr = arr.copy()
+            arr[0] ^= 1
+        out[name] = (dt, arr)
+
+    wargs = {"num_bits": bits, "type": "int", "symmetric": sym, "strategy": strategy,
+             "group_size": gs if strategy == "group" else None, "dynamic": False,
+             "actorder": None, "observer": "minmax", "observer_kwargs": {}, "block_structure": None}
+    ia = None
+    if fmt == "int-quantized":
+        ia = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True,
+              "group_size": None, "observer": None}
+    targets = [r"re:.*experts\.\d+\.(gate|up|down)_proj$"]
+    if dense:
+        targets.append(r"re:.*mlp\.(gate|up|down)_proj$")
+    groups = {"group_0": {"targets": targets, "weights": wargs, "input_activations": ia,
+                          "output_activations": None, "format": spec.get("group_format", fmt)}}
+    if "down_gs64" in mut:
+        groups["group_0"]["targets"] = [r"re:.*experts\.\d+\.(gate|up)_proj$"]
+        groups["group_1"] = {"targets": [r"re:.*experts\.\d+\.down_proj$"],
+                             "weights": dict(wargs, group_size=64), "input_activations": None, "format": fmt}
+    ignore = [r"re:.*self_attn.*", r"re:.*router.*", r"re:.*lm_head", r"re:.*vision_tower.*"]
+    if not dense and "no_mlp_ignore" not in mut:
+        ignore.append(r"re:.*mlp\..*")
+    unconv = [N for N in range(d["L"]) if N not in layers]
+    if unconv and "no_layer_ignore" not in mut:
+        ignore.append(r"re:.*layers\.(" + "|".join(map(str, unconv)) + r")\.(moe\.)?experts.*")
+    if "ignore_layer0" in mut:
+        ignore.append(r"re:.*layers\.0\.(moe\.)?experts.*")
+    cfg = json.loads(json.dumps(src_cfg))
+    cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": fmt, "config_groups": groups,
+                                  "ignore": ignore, "quantization_status": "compressed",
+                                  "kv_cache_scheme": None, "sparsity_config": {},
+                                  "orbitq": {"anything": [1, 2, 3]}}
+    drop = ("model.language_model.layers.0.router.scale",) if "index_missing" in mut else ()
+    return out, cfg, drop
+
+
+class Opts:
+    def __init__(self, **kw):
+        self.expect_format = self.expect_bits = self.expect_strategy = None
+        self.expect_group_size = self.expect_symmetric = self.min_cos = None
+        self.__dict__.update(kw)
+
+
+SELF_TESTS = [
+    # name, spec, expect pass, substring expected in some failure, opts
+    ("ok W4A16 group32 symmetric", {}, True, None, {}),
+    ("ok W4A16 group32 asymmetric (zero points)", {"sym": False}, True, None, {}),
+    ("ok W8A16 channel + dense MLP converted", {"bits": 8, "strategy": "channel", "dense": True}, True, None, {}),
+    ("ok W8A8 int-quantized", {"bits": 8, "strategy": "channel", "fmt": "int-quantized"}, True, None, {}),
+    ("ok --expect-* flags", {}, True, None,
+     dict(expect_format="pack-quantized", expect_bits=4, expect_strategy="group", expect_group_size=32,
+          expect_symmetric=True)),
+    ("bad --expect-bits 8 on 4-bit", {}, False, "--expect-bits", dict(expect_bits=8)),
+    ("bad nibble order (most significant first)", {"mut": ["nibble"]}, False, "beyond half a step", {}),
+    ("bad zero point not packed", {"sym": False, "mut": ["zp_unpacked"]}, False, "weight_zero_point", {}),
+    ("bad zero point on symmetric scheme", {"mut": ["extra_zp"]}, False, "unexpected per-expert tensor", {}),
+    ("bad gate/down scheme mismatch", {"mut": ["down_gs64"]}, False,
+     "All MoE projections need to have same quantization scheme", {}),
+    ("bad missing ignore for unconverted dense MLP", {"mut": ["no_mlp_ignore"]}, False, "not ignored", {}),
+    ("bad unconverted MoE layer not ignored", {"mut": ["no_layer_ignore"]}, False, "not converted", {}),
+    ("bad converted MoE layer ignored", {"mut": ["ignore_layer0"]}, False, "unquantized MoE", {}),
+    ("bad gate/up swapped", {"mut": ["swap"]}, False, "beyond half a step", {}),
+    ("bad missing expert", {"mut": ["drop_expert"]}, False, "no converted tensors", {}),
+    ("bad modified passthrough tensor", {"mut": ["modify_norm"]}, False, "bytes differ", {}),
+    ("bad index missing a tensor", {"mut": ["index_missing"]}, False, "not listed in weight_map", {}),
+    ("bad float32 scales in a bf16 model", {"mut": ["scale_f32"]}, False, "weight_scale dtype", {}),
+    ("bad group format 'dense'", {"group_format": "dense"}, False, "only format 'pack-quantized'", {}),
+    ("bad group_size 16 for Marlin MoE", {"gs": 16}, False, "group_size 16", {}),
+]
+
+
+def self_test():
+    tmp = tempfile.mkdtemp(prefix="ct_vllm_check_")
+    all_ok = True
+    try:
+        src_t, src_cfg = st_source()
+        src_dir = os.path.join(tmp, "source")
+        st_write_checkpoint(src_dir, src_t, src_cfg)
+        for i, (name, spec, expect_pass, needle, kw) in enumerate(SELF_TESTS):
+            conv_t, conv_cfg, drop = st_convert(src_t, src_cfg, spec)
+            cdir = os.path.join(tmp, f"conv{i}")
+            st_write_checkpoint(cdir, conv_t, conv_cfg, drop)
+            lines = []
+            rep = run_checks(src_dir, cdir, Opts(**kw), log=lines.append)
+            fails = rep.all_failures()
+            if expect_pass:
+                good = not rep.failed
+                why = lines[-1] if good else f"unexpected failures: {fails[:3]}"
+            else:
+                hit = [f for f in fails if needle in f]
+                good = bool(hit)
+                why = f"failed as expected: {hit[0]}" if hit else \
+                    (f"failed, but not with {needle!r}: {fails[:3]}" if fails else "passed but should fail")
+            all_ok &= good
+            print(f"{'ok  ' if good else 'BAD '} {name}: {why[:300]}")
+            if not good:
+                for ln in lines:
+                    print("      " + ln)
+            shutil.rmtree(cdir, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("self-test " + ("passed" if all_ok else "FAILED") + f" ({len(SELF_TESTS)} cases)")
+    return 0 if all_ok else 1
+
+
+def parse_bool(s):
+    v = {"true": True, "false": False}.get(s.lower())
+    if v is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+    return v
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--source")
+    ap.add_argument("--converted")
+    ap.add_argument("--expect-format", choices=["pack-quantized", "int-quantized"])
+    ap.add_argument("--expect-bits", type=int, choices=[4, 8])
+    ap.add_argument("--expect-strategy", choices=["channel", "group"])
+    ap.add_argument("--expect-group-size", type=int)
+    ap.add_argument("--expect-symmetric", type=parse_bool, metavar="true|false")
+    ap.add_argument("--min-cos", type=float)
+    ap.add_argument("--self-test", action="store_true")
+    a = ap.parse_args(argv)
+    if a.self_test:
+        return self_test()
+    if not a.source or not a.converted:
+        ap.error("--source and --converted are required (or --self-test)")
+    rep = run_checks(a.source, a.converted, a)
+    return 1 if rep.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

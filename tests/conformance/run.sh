@@ -1,0 +1,91 @@
+#!/bin/sh
+# Conformance of orbitq-gemma's --out with compressed-tensors and vLLM, judged by
+# ct_vllm_check.py (written from their sources, not from orbitq's): a small synthetic
+# checkpoint converted with every spec the engine issue names, the checker on each output; a
+# spec the engines cannot load refused before anything is written; two conversions of
+# different specs racing to the same --out, each ending with a consistent checkpoint or a clean
+# failure.
+# Usage: run.sh ORBITQ_GEMMA PYTHON WORK_DIR
+set -eu
+gemma="$1"; py="$2"; work="$3"
+here="$(cd "$(dirname "$0")" && pwd)"
+check="$here/ct_vllm_check.py"
+"$py" -c 'import numpy' 2>/dev/null || {
+  echo "FAIL: $py cannot import numpy (Debian: python3-numpy; scripts/install-deps.sh installs it)"; exit 1; }
+rm -rf "$work"; mkdir -p "$work"; cd "$work"
+fail=0
+say() { printf '%s\n' "$*"; }
+bad() { say "FAIL: $*"; fail=1; }
+
+"$py" "$check" --self-test > self-test.log 2>&1 || { cat self-test.log; bad "checker self-test"; }
+
+"$gemma" --write-synthetic src --synthetic-layers 3 --experts 4 --quiet
+
+# convert NAME EXPECTED_RC CHECKER_FLAGS -- ORBITQ_FLAGS...
+convert() {
+  name="$1"; want="$2"; flags="$3"; shift 4
+  rc=0; "$gemma" --checkpoint src --out "$name" --tokens 2 --quiet "$@" > "$name.out" 2> "$name.err" || rc=$?
+  if [ "$rc" != "$want" ]; then bad "$name: orbitq-gemma $* exited $rc, expected $want"; cat "$name.err"; return; fi
+  # shellcheck disable=SC2086
+  if "$py" "$check" --source src --converted "$name" $flags > "$name.check" 2>&1; then say "ok   $name: $(tail -n 1 "$name.check")"
+  else cat "$name.check"; bad "$name: the checker refuses the output of orbitq-gemma $*"; fi
+}
+convert int8_per_channel 0 "--expect-format pack-quantized --expect-bits 8 --expect-strategy channel --expect-symmetric true --min-cos 0.999" --
+convert int8_per_group32_asym 0 "--expect-bits 8 --expect-strategy group --expect-group-size 32 --expect-symmetric false --min-cos 0.999" -- \
+  --granularity per_group:32 --scheme asymmetric
+# per_tensor fails the gates on the synthetic outliers (exit 2: the seed's finding) and is
+# still written, per channel with the one scale repeated; its cosine is what per-tensor gives.
+convert int8_per_tensor 2 "--expect-bits 8 --expect-strategy channel --min-cos 0.8" -- --granularity per_tensor
+convert int4_per_group32 0 "--expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-symmetric true --min-cos 0.99" -- \
+  --bits 4 --granularity per_group:32
+convert int4_per_group32_asym 0 "--expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-symmetric false --min-cos 0.99" -- \
+  --bits 4 --granularity per_group:32 --scheme asymmetric
+convert int4_per_channel 0 "--expect-bits 4 --expect-strategy channel --expect-symmetric true --min-cos 0.985" -- --bits 4
+convert auto_cos_0.9999 0 "--min-cos 0.9999" -- --granularity auto --target-cos 0.9999
+convert w8a8_int8 0 "--expect-format int-quantized --expect-bits 8 --expect-strategy channel --min-cos 0.999" -- --activations int8
+convert int4_per_group64_dense 0 "--expect-bits 4 --expect-group-size 64 --min-cos 0.99" -- --bits 4 --granularity per_group:64 --include-dense
+convert layer1_only 0 "--min-cos 0.999" -- --layers 1
+grep -q "^out: per_tensor written with strategy 'channel'" int8_per_tensor.out || bad "per_tensor: stdout does not say it was written per channel"
+
+# Specs no engine's MoE kernel loads: exit 1 before anything is written, naming what loads.
+for g in per_group:128 per_group:16; do
+  rc=0; "$gemma" --checkpoint src --out refused --granularity "$g" --quiet --tokens 2 2> refused.err || rc=$?
+  [ "$rc" = 1 ] || bad "$g with --out: exit $rc, expected 1"
+  grep -q "vLLM's MoE kernels load" refused.err || bad "$g with --out: the message does not list what loads: $(cat refused.err)"
+  [ ! -e refused ] || bad "$g with --out: the output directory exists"
+done
+ls -a | grep -q '^\.refused\.partial' && bad "a refused conversion left a staging directory"
+
+# Two conversions with different specs started together on the same --out.
+race() {
+  round="$1"; force="$2"
+  rm -rf race; r8=0; r4=0
+  "$gemma" --checkpoint src --out race --tokens 2 --quiet $force > race8.out 2> race8.err & p8=$!
+  "$gemma" --checkpoint src --out race --tokens 2 --quiet $force --bits 4 --granularity per_group:32 > race4.out 2> race4.err & p4=$!
+  wait "$p8" || r8=$?; wait "$p4" || r4=$?
+  for r in "$r8" "$r4"; do case "$r" in 0|1) ;; *) bad "race $round: exit status $r";; esac; done
+  if [ -n "$force" ]; then
+    [ "$r8$r4" = 00 ] || bad "race $round (--force): exits $r8 $r4, expected both 0: $(cat race8.err race4.err)"
+  else
+    [ "$r8$r4" = 01 ] || [ "$r8$r4" = 10 ] || bad "race $round: exits $r8 $r4, expected one 0 and one 1: $(cat race8.err race4.err)"
+    for e in race8 race4; do
+      if [ -s "$e.err" ] && ! grep -q -e "appeared while this conversion ran" -e "already exists" "$e.err"; then
+        bad "race $round: unexpected failure: $(cat "$e.err")"
+      fi
+    done
+  fi
+  # Whatever won is one whole checkpoint of one spec.
+  if "$py" "$check" --source src --converted race > "race$round.check" 2>&1; then say "ok   race $round $force: $(tail -n 1 "race$round.check")"
+  else cat "race$round.check"; bad "race $round: the output mixes the two conversions or is incomplete"; fi
+  if [ -z "$force" ]; then
+    bits=$(grep -o '"num_bits": [48]' race/config.json | head -n 1 | grep -o '[48]$')
+    { [ "$r8" = 0 ] && [ "$bits" = 8 ]; } || { [ "$r4" = 0 ] && [ "$bits" = 4 ]; } || bad "race $round: the output is not the successful run's spec"
+  fi
+  ls -a | grep -q '^\.race\.partial' && bad "race $round: a staging directory was left behind"
+  return 0
+}
+for round in 1 2 3; do race "$round" ""; done
+race 4 --force; race 5 --force
+
+[ "$fail" = 0 ] && say "conformance: all checks passed"
+exit "$fail"
