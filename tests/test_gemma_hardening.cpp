@@ -56,7 +56,7 @@ namespace
     json read_json(const fs::path& p) { return json::parse(std::ifstream(p)); }
 }
 
-TEST_CASE("--granularity auto: per tensor the cheapest candidate meeting the target; the output follows it")
+TEST_CASE("--granularity auto: per layer the cheapest candidate meeting the target on every projection; the output follows it")
 {
     scratch s;
     const fs::path in = s.dir / "in", out = s.dir / "out", report = s.dir / "r.json";
@@ -69,6 +69,9 @@ TEST_CASE("--granularity auto: per tensor the cheapest candidate meeting the tar
     CHECK(r.out.find("auto granularity (target cos >= 0.999900)") != std::string::npos);
     const json rep = read_json(report);
     REQUIRE(rep["auto"]["tensors"].size() == 4);  // 2 layers x {gate_up, down}
+    // One spec per layer: gate, up and down alike (engines load a MoE layer only so).
+    CHECK(rep["auto"]["tensors"][0]["chosen"] == rep["auto"]["tensors"][1]["chosen"]);
+    CHECK(rep["auto"]["tensors"][2]["chosen"] == rep["auto"]["tensors"][3]["chosen"]);
     for (const auto& t : rep["auto"]["tensors"])
     {
         const std::string chosen = t["chosen"];
@@ -99,6 +102,7 @@ TEST_CASE("--granularity auto: per tensor the cheapest candidate meeting the tar
     CHECK(r.rc == 1);
     CHECK(r.err.find("no candidate meets the target") != std::string::npos);
     CHECK(r.err.find("experts.gate_up_proj") != std::string::npos);
+    CHECK(r.err.find("on all 2 tensors") != std::string::npos);
     CHECK(!fs::exists(out2));
 
     // A low target with int4: the choice is an int4 spec (fewest bits per weight first).
@@ -173,12 +177,22 @@ TEST_CASE("NaN/Inf in an expert weight: exit 1 naming tensor and (expert, row, c
     const json rep = read_json(report);
     REQUIRE(rep["skipped_nonfinite"].size() == 1);
     CHECK(rep["skipped_nonfinite"][0].get<std::string>().find("expert 2, row 5, column 7") != std::string::npos);
-    // The tensor is copied as it was (BF16, stacked), its neighbour is converted.
+    // The tensor is copied as it was (BF16, stacked), and so is its partner gate_up: engines load
+    // a MoE layer only with gate, up and down in one scheme. The other layer is converted.
     const json idx = read_json(out / "model.safetensors.index.json");
     CHECK(idx["weight_map"].contains(down));
-    CHECK(!idx["weight_map"].contains(P + "1.experts.0.down_proj.weight"));
-    CHECK(idx["weight_map"].contains(P + "1.experts.0.gate_proj.weight"));
-    CHECK(idx["weight_map"].contains(P + "0.experts.0.down_proj.weight"));
+    CHECK(idx["weight_map"].contains(P + "1.experts.gate_up_proj"));
+    CHECK(!idx["weight_map"].contains(P + "1.experts.0.down_proj.weight_packed"));
+    CHECK(!idx["weight_map"].contains(P + "1.experts.0.gate_proj.weight_packed"));
+    CHECK(idx["weight_map"].contains(P + "0.experts.0.down_proj.weight_packed"));
+    const json& gate_up_report = rep["layers"][1]["tensors"][0];
+    CHECK(gate_up_report["quantized"] == false);
+    CHECK(gate_up_report["skipped"].get<std::string>().find(down) != std::string::npos);
+    // The config leaves layer 1's experts to source precision: ignored, not targeted.
+    const json qc = read_json(out / "config.json")["quantization_config"];
+    bool ignored = false;
+    for (const auto& e : qc["ignore"]) ignored = ignored || e.get<std::string>().find("layers\\.(1)\\.(moe\\.)?experts") != std::string::npos;
+    CHECK_MESSAGE(ignored, qc["ignore"].dump());
 
     // An infinity in gate_up is named too.
     poke_bf16(in, P + "0.experts.gate_up_proj", 3, 0x7f80);

@@ -100,6 +100,14 @@ namespace
         return {std::istreambuf_iterator<char>(in), {}};
     }
 
+    /// Staging directories of the conversions to `parent/out` (`.out.partial.PID.N`).
+    std::size_t staging_dirs(const fs::path& parent)
+    {
+        std::size_t n = 0;
+        for (const auto& e : fs::directory_iterator(parent)) n += e.path().filename().string().starts_with(".out.partial");
+        return n;
+    }
+
     /// Every entry of `parent` that is not hidden must be `in` or `out`; if `out` exists it is a
     /// complete converted checkpoint.
     void check_outputs(const fs::path& parent, const fs::path& in, const fs::path& out)
@@ -167,13 +175,14 @@ TEST_SUITE("hardening")
             const int st = wait_exit(pid);
             INFO("kill " << k << " after " << delay << " ms, status " << st);
             CHECK((st == 128 + SIGKILL || st == 0));  // a child that finished first is fine
-            if (fs::exists(s.dir / ".out.partial")) ++mid_write;
+            if (staging_dirs(s.dir) > 0) ++mid_write;
             check_outputs(s.dir, in, out);
         }
         MESSAGE(mid_write << " of 5 kills landed while the staging directory existed");
         REQUIRE_MESSAGE(run(args, log) == 0, slurp(log));
         check_outputs(s.dir, in, out);
         CHECK(fs::exists(out / "config.json"));
+        CHECK(staging_dirs(s.dir) == 0);  // the killed runs' staging directories are gone with them
     }
 
     TEST_CASE("a file size limit (full disk): exit 1 with a clear message, no partial file left" * doctest::skip())
@@ -189,7 +198,7 @@ TEST_SUITE("hardening")
         CHECK_MESSAGE(msg.find("orbitq-gemma: error:") != std::string::npos, msg);
         CHECK_MESSAGE(msg.find("too large") != std::string::npos, msg);  // EFBIG: "File too large"
         CHECK(!fs::exists(out));
-        for (const auto& e : fs::directory_iterator(s.dir)) CHECK_MESSAGE(e.path().filename().string() != ".out.partial", "staging left behind");
+        CHECK_MESSAGE(staging_dirs(s.dir) == 0, "staging left behind");
         check_outputs(s.dir, in, out);
 
         // An output directory that cannot be created (its parent is a file): exit 1, message names it.

@@ -320,8 +320,8 @@ namespace orbitq::models::gemma4
         {
             if (layers.size() == model_layers) return "\\d+";
             std::string s = "(";
-            for (std::size_t i = 0; i < layers.size(); ++i) s += (i ? "|" : "") + std::to_string(layers[i]);
-            return s + ")";
+            for (std::size_t i = 0; i < layers.size(); ++i) s.append(i ? "|" : "").append(std::to_string(layers[i]));
+            return s.append(")");
         }
 
         /// The regex entry for the expert Linears of `layers`: matches the checkpoint's names
