@@ -926,6 +926,14 @@ class CosAcc:
         return self.dot / math.sqrt(self.a * self.b)
 
 
+def decompressible(rep, tag, args, fmt):
+    """Whether this checker decompresses a Linear of this scheme (integer codes, a format it reads)."""
+    if fmt in ("pack-quantized", "int-quantized", "naive-quantized") and args["type"] == "int":
+        return True
+    rep.fail("scheme", f"{tag}: cannot decompress format {fmt!r} type {args['type']!r}")
+    return False
+
+
 def clipped_bound_steps(args, scale_dtype):
     """How far (in steps) a value clamped at the code range may lie from its reconstruction.
 
@@ -1169,8 +1177,7 @@ def run_checks(src_dir, conv_dir, opts, log=print):
                     rep.fail("scheme", f"{tag}: no quantization scheme applies; cannot decompress")
                     continue
                 args, fmt = scheme["weights"], scheme["format"]
-                if fmt not in ("pack-quantized", "int-quantized", "naive-quantized") or args["type"] != "int":
-                    rep.fail("scheme", f"{tag}: cannot decompress format {fmt!r} type {args['type']!r}")
+                if not decompressible(rep, tag, args, fmt):
                     continue
                 out_f, in_f = check_expert_params(rep, conv, mod, "pack-quantized" if fmt == "pack-quantized"
                                                   else "int-quantized", args, p, H, I, tag)
@@ -1204,8 +1211,7 @@ def run_checks(src_dir, conv_dir, opts, log=print):
             rep.fail("scheme", f"{tag}: converted but ignored/unmatched under its HF name")
             continue
         args, fmt = scheme["weights"], scheme["format"]
-        if fmt not in ("pack-quantized", "int-quantized", "naive-quantized") or args["type"] != "int":
-            rep.fail("scheme", f"{tag}: cannot decompress format {fmt!r}")
+        if not decompressible(rep, tag, args, fmt):
             continue
         out_f, in_f = src.shape(mod + ".weight")
         expected = set(ct_expected_layout(fmt, args, out_f, in_f))
