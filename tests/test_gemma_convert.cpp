@@ -101,7 +101,16 @@ TEST_CASE("write a synthetic checkpoint, convert it, read the output back indepe
                   (s.dir / "p.svg").string(), "--tokens", "3", "--quiet"});
     REQUIRE_MESSAGE(r.rc == 0, std::string(r.err + r.out));
     CHECK(r.out.find("verdict: per_channel int8 PASSES") != std::string::npos);
-    CHECK(fs::exists(s.dir / "p.svg"));
+    {
+        // Two panels (each layer alone, the stack), each with its gate; the legend below them.
+        std::ifstream svg_in(s.dir / "p.svg");
+        const std::string svg((std::istreambuf_iterator<char>(svg_in)), {});
+        CHECK(svg.find(">each layer alone<") != std::string::npos);
+        CHECK(svg.find(">the stack<") != std::string::npos);
+        CHECK(svg.find(">layer gate 0.997<") != std::string::npos);
+        CHECK(svg.find(">stack gate 0.970<") != std::string::npos);
+        CHECK(svg.find(">per_channel<") != std::string::npos);
+    }
     for (const auto& e : fs::directory_iterator(s.dir)) CHECK_FALSE(e.path().filename().string().starts_with(".out.partial"));
 
     const st_dir src(in), dst(out);

@@ -16,10 +16,12 @@
 #include <algorithm>
 #include <cmath>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -46,6 +48,56 @@ namespace orbitq::gemma_cli
             return 0;
         }
 
+        /// @brief Limits of the numeric flags: beyond them a run cannot be meant (and would only
+        ///        exhaust memory or threads), so the parser refuses them.
+        constexpr std::size_t max_group_size = 65536;
+        constexpr unsigned max_threads = 1024;
+        constexpr std::size_t max_tokens = 4096;
+
+        /// @brief A CLI11 check: the value is a finite number in [lo, hi] (CLI::Range lets NaN by).
+        CLI::Validator finite_in(double lo, double hi, const std::string& what)
+        {
+            return CLI::Validator(
+                [=](std::string& text) -> std::string {
+                    double v = 0.0;
+                    std::size_t used = 0;
+                    try
+                    {
+                        v = std::stod(text, &used);
+                    }
+                    catch (const std::exception&)
+                    {
+                        used = 0;
+                    }
+                    if (used == 0 || used != text.size()) return "'" + text + "' is not a number";
+                    if (!std::isfinite(v) || v < lo || v > hi) return "'" + text + "' is not " + what;
+                    return {};
+                },
+                what);
+        }
+
+        /// @brief A CLI11 check: the value is an integer in [lo, hi], written in decimal digits
+        ///        (no sign, no exponent).
+        CLI::Validator integer_in(std::uint64_t lo, std::uint64_t hi)
+        {
+            const std::string what = "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+            return CLI::Validator(
+                [=](std::string& text) -> std::string {
+                    if (text.empty() || text.size() > 20 || text.find_first_not_of("0123456789") != std::string::npos) return "'" + text + "' is not " + what;
+                    try
+                    {
+                        const unsigned long long v = std::stoull(text);
+                        if (v < lo || v > hi) return "'" + text + "' is not " + what;
+                    }
+                    catch (const std::exception&)
+                    {
+                        return "'" + text + "' is not " + what;
+                    }
+                    return {};
+                },
+                what);
+        }
+
         /// @brief Parses a granularity name: per_tensor, per_channel, per_group or per_group:N.
         quant_spec parse_granularity(std::string s, const quant_spec& base, std::size_t default_group)
         {
@@ -54,9 +106,11 @@ namespace orbitq::gemma_cli
             if (const auto colon = s.find(':'); colon != std::string::npos)
             {
                 const std::string g = s.substr(colon + 1);
-                if (g.empty() || g.find_first_not_of("0123456789") != std::string::npos || std::stoul(g) == 0)
+                if (g.empty() || g.size() > 6 || g.find_first_not_of("0123456789") != std::string::npos || std::stoul(g) == 0
+                    || std::stoul(g) > max_group_size)
                 {
-                    throw error(error_kind::invalid_argument, "granularity '" + s + "': the group size after ':' must be a positive integer");
+                    throw error(error_kind::invalid_argument, "granularity '" + s + "': the group size after ':' must be an integer in [1, "
+                                                                  + std::to_string(max_group_size) + "]");
                 }
                 group = std::stoul(g);
                 s = s.substr(0, colon);
@@ -278,58 +332,104 @@ namespace orbitq::gemma_cli
             }
 
             /// Hand-written SVG: per-layer min cos(hidden) per granularity, with the gate line.
-            std::string plot_svg(const g4::validation_report& rep, const std::vector<std::string>& specs, double gate, const std::string& title)
+            /// One panel of the plot: a line per granularity over the layers, the gate dashed and
+            ///        labelled inside the panel (legend and labels never share space).
+            struct panel
             {
-                const double W = 760, H = 420, L = 70, R = 170, T = 40, B = 50;
-                double lo = gate;
-                for (const auto& lr : rep.layers)
+                double x0, y0, w, h;                         ///< plot area
+                std::string heading, y_label, gate_label;
+                double gate;
+                std::vector<std::vector<double>> series;     ///< per granularity, per layer
+            };
+
+            void draw_panel(std::ostringstream& s, const panel& p, const std::vector<std::size_t>& layers)
+            {
+                static const char* colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
+                double lo = p.gate;
+                for (const auto& v : p.series)
                 {
-                    for (const auto& g : lr.by_spec) lo = std::min(lo, g.hidden_cos_min);
+                    for (double c : v) lo = std::min(lo, c);
                 }
                 lo = std::max(-1.0, lo - (1.0 - lo) * 0.08);
-                const std::size_t n = rep.layers.size();
-                auto x = [&](std::size_t i) { return L + (n > 1 ? (W - L - R) * static_cast<double>(i) / static_cast<double>(n - 1) : (W - L - R) / 2); };
-                auto y = [&](double c) { return T + (H - T - B) * (1.0 - (c - lo) / (1.0 - lo)); };
-                static const char* colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
+                const std::size_t n = layers.size();
+                auto x = [&](std::size_t i) { return p.x0 + (n > 1 ? p.w * static_cast<double>(i) / static_cast<double>(n - 1) : p.w / 2); };
+                auto y = [&](double c) { return p.y0 + p.h * (1.0 - (c - lo) / (1.0 - lo)); };
+                const double bottom = p.y0 + p.h;
+                s << "<text x=\"" << p.x0 << "\" y=\"" << p.y0 - 10 << "\" font-size=\"13\" font-weight=\"bold\">" << p.heading << "</text>\n";
+                s << "<line x1=\"" << p.x0 << "\" y1=\"" << bottom << "\" x2=\"" << p.x0 + p.w << "\" y2=\"" << bottom << "\" stroke=\"black\"/>\n";
+                s << "<line x1=\"" << p.x0 << "\" y1=\"" << p.y0 << "\" x2=\"" << p.x0 << "\" y2=\"" << bottom << "\" stroke=\"black\"/>\n";
+                for (int k = 0; k <= 5; ++k)
+                {
+                    const double c = lo + (1.0 - lo) * k / 5.0;
+                    s << "<line x1=\"" << p.x0 - 4 << "\" y1=\"" << y(c) << "\" x2=\"" << p.x0 << "\" y2=\"" << y(c) << "\" stroke=\"black\"/>";
+                    s << "<text x=\"" << p.x0 - 6 << "\" y=\"" << y(c) + 4 << "\" text-anchor=\"end\">" << fmt(c, 4) << "</text>\n";
+                }
+                for (std::size_t i = 0; i < n; ++i)
+                {
+                    if (n > 16 && i % 5 != 0 && i + 1 != n) continue;
+                    s << "<text x=\"" << x(i) << "\" y=\"" << bottom + 16 << "\" text-anchor=\"middle\">" << layers[i] << "</text>\n";
+                }
+                s << "<text x=\"" << p.x0 + p.w / 2 << "\" y=\"" << bottom + 34 << "\" text-anchor=\"middle\">layer</text>\n";
+                const double ymid = p.y0 + p.h / 2, xl = p.x0 - 56;
+                s << "<text x=\"" << xl << "\" y=\"" << ymid << "\" transform=\"rotate(-90 " << xl << " " << ymid << ")\" text-anchor=\"middle\">"
+                  << p.y_label << "</text>\n";
+                s << "<line x1=\"" << p.x0 << "\" y1=\"" << y(p.gate) << "\" x2=\"" << p.x0 + p.w << "\" y2=\"" << y(p.gate)
+                  << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n";
+                for (std::size_t g = 0; g < p.series.size(); ++g)
+                {
+                    const char* col = colors[g % 6];
+                    s << "<polyline fill=\"none\" stroke=\"" << col << "\" stroke-width=\"2\" points=\"";
+                    for (std::size_t i = 0; i < n; ++i) s << x(i) << "," << y(p.series[g][i]) << " ";
+                    s << "\"/>\n";
+                    for (std::size_t i = 0; i < n; ++i) s << "<circle cx=\"" << x(i) << "\" cy=\"" << y(p.series[g][i]) << "\" r=\"3\" fill=\"" << col << "\"/>";
+                    s << "\n";
+                }
+                // The gate's label sits just under its line at the right end, haloed in white so
+                // that a series crossing it stays readable.
+                s << "<text x=\"" << p.x0 + p.w - 4 << "\" y=\"" << y(p.gate) + 14 << "\" text-anchor=\"end\" stroke=\"white\" stroke-width=\"4\" "
+                  << "paint-order=\"stroke\">" << p.gate_label << "</text>\n";
+            }
+
+            /// The plot: per-layer min cos(hidden) against the layer gate (each layer fed the
+            ///        original stream) beside the stack (each granularity fed its own stream:
+            ///        the min cosine after each layer) against the stack gate; legend below both.
+            std::string plot_svg(const g4::validation_report& rep, const std::vector<std::string>& specs, double gate_layer, double gate_stack,
+                                 const std::string& title)
+            {
+                const double W = 1000, H = 470, top = 70, ph = 290, pw = 360, left1 = 90, left2 = 580;
+                std::vector<std::size_t> layers;
+                panel layer_panel{left1, top, pw, ph, "each layer alone", "min cos(hidden) over tokens", "layer gate " + fmt(gate_layer, 3), gate_layer, {}};
+                panel stack_panel{left2, top, pw, ph, "the stack", "min cos after this layer", "stack gate " + fmt(gate_stack, 3), gate_stack, {}};
+                for (std::size_t g = 0; g < specs.size(); ++g)
+                {
+                    layer_panel.series.emplace_back();
+                    stack_panel.series.emplace_back();
+                    for (const auto& lr : rep.layers)
+                    {
+                        layer_panel.series.back().push_back(lr.by_spec[g].hidden_cos_min);
+                        stack_panel.series.back().push_back(lr.by_spec[g].stack_cos_min);
+                    }
+                }
+                for (const auto& lr : rep.layers) layers.push_back(lr.layer);
                 std::ostringstream s;
                 s << std::setprecision(6);
                 s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W << " " << H
                   << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
                 s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-                s << "<text x=\"" << L << "\" y=\"22\" font-size=\"14\">" << title << "</text>\n";
-                s << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
-                s << "<line x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
-                for (int k = 0; k <= 5; ++k)
-                {
-                    const double c = lo + (1.0 - lo) * k / 5.0;
-                    s << "<line x1=\"" << L - 4 << "\" y1=\"" << y(c) << "\" x2=\"" << L << "\" y2=\"" << y(c) << "\" stroke=\"black\"/>";
-                    s << "<text x=\"" << L - 6 << "\" y=\"" << y(c) + 4 << "\" text-anchor=\"end\">" << fmt(c, 4) << "</text>\n";
-                }
-                for (std::size_t i = 0; i < n; ++i)
-                {
-                    if (n > 16 && i % 5 != 0 && i + 1 != n) continue;
-                    s << "<text x=\"" << x(i) << "\" y=\"" << H - B + 16 << "\" text-anchor=\"middle\">" << rep.layers[i].layer << "</text>\n";
-                }
-                s << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 12 << "\" text-anchor=\"middle\">layer</text>\n";
-                s << "<text x=\"16\" y=\"" << (T + H - B) / 2 << "\" transform=\"rotate(-90 16 " << (T + H - B) / 2
-                  << ")\" text-anchor=\"middle\">min cos(hidden) over tokens</text>\n";
-                s << "<line x1=\"" << L << "\" y1=\"" << y(gate) << "\" x2=\"" << W - R << "\" y2=\"" << y(gate)
-                  << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n";
-                s << "<text x=\"" << W - R + 6 << "\" y=\"" << y(gate) + 4 << "\">gate " << gate << "</text>\n";
+                s << "<text x=\"" << left1 << "\" y=\"24\" font-size=\"15\">" << title << "</text>\n";
+                draw_panel(s, layer_panel, layers);
+                draw_panel(s, stack_panel, layers);
+                static const char* colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
+                const double ly = top + ph + 62;
+                double lx = left1;
                 for (std::size_t g = 0; g < specs.size(); ++g)
                 {
-                    const char* col = colors[g % 6];
-                    s << "<polyline fill=\"none\" stroke=\"" << col << "\" stroke-width=\"2\" points=\"";
-                    for (std::size_t i = 0; i < n; ++i) s << x(i) << "," << y(rep.layers[i].by_spec[g].hidden_cos_min) << " ";
-                    s << "\"/>\n";
-                    for (std::size_t i = 0; i < n; ++i)
-                    {
-                        s << "<circle cx=\"" << x(i) << "\" cy=\"" << y(rep.layers[i].by_spec[g].hidden_cos_min) << "\" r=\"3\" fill=\"" << col
-                          << "\"/>";
-                    }
-                    s << "\n<rect x=\"" << W - R + 10 << "\" y=\"" << T + 20 * g << "\" width=\"14\" height=\"4\" fill=\"" << col << "\"/>";
-                    s << "<text x=\"" << W - R + 30 << "\" y=\"" << T + 20 * g + 6 << "\">" << specs[g] << "</text>\n";
+                    s << "<rect x=\"" << lx << "\" y=\"" << ly - 6 << "\" width=\"18\" height=\"4\" fill=\"" << colors[g % 6] << "\"/>";
+                    s << "<text x=\"" << lx + 24 << "\" y=\"" << ly << "\">" << specs[g] << "</text>\n";
+                    lx += 40 + 8.0 * static_cast<double>(specs[g].size());
                 }
+                s << "<line x1=\"" << lx << "\" y1=\"" << ly - 4 << "\" x2=\"" << lx + 18 << "\" y2=\"" << ly - 4
+                  << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/><text x=\"" << lx + 24 << "\" y=\"" << ly << "\">gate</text>\n";
                 s << "</svg>\n";
                 return s.str();
             }
@@ -726,8 +826,8 @@ namespace orbitq::gemma_cli
             if (!o.plot.empty())
             {
                 const std::string title = std::string(synthetic ? "synthetic Gemma 4" : "Gemma 4") + " MoE FFN, int" + std::to_string(o.bits)
-                                          + ": per-layer min cos(hidden)";
-                io::write_file_atomic(o.plot, detail::plot_svg(rep, spec_names, o.gate_layer_cos, title), true);
+                                          + ": each layer alone, and the stack";
+                io::write_file_atomic(o.plot, detail::plot_svg(rep, spec_names, o.gate_layer_cos, o.gate_stack_cos, title), true);
             }
             return code;
         }
@@ -909,7 +1009,7 @@ namespace orbitq::gemma_cli
             {
                 throw error(error_kind::invalid_argument, "--layers '" + text + "': '" + s + "' is not a layer number (use e.g. 0-29 or 0,5,10-12)");
             }
-            const std::size_t v = std::stoul(s);
+            const std::size_t v = s.size() > 9 ? n_layers : std::stoul(s);
             if (v >= n_layers)
             {
                 throw error(error_kind::invalid_argument, "--layers '" + text + "': layer " + s + " does not exist (the model has "
@@ -948,35 +1048,41 @@ namespace orbitq::gemma_cli
                      "orbitq-gemma"};
         app.add_option("--checkpoint", o.checkpoint, "Hugging Face checkpoint directory (index + shards, or model.safetensors)");
         app.add_option("--write-synthetic", o.write_synthetic, "write the synthetic checkpoint to DIR as sharded safetensors");
-        app.add_option("--experts", o.experts, "experts of the synthetic model")->capture_default_str()->check(CLI::Range(1, 128));
-        app.add_option("--synthetic-layers", o.synthetic_layers, "layers of the synthetic model")->capture_default_str()->check(CLI::Range(1, 30));
-        app.add_option("--seed", o.seed, "seed of the synthetic model")->capture_default_str();
-        CLI::Option* bits_opt = app.add_option("--bits", o.bits, "8 or 4 (with --granularity auto: only this width is considered)")->capture_default_str();
-        app.add_option("--granularity", o.granularity, "granularity converted and gated: per_tensor, per_channel, per_group[:N], or auto (per tensor, the fewest bits per weight "
-                       "meeting --target-cos/--target-sqnr, chosen by orbitq::analyze)")->capture_default_str();
-        app.add_option("--group-size", o.group_size, "group size of per_group")->capture_default_str();
+        app.add_option("--experts", o.experts, "experts of the synthetic model")->capture_default_str()->check(integer_in(1, 128));
+        app.add_option("--synthetic-layers", o.synthetic_layers, "layers of the synthetic model")->capture_default_str()->check(integer_in(1, 30));
+        app.add_option("--seed", o.seed, "seed of the synthetic model")->capture_default_str()->check(integer_in(0, std::numeric_limits<std::uint64_t>::max()));
+        CLI::Option* bits_opt = app.add_option("--bits", o.bits, "8 or 4 (with --granularity auto: only this width is considered)")
+                                    ->capture_default_str()
+                                    ->check(CLI::IsMember({4, 8}));
+        app.add_option("--granularity", o.granularity, "granularity converted and gated: per_tensor, per_channel, per_group[:N], or auto (per layer, the fewest bits per weight "
+                       "meeting --target-cos/--target-sqnr on every projection, chosen by orbitq::analyze)")->capture_default_str();
+        app.add_option("--group-size", o.group_size, "group size of per_group")->capture_default_str()->check(integer_in(1, max_group_size));
         CLI::Option* scheme_opt = app.add_option("--scheme", o.scheme, "symmetric or asymmetric (with --granularity auto: only this scheme is considered)")->capture_default_str();
         app.add_option("--range", o.range, "symmetric range: restricted ([-127,127]) or full ([-128,127])")->capture_default_str();
         app.add_option("--layers", o.layers, "layers to process, e.g. 0-29 or 0,5,10-12 (default: all)");
-        app.add_option("--threads", o.threads, "threads (0: all cores)")->capture_default_str();
-        app.add_option("--min-elements", o.min_elements, "quantize only tensors with more elements than this")->capture_default_str();
+        app.add_option("--threads", o.threads, "threads (0: all cores)")->capture_default_str()->check(integer_in(0, max_threads));
+        app.add_option("--min-elements", o.min_elements, "quantize only tensors with more elements than this")
+            ->capture_default_str()
+            ->check(integer_in(0, std::numeric_limits<std::uint64_t>::max()));
         app.add_flag("--include-dense", o.include_dense, "also quantize the dense (shared) MLP");
-        app.add_option("--tokens", o.tokens, "sample tokens for the forward tests")->capture_default_str();
+        app.add_option("--tokens", o.tokens, "sample tokens for the forward tests")->capture_default_str()->check(integer_in(1, max_tokens));
         app.add_option("--compare", o.compare, "granularities reported side by side, e.g. per_tensor,per_channel,per_group:32")->capture_default_str();
-        app.add_option("--gate-layer-cos", o.gate_layer_cos, "layer gate on min cos(hidden)")->capture_default_str();
-        app.add_option("--gate-stack-cos", o.gate_stack_cos, "stack gate on the final min cos")->capture_default_str();
+        const CLI::Validator cosine = finite_in(-1.0, 1.0, "a cosine in [-1, 1]");
+        const CLI::Validator decibels = finite_in(-1000.0, 1000.0, "an SQNR in [-1000, 1000] dB");
+        app.add_option("--gate-layer-cos", o.gate_layer_cos, "layer gate on min cos(hidden)")->capture_default_str()->check(cosine);
+        app.add_option("--gate-stack-cos", o.gate_stack_cos, "stack gate on the final min cos")->capture_default_str()->check(cosine);
         app.add_option("--out", o.out, "write the converted checkpoint to DIR (must not exist, not inside the input)");
         app.add_option("--activations", o.activations,
                        "none (weight-only, pack-quantized) or int8 (W8A8: int8 per_channel symmetric weights, dynamic per-token int8 "
                        "activations, int-quantized; the validation quantizes activations the same way)")
             ->capture_default_str();
         app.add_option("--report", o.report, "write a JSON report");
-        app.add_option("--plot", o.plot, "write an SVG plot of per-layer min cos(hidden)");
+        app.add_option("--plot", o.plot, "write an SVG plot: per-layer min cos(hidden) and the stack's cosine after each layer, with the gates");
         app.add_flag("-q,--quiet", o.quiet, "no progress on stderr");
         app.add_flag("--force", o.force, "replace an existing --out (atomically: the new directory is swapped in, the old one removed)");
         app.add_flag("--skip-nonfinite", o.skip_nonfinite, "copy tensors holding NaN/Inf unquantized (reported) instead of stopping with exit status 1");
-        app.add_option("--target-cos", o.target_cos, "with --granularity auto: the cosine each tensor must reach");
-        app.add_option("--target-sqnr", o.target_sqnr_db, "with --granularity auto: the SQNR (dB) each tensor must reach");
+        app.add_option("--target-cos", o.target_cos, "with --granularity auto: the cosine each tensor must reach")->check(cosine);
+        app.add_option("--target-sqnr", o.target_sqnr_db, "with --granularity auto: the SQNR (dB) each tensor must reach")->check(decibels);
         CLI::App* analyze_cmd = app.add_subcommand(
             "analyze", "what every candidate policy would cost each layer's expert tensors (no codes written); the global options "
                        "--checkpoint, --experts, --layers, --threads, --report, --quiet apply");
@@ -987,8 +1093,8 @@ namespace orbitq::gemma_cli
                                 "comma-separated candidates NAME[:group][@bits][/asym], e.g. per_channel@8,per_group:32@4/asym "
                                 "(default: per_tensor, per_channel, per_group 32/64/128 where they divide, int8/int4, sym/asym)");
         std::optional<double> a_cos, a_sqnr;
-        analyze_cmd->add_option("--target-cos", a_cos, "select the cheapest candidate with at least this cosine");
-        analyze_cmd->add_option("--target-sqnr", a_sqnr, "select the cheapest candidate with at least this SQNR (dB)");
+        analyze_cmd->add_option("--target-cos", a_cos, "select the cheapest candidate with at least this cosine")->check(cosine);
+        analyze_cmd->add_option("--target-sqnr", a_sqnr, "select the cheapest candidate with at least this SQNR (dB)")->check(decibels);
         analyze_cmd->fallthrough();
         try
         {

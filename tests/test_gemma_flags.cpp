@@ -1,0 +1,100 @@
+// orbitq-gemma's numeric flags, in-process: each refuses 0 (where 0 means nothing), negative,
+// huge and non-numeric values with exit status 1 and a message naming the flag, before any work;
+// the edges of each range are taken.
+#include <doctest/doctest.h>
+
+#include "gemma_cli_support.hpp"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
+using gemma_test::cli;
+
+namespace
+{
+    /// A quick valid run around `extra`: one synthetic layer of two experts, one token (each
+    ///        of these defaults left out when `extra` sets that flag itself).
+    std::vector<std::string> quick(std::vector<std::string> extra)
+    {
+        const std::vector<std::pair<std::string, std::string>> base = {
+            {"--synthetic-layers", "1"}, {"--experts", "2"}, {"--tokens", "1"}, {"--compare", "per_channel"}};
+        std::vector<std::string> a = {"--quiet"};
+        for (const auto& [flag, value] : base)
+        {
+            if (std::find(extra.begin(), extra.end(), flag) == extra.end()) a.insert(a.end(), {flag, value});
+        }
+        a.insert(a.end(), extra.begin(), extra.end());
+        return a;
+    }
+
+    void refused(const std::vector<std::string>& args, const std::string& flag)
+    {
+        const auto r = cli(args);
+        std::string shown;
+        for (const auto& a : args) shown += a + " ";
+        INFO(shown);
+        CHECK(r.rc == 1);
+        CHECK_MESSAGE(r.err.find(flag) != std::string::npos, r.err);
+    }
+
+    struct flag_case
+    {
+        std::string flag;
+        std::vector<std::string> bad;   ///< refused with exit 1
+        std::vector<std::string> good;  ///< taken (exit 0 or 2: a gate may fail)
+    };
+}
+
+TEST_CASE("numeric flags: 0, negative, huge and non-numeric values are refused with exit 1 naming the flag")
+{
+    const std::string huge = "99999999999999999999999", nan = "nan", text = "abc", neg = "-1";
+    const std::vector<flag_case> cases = {
+        {"--experts", {"0", neg, "129", huge, text, "2.5"}, {"1"}},
+        {"--synthetic-layers", {"0", neg, "31", huge, text}, {"1"}},
+        {"--seed", {neg, huge, text, "1e3"}, {"0", "18446744073709551615"}},
+        {"--bits", {"0", neg, "16", huge, text}, {"4"}},
+        {"--group-size", {"0", neg, "65537", huge, text}, {"32"}},
+        {"--threads", {neg, "100000", huge, text}, {"0", "1"}},
+        {"--min-elements", {neg, huge, text}, {"0", "18446744073709551615"}},
+        {"--tokens", {"0", neg, "4097", huge, text}, {"1"}},
+        {"--gate-layer-cos", {"1.5", "-2", huge, text, nan, "inf"}, {"-1", "1"}},
+        {"--gate-stack-cos", {"1.01", huge, text, nan}, {"0"}},
+    };
+    for (const auto& c : cases)
+    {
+        for (const auto& v : c.bad) refused(quick({c.flag, v}), c.flag);
+        for (const auto& v : c.good)
+        {
+            const auto r = cli(quick({c.flag, v}));
+            INFO(c.flag << " " << v);
+            CHECK_MESSAGE((r.rc == 0 || r.rc == 2), r.err);
+        }
+    }
+    // The auto targets (checked at parse time, before the auto rules).
+    for (const auto& v : {std::string("1.5"), nan, text, huge})
+    {
+        refused(quick({"--granularity", "auto", "--target-cos", v}), "--target-cos");
+    }
+    for (const auto& v : {std::string("inf"), nan, text, std::string("1e9")}) refused(quick({"--granularity", "auto", "--target-sqnr", v}), "--target-sqnr");
+    refused({"analyze", "--target-cos", nan, "--quiet"}, "--target-cos");
+}
+
+TEST_CASE("group sizes and layer lists: 0 and huge values are errors, never a crash")
+{
+    // --group-size 0 used to divide by zero (SIGFPE).
+    refused(quick({"--granularity", "per_group", "--group-size", "0"}), "--group-size");
+    for (const std::string g : {"per_group:0", "per_group:99999999999999", "per_group:65537", "per_group:-4", "per_group:x"})
+    {
+        const auto r = cli(quick({"--granularity", g}));
+        CHECK(r.rc == 1);
+        CHECK_MESSAGE(r.err.find("group size") != std::string::npos, r.err);
+    }
+    for (const std::string l : {"99999999999999999999999", "0-99999999999999999999", "5", "-1", "a"})
+    {
+        const auto r = cli(quick({"--layers", l}));
+        CHECK(r.rc == 1);
+        CHECK_MESSAGE(r.err.find("--layers") != std::string::npos, r.err);
+    }
+}
