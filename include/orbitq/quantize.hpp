@@ -172,6 +172,23 @@ namespace orbitq
             return with_inverse(stored, exact.zero_point);
         }
 
+        /// The group callback of the driver's fused group passes, one named type per driver
+        /// instance: group g, counted from the first group of row `first_row`, gets its
+        /// parameters from `record` (by orbit); a non-finite group is reported with its row.
+        template <weight_element T, class Record>
+        struct group_recorder
+        {
+            const matrix_view<T>* w;
+            const Record* record;
+            std::size_t first_row;
+            std::size_t groups_per_row;
+            encode_params operator()(std::size_t g, const min_max& stat, bool finite) const
+            {
+                if (!finite) throw_non_finite(*w, first_row + g / groups_per_row);
+                return (*record)(first_row * groups_per_row + g, stat);
+            }
+        };
+
         template <class Q, weight_element T>
         void check_spec(const matrix_view<T>& w, const quant_spec& spec)
         {
@@ -274,10 +291,7 @@ namespace orbitq
             if (flat_groups)
             {
                 const std::size_t gpr = L.groups_per_row;
-                const auto on_group = [&](std::size_t g, const min_max& stat, bool finite) {
-                    if (!finite) detail::throw_non_finite(w, first + g / gpr);
-                    return record(first * gpr + g, stat);
-                };
+                const detail::group_recorder<T, decltype(record)> on_group{&w, &record, first, gpr};
                 float* scales = q.scales.data() + first * gpr;
                 std::int32_t* zero_points = S::has_zero_point ? q.zero_points.data() + first * gpr : nullptr;
                 const std::size_t n = (last - first) * w.cols;
@@ -318,10 +332,7 @@ namespace orbitq
                 }
                 else
                 {
-                    auto on_group = [&](std::size_t g, const min_max& stat, bool finite) {
-                        if (!finite) detail::throw_non_finite(w, r);
-                        return record(L.orbit(r, g), stat);
-                    };
+                    const detail::group_recorder<T, decltype(record)> on_group{&w, &record, r, L.groups_per_row};
                     if (vector_params)
                     {
                         // parameters as computed: whole tiles of groups get them in vectors
@@ -332,7 +343,7 @@ namespace orbitq
                     }
                     else
                     {
-                        kernels::simd::quantize_groups<R, !S::has_zero_point>(x, w.cols, L.group, out, on_group);
+                        kernels::simd::quantize_groups<R, !S::has_zero_point>(x, w.cols, L.group, out, kernels::simd::offset_groups(on_group, 0));
                     }
                 }
                 if constexpr (S::bits == 4) kernels::simd::pack_int4(row_buf.data(), w.cols, q.codes.data() + r * q.row_bytes());

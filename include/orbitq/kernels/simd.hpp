@@ -1149,6 +1149,31 @@ namespace orbitq::kernels::simd
         detail::encode_span<R, Bounded, Stream>(x, n, e, out);
     }
 
+    /// @brief The groups of a sub-range seen by a group callback of the whole range: group g of
+    ///        the sub-range is group `first + g` of `on_group`. A named type (not a lambda at
+    ///        each call site), so every pass that offsets the same callback shares one
+    ///        instantiation of the group kernels.
+    template <class OnGroup>
+    struct groups_from
+    {
+        const OnGroup* on_group;
+        std::size_t first;
+        encode_params operator()(std::size_t g, const min_max& s, bool finite) const { return (*on_group)(first + g, s, finite); }
+    };
+
+    /// @brief `on_group` offset by `first` groups; an offset callback is offset again, never
+    ///        wrapped twice.
+    template <class OnGroup>
+    groups_from<OnGroup> offset_groups(const OnGroup& on_group, std::size_t first)
+    {
+        return {&on_group, first};
+    }
+    template <class OnGroup>
+    groups_from<OnGroup> offset_groups(const groups_from<OnGroup>& on_group, std::size_t first)
+    {
+        return {on_group.on_group, on_group.first + first};
+    }
+
     /// @brief The fused statistics + encode pass over one row split into groups of `group`
     ///        values (the last group may be shorter).
     ///
@@ -1822,8 +1847,7 @@ namespace orbitq::kernels::simd
                 }
                 else
                 {
-                    quantize_groups<R, !S::has_zero_point>(x + c0, count * group, group, codes,
-                                                            [&](std::size_t g, const min_max& s, bool f) { return on_group(g0 + g, s, f); });
+                    quantize_groups<R, !S::has_zero_point>(x + c0, count * group, group, codes, offset_groups(on_group, g0));
                 }
                 if constexpr (Packed)
                 {
@@ -1834,8 +1858,7 @@ namespace orbitq::kernels::simd
             if (!Packed && whole * group < n)  // a ragged last group
             {
                 const std::size_t c0 = whole * group;
-                quantize_groups<R, !S::has_zero_point>(x + c0, n - c0, group, out + c0,
-                                                        [&](std::size_t g, const min_max& s, bool f) { return on_group(whole + g, s, f); });
+                quantize_groups<R, !S::has_zero_point>(x + c0, n - c0, group, out + c0, offset_groups(on_group, whole));
             }
         }
 
@@ -1894,7 +1917,7 @@ namespace orbitq::kernels::simd
         {
             return;
         }
-        quantize_groups<R, !S::has_zero_point>(x, n, group, out, on_group);
+        quantize_groups<R, !S::has_zero_point>(x, n, group, out, offset_groups(on_group, 0));
     }
 
     /// @brief quantize_groups_with_params with the codes packed two to a byte as pack_int4
@@ -1920,8 +1943,7 @@ namespace orbitq::kernels::simd
         for (std::size_t c0 = 0; c0 < n; c0 += chunk)
         {
             const std::size_t m = std::min(chunk, n - c0);
-            quantize_groups<R, !S::has_zero_point>(x + c0, m, group, codes.data(),
-                                                    [&](std::size_t g, const min_max& s, bool f) { return on_group(c0 / group + g, s, f); });
+            quantize_groups<R, !S::has_zero_point>(x + c0, m, group, codes.data(), offset_groups(on_group, c0 / group));
             pack_int4(codes.data(), m, out + c0 / 2);
         }
     }
