@@ -1,7 +1,7 @@
 /// @file bench_analyze.cpp
-/// @brief Throughput of orbitq::analyze with the default candidate set on the seed's (45056, 704)
-///        matrix, next to the f32 roofline loop (read f32, write int8: dst[i] = (int8_t)src[i])
-///        compiled into the same binary with the same flags.
+/// @brief Throughput of orbitq::analyze with the default candidate set on a (45056, 704) matrix
+///        (16 Gemma 4 down_proj experts stacked), next to the f32 roofline loop (read f32, write
+///        int8: dst[i] = (int8_t)src[i]) compiled into the same binary with the same flags.
 ///
 /// Names: analyze/<rows>x<cols>/<dtype>/candidates:<n>/threads:<t> and roofline/<rows>x<cols>/convert/f32.
 /// Bytes processed are input bytes (rows * cols * sizeof(element)) per iteration for both, so the
@@ -25,7 +25,7 @@ namespace
     constexpr std::size_t seed_cols = 704;
 
     /// Deterministic heavy-tailed weights: a sum of uniforms (roughly normal, sigma ~0.02) with
-    /// one weight in 4096 scaled up 30x, like the outliers of the seed's expert weights.
+    /// one weight in 4096 scaled up 30x, like the outliers of trained expert weights.
     const std::vector<float>& seed_weights()
     {
         static const std::vector<float> w = [] {
@@ -64,7 +64,7 @@ namespace
         for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<std::int8_t>(src[i]);
     }
 
-    /// Seconds per roofline pass over the seed matrix, median of 5 (after one warm-up).
+    /// Seconds per roofline pass over the (45056, 704) matrix, median of 5 (after one warm-up).
     double roofline_seconds()
     {
         static const double t = [] {
@@ -138,7 +138,7 @@ namespace
                 ->Arg(t)->ArgName("threads")->Unit(benchmark::kMillisecond)->UseRealTime();
         }
         // One Gemma 4 expert's down_proj (2816, 704) and gate_up_proj (1408, 2816), bf16 as in the
-        // checkpoint: the shapes orbitq-gemma analyze works on (the first rows of the seed matrix).
+        // checkpoint: the shapes orbitq-gemma analyze works on (the first rows of the (45056, 704) matrix).
         benchmark::RegisterBenchmark("analyze/2816x704/bf16/expert_down", [](benchmark::State& s) {
             bm_analyze(s, seed_weights_bf16(), 2816, 704);
         })->Arg(1)->ArgName("threads")->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -7,7 +7,7 @@
 ///
 /// Two working sets: "hot" multiplies one expert's matrix again and again (it stays in L2/L3
 /// for the smaller formats); "cold" cycles through distinct experts' matrices, at least 16 and
-/// enough for 128 MB (4x this machine's 32 MB L3), at most the 128 experts of a Gemma 4 layer,
+/// enough for 128 MB (several times a typical L3), at most the 128 experts of a Gemma 4 layer,
 /// which is what an MoE layer sees. The label gives the count and the working set.
 ///
 /// Names: gemv/<shape>/<format>/batch:<T>/threads:<n>/<hot|cold>
@@ -45,7 +45,7 @@ namespace
     const bench_shape shapes[] = {{"gate_up_1408x2816", 1408, 2816}, {"down_2816x704", 2816, 704}};
 
     /// The cold working set: distinct experts, at least 16 and at most the 128 of a Gemma 4 layer,
-    /// enough for cold_bytes of weights (4x this machine's 32 MB L3).
+    /// enough for cold_bytes of weights (several times a typical L3, so the weights come from memory).
     constexpr std::size_t min_cold_experts = 16;
     constexpr std::size_t max_cold_experts = 128;
     constexpr std::size_t cold_bytes = std::size_t{128} << 20;

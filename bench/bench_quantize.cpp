@@ -1,7 +1,7 @@
 /// @file bench_quantize.cpp
 /// @brief Google Benchmark suite: every granularity (per_group with groups of 32, 64 and 128
 ///        where they divide the rows) x scheme x bits x input dtype of
-///        orbitq::quantize_into on the seed's (45056, 704) matrix and two Gemma 4 expert shapes,
+///        orbitq::quantize_into on a (45056, 704) matrix and two Gemma 4 expert shapes,
 ///        at 1 and 2 threads, next to the roofline loops (read/convert/write, the same with
 ///        streaming stores, read-only max|x|, memcpy) compiled with the same flags. Bytes
 ///        processed = input bytes.
@@ -42,7 +42,7 @@ namespace
         std::string name() const { return std::to_string(rows) + "x" + std::to_string(cols); }
     };
 
-    /// The seed's stacked down_proj (16 experts), one gate_up expert, one down expert.
+    /// A stacked down_proj (16 experts), one gate_up expert, one down expert.
     const bench_shape shapes[] = {{45056, 704}, {1408, 2816}, {2816, 704}};
 
     /// Weights of one shape in the three input dtypes: normal(0, 0.02) with 0.1% of the entries
@@ -289,7 +289,7 @@ namespace
     double min_of(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 
     /// Thread counts to run: ORBITQ_BENCH_THREADS as a comma-separated list (e.g. "1,2,8,16"
-    /// on a larger machine), default 1 and 2 (the targets).
+    /// on a larger machine), default 1 and 2 (bench/README.md states its targets at these counts).
     std::vector<unsigned> bench_thread_counts()
     {
         std::vector<unsigned> counts;

@@ -13,11 +13,26 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <tuple>
+#include <type_traits>
 #include <vector>
+
+// The kernel tests instantiate every kernel for each element type they cover. The build makes
+// one executable per element type of each (tests/CMakeLists.txt defines ORBITQ_TEST_ELEMENT as
+// 0 for f32, which also runs the untyped cases, 1 for bf16, 2 for f16), so the three compile
+// side by side; a file compiled without it covers all three.
+#ifndef ORBITQ_TEST_ELEMENT
+#define ORBITQ_TEST_ELEMENT -1
+#endif
 
 namespace kernel_tests
 {
     using namespace orbitq;
+
+    /// The element types of this executable, for TEST_CASE_TEMPLATE_APPLY.
+    using all_elements = std::tuple<float, bfloat16_t, float16_t>;
+    using test_elements = std::conditional_t<(ORBITQ_TEST_ELEMENT < 0), all_elements,
+                                             std::tuple<std::tuple_element_t<(ORBITQ_TEST_ELEMENT < 0 ? 0 : ORBITQ_TEST_ELEMENT), all_elements>>>;
     inline constexpr std::size_t lengths[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 704, 1000};
 
     template <class T>

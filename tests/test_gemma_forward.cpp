@@ -260,7 +260,7 @@ TEST_CASE("a coarse per-tensor scale costs accuracy the validator sees, and the 
     CHECK(pt.tensors[0].total.bits_lost_max >= std::log2(50.0) - 1e-9);
     CHECK(pc.tensors[0].total.bits_lost_max == 0.0);
     CHECK(pt.hidden_cos_min < pc.hidden_cos_min);
-    CHECK(rep.stack[0].predicted_amplification_seed == doctest::Approx(amplification_seed(pt.hidden_cos_min, 1)));
+    CHECK(rep.stack[0].predicted_amplification_from_cosine == doctest::Approx(amplification_from_cosine(pt.hidden_cos_min, 1)));
     CHECK_FALSE(rep.stack[0].layer_gate_passed);
     CHECK_FALSE(rep.passed);
 }

@@ -87,9 +87,9 @@ TEST_CASE("condition number and bits lost per row")
 TEST_CASE("amplification: the seed's numbers and the tighter forms")
 {
     // the experiment log: cos 0.9555 -> (1.045)^30 ~= 3.75; cos 0.997 -> (1.003)^30 ~= 1.09
-    CHECK(amplification_seed(0.9555, 30) == doctest::Approx(std::pow(1.0445, 30)));
-    CHECK(amplification_seed(0.955, 30) == doctest::Approx(3.745).epsilon(1e-3));
-    CHECK(amplification_seed(0.997, 30) == doctest::Approx(1.094).epsilon(1e-3));
+    CHECK(amplification_from_cosine(0.9555, 30) == doctest::Approx(std::pow(1.0445, 30)));
+    CHECK(amplification_from_cosine(0.955, 30) == doctest::Approx(3.745).epsilon(1e-3));
+    CHECK(amplification_from_cosine(0.997, 30) == doctest::Approx(1.094).epsilon(1e-3));
     CHECK(amplification_relative(0.0, 30) == 30.0);
     CHECK(amplification_relative(0.1, 1) == doctest::Approx(1.0));
     CHECK(amplification_relative(0.01, 2) == doctest::Approx(2.01));

@@ -252,7 +252,7 @@ namespace orbitq::gemma_cli
                 return {{"final_cos_min", s.final_cos_min},
                         {"final_rel_err_max", s.final_rel_err_max},
                         {"layer_cos_min", s.layer_cos_min},
-                        {"predicted_amplification_seed", num(s.predicted_amplification_seed)},
+                        {"predicted_amplification_seed", num(s.predicted_amplification_from_cosine)},
                         {"predicted_amplification", num(s.predicted_amplification)},
                         {"predicted_relative_error", num(s.predicted_relative_error)},
                         {"predicted_cosine_floor", s.predicted_cosine_floor},
@@ -712,7 +712,8 @@ namespace orbitq::gemma_cli
                 double agree = 1.0;
                 for (const auto& lr : rep.layers) agree = std::min(agree, lr.by_spec[g].router_agreement);
                 out << "  " << detail::pad(spec_name(g), 14, false) << " final min cos " << detail::fmt(s.final_cos_min, 4) << "  "
-                    << (s.stack_gate_passed ? "pass" : "FAIL") << "   amplification: seed (1+δ)^N " << detail::fmt(s.predicted_amplification_seed, 2)
+                    << (s.stack_gate_passed ? "pass" : "FAIL") << "   amplification: (1+δ)^N "
+                    << detail::fmt(s.predicted_amplification_from_cosine, 2)
                     << ", predicted (Π(1+ε)−1)/ε " << detail::fmt(s.predicted_amplification, 2) << ", measured " << detail::fmt(s.measured_amplification, 2)
                     << "; cos floor " << detail::fmt(s.predicted_cosine_floor, 4) << "; router agreement min " << detail::fmt(agree, 3) << "\n";
             }
@@ -773,7 +774,7 @@ namespace orbitq::gemma_cli
                 nlohmann::json by = nlohmann::json::object();
                 for (std::size_t g = 0; g < G; ++g) by[spec_name(g)] = detail::stack_json(rep.stack[g]);
                 stack["by_granularity"] = by;
-                stack["notes"] = {{"predicted_amplification_seed", "(1 + (1 - min layer cos))^N, the seed experiment's formula"},
+                stack["notes"] = {{"predicted_amplification_seed", "(1 + (1 - min layer cos))^N, from the per-layer cosines alone"},
                                   {"predicted_amplification", "(prod(1 + eps_i) - 1) / max eps_i, eps_i = per-layer relative error of the hidden state"},
                                   {"measured_amplification", "final stack relative error / max eps_i"}};
                 nlohmann::json gates_by = nlohmann::json::object();

@@ -23,11 +23,9 @@
 /// per-tensor int4, where every other code is 0).
 ///
 /// Cost: per candidate, about 16 AVX-512 operations per 16 weights (encode in f32, widen ŵ to
-/// f64, subtract, two FMAs, one vrangepd): ~1.7 ns per 16 weights per candidate on this project's
-/// Zen 5 core with the row in L1, plus the parameters of each orbit. The f32 roofline loop (read
-/// f32, write int8) takes ~0.13 ns per weight, so with the 16 default candidates of a 704-wide row
-/// analyze runs at roughly 1/15 of the roofline per thread: the double-precision error sums that
-/// the 1e-9 contract needs make it compute-bound, not memory-bound (bench/bench_analyze.cpp).
+/// f64, subtract, two FMAs, one vrangepd), plus the parameters of each orbit. The double-precision
+/// error sums that the 1e-9 contract needs make analyze compute-bound, not memory-bound: with the
+/// 16 default candidates it runs well below the f32 roofline loop (bench/bench_analyze.cpp).
 ///
 /// Determinism: rows are processed in fixed blocks of analyze_options::block_rows rows; each block
 /// accumulates its rows in row order (per SIMD lane, reduced once at the end of the block into an

@@ -332,8 +332,9 @@ namespace orbitq
             if (t0 == 0)
             {
                 // Memory-bound at batch 1: start the next tile's row streams (the first lines of
-                // each row) and its scales while this one computes. Prefetching whole rows helped
-                // cold matrices but cost ~25% when the matrix sits in L2/L3 (a load slot per line).
+                // each row) and its scales while this one computes. Only the first lines: a
+                // whole-row prefetch spends a load slot per line, which costs more than it saves
+                // when the matrix already sits in L2/L3.
                 const std::size_t n0 = std::min(r0 + R, a.row_end);
                 const std::size_t n1 = std::min(r0 + 2 * R, a.row_end);
                 src.prefetch_rows(n0, n1);

@@ -228,7 +228,7 @@ namespace orbitq
 
     /// @name Error amplification over N layers
     /// Three views of how a per-layer error grows through a stack of N layers:
-    /// - amplification_seed: the experiment log's (1 + δ)^N with δ = 1 − cos (per-layer cosine).
+    /// - amplification_from_cosine: (1 + δ)^N with δ = 1 − cos (per-layer cosine).
     ///   A heuristic growth factor; it understates large errors because 1 − cos ≈ θ²/2 is
     ///   second order in the angle θ.
     /// - predicted_relative_error: the first-order bound on the final relative error when every
@@ -238,8 +238,8 @@ namespace orbitq
     ///   Σ θ_i, θ_i = acos(cos_i): cos_final ≥ cos(min(Σθ_i, π)).
     /// The measured value (running the stack) is the one to trust; these are for planning.
     /// @{
-    /// @brief The seed's (1 + (1 − cos))^N.
-    inline double amplification_seed(double layer_cos, std::size_t n) noexcept
+    /// @brief (1 + δ)^n with δ = 1 − layer_cos: the per-layer cosine's shortfall compounded over n layers.
+    inline double amplification_from_cosine(double layer_cos, std::size_t n) noexcept
     {
         return std::pow(1.0 + (1.0 - layer_cos), static_cast<double>(n));
     }

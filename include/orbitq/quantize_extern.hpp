@@ -5,12 +5,11 @@
 ///        including this header does not compile it again.
 ///
 /// The dispatch instantiates every (granularity, scheme, bits, rounding) kernel for its element
-/// type: with GCC 12 at -O3, about 45 s of compile time in each translation unit that calls
-/// `quantize(view, spec)` or a header that does (analyze, the Gemma 4 validation). A program
-/// that includes this header (first, or through a forced include) must have exactly one
-/// translation unit that includes orbitq/quantize_instances.hpp, compiled with the same
-/// target flags (-march) as the others: the kernels are inline templates, and all translation
-/// units of one program must agree on them.
+/// type, a large compile cost in each translation unit that calls `quantize(view, spec)` or a
+/// header that does (analyze, the Gemma 4 validation). A program that includes this header
+/// (first, or through a forced include) must have exactly one translation unit that includes
+/// orbitq/quantize_instances.hpp, compiled with the same target flags (-march) as the others:
+/// the kernels are inline templates, and all translation units of one program must agree on them.
 #include "quantize.hpp"
 
 namespace orbitq

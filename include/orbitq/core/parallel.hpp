@@ -21,10 +21,10 @@ namespace orbitq
 {
     namespace detail
     {
-        /// Threads kept between calls of parallel_rows: starting and joining a std::thread costs
-        /// tens of microseconds, as much as quantizing a whole Gemma 4 expert matrix (8 MB, in
-        /// L3) takes on 2 threads. Workers spin briefly after a call (back-to-back calls, as a
-        /// converter makes expert after expert, then find them awake), then sleep.
+        /// Threads kept between calls of parallel_rows: starting and joining a std::thread per
+        /// call costs about as much as quantizing a whole cache-resident Gemma 4 expert matrix on
+        /// 2 threads. Workers spin briefly after a call (back-to-back calls, as a converter makes
+        /// expert after expert, then find them awake), then sleep.
         ///
         /// One call at a time: try_run returns false, running nothing, while another call is in
         /// flight (a concurrent caller, or a nested parallel_rows inside a job); the caller then

@@ -2,7 +2,7 @@
 /// @brief Gemma 4 26B-A4B MoE FFN: configuration, tensor names, and the reference forward pass of
 ///        the FFN part of one decoder layer (router, top-k experts, dense branch, norms).
 ///
-/// The forward pass follows DESIGN.md section 4 exactly (the transformers implementation):
+/// The forward pass follows the Hugging Face transformers implementation of Gemma 4 exactly:
 /// ```
 /// h1 = RMSNorm_pre_ffn(x);  d = down_dense · (gelu_tanh(gate_dense·h1) ⊙ (up_dense·h1))
 /// b1 = RMSNorm_post_ffn_1(d)

@@ -633,8 +633,8 @@ namespace orbitq::models::gemma4
             std::array<std::optional<quant_spec>, 3> dense;
         };
 
-        /// Removes staging directories of `dir` whose writer is gone (its PID no longer runs, or
-        /// an unnumbered one of an earlier version), then creates this writer's own.
+        /// Removes staging directories of `dir` whose writer is gone (its PID does not run, or
+        /// the name carries no PID, which no writer uses), then creates this writer's own.
         std::filesystem::path make_stage() const
         {
             namespace fs = std::filesystem;

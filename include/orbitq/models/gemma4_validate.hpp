@@ -6,10 +6,10 @@
 /// - the expert tensors (and, with include_dense, the dense MLP) are quantized once;
 /// - per tensor and per expert: cosine, SQNR, max abs error, condition number max|W|/RMS(W) of
 ///   the source, bits lost per row to the granularity's scale;
-/// - **layer test (T4.1)**: the FFN forward on the same input x (the original stream entering
-///   the layer) with source and with quantized weights; cos(hidden) per token and its minimum;
-/// - **stack (T4.3 analogue)**: the original stream and one quantized stream per granularity are
-///   pushed separately through every selected layer; cos per token after each layer;
+/// - **layer test**: the FFN forward on the same input x (the original stream entering the
+///   layer) with source and with quantized weights; cos(hidden) per token and its minimum;
+/// - **stack**: the original stream and one quantized stream per granularity are pushed
+///   separately through every selected layer; cos per token after each layer;
 /// - **router agreement**: the fraction of tokens whose top-k expert set on the quantized stream
 ///   equals the set on the original stream at that layer (the router itself is never quantized,
 ///   so on the same input it always agrees; on the stack the inputs drift apart).
@@ -123,12 +123,12 @@ namespace orbitq::models::gemma4
     {
         double final_cos_min = 1.0;
         double final_rel_err_max = 0.0;
-        double predicted_amplification_seed = 1.0;  ///< (1 + (1 − min layer cos))^N, the seed's formula
-        double predicted_amplification = 1.0;       ///< (Π(1 + ε_i) − 1) / max ε_i, ε_i = layer relative error
-        double predicted_relative_error = 0.0;      ///< Π(1 + ε_i) − 1
-        double predicted_cosine_floor = 1.0;        ///< cos(Σ acos(layer cos_i))
-        double measured_amplification = 1.0;        ///< final stack relative error / max ε_i
-        double layer_cos_min = 1.0;                 ///< min over layers of hidden_cos_min
+        double predicted_amplification_from_cosine = 1.0;  ///< (1 + (1 − min layer cos))^N (amplification_from_cosine)
+        double predicted_amplification = 1.0;              ///< (Π(1 + ε_i) − 1) / max ε_i, ε_i = layer relative error
+        double predicted_relative_error = 0.0;             ///< Π(1 + ε_i) − 1
+        double predicted_cosine_floor = 1.0;               ///< cos(Σ acos(layer cos_i))
+        double measured_amplification = 1.0;               ///< final stack relative error / max ε_i
+        double layer_cos_min = 1.0;                        ///< min over layers of hidden_cos_min
         bool layer_gate_passed = true;
         bool stack_gate_passed = true;
     };
@@ -670,7 +670,7 @@ namespace orbitq::models::gemma4
             const double eps_max = *std::max_element(eps.begin(), eps.end());
             s.final_cos_min = rep.layers.back().by_spec[g].stack_cos_min;
             s.final_rel_err_max = rep.layers.back().by_spec[g].stack_rel_err_max;
-            s.predicted_amplification_seed = amplification_seed(s.layer_cos_min, N);
+            s.predicted_amplification_from_cosine = amplification_from_cosine(s.layer_cos_min, N);
             s.predicted_relative_error = predicted_relative_error(eps);
             s.predicted_amplification = eps_max > 0 ? s.predicted_relative_error / eps_max : static_cast<double>(N);
             s.predicted_cosine_floor = predicted_cosine_floor(cosines);
