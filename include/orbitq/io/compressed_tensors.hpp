@@ -299,16 +299,32 @@ namespace orbitq::io::compressed_tensors
         return o;
     }
 
-    /// @brief Whether `name` matches a `quantization_config` target or ignore entry as vLLM and
+    /// @brief A `quantization_config` target or ignore entry, matched as vLLM and
     ///        compressed-tensors match them: `re:PATTERN` matches from the start of the name
     ///        (Python's re.match: anchored at the start, not at the end unless the pattern ends
-    ///        with `$`); any other entry must equal the name.
+    ///        with `$`); any other entry must equal the name. The pattern is compiled once.
     /// @pre PATTERN is valid in both Python's and ECMAScript's regex syntax (the common subset:
     ///      `.`, `\.`, `\d`, `*`, `+`, `?`, groups, alternation, `$`).
-    inline bool entry_matches(const std::string& entry, const std::string& name)
+    class entry_matcher
     {
-        if (entry.rfind("re:", 0) != 0) return entry == name;
-        const std::regex re(entry.substr(3), std::regex::ECMAScript);
-        return std::regex_search(name, re, std::regex_constants::match_continuous);
-    }
+    public:
+        explicit entry_matcher(const std::string& entry)
+            : m_regex(entry.rfind("re:", 0) == 0)
+            , m_exact(m_regex ? std::string() : entry)
+            , m_pattern(m_regex ? std::regex(entry.substr(3), std::regex::ECMAScript) : std::regex())
+        {
+        }
+        bool matches(const std::string& name) const
+        {
+            return m_regex ? std::regex_search(name, m_pattern, std::regex_constants::match_continuous) : name == m_exact;
+        }
+
+    private:
+        bool m_regex;
+        std::string m_exact;
+        std::regex m_pattern;
+    };
+
+    /// @brief Whether `name` matches the entry (see entry_matcher).
+    inline bool entry_matches(const std::string& entry, const std::string& name) { return entry_matcher(entry).matches(name); }
 }

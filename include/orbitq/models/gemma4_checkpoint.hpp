@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -566,18 +567,22 @@ namespace orbitq::models::gemma4
             }
             std::vector<std::string> ignore = detail::never_converted_entries();
             for (auto& e : entries(kept)) ignore.push_back(std::move(e));
-            // Any other Linear weight of the source left as it was, by its exact module name.
+            // Any other Linear weight of the source left as it was, by its exact module name (a
+            // source module appears once, so only the entries above need matching).
+            std::vector<ct::entry_matcher> covering;
+            for (const auto& i : ignore) covering.emplace_back(i);
+            for (const auto& [key, targets] : specs.items())
+            {
+                for (const auto& t : targets) covering.emplace_back(t.get<std::string>());
+            }
             for (const auto& d : m_src.tensors())
             {
                 if (d.shape.size() != 2 || d.name.size() < 7 || d.name.compare(d.name.size() - 7, 7, ".weight") != 0) continue;
                 const std::string module = d.name.substr(0, d.name.size() - 7);
-                bool covered = false;
-                for (const auto& [key, entry] : by_spec)
+                if (std::none_of(covering.begin(), covering.end(), [&](const ct::entry_matcher& m) { return m.matches(module); }))
                 {
-                    for (const auto& t : entries(entry.second)) covered = covered || ct::entry_matches(t, module);
+                    ignore.push_back(module);
                 }
-                for (const auto& i : ignore) covered = covered || ct::entry_matches(i, module);
-                if (!covered) ignore.push_back(module);
             }
             nlohmann::json qc = {{"quant_method", "compressed-tensors"},
                                  {"format", ct::format_name(m_format)},
