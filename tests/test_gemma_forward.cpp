@@ -1,17 +1,18 @@
-// The Gemma 4 MoE FFN forward pass, its pieces, the synthetic generator and the validator, on
-// hand-checked values and on a tiny configuration.
+// The MoE FFN forward pass on Gemma 4's table, its pieces, the synthetic generator and the
+// validator, on hand-checked values and on a tiny configuration.
 #include <doctest/doctest.h>
 
-#include "orbitq/models/gemma4.hpp"
-#include "orbitq/models/gemma4_synthetic.hpp"
-#include "orbitq/models/gemma4_validate.hpp"
+#include "gemma4.hpp"
+#include "gemma4_synthetic.hpp"
+#include "orbitq/moe/forward.hpp"
+#include "orbitq/moe/validate.hpp"
 
 #include <cmath>
 #include <memory>
 #include <vector>
 
 using namespace orbitq;
-using namespace orbitq::models::gemma4;
+using namespace orbitq::moe;
 
 TEST_CASE("gelu_tanh on hand-computed values")
 {
@@ -63,6 +64,7 @@ namespace
 
         tiny_layer()
         {
+            c = gemma4::default_config();
             c.hidden = 16;
             c.layers = 2;
             c.experts = 4;
@@ -89,15 +91,17 @@ namespace
             fill(du, D, H);
             fill(dd, H, D);
             fill(router, E, H);
-            w.gate_up = make_view<float>(gate_up.data(), shape_type{E, 2 * I, H}, "gate_up");
-            w.down = make_view<float>(down.data(), shape_type{E, H, I}, "down");
-            w.dense_gate = make_view<float>(dg.data(), D, H, "dg");
-            w.dense_up = make_view<float>(du.data(), D, H, "du");
-            w.dense_down = make_view<float>(dd.data(), H, D, "dd");
-            w.router_proj = make_view<float>(router.data(), E, H, "router");
+            w.experts = stacked_experts(c, make_view<float>(gate_up.data(), shape_type{E, 2 * I, H}, "gate_up"),
+                                        make_view<float>(down.data(), shape_type{E, H, I}, "down"));
+            w.dense = {make_view<float>(dg.data(), D, H, "dg"), make_view<float>(du.data(), D, H, "du"),
+                       make_view<float>(dd.data(), H, D, "dd")};
+            w.router = make_view<float>(router.data(), E, H, "router");
             w.router_scale.assign(H, 1.0f);
             w.per_expert_scale = {1.0f, 0.5f, 2.0f, 1.0f};
-            for (auto& n : w.norms) n.assign(H, 1.0f);
+            for (norm_weight* n : {&w.expert_input_norm, &w.expert_output_norm, &w.dense_input_norm, &w.dense_output_norm, &w.ffn_output_norm})
+            {
+                *n = std::vector<float>(H, 1.0f);
+            }
             w.layer_scalar = 0.75f;
         }
 
@@ -117,7 +121,7 @@ TEST_CASE("expert-by-expert forward equals a direct dense computation")
     const std::size_t H = c.hidden, I = c.expert_intermediate, D = c.dense_intermediate, T = 3;
     const auto x = t.tokens(T);
     std::vector<float> y(T * H);
-    view_operators ops(c, t.w, 2);
+    view_operators ops(t.w, 2);
     ffn_forward(c, t.w, ops, x.data(), T, y.data(), nullptr, 2);
 
     // Direct, token by token, in double.
@@ -203,26 +207,26 @@ TEST_CASE("quantized forward (gemm on codes) matches the source forward when the
     tiny_layer t;
     quant_spec spec;
     spec.granularity = granularity_kind::per_channel;
-    auto gu = quantize(std::get<matrix_view<float>>(t.w.gate_up), spec);
-    auto dn = quantize(std::get<matrix_view<float>>(t.w.down), spec);
-    const auto m = measure(std::get<matrix_view<float>>(t.w.gate_up), gu);
+    auto gu = quantize(std::get<matrix_view<float>>(*t.w.experts[0].stacked), spec);
+    auto dn = quantize(std::get<matrix_view<float>>(*t.w.experts[1].stacked), spec);
+    const auto m = measure(std::get<matrix_view<float>>(*t.w.experts[0].stacked), gu);
     CHECK(m.max_abs_err == 0.0);
     const std::size_t T = 5, H = t.c.hidden;
     const auto x = t.tokens(T);
     std::vector<float> y0(T * H), y1(T * H);
-    view_operators src(t.c, t.w, 1);
+    view_operators src(t.w, 1);
     // Expert by expert, as the validator does for per-channel.
     std::vector<quantized_tensor> gue(4), dne(4);
     for (std::size_t e = 0; e < 4; ++e)
     {
-        const auto& g = std::get<matrix_view<float>>(t.w.gate_up);
-        const auto& d = std::get<matrix_view<float>>(t.w.down);
+        const auto& g = std::get<matrix_view<float>>(*t.w.experts[0].stacked);
+        const auto& d = std::get<matrix_view<float>>(*t.w.experts[1].stacked);
         gue[e] = quantize(row_block(g, e * 16, 16, "gu"), spec);
         dne[e] = quantize(row_block(d, e * 16, 16, "dn"), spec);
         CHECK(gue[e].codes == orbitq::code_vector(gu.codes.begin() + e * 16 * 16, gu.codes.begin() + (e + 1) * 16 * 16));
     }
     quantized_operators q(
-        t.c, t.w, [&](std::size_t e) { return expert_slices{{&gue[e], &dne[e]}}; }, {nullptr, nullptr, nullptr}, 2);
+        t.w, [&](std::size_t e) { return expert_slices{{&gue[e], &dne[e]}}; }, {}, 2);
     ffn_forward(t.c, t.w, src, x.data(), T, y0.data(), nullptr, 1);
     ffn_forward(t.c, t.w, q, x.data(), T, y1.data(), nullptr, 2);
     // Same values, summed in a different order by gemm: equal to float rounding.
@@ -269,7 +273,7 @@ TEST_CASE("quantize_block_per_tensor equals the rows of the whole per-tensor qua
 {
     tiny_layer t;
     t.gate_up[3 * 16 * 16 + 7] = 9.0f;  // the stacked amax lies in the last expert
-    const auto& g = std::get<matrix_view<float>>(t.w.gate_up);
+    const auto& g = std::get<matrix_view<float>>(*t.w.experts[0].stacked);
     quant_spec a, b, c;
     a.granularity = b.granularity = c.granularity = granularity_kind::per_tensor;
     b.bits = 4;
@@ -301,19 +305,19 @@ TEST_CASE("the matrix products do not depend on the thread count")
     tiny_layer t;
     const auto x = t.tokens(7);
     std::vector<float> a(7 * 64), b(7 * 64);
-    apply(t.w.gate_up, x.data(), 7, a.data(), 1);
-    apply(t.w.gate_up, x.data(), 7, b.data(), 3);
+    apply(*t.w.experts[0].stacked, x.data(), 7, a.data(), 1);
+    apply(*t.w.experts[0].stacked, x.data(), 7, b.data(), 3);
     CHECK(a == b);
 }
 
 TEST_CASE("the synthetic generator is deterministic, thread-independent and has its documented law")
 {
-    synthetic_options so;
+    gemma4::synthetic_options so;
     so.experts = 2;
     so.layers = 3;
-    synthetic_model m(so);
+    gemma4::synthetic_model m(so);
     CHECK(m.cfg().top_k == 2);
-    const std::string name = names::expert(m.cfg(), 1, expert_matrix::down);
+    const std::string name = names::stacked_experts(m.cfg(), 1, 1);
     const std::size_t n = 2 * 2816 * 704;
     std::vector<bfloat16_t> a(n), b(n);
     m.fill(name, 1, a.data(), n, 1);

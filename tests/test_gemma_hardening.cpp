@@ -6,7 +6,8 @@
 
 #include "gemma_cli_support.hpp"
 
-#include <orbitq/models/gemma4_checkpoint.hpp>
+#include "gemma4.hpp"
+#include <orbitq/moe/architecture.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -159,7 +160,7 @@ TEST_CASE("NaN/Inf in an expert weight: exit 1 naming tensor and (expert, row, c
     scratch s;
     const fs::path in = s.dir / "in", out = s.dir / "out", report = s.dir / "r.json";
     REQUIRE(cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "3", "--quiet"}).rc == 0);
-    const orbitq::models::gemma4::config c = orbitq::models::gemma4::config_from_json(read_json(in / "config.json"));
+    const orbitq::moe::config c = orbitq::moe::config_from_json(read_json(in / "config.json"), gemma4::default_config());
     // down_proj [E, H, I]: expert 2, row 5, column 7 := NaN (bf16 0x7fc0).
     const std::string down = P + "1.experts.down_proj";
     poke_bf16(in, down, (2 * c.hidden + 5) * c.expert_intermediate + 7, 0x7fc0);

@@ -1,25 +1,27 @@
 // compressed-tensors encoding: golden int32 words computed by hand for known 8-bit and 4-bit
 // codes and zero points, the tensors of one Linear (names, dtypes, shapes, bytes), the specs
-// vLLM's MoE kernels load, target matching as Python's re.match, and two writers of one --out.
+// vLLM's MoE kernels load, target matching as Python's re.match, and two writers of one output directory.
 #include <doctest/doctest.h>
 
 #include <orbitq/io/compressed_tensors.hpp>
-#include <orbitq/models/gemma4_checkpoint.hpp>
+#include <orbitq/io/staged_directory.hpp>
 #include <orbitq/quantize.hpp>
 
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
 #include <unistd.h>
 
 namespace ct = orbitq::io::compressed_tensors;
-namespace g4 = orbitq::models::gemma4;
 using orbitq::granularity_kind;
 using orbitq::quant_spec;
 using orbitq::scheme_kind;
+namespace io = orbitq::io;
 
 namespace
 {
@@ -224,27 +226,28 @@ TEST_CASE("entry_matches: re: entries match from the start of the name (Python r
     CHECK_FALSE(ct::entry_matches("lm_head", "language_model.lm_head"));
 }
 
-TEST_CASE("converted_writer: two writers of one --out never mix; the second fails, --force exchanges")
+TEST_CASE("staged_directory: two writers of one directory never mix; the second fails, overwrite exchanges")
 {
     namespace fs = std::filesystem;
     const fs::path dir = fs::temp_directory_path() / ("orbitq_test_ct_" + std::to_string(::getpid()));
     fs::remove_all(dir);
     fs::create_directories(dir);
     const fs::path out = dir / "out";
-    g4::synthetic_options so;
-    so.layers = 1;
-    so.experts = 2;
-    g4::synthetic_source src(so);
-    quant_spec spec;
+    auto write = [](const io::staged_directory& s, const std::string& text) { std::ofstream(s.path() / "config.json") << text; };
+    auto read = [&] {
+        std::ifstream in(out / "config.json");
+        return std::string(std::istreambuf_iterator<char>(in), {});
+    };
     {
-        g4::converted_writer a(out, src, {}, spec, 0, 1);
-        g4::converted_writer b(out, src, {}, spec, 0, 1);
-        CHECK(a.staging_directory() != b.staging_directory());
-        CHECK(fs::is_directory(a.staging_directory()));
-        a.finish();
-        CHECK(fs::exists(out / "config.json"));
-        CHECK_THROWS_WITH_AS(b.finish(), doctest::Contains("appeared while this conversion ran"), orbitq::error);
-        CHECK(fs::exists(out / "config.json"));
+        io::staged_directory a(out, false), b(out, false);
+        CHECK(a.path() != b.path());
+        CHECK(fs::is_directory(a.path()));
+        write(a, "a");
+        write(b, "b");
+        a.publish();
+        CHECK(read() == "a");
+        CHECK_THROWS_WITH_AS(b.publish(), doctest::Contains("appeared while this conversion ran"), orbitq::error);
+        CHECK(read() == "a");
     }
     // Both staging directories are gone (a's published, b's removed on destruction).
     for (const auto& e : fs::directory_iterator(dir)) CHECK_MESSAGE(e.path().filename() == "out", e.path().string());
@@ -255,14 +258,16 @@ TEST_CASE("converted_writer: two writers of one --out never mix; the second fail
     fs::create_directories(dead);
     fs::create_directories(legacy);
     {
-        g4::converted_writer c(out, src, {}, spec, 0, 1, true);
-        g4::converted_writer d(out, src, {}, spec, 0, 1, true);
+        io::staged_directory c(out, true), d(out, true);
         CHECK_FALSE(fs::exists(dead));
         CHECK_FALSE(fs::exists(legacy));
-        CHECK(fs::exists(c.staging_directory()));
-        c.finish();
-        d.finish();  // --force: exchanged with c's output
-        CHECK(fs::exists(out / "config.json"));
+        CHECK(fs::exists(c.path()));
+        write(c, "c");
+        write(d, "d");
+        c.publish();
+        CHECK(read() == "c");
+        d.publish();  // overwrite: exchanged with c's output, which is then removed
+        CHECK(read() == "d");
     }
     for (const auto& e : fs::directory_iterator(dir)) CHECK_MESSAGE(e.path().filename() == "out", e.path().string());
     fs::remove_all(dir);

@@ -19,7 +19,9 @@
 #include "orbitq/core/parallel.hpp"
 #include "orbitq/kernels/reference.hpp"
 #include "orbitq/kernels/simd.hpp"
+#include "orbitq/policy/dispatch.hpp"
 #include "orbitq/policy/granularity.hpp"
+#include "orbitq/policy/quant_spec.hpp"
 #include "orbitq/policy/rounding.hpp"
 #include "orbitq/policy/scheme.hpp"
 
@@ -32,85 +34,6 @@
 
 namespace orbitq
 {
-    /// @brief Run-time names of the granularity policies.
-    enum class granularity_kind
-    {
-        per_tensor,
-        per_channel,
-        per_group
-    };
-
-    /// @brief Run-time names of the scheme policies.
-    enum class scheme_kind
-    {
-        symmetric,
-        asymmetric
-    };
-
-    /// @brief Run-time names of the rounding policies.
-    enum class rounding_kind
-    {
-        half_to_even,
-        half_away_from_zero
-    };
-
-    /// @brief Printable names.
-    constexpr const char* to_string(granularity_kind g) noexcept
-    {
-        return g == granularity_kind::per_tensor ? "per_tensor" : g == granularity_kind::per_channel ? "per_channel" : "per_group";
-    }
-    constexpr const char* to_string(scheme_kind s) noexcept { return s == scheme_kind::symmetric ? "symmetric" : "asymmetric"; }
-    constexpr const char* to_string(rounding_kind r) noexcept
-    {
-        return r == rounding_kind::half_to_even ? "half_to_even" : "half_away_from_zero";
-    }
-    constexpr const char* to_string(symmetric_range r) noexcept { return r == symmetric_range::restricted ? "restricted" : "full"; }
-
-    /// @brief A complete, run-time description of a quantization policy and its options.
-    struct quant_spec
-    {
-        granularity_kind granularity = granularity_kind::per_channel;
-        std::size_t group_size = 0;       ///< per_group only; must be > 0 there
-        bool ragged_groups = false;       ///< allow a shorter last group when group_size does not divide cols
-        int bits = 8;                     ///< 8 or 4
-        scheme_kind scheme = scheme_kind::symmetric;
-        symmetric_range range = symmetric_range::restricted;  ///< symmetric only
-        rounding_kind rounding = rounding_kind::half_to_even;
-        scale_application mode = scale_application::multiply_inverse;
-        element_type scale_type = element_type::f32;  ///< precision the scales are stored in
-        /// When scales are stored in f16/bf16: compute the codes from the stored (rounded) scale
-        /// (true) or from the f32 scale, as ggml Q8_0 does (false, the default). Dequantization
-        /// always uses the stored scale.
-        bool codes_from_stored_scale = false;
-
-        friend bool operator==(const quant_spec&, const quant_spec&) = default;
-
-        /// @brief A short name such as "per_group:32 int4 asymmetric".
-        std::string describe() const
-        {
-            // appended piece by piece: GCC 12 warns (-Wrestrict, a false positive) on
-            // "literal" + std::string&& once that is inlined
-            std::string s = to_string(granularity);
-            if (granularity == granularity_kind::per_group) s.append(":").append(std::to_string(group_size));
-            s.append(" int").append(std::to_string(bits)).append(" ").append(to_string(scheme));
-            if (scheme == scheme_kind::symmetric && range == symmetric_range::full) s += " full-range";
-            return s;
-        }
-    };
-
-    /// @brief A bundle of compile-time policies. Checked by concepts.
-    /// @tparam G granularity (per_tensor, per_channel, per_group<N>)
-    /// @tparam S scheme (symmetric<B, Range>, asymmetric<B>)
-    /// @tparam R rounding (half_to_even, half_away_from_zero)
-    template <granularity_policy G, scheme_policy S, rounding_policy R = half_to_even>
-    struct quantizer
-    {
-        using granularity = G;
-        using scheme = S;
-        using rounding = R;
-        static constexpr int bits = S::bits;
-    };
-
     /// @brief Storage of codes: starts on a 64-byte line, so that the kernels' whole-line stores
     ///        (streaming stores among them) do not split lines.
     using code_vector = std::vector<std::int8_t, xsimd::aligned_allocator<std::int8_t, 64>>;
@@ -158,20 +81,6 @@ namespace orbitq
 
     namespace detail
     {
-        /// The parameters as stored: the scale rounded to spec.scale_type (inverse recomputed).
-        inline quant_params stored_params(const quant_params& exact, const quant_spec& spec, const std::string& name)
-        {
-            if (spec.scale_type == element_type::f32 || exact.scale == 0.0f) return exact;
-            const float stored = round_to(spec.scale_type, exact.scale);
-            if (!(stored > 0.0f) || !std::isfinite(stored))
-            {
-                throw error(error_kind::invalid_argument,
-                            "tensor '" + name + "': scale " + std::to_string(exact.scale) + " is not representable as "
-                                + std::string(element_name(spec.scale_type)) + "; store scales as F32");
-            }
-            return with_inverse(stored, exact.zero_point);
-        }
-
         /// The group callback of the driver's fused group passes, one named type per driver
         /// instance: group g, counted from the first group of row `first_row`, gets its
         /// parameters from `record` (by orbit); a non-finite group is reported with its row.
@@ -210,17 +119,7 @@ namespace orbitq
         using G = typename Q::granularity;
         using S = typename Q::scheme;
         using R = typename Q::rounding;
-        spec.bits = S::bits;
-        spec.scheme = S::has_zero_point ? scheme_kind::asymmetric : scheme_kind::symmetric;
-        if constexpr (!S::has_zero_point) spec.range = S::range;
-        spec.rounding = std::same_as<R, half_to_even> ? rounding_kind::half_to_even : rounding_kind::half_away_from_zero;
-        if constexpr (std::same_as<G, per_tensor>) spec.granularity = granularity_kind::per_tensor;
-        else if constexpr (std::same_as<G, per_channel>) spec.granularity = granularity_kind::per_channel;
-        else
-        {
-            spec.granularity = granularity_kind::per_group;
-            if constexpr (G::static_size != dynamic_group) spec.group_size = G::static_size;
-        }
+        detail::set_policy_names<Q>(spec);
         detail::check_spec<Q>(w, spec);
 
         q.shape = w.shape.empty() ? shape_type{w.rows, w.cols} : w.shape;
@@ -235,12 +134,10 @@ namespace orbitq
 
         const orbit_layout& L = q.layout;
         auto record = [&](std::size_t o, const min_max& stat) {
-            const quant_params exact = S::make_params(stat);
-            // the f32 case stays free of calls: this runs once per group, between vector code
-            const quant_params stored = spec.scale_type == element_type::f32 ? exact : detail::stored_params(exact, spec, w.name);
-            q.scales[o] = stored.scale;
-            if constexpr (S::has_zero_point) q.zero_points[o] = stored.zero_point;
-            return encode_params{spec.codes_from_stored_scale ? stored : exact, S::qmin, S::qmax, spec.mode};
+            return detail::encode_orbit<S>(spec, stat, w.name, [&](const quant_params& stored) {
+                q.scales[o] = stored.scale;
+                if constexpr (S::has_zero_point) q.zero_points[o] = stored.zero_point;
+            });
         };
 
         encode_params tensor_enc{};
@@ -382,45 +279,13 @@ namespace orbitq
         return q;
     }
 
-    namespace detail
-    {
-        template <class G, class S, weight_element T>
-        void dispatch_rounding(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
-        {
-            if (spec.rounding == rounding_kind::half_to_even) return quantize_into<quantizer<G, S, half_to_even>>(w, q, spec, threads);
-            return quantize_into<quantizer<G, S, half_away_from_zero>>(w, q, spec, threads);
-        }
-
-        template <class G, int B, weight_element T>
-        void dispatch_scheme(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
-        {
-            if (spec.scheme == scheme_kind::asymmetric) return dispatch_rounding<G, asymmetric<B>>(w, q, spec, threads);
-            if (spec.range == symmetric_range::full) return dispatch_rounding<G, symmetric<B, symmetric_range::full>>(w, q, spec, threads);
-            return dispatch_rounding<G, symmetric<B, symmetric_range::restricted>>(w, q, spec, threads);
-        }
-
-        template <class G, weight_element T>
-        void dispatch_bits(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
-        {
-            if (spec.bits == 8) return dispatch_scheme<G, 8>(w, q, spec, threads);
-            if (spec.bits == 4) return dispatch_scheme<G, 4>(w, q, spec, threads);
-            throw error(error_kind::invalid_argument, "bits must be 8 or 4, got " + std::to_string(spec.bits));
-        }
-    }
-
-    /// @brief Quantizes `w` with a policy chosen at run time into `q`, reusing its storage (see
-    ///        quantize_into<Q>).
+    /// @brief Quantizes `w` with a policy chosen at run time (with_quantizer) into `q`, reusing
+    ///        its storage (see quantize_into<Q>).
     /// @throws error when spec.bits is not 8 or 4, or as quantize<Q>.
     template <weight_element T>
     void quantize_into(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads = 1)
     {
-        switch (spec.granularity)
-        {
-            case granularity_kind::per_tensor: return detail::dispatch_bits<per_tensor>(w, q, spec, threads);
-            case granularity_kind::per_channel: return detail::dispatch_bits<per_channel>(w, q, spec, threads);
-            case granularity_kind::per_group: return detail::dispatch_bits<per_group<>>(w, q, spec, threads);
-        }
-        throw error(error_kind::invalid_argument, "unknown granularity");
+        with_quantizer(spec, [&](auto policies) { quantize_into<decltype(policies)>(w, q, spec, threads); });
     }
 
     /// @brief Quantizes `w` with a policy chosen at run time.

@@ -1,5 +1,6 @@
 /// @file gemma4_synthetic.hpp
-/// @brief A deterministic, synthetic Gemma-4-shaped checkpoint, generated one layer at a time.
+/// @brief A deterministic, synthetic Gemma-4-shaped checkpoint, generated one layer at a time, as
+///        an orbitq::moe::model_source.
 ///
 /// Real Gemma 4 weights are not redistributable and do not fit this project's test machines, so
 /// the converter's default run uses weights drawn from a documented distribution with the real
@@ -27,7 +28,7 @@
 ///
 /// The calibration (K_min, K_max, outliers_per_matrix) is chosen so that INT8 symmetric per-tensor
 /// reproduces the per-layer hidden cosine range that per-tensor INT8 gives the real Gemma 4
-/// 26B-A4B (about 0.9555 to 0.9999 over the layers; README.md), while INT8 per-channel stays
+/// 26B-A4B (about 0.9555 to 0.9999 over the layers), while INT8 per-channel stays
 /// above 0.997 on every layer; see examples/gemma_moe/README.md for the measured values.
 ///
 /// Randomness is counter-based: every value is splitmix64(seed, layer, tensor, index), so any
@@ -35,20 +36,39 @@
 /// the same result for every thread count.
 #pragma once
 
+#include "gemma4.hpp"
+
 #include "orbitq/core/float16.hpp"
 #include "orbitq/core/parallel.hpp"
-#include "orbitq/models/gemma4.hpp"
+#include "orbitq/io/safetensors.hpp"
+#include "orbitq/moe/layer.hpp"
+#include "orbitq/moe/source.hpp"
+
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
+#include <map>
 #include <numeric>
+#include <span>
 #include <string>
 #include <vector>
 
-namespace orbitq::models::gemma4
+namespace gemma4
 {
+    using orbitq::bfloat16_t;
+    using orbitq::error;
+    using orbitq::error_kind;
+    using orbitq::moe::any_view;
+    using orbitq::moe::config;
+    using orbitq::moe::layer_weights;
+    using orbitq::parallel_rows;
+    using orbitq::to_bfloat16;
+    using orbitq::to_float;
+
     /// @brief The parameters of the synthetic distribution (see the file brief).
     struct synthetic_options
     {
@@ -114,6 +134,7 @@ namespace orbitq::models::gemma4
     public:
         explicit synthetic_model(synthetic_options o = {})
             : m_opt(o)
+            , m_cfg(default_config())
         {
             m_cfg.experts = o.experts;
             m_cfg.layers = o.layers;
@@ -141,75 +162,71 @@ namespace orbitq::models::gemma4
         double severity(std::size_t layer) const { return m_severity.at(layer); }
 
         /// @brief Fills `out` (the whole tensor named by `name`, in checkpoint layout) with bf16
-        ///        values. Knows every FFN tensor name of ffn_tensor_shapes().
+        ///        values. Knows every tensor of checkpoint_tensor_shapes().
         /// @throws error (invalid_argument) for an unknown name or a wrong size.
         void fill(const std::string& name, std::size_t layer, bfloat16_t* out, std::size_t count, unsigned threads) const
         {
             const config& c = m_cfg;
             const std::size_t H = c.hidden, E = c.experts, I = c.expert_intermediate, D = c.dense_intermediate;
             using detail::synth_tensor;
+            const std::string prefix = orbitq::moe::names::layer_prefix(c, layer);
+            if (name.rfind(prefix, 0) != 0) throw error(error_kind::invalid_argument, "the synthetic model has no tensor '" + name + "'");
+            const std::string rel = name.substr(prefix.size());
+            const orbitq::moe::architecture& a = c.arch;
             auto need = [&](std::size_t n) {
                 if (count != n) throw error(error_kind::invalid_argument, "synthetic tensor '" + name + "': wrong size");
             };
-            if (name == names::expert(c, layer, expert_matrix::gate_up))
+            auto dense = [&](std::size_t k) { return rel == a.dense + "." + orbitq::moe::names::mlp_stems[k] + ".weight"; };
+            const float inv_sqrt_h = 1.0f / std::sqrt(float(H));
+            if (rel == a.experts + ".gate_up_proj")
             {
                 need(E * 2 * I * H);
                 fill_experts(synth_tensor::gate_up, layer, out, 2 * I, H, threads);
             }
-            else if (name == names::expert(c, layer, expert_matrix::down))
+            else if (rel == a.experts + ".down_proj")
             {
                 need(E * H * I);
                 fill_experts(synth_tensor::down, layer, out, H, I, threads);
             }
-            else if (name == names::dense(c, layer, dense_matrix::gate))
+            else if (dense(0) || dense(1))
             {
                 need(D * H);
-                fill_bulk(key(synth_tensor::dense_gate, layer, 0), out, D, H, 1.0f / std::sqrt(float(H)), threads);
+                fill_bulk(key(dense(0) ? synth_tensor::dense_gate : synth_tensor::dense_up, layer, 0), out, D, H, inv_sqrt_h, threads);
             }
-            else if (name == names::dense(c, layer, dense_matrix::up))
-            {
-                need(D * H);
-                fill_bulk(key(synth_tensor::dense_up, layer, 0), out, D, H, 1.0f / std::sqrt(float(H)), threads);
-            }
-            else if (name == names::dense(c, layer, dense_matrix::down))
+            else if (dense(2))
             {
                 need(H * D);
                 fill_bulk(key(synth_tensor::dense_down, layer, 0), out, H, D, 1.0f / std::sqrt(float(D)), threads);
             }
-            else if (name == names::router_proj(c, layer))
+            else if (rel == a.router)
             {
                 need(E * H);
                 const std::uint64_t k = key(synth_tensor::router_proj, layer, 0);
                 for (std::size_t i = 0; i < E * H; ++i) out[i] = to_bfloat16(m_opt.router_sigma * detail::normal_from(detail::mix64(k + i)));
             }
-            else if (name == names::router_scale(c, layer))
+            else if (rel == a.router_scale)
             {
                 need(H);
                 fill_near(key(synth_tensor::router_scale, layer, 0), out, H, 1.0f);
             }
-            else if (name == names::per_expert_scale(c, layer))
+            else if (rel == a.per_expert_scale)
             {
                 need(E);
                 fill_near(key(synth_tensor::per_expert_scale, layer, 0), out, E, 1.0f);
             }
-            else if (name == names::layer_scalar(c, layer))
+            else if (rel == a.layer_scalar)
             {
                 need(1);
                 out[0] = to_bfloat16(m_opt.layer_scalar);
             }
             else
             {
-                for (std::size_t n = 0; n < norm_count; ++n)
+                for (std::size_t n = 0; n < norm_stems.size(); ++n)
                 {
-                    if (name != names::norm(c, layer, static_cast<norm_id>(n))) continue;
+                    if (rel != norm_stems[n]) continue;
                     need(H);
-                    const auto id = static_cast<norm_id>(n);
-                    const float level = id == norm_id::post_ffn_1 ? m_opt.dense_level
-                                      : id == norm_id::post_ffn_2 ? m_opt.moe_level
-                                      : id == norm_id::post_ffn ? m_opt.ffn_level
-                                                                : 1.0f;
-                    fill_near(key(static_cast<synth_tensor>(static_cast<std::uint64_t>(synth_tensor::norm0) + n), layer, 0),
-                              out, H, level);
+                    const float level = n == 3 ? m_opt.dense_level : n == 5 ? m_opt.moe_level : n == 6 ? m_opt.ffn_level : 1.0f;
+                    fill_near(key(static_cast<synth_tensor>(static_cast<std::uint64_t>(synth_tensor::norm0) + n), layer, 0), out, H, level);
                     return;
                 }
                 throw error(error_kind::invalid_argument, "the synthetic model has no tensor '" + name + "'");
@@ -294,38 +311,88 @@ namespace orbitq::models::gemma4
         const layer_weights& generate(const synthetic_model& m, std::size_t layer, unsigned threads)
         {
             const config& c = m.cfg();
-            m_w = layer_weights{};
-            m_w.layer = layer;
-            auto make = [&](std::size_t slot, const std::string& name, const shape_type& shape) -> any_view {
-                std::size_t n = 1;
-                for (auto d : shape) n *= d;
-                m_buf[slot].resize(n);
-                m.fill(name, layer, m_buf[slot].data(), n, threads);
-                return make_view<bfloat16_t>(m_buf[slot].data(), shape, name);
+            const std::string prefix = orbitq::moe::names::layer_prefix(c, layer);
+            auto generated = [&](const std::string& name, std::size_t n) -> std::vector<bfloat16_t>& {
+                auto& buf = m_buf[name.substr(prefix.size())];  // one buffer per tensor of a layer
+                buf.resize(n);
+                m.fill(name, layer, buf.data(), n, threads);
+                return buf;
             };
-            auto vec = [&](std::size_t slot, const std::string& name, std::size_t n) {
-                m_buf[slot].resize(n);
-                m.fill(name, layer, m_buf[slot].data(), n, threads);
+            const auto shapes = orbitq::moe::layer_tensor_shapes(c, layer);
+            auto view = [&](const std::string& name) -> any_view {
+                const auto it = std::find_if(shapes.begin(), shapes.end(), [&](const auto& s) { return s.first == name; });
+                if (it == shapes.end()) throw error(error_kind::invalid_argument, "the synthetic model has no tensor '" + name + "'");
+                std::size_t n = 1;
+                for (auto d : it->second) n *= d;
+                return orbitq::make_view<bfloat16_t>(generated(name, n).data(), it->second, name);
+            };
+            auto vec = [&](const std::string& rel) {
+                const std::string name = prefix + rel;
+                const std::size_t n = rel == c.arch.layer_scalar ? 1 : rel == c.arch.per_expert_scale ? c.experts : c.hidden;
+                const auto& buf = generated(name, n);
                 std::vector<float> v(n);
-                for (std::size_t i = 0; i < n; ++i) v[i] = to_float(m_buf[slot][i]);
+                for (std::size_t i = 0; i < n; ++i) v[i] = to_float(buf[i]);
                 return v;
             };
-            const std::size_t H = c.hidden, E = c.experts, I = c.expert_intermediate, D = c.dense_intermediate;
-            m_w.gate_up = make(0, names::expert(c, layer, expert_matrix::gate_up), {E, 2 * I, H});
-            m_w.down = make(1, names::expert(c, layer, expert_matrix::down), {E, H, I});
-            m_w.dense_gate = make(2, names::dense(c, layer, dense_matrix::gate), {D, H});
-            m_w.dense_up = make(3, names::dense(c, layer, dense_matrix::up), {D, H});
-            m_w.dense_down = make(4, names::dense(c, layer, dense_matrix::down), {H, D});
-            m_w.router_proj = make(5, names::router_proj(c, layer), {E, H});
-            m_w.router_scale = vec(6, names::router_scale(c, layer), H);
-            m_w.per_expert_scale = vec(6, names::per_expert_scale(c, layer), E);
-            for (std::size_t n = 0; n < norm_count; ++n) m_w.norms[n] = vec(6, names::norm(c, layer, static_cast<norm_id>(n)), H);
-            m_w.layer_scalar = vec(6, names::layer_scalar(c, layer), 1)[0];
+            m_w = layer_weights{};
+            const any_view gate_up = view(orbitq::moe::names::stacked_experts(c, layer, 0));
+            const any_view down = view(orbitq::moe::names::stacked_experts(c, layer, 1));
+            m_w.experts = orbitq::moe::stacked_experts(c, gate_up, down);
+            orbitq::moe::load_non_experts(c, layer, m_w, view, vec);
             return m_w;
         }
 
     private:
-        std::array<std::vector<bfloat16_t>, 7> m_buf;
+        std::map<std::string, std::vector<bfloat16_t>> m_buf;
         layer_weights m_w;
     };
+
+    /// @brief The synthetic model as a model_source.
+    class synthetic_source : public orbitq::moe::model_source
+    {
+    public:
+        explicit synthetic_source(synthetic_options o)
+            : m_model(o)
+        {
+        }
+        const synthetic_model& model() const noexcept { return m_model; }
+        const config& cfg() const override { return m_model.cfg(); }
+        const layer_weights& load_layer(std::size_t layer, unsigned threads) override { return m_layer.generate(m_model, layer, threads); }
+        std::vector<orbitq::io::tensor_decl> tensors() const override
+        {
+            std::vector<orbitq::io::tensor_decl> out;
+            for (std::size_t l = 0; l < cfg().layers; ++l)
+            {
+                for (auto& [name, shape] : checkpoint_tensor_shapes(cfg(), l)) out.push_back({name, orbitq::io::dtype::bf16, shape});
+            }
+            std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+            return out;
+        }
+        void read(const std::string& name, std::span<std::byte> out, unsigned threads) const override
+        {
+            m_model.fill(name, layer_of(name), reinterpret_cast<bfloat16_t*>(out.data()), out.size() / 2, threads);
+        }
+        nlohmann::json config_json() const override { return config_to_json(cfg()); }
+
+    private:
+        std::size_t layer_of(const std::string& name) const
+        {
+            const std::string p = cfg().arch.prefix + "layers.";
+            if (name.rfind(p, 0) != 0) throw error(error_kind::invalid_argument, "the synthetic model has no tensor '" + name + "'");
+            return std::stoul(name.substr(p.size()));
+        }
+        synthetic_model m_model;
+        synthetic_layer m_layer;
+    };
+
+    /// @brief Writes the synthetic model as a sharded Hugging Face checkpoint plus config.json.
+    /// @param max_shard_bytes shard size limit (default 2 GiB).
+    inline void write_synthetic_checkpoint(const std::filesystem::path& dir, const synthetic_source& src, unsigned threads,
+                                           std::size_t max_shard_bytes = std::size_t(2) << 30, bool overwrite = false)
+    {
+        orbitq::io::write_checkpoint(
+            dir, src.tensors(), [&](const orbitq::io::tensor_decl& d, std::span<std::byte> out) { src.read(d.name, out, threads); },
+            max_shard_bytes, {{"format", "pt"}}, overwrite);
+        orbitq::io::write_file_atomic(dir / "config.json", src.config_json().dump(2) + "\n", true);
+    }
 }

@@ -1,0 +1,366 @@
+/// @file convert.cpp
+/// @brief orbitq-gemma's conversion as a pipeline: open the source → plan the granularities →
+///        choose specs (automatic: per layer) and refuse what the engines cannot load → validate
+///        (writing the converted checkpoint as it goes) → table, root cause, report, plot.
+#include "cli_internal.hpp"
+
+#include "orbitq/io/atomic_file.hpp"
+#include "orbitq/moe/converted_writer.hpp"
+#include "orbitq/moe/validate.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace orbitq::gemma_cli
+{
+    namespace
+    {
+            /// The root cause of a per-tensor failure: analyze() of one layer's stacked expert tensors
+            /// (gate_up, down; rows = (expert, row)) under the per-tensor candidate only: the rows that
+            /// lose the most bits to the shared scale, the weights largest relative to their row RMS,
+            /// and the condition number. Prints a compact block and returns the same data as JSON.
+            nlohmann::json root_cause(moe::model_source& src, std::size_t layer, const quant_spec& per_tensor, double layer_cos,
+                                             unsigned threads, std::ostream& out)
+            {
+                const moe::config& cfg = src.cfg();
+                const moe::layer_weights& w = src.load_layer(layer, threads);
+                nlohmann::json tensors = nlohmann::json::array();
+                out << "root cause: layer " << layer << " is the first to fail the layer gate per_tensor (min cos(hidden) " << detail::fmt(layer_cos, 5)
+                    << ")\n";
+                for (const moe::any_view* v : stacked_views(w))
+                {
+                    tensor_analysis a;
+                    try
+                    {
+                        a = std::visit(
+                            [&](const auto& m) {
+                                analyze_options ao;
+                                ao.threads = threads;
+                                ao.top_rows = 3;
+                                ao.top_weights = 3;
+                                return analyze(m, std::vector<quant_spec>{per_tensor}, ao);
+                            },
+                            *v);
+                    }
+                    catch (const non_finite_error& e)
+                    {
+                        // Kept unquantized (--skip-nonfinite): nothing to explain.
+                        out << "  " << e.what() << " (not quantized)\n";
+                        tensors.push_back({{"skipped", e.what()}});
+                        continue;
+                    }
+                    if (w.release_expert)
+                    {
+                        for (std::size_t e = 0; e < cfg.experts; ++e) w.release_expert(e);
+                    }
+                    const std::size_t per = a.rows / cfg.experts;
+                    std::string stem = a.name;
+                    if (const auto dot = stem.rfind("experts."); dot != std::string::npos) stem = stem.substr(dot);
+                    const auto& c = a.candidates.front();
+                    out << "  " << stem << " " << orbitq::detail::shape_string(a.shape) << ": condition number " << detail::fmt(a.condition_number, 1)
+                        << ", per_tensor cos " << detail::fmt(c.cosine, 6) << ", SQNR " << detail::fmt(c.sqnr_db, 1) << " dB\n";
+                    out << "    rows losing most bits to the per-tensor scale:";
+                    nlohmann::json rows = nlohmann::json::array(), weights = nlohmann::json::array();
+                    for (std::size_t i = 0; i < a.worst_rows.size(); ++i)
+                    {
+                        const auto& r = a.worst_rows[i];
+                        out << (i ? ";" : "") << " expert " << r.row / per << " row " << r.row % per << " " << detail::fmt(r.bits_lost, 2) << " bits";
+                        rows.push_back({{"expert", r.row / per}, {"row", r.row % per}, {"bits_lost", detail::num(r.bits_lost)}, {"row_amax", r.row_amax}});
+                    }
+                    out << "\n    largest weights / row RMS:";
+                    for (std::size_t i = 0; i < a.largest_weights.size(); ++i)
+                    {
+                        const auto& x = a.largest_weights[i];
+                        out << (i ? ";" : "") << " expert " << x.row / per << " row " << x.row % per << " col " << x.col << " = " << x.value << " ("
+                            << detail::fmt(x.ratio_to_row_rms, 1) << "x)";
+                        weights.push_back({{"expert", x.row / per}, {"row", x.row % per}, {"col", x.col}, {"value", x.value}, {"ratio_to_row_rms", detail::num(x.ratio_to_row_rms)}});
+                    }
+                    out << "\n";
+                    tensors.push_back({{"name", a.name},
+                                       {"shape", a.shape},
+                                       {"condition_number", detail::num(a.condition_number)},
+                                       {"per_tensor_cos", detail::num(c.cosine)},
+                                       {"per_tensor_sqnr_db", detail::num(c.sqnr_db)},
+                                       {"worst_rows", rows},
+                                       {"largest_weights", weights}});
+                }
+                return {{"layer", layer}, {"granularity", "per_tensor"}, {"hidden_cos_min", layer_cos}, {"tensors", tensors}};
+            }
+
+        /// The options' common spec: bits, scheme, range; codes from the stored (rounded) scale,
+        /// the one inference uses.
+        quant_spec base_spec(const options& o)
+        {
+            if (o.bits != 8 && o.bits != 4) throw error(error_kind::invalid_argument, "--bits must be 8 or 4");
+            quant_spec base;
+            base.bits = o.bits;
+            if (o.scheme == "symmetric") base.scheme = scheme_kind::symmetric;
+            else if (o.scheme == "asymmetric") base.scheme = scheme_kind::asymmetric;
+            else throw error(error_kind::invalid_argument, "--scheme must be symmetric or asymmetric");
+            if (o.range == "restricted") base.range = symmetric_range::restricted;
+            else if (o.range == "full") base.range = symmetric_range::full;
+            else throw error(error_kind::invalid_argument, "--range must be restricted or full");
+            base.codes_from_stored_scale = true;
+            return base;
+        }
+
+        /// The granularities compared (--compare) and the gated one (--granularity), the
+        /// activations, the layers and the validation options.
+        void plan(conversion& c, const quant_spec& base)
+        {
+            const options& o = c.o;
+            moe::validate_options& vo = c.vo;
+            vo.specs.clear();
+            c.automatic = o.granularity == "auto";
+            if (o.activations == "int8")
+            {
+                c.acts = ct::activations::int8_per_token;
+                vo.activations = moe::activation_quantization::int8_per_token;
+                if (c.automatic || o.bits != 8 || base.scheme != scheme_kind::symmetric
+                    || parse_granularity(o.granularity, base, o.group_size).granularity != granularity_kind::per_channel)
+                {
+                    throw error(error_kind::invalid_argument, "--activations int8 takes int8 symmetric per_channel weights (the engines' W8A8 MoE kernels); "
+                                                              "leave out --bits, --scheme and --granularity, or set them to 8, symmetric, per_channel");
+                }
+            }
+            else if (o.activations != "none") throw error(error_kind::invalid_argument, "--activations must be none or int8");
+            c.out_format = c.acts == ct::activations::none ? ct::format::pack_quantized : ct::format::int_quantized;
+            c.input_widths = {c.cfg().hidden, c.cfg().expert_intermediate};
+            if (o.include_dense) c.input_widths.push_back(c.cfg().dense_intermediate);
+            if (c.automatic && !o.target_cos && !o.target_sqnr_db)
+            {
+                throw error(error_kind::invalid_argument, "--granularity auto needs --target-cos and/or --target-sqnr");
+            }
+            if (!c.automatic && (o.target_cos || o.target_sqnr_db))
+            {
+                throw error(error_kind::invalid_argument, "--target-cos/--target-sqnr apply to --granularity auto (or to the analyze subcommand)");
+            }
+            // auto: the gated entry is its own column (specs chosen per layer during the run); its
+            // quant_spec is a placeholder never used for an expert or dense tensor.
+            const quant_spec gated = parse_granularity(c.automatic ? "per_channel" : o.granularity, base, o.group_size);
+            std::stringstream cs(o.compare);
+            std::string item;
+            while (std::getline(cs, item, ','))
+            {
+                if (item.empty()) continue;
+                const quant_spec q = parse_granularity(item, base, o.group_size);
+                if (std::find(vo.specs.begin(), vo.specs.end(), q) == vo.specs.end()) vo.specs.push_back(q);
+            }
+            auto it = c.automatic ? vo.specs.end() : std::find(vo.specs.begin(), vo.specs.end(), gated);
+            if (it == vo.specs.end())
+            {
+                vo.specs.push_back(gated);
+                it = vo.specs.end() - 1;
+            }
+            vo.gated = static_cast<std::size_t>(it - vo.specs.begin());
+            vo.layers = o.layers.empty() ? std::vector<std::size_t>{} : parse_layers(o.layers, c.cfg().layers);
+            if (vo.layers.empty())
+            {
+                for (std::size_t l = 0; l < c.cfg().layers; ++l) vo.layers.push_back(l);
+            }
+            vo.tokens = o.tokens;
+            vo.include_dense = o.include_dense;
+            vo.min_elements = o.min_elements;
+            vo.gate_layer_cos = o.gate_layer_cos;
+            vo.gate_stack_cos = o.gate_stack_cos;
+            vo.threads = c.threads;
+            vo.skip_nonfinite = o.skip_nonfinite;
+            for (std::size_t g = 0; g < vo.specs.size(); ++g) c.spec_names.push_back(c.automatic && g == vo.gated ? std::string("auto") : label(vo.specs[g]));
+        }
+
+        /// --granularity auto: per layer, orbitq::analyze of every tensor over the candidates
+        /// each can take (loadable ones with --out); the cheapest (fewest bits over the layer)
+        /// meeting the target on every tensor wins.
+        void install_chooser(conversion& c, const quant_spec& base)
+        {
+            c.vo.choose = [&c, base](const std::vector<moe::any_view>& views, const quant_spec&) {
+                const options& o = c.o;
+                std::vector<quant_spec> cands;
+                for (quant_spec q : default_candidates(c.cfg().hidden))
+                {
+                    if (o.bits_given && q.bits != o.bits) continue;
+                    if (o.scheme_given && q.scheme != base.scheme) continue;
+                    bool fits = true;
+                    for (const moe::any_view& v : views)
+                    {
+                        fits = fits && (q.granularity != granularity_kind::per_group || (moe::cols_of(v) > q.group_size && moe::cols_of(v) % q.group_size == 0));
+                    }
+                    if (!fits || (!o.out.empty() && ct::moe_refusal(q, c.out_format, c.input_widths))) continue;
+                    q.range = base.range;
+                    q.codes_from_stored_scale = true;
+                    cands.push_back(q);
+                }
+                std::vector<tensor_analysis> analyses;
+                for (const moe::any_view& v : views)
+                {
+                    analyses.push_back(std::visit(
+                        [&](const auto& m) {
+                            std::vector<quant_spec> typed = cands;
+                            for (auto& q : typed) q.scale_type = element_type_of<typename std::decay_t<decltype(m)>::value_type>();
+                            analyze_options ao;
+                            ao.threads = c.threads;
+                            ao.top_rows = 0;
+                            ao.top_weights = 0;
+                            return analyze(m, typed, ao);
+                        },
+                        v));
+                }
+                const selection lc = select_common_candidate(analyses, o.target_cos, o.target_sqnr_db);
+                if (!lc.index)
+                {
+                    throw error(error_kind::invalid_argument, "--granularity auto: no candidate meets the target for every tensor of layer '"
+                                                                  + analyses.front().name + "': " + lc.reason
+                                                                  + " (lower the target, or allow int8 by leaving out --bits 4)");
+                }
+                for (const auto& a : analyses)
+                {
+                    const auto& q = a.candidates[*lc.index];
+                    c.choices.push_back({a.name, q.spec.describe(), q.bits_per_weight, lc.reason});
+                }
+                return analyses.front().candidates[*lc.index].spec;
+            };
+        }
+
+        /// Scales in the checkpoint's float dtype (compressed-tensors convention); what the
+        /// engines cannot load is refused before anything is written (analysis and validation
+        /// without --out stay open to every spec); group sizes must divide the rows.
+        void check_specs(conversion& c)
+        {
+            const moe::config& cfg = c.cfg();
+            const moe::layer_weights& w0 = c.src->load_layer(c.vo.layers.front(), c.threads);
+            const element_type st = std::visit([](const auto& m) { return element_type_of<typename std::decay_t<decltype(m)>::value_type>(); },
+                                               w0.experts.at(0).blocks.at(0));
+            for (auto& s : c.vo.specs) s.scale_type = st;
+            if (!c.o.out.empty() && !c.automatic)
+            {
+                if (const auto why = ct::moe_refusal(c.vo.specs[c.vo.gated], c.out_format, c.input_widths))
+                {
+                    throw error(error_kind::invalid_argument, "--out: vLLM's MoE kernels cannot load " + label(c.vo.specs[c.vo.gated]) + " int"
+                                                                  + std::to_string(c.o.bits) + " (" + *why + "); nothing was written. "
+                                                                  + ct::moe_loadable_summary(c.input_widths));
+                }
+            }
+            for (const auto& s : c.vo.specs)
+            {
+                if (s.granularity == granularity_kind::per_group && (cfg.expert_intermediate % s.group_size || cfg.hidden % s.group_size))
+                {
+                    throw error(error_kind::invalid_argument, "group size " + std::to_string(s.group_size) + " does not divide the expert row lengths "
+                                                                  + std::to_string(cfg.hidden) + " and " + std::to_string(cfg.expert_intermediate)
+                                                                  + " (704 divides by 32 and 64, not by 128)");
+                }
+            }
+        }
+
+        /// The residual-stream tokens entering the first layer: the synthetic model's, or, for a
+        /// real checkpoint, synthetic tokens of the same law (RMS near 1).
+        std::vector<float> input_tokens(const conversion& c)
+        {
+            const options& o = c.o;
+            if (c.synthetic) return static_cast<const g4::synthetic_source&>(*c.src).model().tokens(o.tokens);
+            g4::synthetic_options to;
+            to.seed = o.seed;
+            to.layers = 1;
+            to.experts = std::max<std::size_t>(c.cfg().top_k, 1);
+            const g4::synthetic_model tm(to);
+            const auto t = tm.tokens(o.tokens);
+            if (c.cfg().hidden == tm.cfg().hidden) return t;
+            std::vector<float> x0(o.tokens * c.cfg().hidden);
+            for (std::size_t i = 0; i < x0.size(); ++i) x0[i] = t[i % t.size()];
+            return x0;
+        }
+
+        /// Validates every granularity, writing the gated one's checkpoint with --out.
+        moe::validation_report validate_and_write(conversion& c, std::ostream& err)
+        {
+            namespace fs = std::filesystem;
+            const options& o = c.o;
+            std::vector<float> x0 = input_tokens(c);
+            std::unique_ptr<moe::converted_writer> writer;
+            if (!o.out.empty())
+            {
+                writer = std::make_unique<moe::converted_writer>(o.out, *c.src, c.synthetic ? fs::path{} : fs::path(o.checkpoint),
+                                                                 c.vo.specs[c.vo.gated], c.vo.layers.size(), c.threads, o.force, c.acts);
+                writer->set_automatic(c.automatic);
+            }
+            if (!o.quiet)
+            {
+                err << "orbitq-gemma: " << (c.synthetic ? "synthetic Gemma-4-shaped weights" : o.checkpoint) << ", " << c.vo.layers.size() << " of "
+                    << c.cfg().layers << " layers, " << c.cfg().experts << " experts (top-" << c.cfg().top_k << "), " << o.tokens << " tokens, "
+                    << c.threads << " threads\n";
+            }
+            auto progress = [&](const moe::progress_info& p) {
+                if (o.quiet) return;
+                const double eta = p.done ? p.elapsed_s / p.done * (p.total - p.done) : 0.0;
+                err << "  layer " << p.layer << " (" << p.done << " of " << p.total << ")  " << detail::fmt(p.elapsed_s, 1) << " s  "
+                    << detail::fmt(p.bytes / p.elapsed_s / 1e9, 2) << " GB/s quantized  ETA " << detail::fmt(eta, 0) << " s\n";
+            };
+            moe::validation_report rep = moe::validate(
+                c.cfg(), [&](std::size_t l) -> const moe::layer_weights& { return c.src->load_layer(l, c.threads); }, std::move(x0), c.vo,
+                writer.get(), progress);
+            if (writer)
+            {
+                writer->finish();
+                if (!o.quiet) err << "wrote the converted checkpoint to " << o.out << "\n";
+                if (!c.automatic && c.vo.specs[c.vo.gated].granularity == granularity_kind::per_tensor)
+                {
+                    c.written_note = "per_tensor written with strategy 'channel' (its one scale repeated on every row; the numbers are unchanged): "
+                                     "vLLM's MoE kernels take channel scales, not tensor ones";
+                }
+            }
+            return rep;
+        }
+
+        /// The root cause of the first per-tensor layer failure (a second look at that one layer), or null.
+        nlohmann::json explain_failure(const conversion& c, const moe::validation_report& rep, std::ostream& out)
+        {
+            for (std::size_t g = 0; g < c.vo.specs.size(); ++g)
+            {
+                if (c.vo.specs[g].granularity != granularity_kind::per_tensor) continue;
+                for (const auto& lr : rep.layers)
+                {
+                    if (lr.by_spec[g].hidden_cos_min >= c.o.gate_layer_cos) continue;
+                    return root_cause(*c.src, lr.layer, c.vo.specs[g], lr.by_spec[g].hidden_cos_min, c.threads, out);
+                }
+                break;
+            }
+            return nullptr;
+        }
+    }
+
+    // declared and documented in cli_internal.hpp
+    int run_convert(const options& o, std::ostream& out, std::ostream& err)
+    {
+        conversion c(o);
+        c.threads = thread_count(o);
+        if (o.tokens == 0) throw error(error_kind::invalid_argument, "--tokens must be at least 1");
+        const quant_spec base = base_spec(o);
+        if (!o.write_synthetic.empty())
+        {
+            if (!o.checkpoint.empty()) throw error(error_kind::invalid_argument, "--write-synthetic and --checkpoint exclude each other");
+            const auto src = open_source(o);
+            g4::write_synthetic_checkpoint(o.write_synthetic, static_cast<const g4::synthetic_source&>(*src), c.threads);
+            if (!o.quiet) err << "wrote the synthetic checkpoint (" << o.synthetic_layers << " layers, " << o.experts << " experts) to " << o.write_synthetic << "\n";
+            return 0;
+        }
+        c.src = open_source(o);
+        c.synthetic = o.checkpoint.empty();
+        plan(c, base);
+        if (c.automatic) install_chooser(c, base);
+        check_specs(c);
+        const moe::validation_report rep = validate_and_write(c, err);
+        print_summary(out, c, rep);
+        const nlohmann::json cause = explain_failure(c, rep, out);
+        const int code = print_verdict(out, c, rep);
+        if (!o.report.empty()) io::write_file_atomic(o.report, report_json(c, rep, cause).dump(2) + "\n", true);
+        if (!o.plot.empty())
+        {
+            const std::string title = std::string(c.synthetic ? "synthetic Gemma 4" : "Gemma 4") + " MoE FFN, int" + std::to_string(o.bits)
+                                      + ": each layer alone, and the stack";
+            io::write_file_atomic(o.plot, detail::plot_svg(rep, c.spec_names, o.gate_layer_cos, o.gate_stack_cos, title), true);
+        }
+        return code;
+    }
+}

@@ -1,0 +1,123 @@
+/// @file candidates.hpp
+/// @brief What analyze evaluates and reports: the candidate policies (default_candidates), their
+///        storage cost (bits_per_weight), the options, and the per-tensor results.
+#pragma once
+
+#include "orbitq/algebra/orbits.hpp"
+#include "orbitq/core/view.hpp"
+#include "orbitq/policy/granularity.hpp"
+#include "orbitq/policy/quant_spec.hpp"
+
+#include <cstddef>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace orbitq
+{
+    /// @brief A candidate policy for analysis is a complete run-time quantization spec.
+    using candidate = quant_spec;
+
+    /// @brief What one candidate would cost the tensor.
+    struct candidate_result
+    {
+        quant_spec spec;               ///< the candidate
+        double bits_per_weight = 0.0;  ///< codes + scales + zero points, per weight
+        double cosine = 1.0;           ///< flat cosine of W and its reconstruction
+        double relative_error = 0.0;   ///< ‖W − Ŵ‖ / ‖W‖
+        double sqnr_db = std::numeric_limits<double>::infinity();  ///< −20 log10 relative_error
+        double max_abs_err = 0.0;      ///< max |w − ŵ|
+        std::size_t max_row = 0;       ///< where max_abs_err occurs (first in row-major order)
+        std::size_t max_col = 0;
+    };
+
+    /// @brief A weight that is large relative to the RMS of its row.
+    struct outlier
+    {
+        std::size_t row = 0;
+        std::size_t col = 0;
+        float value = 0.0f;             ///< the weight (as float32)
+        double ratio_to_row_rms = 0.0;  ///< |value| / RMS(row)
+    };
+
+    /// @brief How much precision a row loses when it shares the per-tensor scale.
+    struct row_loss
+    {
+        std::size_t row = 0;
+        float row_amax = 0.0f;  ///< max |w| of the row
+        double bits_lost = 0.0; ///< log2(tensor amax / row amax); +inf for an all-zero row
+    };
+
+    /// @brief Options of analyze().
+    struct analyze_options
+    {
+        std::size_t top_rows = 10;     ///< rows kept in tensor_analysis::worst_rows
+        std::size_t top_weights = 10;  ///< weights kept in tensor_analysis::largest_weights
+        unsigned threads = 1;          ///< rows split across this many threads (0 = hardware concurrency)
+        std::size_t block_rows = 64;   ///< rows per deterministic accumulation block (> 0)
+    };
+
+    /// @brief Everything analyze() finds out about one tensor.
+    struct tensor_analysis
+    {
+        std::string name;                          ///< the view's name
+        shape_type shape;                          ///< original tensor shape
+        std::size_t rows = 0;                      ///< matrix rows (channel rule of core/view.hpp)
+        std::size_t cols = 0;                      ///< matrix columns
+        double condition_number = 0.0;             ///< max|W| / RMS(W) (0 for an all-zero tensor)
+        std::vector<candidate_result> candidates;  ///< one per candidate, in the order given
+        std::vector<row_loss> worst_rows;          ///< most bits lost first (ties: lower row first)
+        std::vector<outlier> largest_weights;      ///< largest |w| / row RMS first (ties: row-major order)
+    };
+
+    /// @brief Storage cost of quantizing a rows x cols matrix with `spec`, in bits per weight:
+    ///        the same formula as quantized_tensor::bits_per_weight() (codes, plus one scale in
+    ///        spec.scale_type and, when asymmetric, one zero point in the code width per orbit).
+    /// @throws error (bad_group_size) as make_layout for a per_group spec that does not fit.
+    inline double bits_per_weight(const quant_spec& spec, std::size_t rows, std::size_t cols)
+    {
+        std::size_t orbits = 1;
+        if (spec.granularity == granularity_kind::per_channel) orbits = rows;
+        else if (spec.granularity == granularity_kind::per_group)
+        {
+            orbits = make_layout<per_group<>>(rows, cols, spec.group_size, spec.ragged_groups).orbits();
+        }
+        const double n = static_cast<double>(rows * cols);
+        const double scale_bits = 8.0 * static_cast<double>(element_size(spec.scale_type));
+        const double zp_bits = spec.scheme == scheme_kind::asymmetric ? spec.bits : 0.0;
+        return spec.bits + static_cast<double>(orbits) * (scale_bits + zp_bits) / n;
+    }
+
+    /// @brief The default candidate set for rows of `cols` weights: per_tensor, per_channel and
+    ///        per_group 32, 64 and 128 where the group size divides cols and is smaller than it; each
+    ///        as int8 and int4, symmetric (restricted range) and asymmetric; half-to-even rounding,
+    ///        f32 scales. Order: granularity (coarsest first), then bits (8 first), then scheme
+    ///        (symmetric first).
+    inline std::vector<quant_spec> default_candidates(std::size_t cols)
+    {
+        std::vector<std::pair<granularity_kind, std::size_t>> grains{{granularity_kind::per_tensor, 0},
+                                                                     {granularity_kind::per_channel, 0}};
+        for (std::size_t g : {32u, 64u, 128u})
+        {
+            if (cols > g && cols % g == 0) grains.emplace_back(granularity_kind::per_group, g);
+        }
+        std::vector<quant_spec> out;
+        for (const auto& [kind, g] : grains)
+        {
+            for (int bits : {8, 4})
+            {
+                for (scheme_kind s : {scheme_kind::symmetric, scheme_kind::asymmetric})
+                {
+                    quant_spec q;
+                    q.granularity = kind;
+                    q.group_size = g;
+                    q.bits = bits;
+                    q.scheme = s;
+                    out.push_back(q);
+                }
+            }
+        }
+        return out;
+    }
+}

@@ -1,0 +1,81 @@
+/// @file quant_spec.hpp
+/// @brief The run-time description of a quantization policy: the names of the granularity, scheme
+///        and rounding policies (policy/dispatch.hpp maps them to the policy types) and quant_spec,
+///        which holds them with the options that no policy type fixes.
+#pragma once
+
+#include "orbitq/core/view.hpp"
+#include "orbitq/kernels/reference.hpp"
+#include "orbitq/policy/scheme.hpp"
+
+#include <cstddef>
+#include <string>
+
+namespace orbitq
+{
+    /// @brief Run-time names of the granularity policies.
+    enum class granularity_kind
+    {
+        per_tensor,
+        per_channel,
+        per_group
+    };
+
+    /// @brief Run-time names of the scheme policies.
+    enum class scheme_kind
+    {
+        symmetric,
+        asymmetric
+    };
+
+    /// @brief Run-time names of the rounding policies.
+    enum class rounding_kind
+    {
+        half_to_even,
+        half_away_from_zero
+    };
+
+    /// @brief Printable names.
+    constexpr const char* to_string(granularity_kind g) noexcept
+    {
+        return g == granularity_kind::per_tensor ? "per_tensor" : g == granularity_kind::per_channel ? "per_channel" : "per_group";
+    }
+    constexpr const char* to_string(scheme_kind s) noexcept { return s == scheme_kind::symmetric ? "symmetric" : "asymmetric"; }
+    constexpr const char* to_string(rounding_kind r) noexcept
+    {
+        return r == rounding_kind::half_to_even ? "half_to_even" : "half_away_from_zero";
+    }
+    constexpr const char* to_string(symmetric_range r) noexcept { return r == symmetric_range::restricted ? "restricted" : "full"; }
+
+    /// @brief A complete, run-time description of a quantization policy and its options.
+    struct quant_spec
+    {
+        granularity_kind granularity = granularity_kind::per_channel;
+        std::size_t group_size = 0;       ///< per_group only; must be > 0 there
+        bool ragged_groups = false;       ///< allow a shorter last group when group_size does not divide cols
+        int bits = 8;                     ///< 8 or 4
+        scheme_kind scheme = scheme_kind::symmetric;
+        symmetric_range range = symmetric_range::restricted;  ///< symmetric only
+        rounding_kind rounding = rounding_kind::half_to_even;
+        scale_application mode = scale_application::multiply_inverse;
+        element_type scale_type = element_type::f32;  ///< precision the scales are stored in
+        /// When scales are stored in f16/bf16: compute the codes from the stored (rounded) scale
+        /// (true) or from the f32 scale, as ggml Q8_0 does (false, the default). Dequantization
+        /// always uses the stored scale.
+        bool codes_from_stored_scale = false;
+
+        friend bool operator==(const quant_spec&, const quant_spec&) = default;
+
+        /// @brief A short name such as "per_group:32 int4 asymmetric".
+        std::string describe() const
+        {
+            // appended piece by piece: GCC 12 warns (-Wrestrict, a false positive) on
+            // "literal" + std::string&& once that is inlined
+            std::string s = to_string(granularity);
+            if (granularity == granularity_kind::per_group) s.append(":").append(std::to_string(group_size));
+            s.append(" int").append(std::to_string(bits)).append(" ").append(to_string(scheme));
+            if (scheme == scheme_kind::symmetric && range == symmetric_range::full) s += " full-range";
+            return s;
+        }
+    };
+}
