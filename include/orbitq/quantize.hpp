@@ -3,7 +3,7 @@
 ///
 /// `params[o] = finalize(reduce(orbit o))`, then `code = encode(x, params[o])` for every x of o.
 /// Granularity, scheme and rounding are template policies (see policy/); `quantize(view, spec)`
-/// dispatches a run-time quant_spec to the matching instantiation.
+/// dispatches a run-time quant_spec to the matching instantiation (policy/dispatch.hpp).
 ///
 /// Passes over memory: per_channel and per_group read each row once (statistics, then encode
 /// while the row is in L1); per_tensor reads the tensor twice (the row statistics, combined into
