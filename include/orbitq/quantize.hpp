@@ -147,7 +147,7 @@ namespace orbitq
         }
 
         // Rows are read once from memory and encoded from L1; asking for rows ~8 KiB ahead keeps
-        // memory streaming while a row's encode pass runs (measured: +0.08..0.15 of the roofline).
+        // memory streaming while a row's encode pass runs.
         const std::size_t ahead = kernels::simd::prefetch_rows_ahead(w.cols * sizeof(T));
         // The statistic of a whole row; symmetric schemes only need max |x|, builtin asymmetric
         // ones min(min, 0) and max(max, 0) (both reduce raw bits, with no NaN test).
@@ -158,8 +158,8 @@ namespace orbitq
         };
         // per_group, contiguous rows, groups dividing the rows: the rows of a range are one
         // sequence of groups (orbits and codes are laid out the same way), so the fused pass runs
-        // over the range without a break at each row (the tile loop prefetches within a call:
-        // measured, 8 KiB pieces ran at 0.55 of the f32 roofline). int4 codes are packed from
+        // over the range without a break at each row (the tile loop prefetches within a call,
+        // so short calls would leave memory idle). int4 codes are packed from
         // L1 tile by tile; that needs an even row length (rows then start on a whole byte).
         const bool vector_params = spec.scale_type == element_type::f32 && spec.mode == scale_application::multiply_inverse;
         // Codes made with a builtin scheme's own parameters (not a rounded stored scale) scale

@@ -211,8 +211,7 @@ namespace orbitq::kernels::simd
     }
 
     /// @brief How many rows of `row_bytes` ahead a row-by-row pass should prefetch: at least
-    ///        8 KiB ahead (measured on the seed shape, 1 thread: 8 KiB gives 0.85-0.93 of the
-    ///        read/convert roofline, 6 KiB 0.77-0.84).
+    ///        8 KiB ahead (bench/README.md: prefetch distance).
     inline std::size_t prefetch_rows_ahead(std::size_t row_bytes) noexcept
     {
         const std::size_t b = std::max<std::size_t>(1, row_bytes);
