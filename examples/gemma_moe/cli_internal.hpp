@@ -147,6 +147,15 @@ namespace orbitq::gemma_cli
                              const std::string& title);
     }
 
+    /// @brief --granularity auto: sets c.vo.choose to pick, per layer, the cheapest candidate
+    ///        meeting the target on every tensor (orbitq::analyze); records c.choices.
+    void install_chooser(conversion& c, const quant_spec& base);
+
+    /// @brief The root cause of a per-tensor failure of `layer`: analyze() of its stacked expert
+    ///        tensors under the per-tensor candidate; prints a compact block, returns it as JSON.
+    nlohmann::json root_cause(moe::model_source& src, std::size_t layer, const quant_spec& per_tensor, double layer_cos,
+                              unsigned threads, std::ostream& out);
+
     /// @brief The human table, gates and stack lines of a finished conversion.
     void print_summary(std::ostream& out, const conversion& c, const moe::validation_report& rep);
 

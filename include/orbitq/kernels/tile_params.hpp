@@ -280,6 +280,233 @@ namespace orbitq::kernels::simd
             return {a.finish(OpA{}), b.finish(OpB{})};
         }
 
+        // The tile statistics of compute_tile_params, one strategy each, always inlined into it
+        // (each is one branch of its dispatch). x holds `count` <= width groups of NB batches.
+
+        /// Builtin symmetric schemes: max |x| of each group on the magnitude bits.
+        template <class S, std::size_t NB, weight_element T>
+        [[gnu::always_inline]] inline bool tile_params_abs_max(const T* x, std::size_t count, batch_params& bp) noexcept
+        {
+            constexpr std::size_t group = NB * width;
+            using bits_batch = xsimd::batch<std::int32_t, arch_type>;
+            // max |x| on the magnitude bits (see abs_max_span): NaN and inf sort above
+            // FLT_MAX, so the tile is finite exactly when every lane of the result is
+            // at most FLT_MAX's bits (checked after the reduction, which max keeps exact).
+            if constexpr (std::same_as<T, bfloat16_t> && NB % 2 == 0)
+            {
+                // bf16 groups of NB width values are NB / 2 batches of raw bits: reduce the
+                // 16-bit magnitudes as int16 lanes (the tree's shuffles move 32-bit pairs, so
+                // each lane keeps an (even, odd) pair of candidates), widen once per tile.
+                using half_batch = xsimd::batch<std::int16_t, arch_type>;
+                lane_tree<max_int16_op, arch_type> tree;
+                const half_batch magnitude(0x7fff);
+                const auto group_max = [&](std::size_t j) {
+                    if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
+                    const auto* p = reinterpret_cast<const std::int16_t*>(x + j * group);
+                    half_batch m = half_batch::load_unaligned(p) & magnitude;
+                    for (std::size_t k = 1; k < NB / 2; ++k) m = xsimd::max(m, half_batch::load_unaligned(p + 2 * k * width) & magnitude);
+                    return xsimd::bitwise_cast<float_batch>(m);
+                };
+                for (std::size_t j = 0; j < width; j += 4)
+                {
+                    tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_int16_op{});
+                }
+                const bits_batch m = max_int16_op::fold_pairs(tree.finish(max_int16_op{}));  // both halves >= 0
+                // above FLT_MAX's bf16: inf and NaN
+                if (xsimd::any(m > bits_batch(largest_finite_bits<bfloat16_t>))) return false;
+                const float_batch vmax = xsimd::bitwise_cast<float_batch>(m << 16);  // exact widening
+                return usable_tile_params<S>(-vmax, vmax, true, bp);
+            }
+            lane_tree<max_bits_op, arch_type> max_tree;
+            const bits_batch magnitude(0x7fffffff);
+            const auto group_max = [&](std::size_t j) {
+                if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
+                const T* p = x + j * group;
+                bits_batch m = xsimd::bitwise_cast<bits_batch>(load(p, arch_type{})) & magnitude;
+                for (std::size_t k = 1; k < NB; ++k)
+                {
+                    m = xsimd::max(m, xsimd::bitwise_cast<bits_batch>(load(p + k * width, arch_type{})) & magnitude);
+                }
+                return xsimd::bitwise_cast<float_batch>(m);
+            };
+            for (std::size_t j = 0; j < width; j += 4)
+            {
+                max_tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_bits_op{});
+            }
+            const float_batch vmax = max_tree.finish(max_bits_op{});
+            if (xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(largest_finite_bits<float>))) return false;
+            return usable_tile_params<S>(-vmax, vmax, true, bp);
+        }
+
+        /// Builtin asymmetric schemes on bf16 (NB even): min(min, 0) and max(max, 0) from the raw bits.
+        template <class S, std::size_t NB, weight_element T>
+        [[gnu::always_inline]] inline bool tile_params_zero_range_bf16(const T* x, std::size_t count, batch_params& bp) noexcept
+        {
+            constexpr std::size_t group = NB * width;
+            using bits_batch = xsimd::batch<std::int32_t, arch_type>;
+            // bf16 groups of NB width values are NB / 2 batches of raw bits. A builtin asymmetric
+            // scheme needs only lo = min(min, 0) and hi = max(max, 0) (make_batch_params),
+            // and those come from the raw bits without ordered keys: the largest bits as
+            // uint16 are the most negative value where there is one (otherwise a value >= +0,
+            // which gives lo = 0 as well); as int16, the largest value >= +0 where there is
+            // one (otherwise a negative value: hi = 0). NaN and infinities lie above -FLT_MAX
+            // (0xff7f) and FLT_MAX (0x7f7f) in those orders. Both trees reduce 16-bit pairs;
+            // each lane is widened once per tile.
+            const auto [lo_words, hi_words] = reduce_tile_twice<max_uint16_op, max_int16_op>([&](std::size_t j) {
+                const float* p = reinterpret_cast<const float*>(x + j * group);
+                if constexpr (NB == 2)
+                {
+                    if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
+                    return float_batch::load_unaligned(p);
+                }
+                else
+                {
+                    if (j >= count) return std::pair{float_batch(0.0f), float_batch(0.0f)};
+                    float_batch lo = in_register(float_batch::load_unaligned(p));
+                    float_batch hi = lo;
+                    for (std::size_t k = 1; k < NB / 2; ++k)
+                    {
+                        const float_batch b = in_register(float_batch::load_unaligned(p + k * width));
+                        lo = max_uint16_op{}(lo, b);
+                        hi = max_int16_op{}(hi, b);
+                    }
+                    return std::pair{lo, hi};
+                }
+            });
+            const bits_batch lo_bits = max_uint16_op::fold_pairs(lo_words);
+            const bits_batch hi_bits = max_int16_op::fold_pairs(hi_words);  // sign-extended
+            const bool finite = !xsimd::any(lo_bits > bits_batch(most_negative_finite_bits<bfloat16_t>))
+                                && !xsimd::any(hi_bits > bits_batch(largest_finite_bits<bfloat16_t>));
+            const auto widen = [](const bits_batch& b) { return xsimd::bitwise_cast<float_batch>(b << 16); };
+            return usable_tile_params<S>(widen(lo_bits), widen(hi_bits), finite, bp);
+        }
+
+        /// Other schemes on bf16 (NB even): min and max through ordered int16 keys.
+        template <class S, std::size_t NB, weight_element T>
+        [[gnu::always_inline]] inline bool tile_params_ordered_bf16(const T* x, std::size_t count, batch_params& bp) noexcept
+        {
+            constexpr std::size_t group = NB * width;
+            using bits_batch = xsimd::batch<std::int32_t, arch_type>;
+            // bf16 groups of NB width values are NB / 2 batches of raw bits: their ordered
+            // int16 keys (ordered_key) are reduced as int16 pairs by the trees and widened
+            // once per tile; the tile is finite when its keys stay within those of +-FLT_MAX.
+            using half_batch = xsimd::batch<std::int16_t, arch_type>;
+            const auto keys = [&](std::size_t j, std::size_t k) {
+                const auto* p = reinterpret_cast<const std::int16_t*>(x + j * group) + 2 * k * width;
+                return xsimd::bitwise_cast<float_batch>(ordered_key(half_batch::load_unaligned(p)));
+            };
+            const auto [min_keys, max_keys] = reduce_tile_twice<min_int16_op, max_int16_op>([&](std::size_t j) {
+                if constexpr (NB == 2)
+                {
+                    if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits (key 0 = +0)
+                    return keys(j, 0);
+                }
+                else
+                {
+                    if (j >= count) return std::pair{float_batch(0.0f), float_batch(0.0f)};
+                    float_batch lo = keys(j, 0);
+                    float_batch hi = lo;
+                    for (std::size_t k = 1; k < NB / 2; ++k)
+                    {
+                        const float_batch b = keys(j, k);
+                        lo = min_int16_op{}(lo, b);
+                        hi = max_int16_op{}(hi, b);
+                    }
+                    return std::pair{lo, hi};
+                }
+            });
+            // each int32 lane holds a pair of int16 keys of one group
+            const bits_batch kmin = min_int16_op::fold_pairs(min_keys);
+            const bits_batch kmax = max_int16_op::fold_pairs(max_keys);
+            // keys of +-FLT_MAX (bf16 0x7f7f and 0xff7f): 0x7f7f and 0xff7f ^ 0x7fff = -0x7f80
+            constexpr int largest = largest_finite_bits<bfloat16_t>;
+            if (xsimd::any(kmax > bits_batch(largest)) || xsimd::any(kmin < bits_batch(-largest - 1))) return false;
+            const auto widen = [](const bits_batch& k) {  // back to bf16 bits, then to float32
+                return xsimd::bitwise_cast<float_batch>(ordered_key(k) << 16);
+            };
+            return usable_tile_params<S>(widen(kmin), widen(kmax), true, bp);
+        }
+
+        /// Builtin asymmetric schemes with native integer max: min(min, 0) and max(max, 0) from the float32 bits.
+        template <class S, std::size_t NB, weight_element T>
+        [[gnu::always_inline]] inline bool tile_params_zero_range(const T* x, std::size_t count, batch_params& bp) noexcept
+        {
+            constexpr std::size_t group = NB * width;
+            using bits_batch = xsimd::batch<std::int32_t, arch_type>;
+            // The bf16 argument above on the float32 bits: lo = min(min, 0) is the largest
+            // bits as uint32 (the most negative value, or a value >= +0 where there is none),
+            // hi = max(max, 0) the largest as int32 (the largest value >= +0, or a negative
+            // value where there is none). A NaN or an infinity lies above -FLT_MAX
+            // (0xff7fffff) as uint32 or above FLT_MAX (0x7f7fffff) as int32, by its sign.
+            // Integer maxima need no NaN test per pair of batches, as the float ones below do.
+            const auto [lo_max, hi_max] = reduce_tile_twice<max_ubits_op, max_bits_op>([&](std::size_t j) {
+                if (j >= count) return std::pair{float_batch(0.0f), float_batch(0.0f)};  // unused lanes: zero orbits
+                const T* p = x + j * group;
+                float_batch lo = in_register(load(p, arch_type{}));
+                float_batch hi = lo;
+                for (std::size_t k = 1; k < NB; ++k)
+                {
+                    const float_batch b = in_register(load(p + k * width, arch_type{}));
+                    lo = max_ubits_op{}(lo, b);
+                    hi = max_bits_op{}(hi, b);
+                }
+                return std::pair{lo, hi};
+            });
+            using ubits_batch = xsimd::batch<std::uint32_t, arch_type>;
+            const bool finite = !xsimd::any(xsimd::bitwise_cast<ubits_batch>(lo_max) > ubits_batch(most_negative_finite_bits<float>)) &&
+                                !xsimd::any(xsimd::bitwise_cast<bits_batch>(hi_max) > bits_batch(largest_finite_bits<float>));
+            return usable_tile_params<S>(lo_max, hi_max, finite, bp);
+        }
+
+        /// Every other case: min and max as floats, NaN through a nan_guard.
+        template <class S, std::size_t NB, weight_element T>
+        [[gnu::always_inline]] inline bool tile_params_min_max(const T* x, std::size_t count, batch_params& bp) noexcept
+        {
+            constexpr std::size_t group = NB * width;
+            // non-finite values as in min_max_span: a NaN in a nan_guard fed each group's
+            // batches in pairs, an infinity in the statistics. Each group is reduced as it is
+            // loaded (few live registers); a whole tile, the usual case, is reduced without
+            // a test per group (Full).
+            const auto reduce_tile = [&]<bool Full>(std::bool_constant<Full>) -> bool {
+                lane_tree<min_op, arch_type> min_tree;
+                lane_tree<max_op, arch_type> max_tree;
+                nan_guard<arch_type> nan;
+                float_batch lo[4];
+                float_batch hi[4];
+                for (std::size_t j0 = 0; j0 < width; j0 += 4)
+                {
+                    for (std::size_t i = 0; i < 4; ++i)
+                    {
+                        if (!Full && j0 + i >= count)  // unused lanes: zero orbits
+                        {
+                            lo[i] = hi[i] = float_batch(0.0f);
+                            continue;
+                        }
+                        const T* p = x + (j0 + i) * group;
+                        float_batch b[NB];
+                        for (std::size_t k = 0; k < NB; ++k) b[k] = in_register(load(p + k * width, arch_type{}));
+                        for (std::size_t k = 0; k < NB; k += 2) nan.add(b[k], b[k + 1 < NB ? k + 1 : k]);
+                        lo[i] = b[0];
+                        hi[i] = b[0];
+                        for (std::size_t k = 1; k < NB; ++k)
+                        {
+                            lo[i] = xsimd::min(lo[i], b[k]);
+                            hi[i] = xsimd::max(hi[i], b[k]);
+                        }
+                    }
+                    min_tree.push4(lo[0], lo[1], lo[2], lo[3], min_op{});
+                    max_tree.push4(hi[0], hi[1], hi[2], hi[3], max_op{});
+                }
+                const float_batch mn = min_tree.finish(min_op{});
+                const float_batch mx = max_tree.finish(max_op{});
+                // no early return on a NaN: the compiler would then move the reduction
+                // after the test and hold the whole tile in registers (spilled) until then
+                const bool finite = !nan.any() && !xsimd::any(xsimd::isinf(mn)) && !xsimd::any(xsimd::isinf(mx));
+                return usable_tile_params<S>(mn, mx, finite, bp);
+            };
+            return count == width ? reduce_tile(std::true_type{}) : reduce_tile(std::false_type{});
+        }
+
         /// The parameters of a tile of `count` <= width groups of NB batches, into bp; false when
         /// the fast path may not use them: a value is not finite or an inverse scale is infinite
         /// (the caller then takes the tile group by group, which reports an error in order).
@@ -288,209 +515,12 @@ namespace orbitq::kernels::simd
         template <class S, std::size_t NB, weight_element T>
         [[gnu::always_inline]] inline bool compute_tile_params(const T* x, std::size_t count, batch_params& bp) noexcept
         {
-            constexpr std::size_t group = NB * width;
-            constexpr bool abs_only = !S::has_zero_point && is_builtin_scheme<S>;
-            using bits_batch = xsimd::batch<std::int32_t, arch_type>;
-            if constexpr (abs_only)
-            {
-                // max |x| on the magnitude bits (see abs_max_span): NaN and inf sort above
-                // FLT_MAX, so the tile is finite exactly when every lane of the result is
-                // at most FLT_MAX's bits (checked after the reduction, which max keeps exact).
-                if constexpr (std::same_as<T, bfloat16_t> && NB % 2 == 0)
-                {
-                    // bf16 groups of NB width values are NB / 2 batches of raw bits: reduce the
-                    // 16-bit magnitudes as int16 lanes (the tree's shuffles move 32-bit pairs, so
-                    // each lane keeps an (even, odd) pair of candidates), widen once per tile.
-                    using half_batch = xsimd::batch<std::int16_t, arch_type>;
-                    lane_tree<max_int16_op, arch_type> tree;
-                    const half_batch magnitude(0x7fff);
-                    const auto group_max = [&](std::size_t j) {
-                        if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
-                        const auto* p = reinterpret_cast<const std::int16_t*>(x + j * group);
-                        half_batch m = half_batch::load_unaligned(p) & magnitude;
-                        for (std::size_t k = 1; k < NB / 2; ++k) m = xsimd::max(m, half_batch::load_unaligned(p + 2 * k * width) & magnitude);
-                        return xsimd::bitwise_cast<float_batch>(m);
-                    };
-                    for (std::size_t j = 0; j < width; j += 4)
-                    {
-                        tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_int16_op{});
-                    }
-                    const bits_batch m = max_int16_op::fold_pairs(tree.finish(max_int16_op{}));  // both halves >= 0
-                    // above FLT_MAX's bf16: inf and NaN
-                    if (xsimd::any(m > bits_batch(largest_finite_bits<bfloat16_t>))) return false;
-                    const float_batch vmax = xsimd::bitwise_cast<float_batch>(m << 16);  // exact widening
-                    return usable_tile_params<S>(-vmax, vmax, true, bp);
-                }
-                lane_tree<max_bits_op, arch_type> max_tree;
-                const bits_batch magnitude(0x7fffffff);
-                const auto group_max = [&](std::size_t j) {
-                    if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
-                    const T* p = x + j * group;
-                    bits_batch m = xsimd::bitwise_cast<bits_batch>(load(p, arch_type{})) & magnitude;
-                    for (std::size_t k = 1; k < NB; ++k)
-                    {
-                        m = xsimd::max(m, xsimd::bitwise_cast<bits_batch>(load(p + k * width, arch_type{})) & magnitude);
-                    }
-                    return xsimd::bitwise_cast<float_batch>(m);
-                };
-                for (std::size_t j = 0; j < width; j += 4)
-                {
-                    max_tree.push4(group_max(j), group_max(j + 1), group_max(j + 2), group_max(j + 3), max_bits_op{});
-                }
-                const float_batch vmax = max_tree.finish(max_bits_op{});
-                if (xsimd::any(xsimd::bitwise_cast<bits_batch>(vmax) > bits_batch(largest_finite_bits<float>))) return false;
-                return usable_tile_params<S>(-vmax, vmax, true, bp);
-            }
-            else if constexpr (std::same_as<T, bfloat16_t> && NB % 2 == 0 && is_builtin_scheme<S>)
-            {
-                // bf16 groups of NB width values are NB / 2 batches of raw bits. A builtin asymmetric
-                // scheme needs only lo = min(min, 0) and hi = max(max, 0) (make_batch_params),
-                // and those come from the raw bits without ordered keys: the largest bits as
-                // uint16 are the most negative value where there is one (otherwise a value >= +0,
-                // which gives lo = 0 as well); as int16, the largest value >= +0 where there is
-                // one (otherwise a negative value: hi = 0). NaN and infinities lie above -FLT_MAX
-                // (0xff7f) and FLT_MAX (0x7f7f) in those orders. Both trees reduce 16-bit pairs;
-                // each lane is widened once per tile.
-                const auto [lo_words, hi_words] = reduce_tile_twice<max_uint16_op, max_int16_op>([&](std::size_t j) {
-                    const float* p = reinterpret_cast<const float*>(x + j * group);
-                    if constexpr (NB == 2)
-                    {
-                        if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits
-                        return float_batch::load_unaligned(p);
-                    }
-                    else
-                    {
-                        if (j >= count) return std::pair{float_batch(0.0f), float_batch(0.0f)};
-                        float_batch lo = in_register(float_batch::load_unaligned(p));
-                        float_batch hi = lo;
-                        for (std::size_t k = 1; k < NB / 2; ++k)
-                        {
-                            const float_batch b = in_register(float_batch::load_unaligned(p + k * width));
-                            lo = max_uint16_op{}(lo, b);
-                            hi = max_int16_op{}(hi, b);
-                        }
-                        return std::pair{lo, hi};
-                    }
-                });
-                const bits_batch lo_bits = max_uint16_op::fold_pairs(lo_words);
-                const bits_batch hi_bits = max_int16_op::fold_pairs(hi_words);  // sign-extended
-                const bool finite = !xsimd::any(lo_bits > bits_batch(most_negative_finite_bits<bfloat16_t>))
-                                    && !xsimd::any(hi_bits > bits_batch(largest_finite_bits<bfloat16_t>));
-                const auto widen = [](const bits_batch& b) { return xsimd::bitwise_cast<float_batch>(b << 16); };
-                return usable_tile_params<S>(widen(lo_bits), widen(hi_bits), finite, bp);
-            }
-            else if constexpr (std::same_as<T, bfloat16_t> && NB % 2 == 0)
-            {
-                // bf16 groups of NB width values are NB / 2 batches of raw bits: their ordered
-                // int16 keys (ordered_key) are reduced as int16 pairs by the trees and widened
-                // once per tile; the tile is finite when its keys stay within those of +-FLT_MAX.
-                using half_batch = xsimd::batch<std::int16_t, arch_type>;
-                const auto keys = [&](std::size_t j, std::size_t k) {
-                    const auto* p = reinterpret_cast<const std::int16_t*>(x + j * group) + 2 * k * width;
-                    return xsimd::bitwise_cast<float_batch>(ordered_key(half_batch::load_unaligned(p)));
-                };
-                const auto [min_keys, max_keys] = reduce_tile_twice<min_int16_op, max_int16_op>([&](std::size_t j) {
-                    if constexpr (NB == 2)
-                    {
-                        if (j >= count) return float_batch(0.0f);  // unused lanes: zero orbits (key 0 = +0)
-                        return keys(j, 0);
-                    }
-                    else
-                    {
-                        if (j >= count) return std::pair{float_batch(0.0f), float_batch(0.0f)};
-                        float_batch lo = keys(j, 0);
-                        float_batch hi = lo;
-                        for (std::size_t k = 1; k < NB / 2; ++k)
-                        {
-                            const float_batch b = keys(j, k);
-                            lo = min_int16_op{}(lo, b);
-                            hi = max_int16_op{}(hi, b);
-                        }
-                        return std::pair{lo, hi};
-                    }
-                });
-                // each int32 lane holds a pair of int16 keys of one group
-                const bits_batch kmin = min_int16_op::fold_pairs(min_keys);
-                const bits_batch kmax = max_int16_op::fold_pairs(max_keys);
-                // keys of +-FLT_MAX (bf16 0x7f7f and 0xff7f): 0x7f7f and 0xff7f ^ 0x7fff = -0x7f80
-                constexpr int largest = largest_finite_bits<bfloat16_t>;
-                if (xsimd::any(kmax > bits_batch(largest)) || xsimd::any(kmin < bits_batch(-largest - 1))) return false;
-                const auto widen = [](const bits_batch& k) {  // back to bf16 bits, then to float32
-                    return xsimd::bitwise_cast<float_batch>(ordered_key(k) << 16);
-                };
-                return usable_tile_params<S>(widen(kmin), widen(kmax), true, bp);
-            }
-            else if constexpr (is_builtin_scheme<S> && has_native_int_max)
-            {
-                // The bf16 argument above on the float32 bits: lo = min(min, 0) is the largest
-                // bits as uint32 (the most negative value, or a value >= +0 where there is none),
-                // hi = max(max, 0) the largest as int32 (the largest value >= +0, or a negative
-                // value where there is none). A NaN or an infinity lies above -FLT_MAX
-                // (0xff7fffff) as uint32 or above FLT_MAX (0x7f7fffff) as int32, by its sign.
-                // Integer maxima need no NaN test per pair of batches, as the float ones below do.
-                const auto [lo_max, hi_max] = reduce_tile_twice<max_ubits_op, max_bits_op>([&](std::size_t j) {
-                    if (j >= count) return std::pair{float_batch(0.0f), float_batch(0.0f)};  // unused lanes: zero orbits
-                    const T* p = x + j * group;
-                    float_batch lo = in_register(load(p, arch_type{}));
-                    float_batch hi = lo;
-                    for (std::size_t k = 1; k < NB; ++k)
-                    {
-                        const float_batch b = in_register(load(p + k * width, arch_type{}));
-                        lo = max_ubits_op{}(lo, b);
-                        hi = max_bits_op{}(hi, b);
-                    }
-                    return std::pair{lo, hi};
-                });
-                using ubits_batch = xsimd::batch<std::uint32_t, arch_type>;
-                const bool finite = !xsimd::any(xsimd::bitwise_cast<ubits_batch>(lo_max) > ubits_batch(most_negative_finite_bits<float>)) &&
-                                    !xsimd::any(xsimd::bitwise_cast<bits_batch>(hi_max) > bits_batch(largest_finite_bits<float>));
-                return usable_tile_params<S>(lo_max, hi_max, finite, bp);
-            }
-            else
-            {
-                // non-finite values as in min_max_span: a NaN in a nan_guard fed each group's
-                // batches in pairs, an infinity in the statistics. Each group is reduced as it is
-                // loaded (few live registers); a whole tile, the usual case, is reduced without
-                // a test per group (Full).
-                const auto reduce_tile = [&]<bool Full>(std::bool_constant<Full>) -> bool {
-                    lane_tree<min_op, arch_type> min_tree;
-                    lane_tree<max_op, arch_type> max_tree;
-                    nan_guard<arch_type> nan;
-                    float_batch lo[4];
-                    float_batch hi[4];
-                    for (std::size_t j0 = 0; j0 < width; j0 += 4)
-                    {
-                        for (std::size_t i = 0; i < 4; ++i)
-                        {
-                            if (!Full && j0 + i >= count)  // unused lanes: zero orbits
-                            {
-                                lo[i] = hi[i] = float_batch(0.0f);
-                                continue;
-                            }
-                            const T* p = x + (j0 + i) * group;
-                            float_batch b[NB];
-                            for (std::size_t k = 0; k < NB; ++k) b[k] = in_register(load(p + k * width, arch_type{}));
-                            for (std::size_t k = 0; k < NB; k += 2) nan.add(b[k], b[k + 1 < NB ? k + 1 : k]);
-                            lo[i] = b[0];
-                            hi[i] = b[0];
-                            for (std::size_t k = 1; k < NB; ++k)
-                            {
-                                lo[i] = xsimd::min(lo[i], b[k]);
-                                hi[i] = xsimd::max(hi[i], b[k]);
-                            }
-                        }
-                        min_tree.push4(lo[0], lo[1], lo[2], lo[3], min_op{});
-                        max_tree.push4(hi[0], hi[1], hi[2], hi[3], max_op{});
-                    }
-                    const float_batch mn = min_tree.finish(min_op{});
-                    const float_batch mx = max_tree.finish(max_op{});
-                    // no early return on a NaN: the compiler would then move the reduction
-                    // after the test and hold the whole tile in registers (spilled) until then
-                    const bool finite = !nan.any() && !xsimd::any(xsimd::isinf(mn)) && !xsimd::any(xsimd::isinf(mx));
-                    return usable_tile_params<S>(mn, mx, finite, bp);
-                };
-                return count == width ? reduce_tile(std::true_type{}) : reduce_tile(std::false_type{});
-            }
+            constexpr bool bf16_pairs = std::same_as<T, bfloat16_t> && NB % 2 == 0;
+            if constexpr (!S::has_zero_point && is_builtin_scheme<S>) return tile_params_abs_max<S, NB>(x, count, bp);
+            else if constexpr (bf16_pairs && is_builtin_scheme<S>) return tile_params_zero_range_bf16<S, NB>(x, count, bp);
+            else if constexpr (bf16_pairs) return tile_params_ordered_bf16<S, NB>(x, count, bp);
+            else if constexpr (is_builtin_scheme<S> && has_native_int_max) return tile_params_zero_range<S, NB>(x, count, bp);
+            else return tile_params_min_max<S, NB>(x, count, bp);
         }
     }
 }
