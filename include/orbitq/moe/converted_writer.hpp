@@ -197,7 +197,7 @@ namespace orbitq::moe
             for (std::size_t l = 0; l < L; ++l)
             {
                 const auto it = m_converted.find(l);
-                for (std::size_t m = 0; m < 4; ++m)
+                for (std::size_t m = 0; m < (m_src.cfg().has_dense() ? 4u : 1u); ++m)
                 {
                     const std::optional<quant_spec> s = it == m_converted.end() ? std::nullopt : m == 0 ? it->second.experts : it->second.dense[m - 1];
                     if (!s)
