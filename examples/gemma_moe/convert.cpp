@@ -105,10 +105,14 @@ namespace orbitq::gemma_cli
         void check_specs(conversion& c)
         {
             const moe::config& cfg = c.cfg();
-            const moe::layer_weights& w0 = c.src->load_layer(c.vo.layers.front(), c.threads);
-            const element_type st = std::visit([](const auto& m) { return element_type_of<typename std::decay_t<decltype(m)>::value_type>(); },
-                                               w0.experts.at(0).blocks.at(0));
-            for (auto& s : c.vo.specs) s.scale_type = st;
+            // The first selected layer's first expert tensor, by its declaration: no layer is
+            // loaded (or generated) for it.
+            const std::string expert = moe::layer_tensor_shapes(cfg, c.vo.layers.front()).front().first;
+            const auto decls = c.src->tensors();
+            const auto it = std::find_if(decls.begin(), decls.end(), [&](const io::tensor_decl& d) { return d.name == expert; });
+            const std::optional<element_type> st = it == decls.end() ? std::nullopt : io::as_element_type(it->type);
+            if (!st) throw error(error_kind::format, "the model has no floating-point tensor '" + expert + "'");
+            for (auto& s : c.vo.specs) s.scale_type = *st;
             if (!c.o.out.empty() && !c.automatic)
             {
                 if (const auto why = ct::moe_refusal(c.vo.specs[c.vo.gated], c.out_format, c.input_widths))

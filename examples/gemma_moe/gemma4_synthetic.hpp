@@ -319,19 +319,20 @@ namespace gemma4
                 return buf;
             };
             const auto shapes = orbitq::moe::layer_tensor_shapes(c, layer);
-            auto view = [&](const std::string& name) -> any_view {
+            auto shape_of = [&](const std::string& name) -> const orbitq::shape_type& {
                 const auto it = std::find_if(shapes.begin(), shapes.end(), [&](const auto& s) { return s.first == name; });
                 if (it == shapes.end()) throw error(error_kind::invalid_argument, "the synthetic model has no tensor '" + name + "'");
-                std::size_t n = 1;
-                for (auto d : it->second) n *= d;
-                return orbitq::make_view<bfloat16_t>(generated(name, n).data(), it->second, name);
+                return it->second;
+            };
+            auto view = [&](const std::string& name) -> any_view {
+                const orbitq::shape_type& shape = shape_of(name);
+                return orbitq::make_view<bfloat16_t>(generated(name, orbitq::shape_elements(shape)).data(), shape, name);
             };
             auto vec = [&](const std::string& rel) {
                 const std::string name = prefix + rel;
-                const std::size_t n = rel == c.arch.layer_scalar ? 1 : rel == c.arch.per_expert_scale ? c.experts : c.hidden;
-                const auto& buf = generated(name, n);
-                std::vector<float> v(n);
-                for (std::size_t i = 0; i < n; ++i) v[i] = to_float(buf[i]);
+                const auto& buf = generated(name, orbitq::shape_elements(shape_of(name)));
+                std::vector<float> v(buf.size());
+                for (std::size_t i = 0; i < buf.size(); ++i) v[i] = to_float(buf[i]);
                 return v;
             };
             m_w = layer_weights{};

@@ -112,7 +112,7 @@ namespace orbitq::moe
         /// @brief The scale dtype of the output: the source dtype of the expert tensors.
         static io::dtype scale_dtype(const any_view& v)
         {
-            return std::visit([](const auto& m) { return io::to_dtype(element_type_of<typename std::decay_t<decltype(m)>::value_type>()); }, v);
+            return io::to_dtype(element_of(v));
         }
 
         void begin_layer(const layer_weights& w, bool experts, bool dense, const quant_spec& spec) override

@@ -28,6 +28,16 @@ namespace orbitq::moe
     {
         return std::visit([](const auto& m) -> const std::string& { return m.name; }, v);
     }
+    /// @brief The shape of the tensor an any_view shows.
+    inline const shape_type& shape_of(const any_view& v)
+    {
+        return std::visit([](const auto& m) -> const shape_type& { return m.shape; }, v);
+    }
+    /// @brief The element type of an any_view.
+    inline element_type element_of(const any_view& v)
+    {
+        return std::visit([](const auto& m) { return element_type_of<typename std::decay_t<decltype(m)>::value_type>(); }, v);
+    }
     /// @brief Bytes per element of an any_view.
     inline std::size_t element_bytes(const any_view& v)
     {

@@ -233,7 +233,7 @@ namespace orbitq::moe
                 detail::measure_rows(m, q, 0, acc, row_amax, 0, threads);
             },
             v);
-        return report_from_rows(name_of(v), std::visit([](const auto& m) { return m.shape; }, v), cols_of(v), spec, 1, acc, row_amax,
+        return report_from_rows(name_of(v), shape_of(v), cols_of(v), spec, 1, acc, row_amax,
                                 q.bits_per_weight(), combined);
     }
 
@@ -556,7 +556,7 @@ namespace orbitq::moe
                 const any_view& v = w.dense[k];
                 if (!plan.dense)
                 {
-                    dense_reports.push_back(kept_report(w, name_of(v), std::visit([](const auto& m) { return m.shape; }, v),
+                    dense_reports.push_back(kept_report(w, name_of(v), shape_of(v),
                                                         element_bytes(v), false, nonfinite));
                     continue;
                 }
