@@ -18,6 +18,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -114,6 +115,15 @@ TEST_CASE("write a synthetic checkpoint, convert it, read the output back indepe
     for (const auto& e : fs::directory_iterator(s.dir)) CHECK_FALSE(e.path().filename().string().starts_with(".out.partial"));
 
     const st_dir src(in), dst(out);
+    {
+        // A source of expert layers only leaves nothing for a last shard: no empty file, and
+        // every shard named "of" the real count is in the index.
+        std::set<std::string> shards;
+        for (const auto& e : fs::directory_iterator(out))
+            if (e.path().extension() == ".safetensors") shards.insert(e.path().filename().string());
+        CHECK(shards == std::set<std::string>{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"});
+        CHECK(dst.files.size() == shards.size());
+    }
     const std::size_t E = 4, I = 704, H = 2816;
     // Stacked expert tensors are gone; per-expert Linears replace them; the rest is copied.
     for (int layer = 0; layer < 2; ++layer)

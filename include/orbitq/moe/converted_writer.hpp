@@ -280,9 +280,13 @@ namespace orbitq::moe
             std::vector<io::tensor_decl> rest;
             for (auto& [name, d] : m_pending) rest.push_back(d);
             m_pending.clear();
-            io::safetensors_writer w(m_stage.path() / shard_name(), rest, {{"format", "pt"}}, true);
-            for (const auto& d : rest) write_copy(w, d);
-            w.commit();
+            if (rest.empty()) drop_last_shard();
+            else
+            {
+                io::safetensors_writer w(m_stage.path() / shard_name(), rest, {{"format", "pt"}}, true);
+                for (const auto& d : rest) write_copy(w, d);
+                w.commit();
+            }
             const nlohmann::json index = {{"metadata", {{"total_size", m_total}}}, {"weight_map", m_weight_map}};
             io::write_file_atomic(m_stage.path() / std::string(io::checkpoint::index_name), index.dump(2) + "\n", true);
             nlohmann::json cfg = m_src.config_json();
@@ -336,6 +340,22 @@ namespace orbitq::moe
             if (m_written >= m_shards) throw error(error_kind::invalid_argument, "converted_writer: more layers than announced");
             m_current_shard = io::shard_file_name(++m_written, m_shards);
             return m_current_shard;
+        }
+
+        /// Nothing is left for the last shard (a source of expert layers only, all converted):
+        /// the shards written are renamed "of" their real count instead of an empty file.
+        void drop_last_shard()
+        {
+            const std::size_t count = m_written;
+            std::map<std::string, std::string> renamed;
+            for (std::size_t k = 1; k <= count; ++k)
+            {
+                const std::string from = io::shard_file_name(k, m_shards), to = io::shard_file_name(k, count);
+                std::filesystem::rename(m_stage.path() / from, m_stage.path() / to);
+                renamed[from] = to;
+            }
+            for (auto& entry : m_weight_map) entry = renamed.at(entry.get<std::string>());
+            m_shards = count;
         }
 
         void record(const std::string& name, std::size_t bytes)
