@@ -149,7 +149,9 @@ def read_safetensors(path):
 def to_float(arr, dtype, out=np.float32):
     """Storage array -> float (BF16: uint16 << 16 viewed as float32)."""
     if dtype == "BF16":
-        return (np.asarray(arr, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32).astype(out, copy=False)
+        u = np.asarray(arr, dtype=np.uint16).astype(np.uint32)
+        u <<= 16
+        return u.view(np.float32).astype(out, copy=False)
     return np.asarray(arr).astype(out)
 
 
@@ -363,24 +365,51 @@ def qrange(bits):
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
+def unpack_int32_stored(packed, bits, n, packed_dim=1):
+    """compressed-tensors unpack_from_int32 without the final offset: returns (stored values
+    code + 2^(b-1), unsigned; raw padding values).
+
+    packed_dim=1: packed [rows, ceil(n/pf)] -> values [rows, n];
+    packed_dim=0: packed [ceil(n/pf), cols] -> values [n, cols].
+    Each int32 word holds pf = 32/b values, least significant first: word k of a row expands
+    to values k*pf .. k*pf+pf-1.
+    """
+    pf = 32 // bits
+    mask = (1 << bits) - 1
+    u = np.ascontiguousarray(packed, dtype=np.int32).view(np.uint32)
+    if packed_dim == 0:
+        u = np.ascontiguousarray(u.T)
+    rows = u.shape[0]
+    if 8 % bits == 0:
+        # b divides 8: byte j of a little-endian word holds its values j*8/b .. j*8/b+8/b-1,
+        # least significant first, so one table lookup per byte gives them in order (for
+        # b = 8 the byte is the value).
+        u8 = u.astype("<u4", copy=False).view(np.uint8)
+        if bits == 8:
+            vals = u8
+        else:
+            per_byte = 8 // bits
+            table = (np.arange(256)[:, None] >> (np.arange(per_byte) * bits)) & mask
+            vals = np.take(table.astype(np.uint8), u8, axis=0)
+    else:
+        shifts = np.arange(pf, dtype=np.uint32) * np.uint32(bits)
+        vals = np.right_shift(u[:, :, None], shifts)
+        vals &= np.uint32(mask)
+    vals = vals.reshape(rows, -1)
+    stored, pad = vals[:, :n], vals[:, n:]
+    if packed_dim == 0:
+        stored, pad = stored.T, pad.T
+    return stored, pad
+
+
 def unpack_int32(packed, bits, n, packed_dim=1):
     """compressed-tensors unpack_from_int32: returns (signed codes, raw padding values).
 
     packed_dim=1: packed [rows, ceil(n/pf)] -> codes [rows, n];
     packed_dim=0: packed [ceil(n/pf), cols] -> codes [n, cols].
     """
-    pf = 32 // bits
-    mask = np.uint32((1 << bits) - 1)
-    u = np.ascontiguousarray(packed, dtype=np.int32).view(np.uint32)
-    if packed_dim == 0:
-        u = u.T
-    shifts = np.arange(pf, dtype=np.uint32) * np.uint32(bits)
-    vals = ((u[:, :, None] >> shifts) & mask).reshape(u.shape[0], -1)
-    pad = vals[:, n:]
-    codes = vals[:, :n].astype(np.int32) - (1 << (bits - 1))
-    if packed_dim == 0:
-        codes, pad = codes.T, pad.T
-    return codes, pad
+    stored, pad = unpack_int32_stored(packed, bits, n, packed_dim)
+    return stored.astype(np.int32) - (1 << (bits - 1)), pad
 
 
 def pack_to_int32(codes, bits, packed_dim=1, lsb_first=True):
@@ -435,9 +464,25 @@ def ct_expected_layout(fmt, args, out_f, in_f):
     return lay
 
 
+class Dequantized:
+    """One decompressed Linear [out, in], held as [out, groups, width] (column c of a row is
+    element [c // width, c % width]) so that per-group values broadcast over their columns
+    instead of being repeated out to every element."""
+
+    def __init__(self, w_hat, scale, codes, code_min, code_max):
+        self.w_hat = w_hat        # float64 [out, groups, width]: (q - zp) * scale
+        self.scale = scale        # float64, broadcasts against w_hat: the scale of each element
+        self.codes = codes        # integer codes [out, groups, width], stored as code_min..code_max
+        self.code_min, self.code_max = code_min, code_max
+
+    def at_bound(self):
+        """Mask of the values whose code lies on the ends of the code range (clamped)."""
+        return (self.codes == self.code_min) | (self.codes == self.code_max)
+
+
 def dequantize_linear(ck, module, fmt, args, out_f, in_f, rep, tag):
-    """Decompress one converted Linear -> (w_hat float64 [out,in], scale per element,
-    codes at bound mask) or None when its tensors are structurally wrong."""
+    """Decompress one converted Linear -> Dequantized (w_hat float64, scale per element,
+    codes for the at-bound mask) or None when its tensors are structurally wrong."""
     b = args["num_bits"]
     qmin, qmax = qrange(b)
     lay = ct_expected_layout(fmt, args, out_f, in_f)
@@ -466,14 +511,17 @@ def dequantize_linear(ck, module, fmt, args, out_f, in_f, rep, tag):
         if [int(x) for x in ws] != [out_f, in_f]:
             rep.fail("weight_shape", f"{tag}: weight_shape {[int(x) for x in ws]} != [out, in] = {[out_f, in_f]}")
             return None
-        q, pad = unpack_int32(ck.array(f"{module}.weight_packed"), b, in_f, packed_dim=1)
+        # stored values q + 2^(b-1) (unsigned, 0 .. 2^b - 1): the offset is folded into the zero point below
+        q, pad = unpack_int32_stored(ck.array(f"{module}.weight_packed"), b, in_f, packed_dim=1)
         if pad.size and np.any(pad != 0):
             rep.note(f"{tag}: padding values of weight_packed are not 0 (pack_to_int32 pads with 0)")
+        q_offset, code_min, code_max = 1 << (b - 1), 0, (1 << b) - 1
     else:
         q = ck.array(f"{module}.weight").astype(np.int32)
         if np.any(q < qmin) or np.any(q > qmax):
             rep.fail("code-range", f"{tag}: codes outside [{qmin}, {qmax}]")
             return None
+        q_offset, code_min, code_max = 0, qmin, qmax
     if args["symmetric"]:
         zp = np.zeros_like(scale)
     else:
@@ -486,16 +534,27 @@ def dequantize_linear(ck, module, fmt, args, out_f, in_f, rep, tag):
             rep.fail("zp-range", f"{tag}: zero points outside [{qmin}, {qmax}]")
             return None
         zp = zp.reshape(scale.shape).astype(np.float64)
-    if ng is None:  # tensor strategy
-        s_el = np.full((out_f, in_f), float(scale.reshape(-1)[0]))
-        z_el = np.full((out_f, in_f), float(zp.reshape(-1)[0]))
+    # (stored - (zp + offset)) is q - zp: integers, exact in float64 either way
+    zo = zp + q_offset
+    if ng is None:  # tensor strategy: the first (only) scale and zero point for every element
+        width = in_f
+        s_g = scale.reshape(-1)[:1].reshape(1, 1, 1)
+        zo_g = zo.reshape(-1)[:1].reshape(1, 1, 1)
     else:
         gs = args["group_size"] if args["strategy"] == "group" else in_f
-        s_el = np.repeat(scale, gs, axis=1)[:, :in_f]
-        z_el = np.repeat(zp, gs, axis=1)[:, :in_f]
-    w_hat = (q - z_el) * s_el
-    at_bound = (q == qmin) | (q == qmax)
-    return w_hat, s_el, at_bound
+        if ng * gs == in_f:  # groups tile the row: group g covers columns g*gs .. g*gs+gs-1
+            width = gs
+            s_g, zo_g = scale[:, :, None], zo[:, :, None]
+        else:  # a partial last group: column c takes group c // gs, one column per entry
+            width = 1
+            s_g = np.repeat(scale, gs, axis=1)[:, :in_f, None]
+            zo_g = np.repeat(zo, gs, axis=1)[:, :in_f, None]
+    # float64 on purpose: the same values as (q - zp) * scale element by element, so every
+    # rounding verdict and cosine (down to thresholds like 0.9999) is what it has always been
+    q = q.reshape(out_f, in_f // width, width)
+    w_hat = np.subtract(q, zo_g, dtype=np.float64)
+    w_hat *= s_g  # x_hat = (q - zp) * scale
+    return Dequantized(w_hat, s_g, q, code_min, code_max)
 
 
 # --------------------------------------------------------------------------
@@ -951,21 +1010,32 @@ def clipped_bound_steps(args, scale_dtype):
 
 
 def compare_linear(rep, w, deq, scale_dtype, src_dtype, fmt, tag, acc, args):
-    w_hat, s_el, at_bound = deq
     if fmt == "pack-quantized" and scale_dtype != src_dtype:
         rep.fail("scale-dtype", f"{tag}: weight_scale dtype {scale_dtype} != model dtype {src_dtype}")
     elif scale_dtype != src_dtype:
         rep.note(f"weight_scale dtype {scale_dtype} differs from model dtype {src_dtype} ({fmt}; accepted)")
-    err = np.abs(w - w_hat)
-    tol = 0.5 * np.abs(s_el) * (1 + 1e-2) + 1e-7
-    clip_tol = clipped_bound_steps(args, scale_dtype) * np.abs(s_el) * (1 + 1e-2) + 1e-7
-    bad = np.where(at_bound, err > clip_tol, err > tol)
-    nbad = int(np.count_nonzero(bad))
-    if nbad:
-        nclip = int(np.count_nonzero(bad & at_bound))
-        steps = float(np.max(err[bad] / np.maximum(np.abs(s_el[bad]), 1e-30)))
-        rep.fail("rounding", f"{tag}: {nbad} values beyond half a step ({nclip} of them clipped at the "
-                 f"code range, beyond {clipped_bound_steps(args, scale_dtype):.3g} steps), worst {steps:.3g} steps")
+    w_hat = deq.w_hat
+    w = w.reshape(w_hat.shape)
+    err = np.subtract(w, w_hat)
+    np.abs(err, out=err)
+    # The tolerances depend on the scale only: computed once per group (the same expression,
+    # so the same values as per element) and broadcast over the group's columns.
+    s_abs = np.abs(deq.scale)
+    tol = 0.5 * s_abs * (1 + 1e-2) + 1e-7
+    over = err > tol
+    # A value clamped at the code range is allowed clipped_bound_steps >= 0.5 steps, so
+    # clip_tol >= tol: with nothing beyond tol, nothing is beyond its bound either.
+    if over.any():
+        clip_tol = clipped_bound_steps(args, scale_dtype) * s_abs * (1 + 1e-2) + 1e-7
+        at_bound = deq.at_bound()
+        bad = np.where(at_bound, err > clip_tol, over)
+        nbad = int(np.count_nonzero(bad))
+        if nbad:
+            nclip = int(np.count_nonzero(bad & at_bound))
+            s_el = np.broadcast_to(deq.scale, err.shape)
+            steps = float(np.max(err[bad] / np.maximum(np.abs(s_el[bad]), 1e-30)))
+            rep.fail("rounding", f"{tag}: {nbad} values beyond half a step ({nclip} of them clipped at the "
+                     f"code range, beyond {clipped_bound_steps(args, scale_dtype):.3g} steps), worst {steps:.3g} steps")
     acc.add(w, w_hat)
 
 

@@ -1,0 +1,21 @@
+#pragma once
+/// @file
+/// @brief Declares the gemv/gemm kernel dispatch `detail::gemv::multiply` for the three
+///        activation types as instantiated elsewhere in the program, so that a translation unit
+///        including this header (the MoE forward pass, the validation) does not compile its
+///        register tiles again.
+///
+/// The same contract as orbitq/quantize_extern.hpp: exactly one translation unit of the program
+/// defines the instances (orbitq/gemv_instances.hpp, or one explicit instantiation per type),
+/// compiled with the same target flags (-march) as the others.
+#include "gemv.hpp"
+
+namespace orbitq::detail::gemv
+{
+    extern template void multiply<float>(const quantized_tensor&, std::size_t, std::size_t, std::span<const float>, std::size_t,
+                                         std::span<float>, unsigned, const char*);
+    extern template void multiply<bfloat16_t>(const quantized_tensor&, std::size_t, std::size_t, std::span<const bfloat16_t>,
+                                              std::size_t, std::span<float>, unsigned, const char*);
+    extern template void multiply<float16_t>(const quantized_tensor&, std::size_t, std::size_t, std::span<const float16_t>,
+                                             std::size_t, std::span<float>, unsigned, const char*);
+}
