@@ -18,6 +18,7 @@
 #include "orbitq/algebra/orbits.hpp"
 #include "orbitq/core/parallel.hpp"
 #include "orbitq/kernels/reference.hpp"
+#include "orbitq/kernels/scale_search.hpp"
 #include "orbitq/kernels/simd.hpp"
 #include "orbitq/policy/dispatch.hpp"
 #include "orbitq/policy/granularity.hpp"
@@ -108,6 +109,82 @@ namespace orbitq
         }
     }
 
+    namespace detail
+    {
+        /// quantize_into's scale_search::mse path (kernels/scale_search.hpp): q's shape, layout
+        /// and storage are set. Each orbit: its statistic, the search (two passes over its
+        /// values from L1), its codes. A per-tensor orbit sums its rows alone and combines them
+        /// in row order, so the result does not depend on the thread count.
+        template <class G, class S, class R, weight_element T>
+        void quantize_searched(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
+        {
+            if (spec.mode != scale_application::multiply_inverse)
+            {
+                throw error(error_kind::invalid_argument, "scale search (mse) multiplies by the inverse scale; scale_application::divide is not supported with it");
+            }
+            const orbit_layout& L = q.layout;
+            const auto keep_amax = [&](const min_max& stat, quant_params& stored) {
+                return encode_orbit<S>(spec, stat, w.name, [&](const quant_params& st) { stored = st; });
+            };
+            const auto store = [&](std::size_t o, const quant_params& p) {
+                q.scales[o] = p.scale;
+                if constexpr (S::has_zero_point) q.zero_points[o] = p.zero_point;
+            };
+            mse::choice tensor_choice{};
+            if constexpr (std::same_as<G, per_tensor>)
+            {
+                const min_max stat = compute_statistics(w, w.cols, threads).tensor;
+                quant_params stored;
+                const encode_params amax = keep_amax(stat, stored);
+                // one orbit: the rows' sums, each alone, combined in row order
+                const auto over_rows = [&]<std::size_t K>(const std::array<encode_params, K>& c) {
+                    std::vector<candidate_sums<K>> rows(w.rows);
+                    parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                        for (std::size_t r = first; r < last; ++r)
+                        {
+                            if constexpr (K % kernels::simd::width == 0) rows[r] = kernels::simd::candidate_sums_span<R>(w.row(r), w.cols, c);
+                            else rows[r] = kernels::reference::candidate_sums_span<R>(w.row(r), w.cols, c);
+                        }
+                    });
+                    candidate_sums<K> total = candidate_sums<K>::identity();
+                    for (const auto& s : rows) total = combine(total, s);
+                    return total;
+                };
+                tensor_choice = mse::search<S>(stat, amax, stored, spec, over_rows, over_rows);
+                store(0, tensor_choice.stored);
+            }
+            parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                std::vector<std::int8_t> row_buf(S::bits == 4 ? w.cols : 0);
+                for (std::size_t r = first; r < last; ++r)
+                {
+                    const T* x = w.row(r);
+                    std::int8_t* out = S::bits == 8 ? q.codes.data() + r * w.cols : row_buf.data();
+                    if constexpr (std::same_as<G, per_tensor>)
+                    {
+                        kernels::simd::quantize_span<R, false, false>(x, w.cols, tensor_choice.encode, out);
+                    }
+                    else
+                    {
+                        for (std::size_t g = 0; g < L.groups_per_row; ++g)
+                        {
+                            const std::size_t c0 = g * L.group;
+                            const std::size_t m = std::min(L.group, w.cols - c0);
+                            bool finite = true;
+                            const min_max stat = kernels::simd::min_max_span(x + c0, m, finite);
+                            if (!finite) throw_non_finite(w, r);
+                            quant_params stored;
+                            const encode_params amax = keep_amax(stat, stored);
+                            const mse::choice c = mse::search_span<S, R>(x + c0, m, stat, amax, stored, spec);
+                            store(L.orbit(r, g), c.stored);
+                            kernels::simd::quantize_span<R, false, false>(x + c0, m, c.encode, out + c0);
+                        }
+                    }
+                    if constexpr (S::bits == 4) kernels::simd::pack_int4(row_buf.data(), w.cols, q.codes.data() + r * q.row_bytes());
+                }
+            });
+        }
+    }
+
     /// @brief Quantizes `w` with the compile-time policies of Q into `q`, reusing its storage:
     ///        q's vectors are not reallocated when they already have the capacity (repeated
     ///        conversions of same-shaped tensors, benchmarks); int4 codes that are not packed
@@ -131,6 +208,8 @@ namespace orbitq
         q.scales.resize(q.layout.orbits());
         if constexpr (S::has_zero_point) q.zero_points.resize(q.layout.orbits());
         else q.zero_points.clear();
+
+        if (spec.scales == scale_search::mse) return detail::quantize_searched<G, S, R>(w, q, spec, threads);
 
         const orbit_layout& L = q.layout;
         auto record = [&](std::size_t o, const min_max& stat) {

@@ -35,6 +35,14 @@ namespace orbitq
         half_away_from_zero
     };
 
+    /// @brief How an orbit's scale (and zero point) is chosen.
+    enum class scale_search
+    {
+        amax,  ///< from the orbit's range: the scheme's formula (see policy/scheme.hpp)
+        mse    ///< the least squared error over a grid of clipped ranges, refit by least
+               ///< squares (see kernels/scale_search.hpp); never worse than amax per orbit
+    };
+
     /// @brief Printable names.
     constexpr const char* to_string(granularity_kind g) noexcept
     {
@@ -45,6 +53,7 @@ namespace orbitq
     {
         return r == rounding_kind::half_to_even ? "half_to_even" : "half_away_from_zero";
     }
+    constexpr const char* to_string(scale_search s) noexcept { return s == scale_search::amax ? "amax" : "mse"; }
     constexpr const char* to_string(symmetric_range r) noexcept { return r == symmetric_range::restricted ? "restricted" : "full"; }
 
     /// @brief A complete, run-time description of a quantization policy and its options.
@@ -63,6 +72,9 @@ namespace orbitq
         /// (true) or from the f32 scale, as ggml Q8_0 does (false, the default). Dequantization
         /// always uses the stored scale.
         bool codes_from_stored_scale = false;
+        /// amax (the scheme's formula) or mse (search; codes of symmetric schemes then use the
+        /// full range [-2^(bits-1), 2^(bits-1) - 1]). Not with scale_application::divide.
+        scale_search scales = scale_search::amax;
 
         friend bool operator==(const quant_spec&, const quant_spec&) = default;
 
@@ -75,6 +87,7 @@ namespace orbitq
             if (granularity == granularity_kind::per_group) s.append(":").append(std::to_string(group_size));
             s.append(" int").append(std::to_string(bits)).append(" ").append(to_string(scheme));
             if (scheme == scheme_kind::symmetric && range == symmetric_range::full) s += " full-range";
+            if (scales == scale_search::mse) s += " mse";
             return s;
         }
     };

@@ -1,0 +1,327 @@
+/// @file scale_search.hpp
+/// @brief Error-minimizing scales (scale_search::mse): per orbit, the candidate encoding whose
+///        least-squares refit has the least squared error, never worse than amax.
+///
+/// For an orbit with statistic s (finite, not all zero):
+///  1. Candidates k = 0..15: candidate 0 is amax (the parameters, and so the codes, that
+///     scale_search::amax gives the orbit); candidate k clips the range to clip_ratio(k) =
+///     1 - k/30 of it (symmetric: scale r * amax / divisor; asymmetric: the scheme's formula on
+///     [r * min, r * max]). Codes are the encode of policy/scheme.hpp with the candidate's scale
+///     (multiply by its float32 inverse, round, add the zero point, clamp) into the full range:
+///     [-2^(b-1), 2^(b-1) - 1] for symmetric schemes too.
+///  2. One pass sums, per candidate, x q, q^2 and q (algebra/candidate_sums.hpp), with x = sum x
+///     and n.
+///  3. Refit: for candidate k's codes the scale (symmetric) or the scale and zero point
+///     (asymmetric: the line x ~ a q + b fitted by least squares, zero point round(-b / a)
+///     clamped, then the best scale for that integer zero point) that minimize the squared
+///     error, stored as spec.scale_type stores it; the error is scored with the stored scale.
+///     The candidate of least error wins (the first on a tie).
+///  4. A second pass encodes the orbit with the winner's refit parameters, sums again and
+///     refits again; kept if its error is lower.
+///  5. Guard: the result replaces amax only when its error is below amax's own (candidate 0's
+///     codes with amax's stored parameters), so an orbit's squared error is never worse than
+///     with amax (up to the rounding of the double sums, about 1e-12 of the error).
+/// The scale stored is the refit one; the codes are those of the candidate (or the second
+/// pass) it was fitted to. Errors are compared in double from the sums; sum x^2 cancels.
+/// Orbits whose candidates' inverses overflow (subnormal scales) keep amax.
+#pragma once
+
+#include "orbitq/algebra/candidate_sums.hpp"
+#include "orbitq/core/error.hpp"
+#include "orbitq/core/float16.hpp"
+#include "orbitq/kernels/isa.hpp"
+#include "orbitq/kernels/encode.hpp"
+#include "orbitq/kernels/reference.hpp"
+#include "orbitq/policy/dispatch.hpp"
+#include "orbitq/policy/quant_spec.hpp"
+#include "orbitq/policy/scheme.hpp"
+
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <string>
+
+namespace orbitq::kernels::reference
+{
+    /// @brief The K candidates' sums over n values, in element order.
+    template <rounding_policy R, weight_element T, std::size_t K>
+    candidate_sums<K> candidate_sums_span(const T* x, std::size_t n, const std::array<encode_params, K>& c) noexcept
+    {
+        candidate_sums<K> s;
+        s.n = n;
+        for (std::size_t i = 0; i < n; ++i)
+        {
+            const float xf = to_float(x[i]);
+            const double xd = xf;
+            s.x += xd;
+            for (std::size_t k = 0; k < K; ++k)
+            {
+                const double qd = encode<R>(xf, c[k]);
+                s.xq[k] += xd * qd;  // exact product: fused or not, the same sum
+                s.qq[k] += qd * qd;
+                s.q[k] += qd;
+            }
+        }
+        return s;
+    }
+}
+
+namespace orbitq::kernels::simd
+{
+    namespace detail
+    {
+        /// The lower and upper halves of a float batch, widened to double batches.
+        template <class A>
+        inline std::array<xsimd::batch<double, A>, 2> widen(const xsimd::batch<float, A>& v) noexcept
+        {
+            using dbatch = xsimd::batch<double, A>;
+            using fbatch = xsimd::batch<float, A>;
+            static_assert(dbatch::size * 2 == fbatch::size);
+#if XSIMD_WITH_AVX512F
+            if constexpr (std::derived_from<A, xsimd::avx512f>)
+            {
+                const __m512 f = v;
+                return {dbatch(_mm512_cvtps_pd(_mm512_castps512_ps256(f))),
+                        dbatch(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))))};
+            }
+            else
+#endif
+#if XSIMD_WITH_AVX
+            if constexpr (std::derived_from<A, xsimd::avx>)
+            {
+                const __m256 f = v;
+                return {dbatch(_mm256_cvtps_pd(_mm256_castps256_ps128(f))), dbatch(_mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)))};
+            }
+            else
+#endif
+#if XSIMD_WITH_SSE2
+            if constexpr (std::derived_from<A, xsimd::sse2>)
+            {
+                const __m128 f = v;
+                return {dbatch(_mm_cvtps_pd(f)), dbatch(_mm_cvtps_pd(_mm_movehl_ps(f, f)))};
+            }
+            else
+#endif
+            {
+                alignas(64) float a[fbatch::size];
+                alignas(64) double d[fbatch::size];
+                v.store_aligned(a);
+                for (std::size_t i = 0; i < fbatch::size; ++i) d[i] = a[i];
+                return {dbatch::load_aligned(d), dbatch::load_aligned(d + dbatch::size)};
+            }
+        }
+    }
+
+    /// @brief candidate_sums_span with the candidates in SIMD lanes: per element, every
+    ///        candidate's code at once; each candidate's sums in element order, so the result
+    ///        is bit-identical to reference::candidate_sums_span.
+    /// @pre K is a multiple of the float batch width; every candidate's inverse is finite and
+    ///      its mode multiply_inverse.
+    template <rounding_policy R, weight_element T, std::size_t K>
+    candidate_sums<K> candidate_sums_span(const T* x, std::size_t n, const std::array<encode_params, K>& c) noexcept
+    {
+        using dbatch = xsimd::batch<double, arch_type>;
+        constexpr std::size_t F = K / width;
+        static_assert(F * width == K, "the candidates fill whole float batches");
+        float_batch inv[F], zp[F], lo[F], hi[F];
+        dbatch xq[2 * F], qq[2 * F], qs[2 * F];
+        for (std::size_t f = 0; f < F; ++f)
+        {
+            alignas(64) float a[width], z[width], l[width], h[width];
+            for (std::size_t j = 0; j < width; ++j)
+            {
+                const encode_params& e = c[f * width + j];
+                a[j] = e.params.inv_scale;
+                z[j] = static_cast<float>(e.params.zero_point);
+                l[j] = static_cast<float>(e.qmin);
+                h[j] = static_cast<float>(e.qmax);
+            }
+            inv[f] = float_batch::load_aligned(a);
+            zp[f] = float_batch::load_aligned(z);
+            lo[f] = float_batch::load_aligned(l);
+            hi[f] = float_batch::load_aligned(h);
+        }
+        for (std::size_t j = 0; j < 2 * F; ++j) xq[j] = qq[j] = qs[j] = dbatch(0.0);
+        double sx = 0.0;
+        for (std::size_t i = 0; i < n; ++i)
+        {
+            const float xf = to_float(x[i]);
+            const float_batch xb(xf);
+            const dbatch xd(static_cast<double>(xf));
+            sx += static_cast<double>(xf);
+            for (std::size_t f = 0; f < F; ++f)
+            {
+                // reference::encode: R(x * inv) + zp, clamped (finite values: min/max are the clamp)
+                const float_batch code = xsimd::min(xsimd::max(detail::round<R>(xb * inv[f]) + zp[f], lo[f]), hi[f]);
+                const auto d = detail::widen(code);
+                for (std::size_t h = 0; h < 2; ++h)
+                {
+                    xq[2 * f + h] = xsimd::fma(xd, d[h], xq[2 * f + h]);
+                    qq[2 * f + h] = xsimd::fma(d[h], d[h], qq[2 * f + h]);
+                    qs[2 * f + h] += d[h];
+                }
+            }
+        }
+        candidate_sums<K> s;
+        s.n = n;
+        s.x = sx;
+        for (std::size_t j = 0; j < 2 * F; ++j)
+        {
+            xq[j].store_unaligned(s.xq.data() + j * dbatch::size);
+            qq[j].store_unaligned(s.qq.data() + j * dbatch::size);
+            qs[j].store_unaligned(s.q.data() + j * dbatch::size);
+        }
+        return s;
+    }
+}
+
+namespace orbitq::detail::mse
+{
+    /// The number of candidates.
+    inline constexpr std::size_t candidate_count = 16;
+    using sums = candidate_sums<candidate_count>;
+
+    /// The clip ratio of candidate k: 1 (amax) down to 0.5.
+    constexpr float clip_ratio(std::size_t k) noexcept { return 1.0f - static_cast<float>(k) / 30.0f; }
+
+    /// The parameters an orbit is encoded with and those stored.
+    struct choice
+    {
+        encode_params encode;
+        quant_params stored;
+    };
+
+    /// The lowest code of the search: the full range of the bit width.
+    template <scheme_policy S>
+    inline constexpr int search_qmin = -(1 << (S::bits - 1));
+
+    /// Candidate k's parameters for an orbit with statistic s (candidate 0: amax's, `amax`).
+    template <scheme_policy S>
+    std::array<encode_params, candidate_count> candidates(const min_max& s, const encode_params& amax) noexcept
+    {
+        std::array<encode_params, candidate_count> c;
+        c[0] = amax;
+        c[0].qmin = search_qmin<S>;  // codes unchanged: amax scales every value inside its own range
+        const quant_params exact = S::make_params(s);
+        for (std::size_t k = 1; k < candidate_count; ++k)
+        {
+            const float r = clip_ratio(k);
+            quant_params p;
+            if constexpr (S::has_zero_point) p = S::make_params(min_max{s.min * r, s.max * r});
+            else p = with_inverse(exact.scale * r);
+            c[k] = encode_params{p, search_qmin<S>, S::qmax, scale_application::multiply_inverse};
+        }
+        return c;
+    }
+
+    /// Whether every candidate can be searched (finite inverses of a nonzero orbit).
+    inline bool searchable(const std::array<encode_params, candidate_count>& c) noexcept
+    {
+        if (!(c[0].params.scale > 0.0f)) return false;
+        for (const auto& e : c)
+        {
+            if (!(e.params.scale > 0.0f) || !std::isfinite(e.params.inv_scale)) return false;
+        }
+        return true;
+    }
+
+    /// The squared error (less sum x^2) of codes with sums (xq, qq, q, x, n) dequantized with
+    /// scale s and zero point z.
+    inline double error(double xq, double qq, double q, double x, double n, double s, double z) noexcept
+    {
+        const double xu = xq - z * x;
+        const double uu = qq - 2.0 * z * q + z * z * n;
+        return s * (s * uu - 2.0 * xu);
+    }
+
+    struct scored
+    {
+        quant_params stored;
+        double err;
+    };
+
+    /// The stored form of a refit scale, or 0 when it cannot be stored (then the fit is skipped).
+    inline float stored_scale(double s, const quant_spec& spec) noexcept
+    {
+        const float f = static_cast<float>(s);
+        if (!(f > 0.0f) || !std::isfinite(f)) return 0.0f;
+        const float st = spec.scale_type == element_type::f32 ? f : round_to(spec.scale_type, f);
+        return st > 0.0f && std::isfinite(st) ? st : 0.0f;
+    }
+
+    /// The least-squares refit of the codes whose sums are given, scored; nullopt-like err =
+    /// +inf when no refit exists (all codes equal, a scale that cannot be stored).
+    template <scheme_policy S>
+    scored refit(double xq, double qq, double q, double x, std::size_t count, const quant_spec& spec) noexcept
+    {
+        constexpr double inf = std::numeric_limits<double>::infinity();
+        const double n = static_cast<double>(count);
+        double z = 0.0;
+        if constexpr (S::has_zero_point)
+        {
+            const double var = qq - q * q / n;
+            if (!(var > 0.0)) return {{}, inf};
+            const double a = (xq - x * q / n) / var;
+            if (!(a > 0.0)) return {{}, inf};
+            const double b = (x - a * q) / n;
+            z = std::nearbyint(-b / a);
+            z = z < S::qmin ? S::qmin : (z > S::qmax ? S::qmax : z);
+        }
+        const double uu = qq - 2.0 * z * q + z * z * n;
+        if (!(uu > 0.0)) return {{}, inf};
+        const float st = stored_scale((xq - z * x) / uu, spec);
+        if (st == 0.0f) return {{}, inf};
+        return {with_inverse(st, static_cast<std::int32_t>(z)), error(xq, qq, q, x, n, st, z)};
+    }
+
+    /// Steps 1-5 of the file brief for one orbit. `pass(params)` returns the sums of the orbit's
+    /// values under the candidates given (16, then 1); `amax_enc`/`amax_stored` are amax's.
+    template <scheme_policy S, class Pass16, class Pass1>
+    choice search(const min_max& stat, const encode_params& amax_enc, const quant_params& amax_stored, const quant_spec& spec,
+                  Pass16&& pass16, Pass1&& pass1)
+    {
+        const choice amax{amax_enc, amax_stored};
+        const auto cand = candidates<S>(stat, amax_enc);
+        if (!searchable(cand)) return amax;
+        const sums s = pass16(cand);
+        const double n = static_cast<double>(s.n);
+        const double amax_err = error(s.xq[0], s.qq[0], s.q[0], s.x, n, amax_stored.scale, amax_stored.zero_point);
+        std::size_t best = 0;
+        scored fit = refit<S>(s.xq[0], s.qq[0], s.q[0], s.x, s.n, spec);
+        for (std::size_t k = 1; k < candidate_count; ++k)
+        {
+            const scored f = refit<S>(s.xq[k], s.qq[k], s.q[k], s.x, s.n, spec);
+            if (f.err < fit.err)
+            {
+                fit = f;
+                best = k;
+            }
+        }
+        if (!(fit.err < amax_err)) return amax;
+        choice result{cand[best], fit.stored};
+        // the second pass: the codes of the refit parameters, refit again
+        const std::array<encode_params, 1> again{encode_params{fit.stored, search_qmin<S>, S::qmax, scale_application::multiply_inverse}};
+        if (std::isfinite(fit.stored.inv_scale))
+        {
+            const candidate_sums<1> t = pass1(again);
+            const scored f2 = refit<S>(t.xq[0], t.qq[0], t.q[0], t.x, t.n, spec);
+            if (f2.err < fit.err) result = {again[0], f2.stored};
+        }
+        return result;
+    }
+
+    /// search() for a contiguous orbit of n values at x.
+    template <scheme_policy S, rounding_policy R, weight_element T>
+    choice search_span(const T* x, std::size_t n, const min_max& stat, const encode_params& amax_enc, const quant_params& amax_stored,
+                       const quant_spec& spec)
+    {
+        return search<S>(
+            stat, amax_enc, amax_stored, spec,
+            [&](const std::array<encode_params, candidate_count>& c) {
+                if constexpr (candidate_count % kernels::simd::width == 0) return kernels::simd::candidate_sums_span<R>(x, n, c);
+                else return kernels::reference::candidate_sums_span<R>(x, n, c);
+            },
+            [&](const std::array<encode_params, 1>& c) { return kernels::reference::candidate_sums_span<R>(x, n, c); });
+    }
+}
