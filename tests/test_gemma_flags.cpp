@@ -98,3 +98,13 @@ TEST_CASE("group sizes and layer lists: 0 and huge values are errors, never a cr
         CHECK_MESSAGE(r.err.find("--layers") != std::string::npos, r.err);
     }
 }
+
+TEST_CASE("--scales: amax or mse; mse refused where it cannot search")
+{
+    refused(quick({"--scales", "bogus"}), "--scales");
+    refused(quick({"--scales", "mse", "--granularity", "per_tensor"}), "--scales mse");
+    refused(quick({"--scales", "mse", "--granularity", "auto", "--target-cos", "0.99"}), "--scales mse");
+    const auto r = cli(quick({"--scales", "mse", "--bits", "4", "--granularity", "per_group:32", "--compare", "per_tensor,per_channel"}));
+    CHECK_MESSAGE((r.rc == 0 || r.rc == 2), r.err);
+    CHECK(r.out.find("mse scales") != std::string::npos);
+}

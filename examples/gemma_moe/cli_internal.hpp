@@ -48,6 +48,7 @@ namespace orbitq::gemma_cli
         std::size_t group_size = 32;
         std::string scheme = "symmetric";
         std::string range = "restricted";
+        std::string scales = "amax";           ///< amax (the scheme's formula) or mse (orbitq::scale_search::mse)
         std::string layers;
         unsigned threads = 0;
         std::size_t min_elements = 0;

@@ -31,6 +31,13 @@ namespace orbitq::gemma_cli
             if (o.range == "restricted") base.range = symmetric_range::restricted;
             else if (o.range == "full") base.range = symmetric_range::full;
             else throw error(error_kind::invalid_argument, "--range must be restricted or full");
+            if (o.scales == "amax") base.scales = scale_search::amax;
+            else if (o.scales == "mse") base.scales = scale_search::mse;
+            else throw error(error_kind::invalid_argument, "--scales must be amax or mse");
+            if (base.scales == scale_search::mse && o.granularity == "auto")
+            {
+                throw error(error_kind::invalid_argument, "--scales mse is not yet among the candidates of --granularity auto; choose a granularity");
+            }
             base.codes_from_stored_scale = true;
             return base;
         }
@@ -69,12 +76,19 @@ namespace orbitq::gemma_cli
             // auto: the gated entry is its own column (specs chosen per layer during the run); its
             // quant_spec is a placeholder never used for an expert or dense tensor.
             const quant_spec gated = parse_granularity(c.automatic ? "per_channel" : o.granularity, base, o.group_size);
+            if (gated.granularity == granularity_kind::per_tensor && base.scales == scale_search::mse)
+            {
+                throw error(error_kind::invalid_argument, "--scales mse with --granularity per_tensor: a per-tensor orbit spans every expert of the "
+                                                          "stacked tensor, which the search does not hold at once; use per_channel or per_group");
+            }
             std::stringstream cs(o.compare);
             std::string item;
             while (std::getline(cs, item, ','))
             {
                 if (item.empty()) continue;
-                const quant_spec q = parse_granularity(item, base, o.group_size);
+                quant_spec q = parse_granularity(item, base, o.group_size);
+                // a per-tensor orbit spans every expert of a stacked tensor: compared with amax scales
+                if (q.granularity == granularity_kind::per_tensor) q.scales = scale_search::amax;
                 if (std::find(vo.specs.begin(), vo.specs.end(), q) == vo.specs.end()) vo.specs.push_back(q);
             }
             auto it = c.automatic ? vo.specs.end() : std::find(vo.specs.begin(), vo.specs.end(), gated);

@@ -213,6 +213,8 @@ namespace orbitq::gemma_cli
                        "meeting --target-cos/--target-sqnr on every projection, chosen by orbitq::analyze)")->capture_default_str();
         app.add_option("--group-size", o.group_size, "group size of per_group")->capture_default_str()->check(integer_in(1, max_group_size));
         CLI::Option* scheme_opt = app.add_option("--scheme", o.scheme, "symmetric or asymmetric (with --granularity auto: only this scheme is considered)")->capture_default_str();
+        app.add_option("--scales", o.scales, "amax (each orbit's range) or mse (per orbit, the clipped and refit scale of least squared error; "
+                       "never worse than amax, orbit by orbit)")->capture_default_str();
         app.add_option("--range", o.range, "symmetric range: restricted ([-127,127]) or full ([-128,127])")->capture_default_str();
         app.add_option("--layers", o.layers, "layers to process, e.g. 0-29 or 0,5,10-12 (default: all)");
         app.add_option("--threads", o.threads, "threads (0: all cores)")->capture_default_str()->check(integer_in(0, max_threads));

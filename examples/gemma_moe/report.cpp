@@ -67,6 +67,7 @@ namespace orbitq::gemma_cli
             j["granularity"] = t.quantized ? label(t.spec) : "none";
             j["bits"] = t.quantized ? t.spec.bits : 16;
             if (t.quantized) j["scheme"] = to_string(t.spec.scheme);
+            if (t.quantized) j["scales"] = to_string(t.spec.scales);
             if (!t.skipped.empty()) j["skipped"] = t.skipped;
             j["bits_per_weight"] = num(t.bits_per_weight);
             if (!t.experts.empty())
@@ -225,7 +226,7 @@ namespace orbitq::gemma_cli
                           : "checkpoint " + c.o.checkpoint)
             << ": " << rep.layers.size() << " layers, " << c.cfg().experts << " experts (top-" << c.cfg().top_k << "), " << c.o.tokens
             << " tokens\n";
-        out << "int" << c.o.bits << " " << c.o.scheme << "; converting " << c.spec_names.at(c.vo.gated) << "; gates: layer min cos(hidden) >= "
+        out << "int" << c.o.bits << " " << c.o.scheme << (c.o.scales == "mse" ? ", mse scales (per_tensor compared with amax)" : "") << "; converting " << c.spec_names.at(c.vo.gated) << "; gates: layer min cos(hidden) >= "
             << c.o.gate_layer_cos << ", stack min cos >= " << c.o.gate_stack_cos << "\n\n";
         out << "layer";
         for (std::size_t g = 0; g < c.vo.specs.size(); ++g) out << " | " << pad(c.spec_names.at(g) + (g == c.vo.gated ? " *" : ""), 30, false);
@@ -346,6 +347,7 @@ namespace orbitq::gemma_cli
               {"granularity", c.spec_names.at(c.vo.gated)},
               {"compare", specs},
               {"scheme", c.o.scheme},
+              {"scales", c.o.scales},
               {"range", c.o.range},
               {"scale_dtype", std::string(element_name(c.vo.specs[c.vo.gated].scale_type))},
               {"include_dense", c.o.include_dense},

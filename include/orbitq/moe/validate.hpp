@@ -196,6 +196,11 @@ namespace orbitq::moe
         {
             throw error(error_kind::invalid_argument, "quantize_block_per_tensor needs a per_tensor spec");
         }
+        if (spec.scales == scale_search::mse)
+        {
+            throw error(error_kind::invalid_argument, "quantize_block_per_tensor: a searched (mse) scale needs every block of the tensor at once; "
+                                                      "quantize the whole tensor, or use scale_search::amax");
+        }
         orbitq::detail::analysis::with_scheme(spec, [&](auto scheme) {
             using S = decltype(scheme);
             const auto p = orbitq::detail::analysis::resolve<S>(spec, whole, block.name);
