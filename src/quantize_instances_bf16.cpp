@@ -1,10 +1,7 @@
-// The run-time quantize dispatch and the gemv/gemm kernels for bfloat16_t inputs, compiled once for
-// this project's tests, examples and benchmarks (see orbitq/quantize_extern.hpp and
-// orbitq/gemv_extern.hpp, which CMake force-includes in the programs linking
-// orbitq_quantize_instances); one file per element type, so they compile side by side.
-#include <orbitq/gemv_extern.hpp>
+// The run-time quantize dispatch for bfloat16_t inputs, compiled once for this project's tests,
+// examples and benchmarks (see orbitq/quantize_extern.hpp, which CMake force-includes in the
+// programs linking orbitq_quantize_instances); one file per element type, so they compile side
+// by side.
 #include <orbitq/quantize_extern.hpp>
 
 template void orbitq::quantize_into<orbitq::bfloat16_t>(const orbitq::matrix_view<orbitq::bfloat16_t>&, orbitq::quantized_tensor&, const orbitq::quant_spec&, unsigned);
-template void orbitq::detail::gemv::multiply<orbitq::bfloat16_t>(const orbitq::quantized_tensor&, std::size_t, std::size_t, std::span<const orbitq::bfloat16_t>,
-                                                    std::size_t, std::span<float>, unsigned, const char*);

@@ -99,6 +99,36 @@ TEST_CASE("analyze equals quantize + measure for every default candidate (f32, o
     check_all(w, cands);
 }
 
+TEST_CASE("analyze with searched (mse) candidates: each equals quantize + measure, in the order given, never below its amax twin")
+{
+    const std::size_t rows = 48, cols = 256;
+    const auto data = make_weights(rows, cols, 3);
+    const auto w = make_view(data.data(), rows, cols, "w");
+    std::vector<quant_spec> cands;
+    for (quant_spec q : default_candidates(cols))
+    {
+        cands.push_back(q);
+        q.scales = scale_search::mse;
+        cands.push_back(q);
+    }
+    check_all(w, cands, 2);
+    const tensor_analysis a = analyze(w, cands);
+    for (std::size_t i = 0; i + 1 < a.candidates.size(); i += 2)
+    {
+        CAPTURE(a.candidates[i + 1].spec.describe());
+        CHECK(a.candidates[i + 1].bits_per_weight == a.candidates[i].bits_per_weight);
+        CHECK(a.candidates[i + 1].sqnr_db >= a.candidates[i].sqnr_db - 1e-9);
+    }
+    // only searched candidates: still the outliers, worst rows and condition number of the passes
+    const std::vector<quant_spec> only_mse(cands.begin() + 1, cands.begin() + 2);
+    const tensor_analysis b = analyze(w, only_mse);
+    REQUIRE(b.candidates.size() == 1);
+    CHECK(b.candidates[0].spec.scales == scale_search::mse);
+    CHECK(b.condition_number == a.condition_number);
+    CHECK(b.largest_weights.size() == a.largest_weights.size());
+    CHECK(b.worst_rows.size() == a.worst_rows.size());
+}
+
 TEST_CASE("analyze equals quantize + measure on bf16 and f16 input")
 {
     const std::size_t rows = 33, cols = 192;  // 32 and 64 divide 192, 128 does not

@@ -339,6 +339,19 @@ TEST_CASE("analyze subcommand: per-candidate costs and selection on a small synt
     CHECK(t["selection"]["index"] == 1);
     CHECK(t["largest_weights"].size() == 3);
     CHECK(cli({"analyze", "--candidates", "per_channel@3", "--quiet", "--layers", "0"}).rc == 1);
+    CHECK(cli({"analyze", "--candidates", "per_channel/fast", "--quiet", "--layers", "0"}).rc == 1);
+
+    // searched scales: the /mse suffix, its JSON "scales", never below its amax twin
+    r = cli({"analyze", "--checkpoint", in.string(), "--layers", "1", "--candidates", "per_group:32@4/asym,per_group:32@4/asym/mse",
+             "--report", report.string(), "--quiet"});
+    REQUIRE_MESSAGE(r.rc == 0, std::string(r.err + r.out));
+    const json m = json::parse(std::ifstream(report))["tensors"][0]["candidates"];
+    REQUIRE(m.size() == 2);
+    CHECK(m[0]["scales"] == "amax");
+    CHECK(m[1]["scales"] == "mse");
+    CHECK(m[1]["scheme"] == "asymmetric");
+    CHECK(m[1]["sqnr_db"].get<double>() >= m[0]["sqnr_db"].get<double>());
+    CHECK(r.out.find("per_group:32 int4 asymmetric mse") != std::string::npos);
 }
 
 TEST_CASE("analyze PATH: any safetensors file, not only Gemma's names")
@@ -371,7 +384,7 @@ TEST_CASE("analyze PATH: any safetensors file, not only Gemma's names")
     CHECK(p["worst_rows"][0]["row"] != 1);              // row 1 holds the tensor's max: it loses no bits
     CHECK(p["largest_weights"][0]["row"] == 1);
     CHECK(p["largest_weights"][0]["col"] == 36);
-    for (const char* key : {"granularity", "group_size", "bits", "scheme", "bits_per_weight", "cos", "sqnr_db", "max_abs_err"})
+    for (const char* key : {"granularity", "group_size", "bits", "scheme", "scales", "bits_per_weight", "cos", "sqnr_db", "max_abs_err"})
     {
         CHECK(p["candidates"][0].contains(key));
     }

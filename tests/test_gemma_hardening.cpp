@@ -96,6 +96,18 @@ TEST_CASE("--granularity auto: per layer the cheapest candidate meeting the targ
     CHECK(idx["weight_map"].contains(P + "0.experts.1.down_proj.weight_scale"));
     CHECK(!idx["weight_map"].contains(P + "0.experts.down_proj"));
 
+    // --scales mse: the searched twins join the candidates; at equal bits per weight the higher
+    // SQNR wins, so each layer's choice (other than per_tensor, which has no twin) is searched.
+    const fs::path report_mse = s.dir / "r_mse.json";
+    auto rm = cli({"--checkpoint", in.string(), "--granularity", "auto", "--bits", "4", "--scales", "mse", "--target-cos", "0.99",
+                   "--report", report_mse.string(), "--tokens", "2", "--quiet"});
+    REQUIRE_MESSAGE(rm.rc != 1, std::string(rm.err + rm.out));
+    for (const auto& t : read_json(report_mse)["auto"]["tensors"])
+    {
+        const std::string chosen = t["chosen"];
+        CHECK_MESSAGE((chosen.find(" mse") != std::string::npos || chosen.find("per_tensor") != std::string::npos), chosen);
+    }
+
     // An impossible target with int4 only: exit status 1, a message naming the tensor; no output.
     const fs::path out2 = s.dir / "out2";
     r = cli({"--checkpoint", in.string(), "--granularity", "auto", "--bits", "4", "--target-sqnr", "80", "--out", out2.string(), "--quiet",

@@ -87,7 +87,7 @@ TEST_CASE("every float tensor of rank >= 2 above the threshold is analysed, with
     CHECK(j["name"] == "moe.experts");
     CHECK(j["shape"] == nlohmann::json::array({4, 16, 64}));
     REQUIRE(j["candidates"].size() == results[2].candidates.size());
-    for (const char* key : {"granularity", "group_size", "bits", "scheme", "bits_per_weight", "cos", "sqnr_db", "max_abs_err"})
+    for (const char* key : {"granularity", "group_size", "bits", "scheme", "scales", "bits_per_weight", "cos", "sqnr_db", "max_abs_err"})
     {
         CHECK(j["candidates"][0].contains(key));
     }

@@ -28,6 +28,14 @@ namespace orbitq::gemma_cli
                 q.range = base.range;
                 q.codes_from_stored_scale = true;
                 cands.push_back(q);
+                // --scales mse: each candidate's searched twin too (same bits per weight, never a
+                // lower SQNR, so chosen where it meets the target); not per_tensor, whose orbit
+                // spans every expert of the stacked tensor, which the conversion streams
+                if (base.scales == scale_search::mse && q.granularity != granularity_kind::per_tensor)
+                {
+                    q.scales = scale_search::mse;
+                    cands.push_back(q);
+                }
             }
             std::vector<tensor_analysis> analyses;
             for (const moe::any_view& v : views)

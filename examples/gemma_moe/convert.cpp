@@ -34,10 +34,6 @@ namespace orbitq::gemma_cli
             if (o.scales == "amax") base.scales = scale_search::amax;
             else if (o.scales == "mse") base.scales = scale_search::mse;
             else throw error(error_kind::invalid_argument, "--scales must be amax or mse");
-            if (base.scales == scale_search::mse && o.granularity == "auto")
-            {
-                throw error(error_kind::invalid_argument, "--scales mse is not yet among the candidates of --granularity auto; choose a granularity");
-            }
             base.codes_from_stored_scale = true;
             return base;
         }

@@ -117,14 +117,19 @@ namespace orbitq::gemma_cli
             while (std::getline(cs, item, ','))
             {
                 if (item.empty()) continue;
-                // name[:group][@bits][/asym]
+                // name[:group][@bits][/asym|/sym][/mse]
                 quant_spec q = base;
                 std::string name = item;
                 if (const auto slash = name.find('/'); slash != std::string::npos)
                 {
-                    const std::string sch = name.substr(slash + 1);
-                    if (sch != "asym" && sch != "sym") throw error(error_kind::invalid_argument, "candidate '" + item + "': scheme must be /sym or /asym");
-                    q.scheme = sch == "asym" ? scheme_kind::asymmetric : scheme_kind::symmetric;
+                    std::stringstream ss(name.substr(slash + 1));
+                    std::string suffix;
+                    while (std::getline(ss, suffix, '/'))
+                    {
+                        if (suffix == "asym" || suffix == "sym") q.scheme = suffix == "asym" ? scheme_kind::asymmetric : scheme_kind::symmetric;
+                        else if (suffix == "mse") q.scales = scale_search::mse;
+                        else throw error(error_kind::invalid_argument, "candidate '" + item + "': suffixes are /sym or /asym, then /mse");
+                    }
                     name = name.substr(0, slash);
                 }
                 if (const auto at = name.find('@'); at != std::string::npos)
@@ -247,7 +252,7 @@ namespace orbitq::gemma_cli
                                 "any safetensors file or checkpoint directory: every float tensor of rank >= 2 above --min-elements "
                                 "(default: the selected layers' expert tensors of --checkpoint or the synthetic model)");
         analyze_cmd->add_option("--candidates", o.candidates,
-                                "comma-separated candidates NAME[:group][@bits][/asym], e.g. per_channel@8,per_group:32@4/asym "
+                                "comma-separated candidates NAME[:group][@bits][/asym][/mse], e.g. per_channel@8,per_group:32@4/asym/mse "
                                 "(default: per_tensor, per_channel, per_group 32/64/128 where they divide, int8/int4, sym/asym)");
         std::optional<double> a_cos, a_sqnr;
         analyze_cmd->add_option("--target-cos", a_cos, "select the cheapest candidate with at least this cosine")->check(cosine);

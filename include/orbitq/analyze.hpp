@@ -15,6 +15,9 @@
 ///    SIMD-identical), their dequantized values ŵ = (code − zp)·scale in float32 and the error
 ///    sums Σŵ², Σ(w − ŵ)², max |w − ŵ| in double. Nothing is written to memory.
 ///
+/// Candidates with searched scales (scale_search::mse) are quantized and measured (`measure`):
+/// their parameters depend on all of an orbit's values, which the statistics do not hold.
+///
 /// Numerical contract: the cosine, relative error, SQNR and max abs error of each candidate equal
 /// those of `measure(w, quantize(w, spec))` up to double rounding (relative difference <= 1e-9,
 /// tested), and bits_per_weight equals quantized_tensor::bits_per_weight(). Σwŵ is derived per
@@ -82,11 +85,25 @@ namespace orbitq
         if (w.data == nullptr) throw error(error_kind::invalid_argument, "tensor '" + w.name + "' has no data");
         if (w.stride < w.cols) throw error(error_kind::invalid_argument, "tensor '" + w.name + "': stride < cols");
         if (options.block_rows == 0) throw error(error_kind::invalid_argument, "analyze: block_rows must be > 0");
-        std::vector<A::plan> plans = A::make_plans(candidates, w.rows, w.cols);
+        // Candidates with searched scales (scale_search::mse) are measured by quantizing: their
+        // parameters depend on every value of an orbit, not on its statistic alone. The passes
+        // below take the others (or, when there are none, one amax twin that gives the outliers,
+        // the worst rows and the condition number).
+        std::vector<quant_spec> direct;
+        for (const quant_spec& c : candidates)
+        {
+            if (c.scales == scale_search::amax) direct.push_back(c);
+        }
+        if (direct.empty() && !candidates.empty())
+        {
+            direct.push_back(candidates.front());
+            direct.back().scales = scale_search::amax;
+        }
+        std::vector<A::plan> plans = A::make_plans(direct, w.rows, w.cols);
         const std::size_t C = plans.size();
 
         // Pass 1: the statistics pyramid at the base group size.
-        const std::size_t g0 = A::base_group(candidates, w.cols);
+        const std::size_t g0 = A::base_group(direct, w.cols);
         const statistics_pyramid P = compute_statistics(w, g0, options.threads);
         for (A::plan& p : plans)
         {
@@ -184,7 +201,7 @@ namespace orbitq
                 total.max_index = r * w.cols + c;
             }
             const error_metrics m = finish(total, w.cols);
-            t.candidates.push_back({candidates[k], bits_per_weight(candidates[k], w.rows, w.cols), m.cosine, m.relative_error,
+            t.candidates.push_back({direct[k], bits_per_weight(direct[k], w.rows, w.cols), m.cosine, m.relative_error,
                                     m.sqnr_db, m.max_abs_err, m.max_row, m.max_col});
             if (k == 0)
             {
@@ -192,6 +209,22 @@ namespace orbitq
                 t.condition_number = rms == 0.0 ? 0.0 : static_cast<double>(P.tensor.to_abs_max().value) / rms;
             }
         }
+
+        // the candidates in the order given: the passes' results, the searched ones measured
+        std::vector<candidate_result> measured;
+        std::size_t next_direct = 0;
+        for (const quant_spec& c : candidates)
+        {
+            if (c.scales == scale_search::amax)
+            {
+                measured.push_back(t.candidates[next_direct++]);
+                continue;
+            }
+            const error_metrics m = measure(w, quantize(w, c, options.threads));
+            measured.push_back({c, bits_per_weight(c, w.rows, w.cols), m.cosine, m.relative_error, m.sqnr_db, m.max_abs_err, m.max_row,
+                                m.max_col});
+        }
+        t.candidates = std::move(measured);
 
         for (const A::block_result& b : results)
         {

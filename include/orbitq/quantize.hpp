@@ -115,8 +115,8 @@ namespace orbitq
         /// and storage are set. Each orbit: its statistic, the search (two passes over its
         /// values from L1), its codes. A per-tensor orbit sums its rows alone and combines them
         /// in row order, so the result does not depend on the thread count.
-        template <class G, class S, class R, weight_element T>
-        void quantize_searched(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
+        template <class S, class R, weight_element T>
+        void quantize_searched_with(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
         {
             if (spec.mode != scale_application::multiply_inverse)
             {
@@ -130,8 +130,10 @@ namespace orbitq
                 q.scales[o] = p.scale;
                 if constexpr (S::has_zero_point) q.zero_points[o] = p.zero_point;
             };
+            // one instance per scheme and rounding: the granularity is the layout's, at run time
+            const bool tensor_wide = L.tensor_wide;
             mse::choice tensor_choice{};
-            if constexpr (std::same_as<G, per_tensor>)
+            if (tensor_wide)
             {
                 const min_max stat = compute_statistics(w, w.cols, threads).tensor;
                 quant_params stored;
@@ -159,7 +161,7 @@ namespace orbitq
                 {
                     const T* x = w.row(r);
                     std::int8_t* out = S::bits == 8 ? q.codes.data() + r * w.cols : row_buf.data();
-                    if constexpr (std::same_as<G, per_tensor>)
+                    if (tensor_wide)
                     {
                         kernels::simd::quantize_span<R, false, false>(x, w.cols, tensor_choice.encode, out);
                     }
@@ -181,6 +183,22 @@ namespace orbitq
                     }
                     if constexpr (S::bits == 4) kernels::simd::pack_int4(row_buf.data(), w.cols, q.codes.data() + r * q.row_bytes());
                 }
+            });
+        }
+    }
+
+    namespace detail
+    {
+        /// quantize_searched_with for the scheme and rounding that spec names: one function per
+        /// element type, which the compile-time path (quantize_into<Q>) calls too, so a program
+        /// compiles the search once per element type (see orbitq/quantize_extern.hpp).
+        template <weight_element T>
+        void quantize_searched(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
+        {
+            with_scheme(spec, [&](auto scheme) {
+                with_rounding(spec, [&](auto rounding) {
+                    quantize_searched_with<decltype(scheme), decltype(rounding)>(w, q, spec, threads);
+                });
             });
         }
     }
@@ -209,7 +227,7 @@ namespace orbitq
         if constexpr (S::has_zero_point) q.zero_points.resize(q.layout.orbits());
         else q.zero_points.clear();
 
-        if (spec.scales == scale_search::mse) return detail::quantize_searched<G, S, R>(w, q, spec, threads);
+        if (spec.scales == scale_search::mse) return detail::quantize_searched(w, q, spec, threads);
 
         const orbit_layout& L = q.layout;
         auto record = [&](std::size_t o, const min_max& stat) {

@@ -131,13 +131,15 @@ namespace orbitq::io
     }
 
     /// @brief The JSON form of one candidate: granularity, group_size (0 unless per_group), bits,
-    ///        scheme, bits_per_weight, cos, sqnr_db (null if infinite), max_abs_err.
+    ///        scheme, scales ("amax" or "mse"), bits_per_weight, cos, sqnr_db (null if infinite),
+    ///        max_abs_err.
     inline nlohmann::json to_json(const candidate_result& c)
     {
         return {{"granularity", to_string(c.spec.granularity)},
                 {"group_size", c.spec.granularity == granularity_kind::per_group ? c.spec.group_size : 0},
                 {"bits", c.spec.bits},
                 {"scheme", to_string(c.spec.scheme)},
+                {"scales", to_string(c.spec.scales)},
                 {"bits_per_weight", c.bits_per_weight},
                 {"cos", c.cosine},
                 {"sqnr_db", detail::finite_or_null(c.sqnr_db)},

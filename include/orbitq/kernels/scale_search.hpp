@@ -311,9 +311,10 @@ namespace orbitq::detail::mse
         return result;
     }
 
-    /// search() for a contiguous orbit of n values at x.
+    /// search() for a contiguous orbit of n values at x. Not inlined: one body per scheme,
+    /// rounding and element type, shared by the per_channel and per_group drivers.
     template <scheme_policy S, rounding_policy R, weight_element T>
-    choice search_span(const T* x, std::size_t n, const min_max& stat, const encode_params& amax_enc, const quant_params& amax_stored,
+    [[gnu::noinline]] choice search_span(const T* x, std::size_t n, const min_max& stat, const encode_params& amax_enc, const quant_params& amax_stored,
                        const quant_spec& spec)
     {
         return search<S>(
