@@ -117,16 +117,23 @@ TEST_CASE("the SIMD candidate sums equal the reference bit for bit")
         {
             for (std::size_t n : {std::size_t(1), std::size_t(31), std::size_t(997)})
             {
-                const auto a = kernels::reference::candidate_sums_span<half_to_even>(x.data(), n, *c);
-                const auto b = kernels::simd::candidate_sums_span<half_to_even>(x.data(), n, *c);
+                const auto a = kernels::reference::candidate_sums_span<double, half_to_even>(x.data(), n, *c);
+                const auto b = kernels::simd::candidate_sums_span<double, half_to_even>(x.data(), n, *c);
                 CHECK(a.xq == b.xq);
                 CHECK(a.qq == b.qq);
                 CHECK(a.q == b.q);
                 CHECK(a.x == b.x);
-                const auto a2 = kernels::reference::candidate_sums_span<half_away_from_zero>(x.data(), n, *c);
-                const auto b2 = kernels::simd::candidate_sums_span<half_away_from_zero>(x.data(), n, *c);
+                const auto a2 = kernels::reference::candidate_sums_span<double, half_away_from_zero>(x.data(), n, *c);
+                const auto b2 = kernels::simd::candidate_sums_span<double, half_away_from_zero>(x.data(), n, *c);
                 CHECK(a2.xq == b2.xq);
                 CHECK(a2.qq == b2.qq);
+                // the float sums (one fused multiply-add a product where the target fuses)
+                const auto f = kernels::reference::candidate_sums_span<float, half_to_even>(x.data(), n, *c);
+                const auto g = kernels::simd::candidate_sums_span<float, half_to_even>(x.data(), n, *c);
+                CHECK(f.xq == g.xq);
+                CHECK(f.qq == g.qq);
+                CHECK(f.q == g.q);
+                CHECK(f.x == g.x);
             }
         }
     }
@@ -210,4 +217,56 @@ TEST_CASE("bf16 weights: the same search on the widened values")
     const auto qf = quantize(make_view<float>(xb.data(), 32, 256), s);
     CHECK(qb.scales == qf.scales);
     CHECK(std::equal(qb.codes.begin(), qb.codes.end(), qf.codes.begin(), qf.codes.end()));
+}
+
+TEST_CASE("a float batch of symmetric orbits searched at once equals the search of each orbit")
+{
+    using namespace detail::mse;
+    constexpr std::size_t W = lanes;
+    for (const std::size_t n : {std::size_t(1), std::size_t(7), std::size_t(32), std::size_t(64), std::size_t(300), std::size_t(700)})
+    {
+        for (const element_type st : {element_type::f32, element_type::bf16})
+        {
+            for (const bool from_stored : {false, true})
+            {
+                const auto x = weights(W * n, n % 2 ? shape_kind::student4 : shape_kind::gaussian, static_cast<unsigned>(n));
+                quant_spec spec = spec_of(granularity_kind::per_group, n, 4, scheme_kind::symmetric, scale_search::mse);
+                spec.scale_type = st;
+                spec.codes_from_stored_scale = from_stored;
+                const float* p[W];
+                min_max stat[W];
+                encode_params amax[W];
+                quant_params stored[W];
+                choice lanes_out[W];
+                for (std::size_t l = 0; l < W; ++l)
+                {
+                    p[l] = x.data() + l * n;
+                    stat[l] = min_max::identity();
+                    for (std::size_t j = 0; j < n; ++j) stat[l] = combine(stat[l], min_max::observe(p[l][j]));
+                    amax[l] = orbitq::detail::encode_orbit<symmetric<4>>(spec, stat[l], "t", [&](const quant_params& s) { stored[l] = s; });
+                }
+                lane_buffers buf;
+                const auto amax_of = [&](std::size_t l, const min_max& st_l, bool finite) {
+                    CHECK(finite);
+                    CHECK(st_l.min == stat[l].min);
+                    CHECK(st_l.max == stat[l].max);
+                    return std::pair{amax[l], stored[l]};
+                };
+                search_lanes<symmetric<4>, half_to_even>(p, n, W, amax_of, spec, buf, lanes_out);
+                std::size_t searched = 0;
+                for (std::size_t l = 0; l < W; ++l)
+                {
+                    CAPTURE(n);
+                    CAPTURE(l);
+                    const choice one = search_span<symmetric<4>, half_to_even>(p[l], n, stat[l], amax[l], stored[l], spec);
+                    CHECK(lanes_out[l].stored == one.stored);
+                    CHECK(lanes_out[l].encode.params == one.encode.params);
+                    CHECK(lanes_out[l].encode.qmin == one.encode.qmin);
+                    CHECK(lanes_out[l].encode.qmax == one.encode.qmax);
+                    searched += one.stored.scale != stored[l].scale ? 1 : 0;
+                }
+                if (n >= 32) CHECK(searched > 0);  // the search moved some scales
+            }
+        }
+    }
 }

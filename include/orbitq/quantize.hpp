@@ -19,6 +19,7 @@
 #include "orbitq/core/parallel.hpp"
 #include "orbitq/kernels/reference.hpp"
 #include "orbitq/kernels/scale_search.hpp"
+#include "orbitq/kernels/scale_search_groups.hpp"
 #include "orbitq/kernels/simd.hpp"
 #include "orbitq/policy/dispatch.hpp"
 #include "orbitq/policy/granularity.hpp"
@@ -31,6 +32,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace orbitq
@@ -139,21 +141,71 @@ namespace orbitq
                 quant_params stored;
                 const encode_params amax = keep_amax(stat, stored);
                 // one orbit: the rows' sums, each alone, combined in row order
-                const auto over_rows = [&]<std::size_t K>(const std::array<encode_params, K>& c) {
-                    std::vector<candidate_sums<K>> rows(w.rows);
+                const auto over_rows = [&]<class V, std::size_t K>(std::type_identity<V>, const std::array<encode_params, K>& c) {
+                    std::vector<candidate_sums<K, V>> rows(w.rows);
                     parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                         for (std::size_t r = first; r < last; ++r)
                         {
-                            if constexpr (K % kernels::simd::width == 0) rows[r] = kernels::simd::candidate_sums_span<R>(w.row(r), w.cols, c);
-                            else rows[r] = kernels::reference::candidate_sums_span<R>(w.row(r), w.cols, c);
+                            if constexpr (K % kernels::simd::width == 0) rows[r] = kernels::simd::candidate_sums_span<V, R>(w.row(r), w.cols, c);
+                            else rows[r] = kernels::reference::candidate_sums_span<V, R>(w.row(r), w.cols, c);
                         }
                     });
-                    candidate_sums<K> total = candidate_sums<K>::identity();
+                    candidate_sums<K, V> total = candidate_sums<K, V>::identity();
                     for (const auto& s : rows) total = combine(total, s);
                     return total;
                 };
-                tensor_choice = mse::search<S>(stat, amax, stored, spec, over_rows, over_rows);
+                using V = mse::search_value<S>;
+                const auto searched = [&](const auto& c) { return over_rows(std::type_identity<V>{}, c); };
+                const auto exact = [&](const auto& c) { return over_rows(std::type_identity<double>{}, c); };
+                tensor_choice = mse::search<S>(stat, amax, stored, spec, searched, searched, exact);
                 store(0, tensor_choice.stored);
+            }
+            if constexpr (!S::has_zero_point)
+            {
+                // symmetric orbits of equal length (not the tensor, no ragged group): searched a
+                // float batch of orbits at once, in the rows' order of orbits
+                if (!tensor_wide && w.cols % L.group == 0)
+                {
+                    parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                        constexpr std::size_t W = mse::lanes;
+                        const std::size_t n = L.group, per_row = L.groups_per_row, total = (last - first) * per_row;
+                        std::vector<std::int8_t> codes(S::bits == 4 ? (last - first) * w.cols : 0);
+                        mse::lane_buffers buf;
+                        for (std::size_t o0 = 0; o0 < total; o0 += W)
+                        {
+                            const std::size_t count = std::min(W, total - o0);
+                            const T* p[W];
+                            mse::choice chosen[W];
+                            for (std::size_t l = 0; l < W; ++l)
+                            {
+                                const std::size_t o = o0 + (l < count ? l : 0);  // spare lanes repeat the first orbit
+                                p[l] = w.row(first + o / per_row) + (o % per_row) * n;
+                            }
+                            const auto amax_of = [&](std::size_t l, const min_max& stat, bool finite) {
+                                if (!finite) throw_non_finite(w, first + (o0 + l) / per_row);
+                                quant_params stored;
+                                const encode_params e = keep_amax(stat, stored);
+                                return std::pair{e, stored};
+                            };
+                            mse::search_lanes<S, R>(p, n, count, amax_of, spec, buf, chosen);
+                            for (std::size_t l = 0; l < count; ++l)
+                            {
+                                const std::size_t o = o0 + l, r = first + o / per_row, c0 = (o % per_row) * n;
+                                store(L.orbit(r, o % per_row), chosen[l].stored);
+                                std::int8_t* out = S::bits == 8 ? q.codes.data() + r * w.cols + c0 : codes.data() + (r - first) * w.cols + c0;
+                                kernels::simd::quantize_span<R, false, false>(p[l], n, chosen[l].encode, out);
+                            }
+                        }
+                        if constexpr (S::bits == 4)
+                        {
+                            for (std::size_t r = first; r < last; ++r)
+                            {
+                                kernels::simd::pack_int4(codes.data() + (r - first) * w.cols, w.cols, q.codes.data() + r * q.row_bytes());
+                            }
+                        }
+                    });
+                    return;
+                }
             }
             parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                 std::vector<std::int8_t> row_buf(S::bits == 4 ? w.cols : 0);

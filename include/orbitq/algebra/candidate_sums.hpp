@@ -10,8 +10,9 @@
 /// the error differences between candidates follow from the sums alone (sum x^2 is common to
 /// every candidate and cancels). Sums over disjoint parts of an orbit combine by addition:
 /// rows of a per-tensor orbit are summed alone and combined in row order, which keeps the
-/// result independent of the thread count. Products x * q are exact in double (24 + 9 bits);
-/// qq, q and n are integers, exact in any order; xq and x round, and are summed in element order.
+/// result independent of the thread count. In double, products x * q are exact (24 + 9 bits);
+/// qq, q and n are integers, exact in any order below 2^53 (float: 2^24); xq and x round, and
+/// are summed in element order.
 #pragma once
 
 #include <array>
@@ -19,14 +20,16 @@
 
 namespace orbitq
 {
-    /// @brief The monoid of the K candidates' sums over part of an orbit.
-    template <std::size_t K>
+    /// @brief The monoid of the K candidates' sums over part of an orbit, in V (double: the
+    ///        exact products above; float: products rounded once, for a cheaper search whose
+    ///        result an exact double pass then checks).
+    template <std::size_t K, class V = double>
     struct candidate_sums
     {
-        std::array<double, K> xq{};
-        std::array<double, K> qq{};
-        std::array<double, K> q{};
-        double x = 0.0;
+        std::array<V, K> xq{};
+        std::array<V, K> qq{};
+        std::array<V, K> q{};
+        V x = 0;
         std::size_t n = 0;
 
         /// @brief The identity: the sums of no element.

@@ -10,17 +10,21 @@
 ///     (multiply by its float32 inverse, round, add the zero point, clamp) into the full range:
 ///     [-2^(b-1), 2^(b-1) - 1] for symmetric schemes too.
 ///  2. One pass sums, per candidate, x q, q^2 and q (algebra/candidate_sums.hpp), with x = sum x
-///     and n.
+///     and n: in float for symmetric schemes (a fused multiply-add a product where the target
+///     has one, element order), in double (exact products) for asymmetric ones.
 ///  3. Refit: for candidate k's codes the scale (symmetric) or the scale and zero point
 ///     (asymmetric: the line x ~ a q + b fitted by least squares, zero point round(-b / a)
 ///     clamped, then the best scale for that integer zero point) that minimize the squared
-///     error, stored as spec.scale_type stores it; the error is scored with the stored scale.
-///     The candidate of least error wins (the first on a tie).
+///     error, stored as spec.scale_type stores it. Symmetric: the candidate of least refit
+///     error (sum x^2 - (sum xq)^2 / sum q^2, compared without division) wins, then its scale
+///     is refit and stored; asymmetric: every candidate is refit and scored with its stored
+///     scale. The first wins a tie.
 ///  4. A second pass encodes the orbit with the winner's refit parameters, sums again and
 ///     refits again; kept if its error is lower.
 ///  5. Guard: the result replaces amax only when its error is below amax's own (candidate 0's
 ///     codes with amax's stored parameters), so an orbit's squared error is never worse than
-///     with amax (up to the rounding of the double sums, about 1e-12 of the error).
+///     with amax (up to the rounding of the double sums, about 1e-12 of the error). Symmetric
+///     schemes sum the two encodings again in double for it (the float sums only choose).
 /// The scale stored is the refit one; the codes are those of the candidate (or the second
 /// pass) it was fitted to. Errors are compared in double from the sums; sum x^2 cancels.
 /// Orbits whose candidates' inverses overflow (subnormal scales) keep amax.
@@ -42,25 +46,42 @@
 #include <limits>
 #include <string>
 
+namespace orbitq::detail::mse
+{
+    /// a * b + c, rounded once where the target has a fused multiply-add and twice where it has
+    /// not: the operation xsimd::fma performs on that target, so that scalar and vector code
+    /// agree to the bit, and written out so that the compiler's contraction of a * b + c cannot
+    /// change it.
+    template <class V>
+    inline V mul_add(V a, V b, V c) noexcept
+    {
+#if defined(__FMA__) || defined(__AVX512F__)
+        return std::fma(a, b, c);
+#else
+        return a * b + c;
+#endif
+    }
+}
+
 namespace orbitq::kernels::reference
 {
-    /// @brief The K candidates' sums over n values, in element order.
-    template <rounding_policy R, weight_element T, std::size_t K>
-    candidate_sums<K> candidate_sums_span(const T* x, std::size_t n, const std::array<encode_params, K>& c) noexcept
+    /// @brief The K candidates' sums over n values in V (double or float), in element order.
+    template <class V, rounding_policy R, weight_element T, std::size_t K>
+    candidate_sums<K, V> candidate_sums_span(const T* x, std::size_t n, const std::array<encode_params, K>& c) noexcept
     {
-        candidate_sums<K> s;
+        candidate_sums<K, V> s;
         s.n = n;
         for (std::size_t i = 0; i < n; ++i)
         {
             const float xf = to_float(x[i]);
-            const double xd = xf;
-            s.x += xd;
+            const V xv = xf;
+            s.x += xv;
             for (std::size_t k = 0; k < K; ++k)
             {
-                const double qd = encode<R>(xf, c[k]);
-                s.xq[k] += xd * qd;  // exact product: fused or not, the same sum
-                s.qq[k] += qd * qd;
-                s.q[k] += qd;
+                const V qv = encode<R>(xf, c[k]);
+                s.xq[k] = orbitq::detail::mse::mul_add(xv, qv, s.xq[k]);  // exact in double
+                s.qq[k] = orbitq::detail::mse::mul_add(qv, qv, s.qq[k]);
+                s.q[k] += qv;
             }
         }
         return s;
@@ -118,8 +139,8 @@ namespace orbitq::kernels::simd
     ///        is bit-identical to reference::candidate_sums_span.
     /// @pre K is a multiple of the float batch width; every candidate's inverse is finite and
     ///      its mode multiply_inverse.
-    template <rounding_policy R, weight_element T, std::size_t K>
-    candidate_sums<K> candidate_sums_span(const T* x, std::size_t n, const std::array<encode_params, K>& c) noexcept
+    template <class V, rounding_policy R, weight_element T, std::size_t K>
+    candidate_sums<K, V> candidate_sums_span(const T* x, std::size_t n, const std::array<encode_params, K>& c) noexcept
     {
         using dbatch = xsimd::batch<double, arch_type>;
         constexpr std::size_t F = K / width;
@@ -142,6 +163,37 @@ namespace orbitq::kernels::simd
             lo[f] = float_batch::load_aligned(l);
             hi[f] = float_batch::load_aligned(h);
         }
+        if constexpr (std::same_as<V, float>)
+        {
+            float_batch fxq[F], fqq[F], fqs[F];
+            for (std::size_t f = 0; f < F; ++f) fxq[f] = fqq[f] = fqs[f] = float_batch(0.0f);
+            float fx = 0.0f;
+            for (std::size_t i = 0; i < n; ++i)
+            {
+                const float xf = to_float(x[i]);
+                const float_batch xb(xf);
+                fx += xf;
+                for (std::size_t f = 0; f < F; ++f)
+                {
+                    const float_batch code = xsimd::min(xsimd::max(detail::round<R>(xb * inv[f]) + zp[f], lo[f]), hi[f]);
+                    fxq[f] = xsimd::fma(xb, code, fxq[f]);
+                    fqq[f] = xsimd::fma(code, code, fqq[f]);
+                    fqs[f] += code;
+                }
+            }
+            candidate_sums<K, float> s;
+            s.n = n;
+            s.x = fx;
+            for (std::size_t f = 0; f < F; ++f)
+            {
+                fxq[f].store_unaligned(s.xq.data() + f * width);
+                fqq[f].store_unaligned(s.qq.data() + f * width);
+                fqs[f].store_unaligned(s.q.data() + f * width);
+            }
+            return s;
+        }
+        else
+        {
         for (std::size_t j = 0; j < 2 * F; ++j) xq[j] = qq[j] = qs[j] = dbatch(0.0);
         double sx = 0.0;
         for (std::size_t i = 0; i < n; ++i)
@@ -173,6 +225,7 @@ namespace orbitq::kernels::simd
             qs[j].store_unaligned(s.q.data() + j * dbatch::size);
         }
         return s;
+        }
     }
 }
 
@@ -180,7 +233,6 @@ namespace orbitq::detail::mse
 {
     /// The number of candidates.
     inline constexpr std::size_t candidate_count = 16;
-    using sums = candidate_sums<candidate_count>;
 
     /// The clip ratio of candidate k: 1 (amax) down to 0.5.
     constexpr float clip_ratio(std::size_t k) noexcept { return 1.0f - static_cast<float>(k) / 30.0f; }
@@ -230,15 +282,20 @@ namespace orbitq::detail::mse
     /// scale s and zero point z.
     inline double error(double xq, double qq, double q, double x, double n, double s, double z) noexcept
     {
-        const double xu = xq - z * x;
-        const double uu = qq - 2.0 * z * q + z * z * n;
-        return s * (s * uu - 2.0 * xu);
+        const double xu = mul_add(-z, x, xq);
+        const double uu = mul_add(z * z, n, mul_add(-2.0 * z, q, qq));
+        return s * mul_add(s, uu, -2.0 * xu);
     }
+
+    /// Whether symmetric candidate a (sums xq_a, qq_a) refits to a lower error than b: the
+    /// least-squares error of codes q is sum x^2 - (sum x q)^2 / sum q^2, compared without a
+    /// division. @pre qq_a > 0 and qq_b > 0.
+    inline bool fits_better(double xq_a, double qq_a, double xq_b, double qq_b) noexcept { return (xq_a * xq_a) * qq_b > (xq_b * xq_b) * qq_a; }
 
     struct scored
     {
         quant_params stored;
-        double err;
+        double err = std::numeric_limits<double>::infinity();
     };
 
     /// The stored form of a refit scale, or 0 when it cannot be stored (then the fit is skipped).
@@ -268,35 +325,55 @@ namespace orbitq::detail::mse
             z = std::nearbyint(-b / a);
             z = z < S::qmin ? S::qmin : (z > S::qmax ? S::qmax : z);
         }
-        const double uu = qq - 2.0 * z * q + z * z * n;
+        const double uu = mul_add(z * z, n, mul_add(-2.0 * z, q, qq));
         if (!(uu > 0.0)) return {{}, inf};
-        const float st = stored_scale((xq - z * x) / uu, spec);
+        const float st = stored_scale(mul_add(-z, x, xq) / uu, spec);
         if (st == 0.0f) return {{}, inf};
         return {with_inverse(st, static_cast<std::int32_t>(z)), error(xq, qq, q, x, n, st, z)};
     }
 
-    /// Steps 1-5 of the file brief for one orbit. `pass(params)` returns the sums of the orbit's
-    /// values under the candidates given (16, then 1); `amax_enc`/`amax_stored` are amax's.
-    template <scheme_policy S, class Pass16, class Pass1>
+    /// The sums the search scores candidates with: float for symmetric schemes (an exact double
+    /// pass then guards the result), double for asymmetric ones.
+    template <scheme_policy S>
+    using search_value = std::conditional_t<S::has_zero_point, double, float>;
+
+    /// Steps 1-5 of the file brief for one orbit. pass16(c) and pass1(c) return the sums of the
+    /// orbit's values, in search_value<S>, under the candidates c (16, then 1); exact2(c) in
+    /// double under 2 (amax's and the result's codes). `amax_enc`/`amax_stored` are amax's.
+    template <scheme_policy S, class Pass16, class Pass1, class Exact2>
     choice search(const min_max& stat, const encode_params& amax_enc, const quant_params& amax_stored, const quant_spec& spec,
-                  Pass16&& pass16, Pass1&& pass1)
+                  Pass16&& pass16, Pass1&& pass1, Exact2&& exact2)
     {
         const choice amax{amax_enc, amax_stored};
         const auto cand = candidates<S>(stat, amax_enc);
         if (!searchable(cand)) return amax;
-        const sums s = pass16(cand);
+        const auto s = pass16(cand);
         const double n = static_cast<double>(s.n);
         const double amax_err = error(s.xq[0], s.qq[0], s.q[0], s.x, n, amax_stored.scale, amax_stored.zero_point);
         std::size_t best = 0;
-        scored fit = refit<S>(s.xq[0], s.qq[0], s.q[0], s.x, s.n, spec);
-        for (std::size_t k = 1; k < candidate_count; ++k)
+        scored fit;
+        if constexpr (S::has_zero_point)
         {
-            const scored f = refit<S>(s.xq[k], s.qq[k], s.q[k], s.x, s.n, spec);
-            if (f.err < fit.err)
+            fit = refit<S>(s.xq[0], s.qq[0], s.q[0], s.x, s.n, spec);
+            for (std::size_t k = 1; k < candidate_count; ++k)
             {
-                fit = f;
-                best = k;
+                const scored f = refit<S>(s.xq[k], s.qq[k], s.q[k], s.x, s.n, spec);
+                if (f.err < fit.err)
+                {
+                    fit = f;
+                    best = k;
+                }
             }
+        }
+        else
+        {
+            // the least refit error before the scale is stored, then the winner refit and stored
+            if (!(s.qq[0] > 0.0f)) return amax;
+            for (std::size_t k = 1; k < candidate_count; ++k)
+            {
+                if (s.qq[k] > 0.0f && fits_better(s.xq[k], s.qq[k], s.xq[best], s.qq[best])) best = k;
+            }
+            fit = refit<S>(s.xq[best], s.qq[best], s.q[best], s.x, s.n, spec);
         }
         if (!(fit.err < amax_err)) return amax;
         choice result{cand[best], fit.stored};
@@ -304,9 +381,18 @@ namespace orbitq::detail::mse
         const std::array<encode_params, 1> again{encode_params{fit.stored, search_qmin<S>, S::qmax, scale_application::multiply_inverse}};
         if (std::isfinite(fit.stored.inv_scale))
         {
-            const candidate_sums<1> t = pass1(again);
+            const auto t = pass1(again);
             const scored f2 = refit<S>(t.xq[0], t.qq[0], t.q[0], t.x, t.n, spec);
             if (f2.err < fit.err) result = {again[0], f2.stored};
+        }
+        if constexpr (!S::has_zero_point)
+        {
+            // the guard in double: the float sums chose; the exact errors decide against amax
+            const candidate_sums<2> e = exact2(std::array<encode_params, 2>{amax_enc, result.encode});
+            const double en = static_cast<double>(e.n);
+            const double a = error(e.xq[0], e.qq[0], e.q[0], e.x, en, amax_stored.scale, 0.0);
+            const double r = error(e.xq[1], e.qq[1], e.q[1], e.x, en, result.stored.scale, 0.0);
+            if (!(r < a)) return amax;
         }
         return result;
     }
@@ -315,14 +401,16 @@ namespace orbitq::detail::mse
     /// rounding and element type, shared by the per_channel and per_group drivers.
     template <scheme_policy S, rounding_policy R, weight_element T>
     [[gnu::noinline]] choice search_span(const T* x, std::size_t n, const min_max& stat, const encode_params& amax_enc, const quant_params& amax_stored,
-                       const quant_spec& spec)
+                                         const quant_spec& spec)
     {
+        using V = search_value<S>;
         return search<S>(
             stat, amax_enc, amax_stored, spec,
             [&](const std::array<encode_params, candidate_count>& c) {
-                if constexpr (candidate_count % kernels::simd::width == 0) return kernels::simd::candidate_sums_span<R>(x, n, c);
-                else return kernels::reference::candidate_sums_span<R>(x, n, c);
+                if constexpr (candidate_count % kernels::simd::width == 0) return kernels::simd::candidate_sums_span<V, R>(x, n, c);
+                else return kernels::reference::candidate_sums_span<V, R>(x, n, c);
             },
-            [&](const std::array<encode_params, 1>& c) { return kernels::reference::candidate_sums_span<R>(x, n, c); });
+            [&](const std::array<encode_params, 1>& c) { return kernels::reference::candidate_sums_span<V, R>(x, n, c); },
+            [&](const std::array<encode_params, 2>& c) { return kernels::reference::candidate_sums_span<double, R>(x, n, c); });
     }
 }
