@@ -99,10 +99,12 @@ TEST_CASE("--granularity auto: per layer the cheapest candidate meeting the targ
     // --scales mse: the searched twins join the candidates; at equal bits per weight the higher
     // SQNR wins, so each layer's choice (other than per_tensor, which has no twin) is searched.
     const fs::path report_mse = s.dir / "r_mse.json";
-    auto rm = cli({"--checkpoint", in.string(), "--granularity", "auto", "--bits", "4", "--scales", "mse", "--target-cos", "0.99",
-                   "--report", report_mse.string(), "--tokens", "2", "--quiet"});
+    auto rm = cli({"--checkpoint", in.string(), "--granularity", "auto", "--bits", "4", "--scheme", "symmetric", "--scales", "mse",
+                   "--target-cos", "0.99", "--layers", "1", "--report", report_mse.string(), "--tokens", "2", "--quiet"});
     REQUIRE_MESSAGE(rm.rc != 1, std::string(rm.err + rm.out));
-    for (const auto& t : read_json(report_mse)["auto"]["tensors"])
+    const json rep_mse = read_json(report_mse);
+    REQUIRE(rep_mse["auto"]["tensors"].size() == 2);
+    for (const auto& t : rep_mse["auto"]["tensors"])
     {
         const std::string chosen = t["chosen"];
         CHECK_MESSAGE((chosen.find(" mse") != std::string::npos || chosen.find("per_tensor") != std::string::npos), chosen);

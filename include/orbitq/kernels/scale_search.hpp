@@ -49,9 +49,9 @@
 namespace orbitq::detail::mse
 {
     /// a * b + c, rounded once where the target has a fused multiply-add and twice where it has
-    /// not: the operation xsimd::fma performs on that target, so that scalar and vector code
-    /// agree to the bit, and written out so that the compiler's contraction of a * b + c cannot
-    /// change it.
+    /// not: the operation kernels::simd::detail::mul_add performs on that target, so that scalar
+    /// and vector code agree to the bit, and written out so that the compiler's contraction of
+    /// a * b + c cannot change it.
     template <class V>
     inline V mul_add(V a, V b, V c) noexcept
     {
@@ -60,6 +60,47 @@ namespace orbitq::detail::mse
 #else
         return a * b + c;
 #endif
+    }
+}
+
+namespace orbitq::kernels::simd::detail
+{
+    /// detail::mse::mul_add for batches: the fused instruction where the target has one (xsimd
+    /// 8's fma is a multiply and an add, which the compiler may or may not contract), else a
+    /// multiply and an add (nothing to contract them into).
+    template <class V, class A>
+    inline xsimd::batch<V, A> mul_add(const xsimd::batch<V, A>& a, const xsimd::batch<V, A>& b, const xsimd::batch<V, A>& c) noexcept
+    {
+#if XSIMD_WITH_AVX512F
+        if constexpr (std::derived_from<A, xsimd::avx512f>)
+        {
+            if constexpr (std::same_as<V, float>) return _mm512_fmadd_ps(a, b, c);
+            else return _mm512_fmadd_pd(a, b, c);
+        }
+        else
+#endif
+#if defined(__FMA__) && XSIMD_WITH_AVX
+        if constexpr (std::derived_from<A, xsimd::avx>)
+        {
+            if constexpr (std::same_as<V, float>) return _mm256_fmadd_ps(a, b, c);
+            else return _mm256_fmadd_pd(a, b, c);
+        }
+        else
+#endif
+#if defined(__FMA__) && XSIMD_WITH_SSE2
+        if constexpr (std::derived_from<A, xsimd::sse2>)
+        {
+            if constexpr (std::same_as<V, float>) return _mm_fmadd_ps(a, b, c);
+            else return _mm_fmadd_pd(a, b, c);
+        }
+        else
+#endif
+        {
+#if defined(__FMA__) || defined(__AVX512F__)
+            static_assert(sizeof(V) == 0, "a fused multiply-add target needs its instruction here");
+#endif
+            return a * b + c;
+        }
     }
 }
 
@@ -176,8 +217,8 @@ namespace orbitq::kernels::simd
                 for (std::size_t f = 0; f < F; ++f)
                 {
                     const float_batch code = xsimd::min(xsimd::max(detail::round<R>(xb * inv[f]) + zp[f], lo[f]), hi[f]);
-                    fxq[f] = xsimd::fma(xb, code, fxq[f]);
-                    fqq[f] = xsimd::fma(code, code, fqq[f]);
+                    fxq[f] = detail::mul_add(xb, code, fxq[f]);
+                    fqq[f] = detail::mul_add(code, code, fqq[f]);
                     fqs[f] += code;
                 }
             }

@@ -37,6 +37,13 @@ namespace orbitq::detail::mse
         using fbatch = kernels::simd::float_batch;
         using dbatch = xsimd::batch<double, kernels::simd::arch_type>;
         inline constexpr std::size_t halves = 2;  // double batches per float batch
+        using kernels::simd::detail::mul_add;
+        /// One rounding where the target fuses, as detail::mse::mul_add (the reference's).
+        template <class B>
+        [[gnu::always_inline]] inline B fused(const B& a, const B& b, const B& c) noexcept
+        {
+            return mul_add(a, b, c);
+        }
         static_assert(dbatch::size * halves == lanes);
 
         /// Element j (of the block starting at b0, m long) of every orbit in lane order, as
@@ -73,8 +80,8 @@ namespace orbitq::detail::mse
             for (std::size_t j = 0; j < m; ++j)
             {
                 const fbatch code = codes<R>(buf, j, inv, lo, hi);
-                xq = xsimd::fma(fbatch::load_aligned(buf.xt.data() + j * lanes), code, xq);
-                qq = xsimd::fma(code, code, qq);
+                xq = fused(fbatch::load_aligned(buf.xt.data() + j * lanes), code, xq);
+                qq = fused(code, code, qq);
             }
         }
 
@@ -88,10 +95,10 @@ namespace orbitq::detail::mse
             {
                 const fbatch x = fbatch::load_aligned(buf.xt.data() + j * lanes);
                 const fbatch a = codes<R>(buf, j, inv_a, lo, hi), b = codes<R>(buf, j, inv_b, lo, hi);
-                xq_a = xsimd::fma(x, a, xq_a);
-                qq_a = xsimd::fma(a, a, qq_a);
-                xq_b = xsimd::fma(x, b, xq_b);
-                qq_b = xsimd::fma(b, b, qq_b);
+                xq_a = fused(x, a, xq_a);
+                qq_a = fused(a, a, qq_a);
+                xq_b = fused(x, b, xq_b);
+                qq_b = fused(b, b, qq_b);
             }
         }
 
@@ -136,7 +143,7 @@ namespace orbitq::detail::mse
             for (std::size_t h = 0; h < halves; ++h)
             {
                 const dbatch s = dbatch::load_aligned(sd + h * dbatch::size);
-                err[h] = xsimd::select(s > dbatch(0.0), s * xsimd::fma(s, qq[h], dbatch(-2.0) * xq[h]), inf);
+                err[h] = xsimd::select(s > dbatch(0.0), s * fused(s, qq[h], dbatch(-2.0) * xq[h]), inf);
             }
         }
     }
@@ -286,7 +293,7 @@ namespace orbitq::detail::mse
             for (std::size_t h = 0; h < H; ++h)
             {
                 const dbatch a = dbatch::load_aligned(sd + h * D);
-                amax_err[h] = a * xsimd::fma(a, qq0[h], dbatch(-2.0) * xq0[h]);
+                amax_err[h] = a * fused(a, qq0[h], dbatch(-2.0) * xq0[h]);
             }
         }
         alignas(64) double fe[lanes], ae[lanes], best[lanes], q0[lanes];
