@@ -449,6 +449,59 @@ namespace orbitq::kernels::simd
         }
 #endif
 
+        // ------------------------------------------------------------------ float -> double
+
+        /// Widens a float batch into its low and high halves as double batches. The halves are
+        /// taken with vector-extension shuffles and converted with the masked (explicit source)
+        /// intrinsics: GCC 12's unmasked forms read an undefined source and warn under -Wall.
+        template <class FB, class DB>
+        inline void widen(const FB& f, DB& lo, DB& hi) noexcept
+        {
+            static_assert(2 * DB::size == FB::size, "a double batch must hold half a float batch");
+#if defined(__AVX512F__) && defined(__GNUC__)  // GCC and Clang: vector extensions
+            if constexpr (FB::size == 16 && std::derived_from<typename FB::arch_type, xsimd::avx512f>)
+            {
+                using v16 = float __attribute__((vector_size(64)));
+                const v16 v = static_cast<__m512>(f);
+                const __m256 l = reinterpret_cast<__m256>(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7));
+                const __m256 h = reinterpret_cast<__m256>(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+                lo = _mm512_mask_cvtps_pd(_mm512_setzero_pd(), 0xff, l);
+                hi = _mm512_mask_cvtps_pd(_mm512_setzero_pd(), 0xff, h);
+                return;
+            }
+            else
+#endif
+#if defined(__AVX__) && defined(__GNUC__)
+            if constexpr (FB::size == 8 && std::derived_from<typename FB::arch_type, xsimd::avx>)
+            {
+                using v8 = float __attribute__((vector_size(32)));
+                const v8 v = static_cast<__m256>(f);
+                lo = _mm256_cvtps_pd(reinterpret_cast<__m128>(__builtin_shufflevector(v, v, 0, 1, 2, 3)));
+                hi = _mm256_cvtps_pd(reinterpret_cast<__m128>(__builtin_shufflevector(v, v, 4, 5, 6, 7)));
+                return;
+            }
+            else
+#endif
+#if XSIMD_WITH_SSE2
+            if constexpr (FB::size == 4 && std::derived_from<typename FB::arch_type, xsimd::sse2>)
+            {
+                const __m128 v = f;
+                lo = _mm_cvtps_pd(v);
+                hi = _mm_cvtps_pd(_mm_movehl_ps(v, v));
+                return;
+            }
+            else
+#endif
+            {
+                alignas(64) float fb[FB::size];
+                alignas(64) double db[FB::size];
+                f.store_aligned(fb);
+                for (std::size_t k = 0; k < FB::size; ++k) db[k] = fb[k];
+                lo = DB::load_aligned(db);
+                hi = DB::load_aligned(db + DB::size);
+            }
+        }
+
         // ------------------------------------------------------------------ non-finite lanes
 
         /// Lanes holding NaN or +-infinity: !(|x| <= FLT_MAX) (an unordered compare is false).

@@ -131,50 +131,6 @@ namespace orbitq::kernels::reference
 
 namespace orbitq::kernels::simd
 {
-    namespace detail
-    {
-        /// The lower and upper halves of a float batch, widened to double batches.
-        template <class A>
-        inline std::array<xsimd::batch<double, A>, 2> widen(const xsimd::batch<float, A>& v) noexcept
-        {
-            using dbatch = xsimd::batch<double, A>;
-            using fbatch = xsimd::batch<float, A>;
-            static_assert(dbatch::size * 2 == fbatch::size);
-#if XSIMD_WITH_AVX512F
-            if constexpr (std::derived_from<A, xsimd::avx512f>)
-            {
-                const __m512 f = v;
-                return {dbatch(_mm512_cvtps_pd(_mm512_castps512_ps256(f))),
-                        dbatch(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))))};
-            }
-            else
-#endif
-#if XSIMD_WITH_AVX
-            if constexpr (std::derived_from<A, xsimd::avx>)
-            {
-                const __m256 f = v;
-                return {dbatch(_mm256_cvtps_pd(_mm256_castps256_ps128(f))), dbatch(_mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)))};
-            }
-            else
-#endif
-#if XSIMD_WITH_SSE2
-            if constexpr (std::derived_from<A, xsimd::sse2>)
-            {
-                const __m128 f = v;
-                return {dbatch(_mm_cvtps_pd(f)), dbatch(_mm_cvtps_pd(_mm_movehl_ps(f, f)))};
-            }
-            else
-#endif
-            {
-                alignas(64) float a[fbatch::size];
-                alignas(64) double d[fbatch::size];
-                v.store_aligned(a);
-                for (std::size_t i = 0; i < fbatch::size; ++i) d[i] = a[i];
-                return {dbatch::load_aligned(d), dbatch::load_aligned(d + dbatch::size)};
-            }
-        }
-    }
-
     /// @brief candidate_sums_span with the candidates in SIMD lanes: per element, every
     ///        candidate's code at once; each candidate's sums in element order, so the result
     ///        is bit-identical to reference::candidate_sums_span.
@@ -187,7 +143,10 @@ namespace orbitq::kernels::simd
         constexpr std::size_t F = K / width;
         static_assert(F * width == K, "the candidates fill whole float batches");
         float_batch inv[F], zp[F], lo[F], hi[F];
-        dbatch xq[2 * F], qq[2 * F], qs[2 * F];
+        // reference::encode: R(x * inv) + zp, clamped (finite values: min/max are the clamp)
+        const auto code_of = [&](const float_batch& xb, std::size_t f) {
+            return xsimd::min(xsimd::max(detail::round<R>(xb * inv[f]) + zp[f], lo[f]), hi[f]);
+        };
         for (std::size_t f = 0; f < F; ++f)
         {
             alignas(64) float a[width], z[width], l[width], h[width];
@@ -216,7 +175,7 @@ namespace orbitq::kernels::simd
                 fx += xf;
                 for (std::size_t f = 0; f < F; ++f)
                 {
-                    const float_batch code = xsimd::min(xsimd::max(detail::round<R>(xb * inv[f]) + zp[f], lo[f]), hi[f]);
+                    const float_batch code = code_of(xb, f);
                     fxq[f] = detail::mul_add(xb, code, fxq[f]);
                     fqq[f] = detail::mul_add(code, code, fqq[f]);
                     fqs[f] += code;
@@ -235,37 +194,37 @@ namespace orbitq::kernels::simd
         }
         else
         {
-        for (std::size_t j = 0; j < 2 * F; ++j) xq[j] = qq[j] = qs[j] = dbatch(0.0);
-        double sx = 0.0;
-        for (std::size_t i = 0; i < n; ++i)
-        {
-            const float xf = to_float(x[i]);
-            const float_batch xb(xf);
-            const dbatch xd(static_cast<double>(xf));
-            sx += static_cast<double>(xf);
-            for (std::size_t f = 0; f < F; ++f)
+            dbatch xq[2 * F], qq[2 * F], qs[2 * F];
+            for (std::size_t j = 0; j < 2 * F; ++j) xq[j] = qq[j] = qs[j] = dbatch(0.0);
+            double sx = 0.0;
+            for (std::size_t i = 0; i < n; ++i)
             {
-                // reference::encode: R(x * inv) + zp, clamped (finite values: min/max are the clamp)
-                const float_batch code = xsimd::min(xsimd::max(detail::round<R>(xb * inv[f]) + zp[f], lo[f]), hi[f]);
-                const auto d = detail::widen(code);
-                for (std::size_t h = 0; h < 2; ++h)
+                const float xf = to_float(x[i]);
+                const float_batch xb(xf);
+                const dbatch xd(static_cast<double>(xf));
+                sx += static_cast<double>(xf);
+                for (std::size_t f = 0; f < F; ++f)
                 {
-                    xq[2 * f + h] = xsimd::fma(xd, d[h], xq[2 * f + h]);
-                    qq[2 * f + h] = xsimd::fma(d[h], d[h], qq[2 * f + h]);
-                    qs[2 * f + h] += d[h];
+                    dbatch d[2];
+                    detail::widen(code_of(xb, f), d[0], d[1]);
+                    for (std::size_t h = 0; h < 2; ++h)
+                    {
+                        xq[2 * f + h] = xsimd::fma(xd, d[h], xq[2 * f + h]);
+                        qq[2 * f + h] = xsimd::fma(d[h], d[h], qq[2 * f + h]);
+                        qs[2 * f + h] += d[h];
+                    }
                 }
             }
-        }
-        candidate_sums<K> s;
-        s.n = n;
-        s.x = sx;
-        for (std::size_t j = 0; j < 2 * F; ++j)
-        {
-            xq[j].store_unaligned(s.xq.data() + j * dbatch::size);
-            qq[j].store_unaligned(s.qq.data() + j * dbatch::size);
-            qs[j].store_unaligned(s.q.data() + j * dbatch::size);
-        }
-        return s;
+            candidate_sums<K> s;
+            s.n = n;
+            s.x = sx;
+            for (std::size_t j = 0; j < 2 * F; ++j)
+            {
+                xq[j].store_unaligned(s.xq.data() + j * dbatch::size);
+                qq[j].store_unaligned(s.qq.data() + j * dbatch::size);
+                qs[j].store_unaligned(s.q.data() + j * dbatch::size);
+            }
+            return s;
         }
     }
 }

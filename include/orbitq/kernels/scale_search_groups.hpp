@@ -37,13 +37,8 @@ namespace orbitq::detail::mse
         using fbatch = kernels::simd::float_batch;
         using dbatch = xsimd::batch<double, kernels::simd::arch_type>;
         inline constexpr std::size_t halves = 2;  // double batches per float batch
-        using kernels::simd::detail::mul_add;
         /// One rounding where the target fuses, as detail::mse::mul_add (the reference's).
-        template <class B>
-        [[gnu::always_inline]] inline B fused(const B& a, const B& b, const B& c) noexcept
-        {
-            return mul_add(a, b, c);
-        }
+        using kernels::simd::detail::mul_add;
         static_assert(dbatch::size * halves == lanes);
 
         /// Element j (of the block starting at b0, m long) of every orbit in lane order, as
@@ -58,8 +53,10 @@ namespace orbitq::detail::mse
             }
             for (std::size_t j = 0; j < m; ++j)
             {
-                const auto d = kernels::simd::detail::widen(fbatch::load_aligned(buf.xt.data() + j * lanes));
-                for (std::size_t h = 0; h < halves; ++h) d[h].store_aligned(buf.xd.data() + j * lanes + h * dbatch::size);
+                dbatch lo, hi;
+                kernels::simd::detail::widen(fbatch::load_aligned(buf.xt.data() + j * lanes), lo, hi);
+                lo.store_aligned(buf.xd.data() + j * lanes);
+                hi.store_aligned(buf.xd.data() + j * lanes + dbatch::size);
             }
         }
 
@@ -80,8 +77,8 @@ namespace orbitq::detail::mse
             for (std::size_t j = 0; j < m; ++j)
             {
                 const fbatch code = codes<R>(buf, j, inv, lo, hi);
-                xq = fused(fbatch::load_aligned(buf.xt.data() + j * lanes), code, xq);
-                qq = fused(code, code, qq);
+                xq = mul_add(fbatch::load_aligned(buf.xt.data() + j * lanes), code, xq);
+                qq = mul_add(code, code, qq);
             }
         }
 
@@ -95,10 +92,10 @@ namespace orbitq::detail::mse
             {
                 const fbatch x = fbatch::load_aligned(buf.xt.data() + j * lanes);
                 const fbatch a = codes<R>(buf, j, inv_a, lo, hi), b = codes<R>(buf, j, inv_b, lo, hi);
-                xq_a = fused(x, a, xq_a);
-                qq_a = fused(a, a, qq_a);
-                xq_b = fused(x, b, xq_b);
-                qq_b = fused(b, b, qq_b);
+                xq_a = mul_add(x, a, xq_a);
+                qq_a = mul_add(a, a, qq_a);
+                xq_b = mul_add(x, b, xq_b);
+                qq_b = mul_add(b, b, qq_b);
             }
         }
 
@@ -109,7 +106,8 @@ namespace orbitq::detail::mse
         {
             for (std::size_t j = 0; j < m; ++j)
             {
-                const auto d = kernels::simd::detail::widen(codes<R>(buf, j, inv, lo, hi));
+                dbatch d[halves];
+                kernels::simd::detail::widen(codes<R>(buf, j, inv, lo, hi), d[0], d[1]);
                 for (std::size_t h = 0; h < halves; ++h)
                 {
                     const dbatch xd = dbatch::load_aligned(buf.xd.data() + j * lanes + h * dbatch::size);
@@ -120,11 +118,7 @@ namespace orbitq::detail::mse
         }
 
         /// Float sums widened to double batches.
-        inline void widen_sums(const fbatch& f, dbatch (&d)[halves]) noexcept
-        {
-            const auto w = kernels::simd::detail::widen(f);
-            for (std::size_t h = 0; h < halves; ++h) d[h] = w[h];
-        }
+        inline void widen_sums(const fbatch& f, dbatch (&d)[halves]) noexcept { kernels::simd::detail::widen(f, d[0], d[1]); }
 
         /// The stored form of refit scales xq / qq, lane by lane (stored_scale), as doubles.
         inline void store_scales(const dbatch (&xq)[halves], const dbatch (&qq)[halves], const quant_spec& spec, float (&st)[lanes])
@@ -143,7 +137,7 @@ namespace orbitq::detail::mse
             for (std::size_t h = 0; h < halves; ++h)
             {
                 const dbatch s = dbatch::load_aligned(sd + h * dbatch::size);
-                err[h] = xsimd::select(s > dbatch(0.0), s * fused(s, qq[h], dbatch(-2.0) * xq[h]), inf);
+                err[h] = xsimd::select(s > dbatch(0.0), s * mul_add(s, qq[h], dbatch(-2.0) * xq[h]), inf);
             }
         }
     }
@@ -172,13 +166,13 @@ namespace orbitq::detail::mse
         {
             transpose(p, 0, n, buf);
             fbatch mn = fbatch::load_aligned(buf.xt.data()), mx = mn;
-            auto bad = xsimd::isnan(mn) || (xsimd::abs(mn) == fbatch(std::numeric_limits<float>::infinity()));
+            auto bad = kernels::simd::detail::non_finite(mn, kernels::simd::arch_type{});
             for (std::size_t j = 1; j < n; ++j)
             {
                 const fbatch x = fbatch::load_aligned(buf.xt.data() + j * lanes);
                 mn = xsimd::min(mn, x);
                 mx = xsimd::max(mx, x);
-                bad = bad || xsimd::isnan(x) || (xsimd::abs(x) == fbatch(std::numeric_limits<float>::infinity()));
+                bad = bad || kernels::simd::detail::non_finite(x, kernels::simd::arch_type{});
             }
             alignas(64) float a[lanes], b[lanes];
             mn.store_aligned(a);
@@ -236,15 +230,23 @@ namespace orbitq::detail::mse
             searchable[l] = ok;
         }
 
+        // the orbits block by block, transposed (the block of step 0 is still there when it
+        // holds the whole orbits): f(m) for each block of m elements
+        const auto over_blocks = [&](auto&& f) {
+            for (std::size_t b0 = 0; b0 < n; b0 += lane_buffers::block)
+            {
+                const std::size_t m = std::min(lane_buffers::block, n - b0);
+                if (!one_block) transpose(p, b0, m, buf);
+                f(m);
+            }
+        };
+
         // 2. the float sums of every candidate, block by block, each lane in element order
         alignas(64) float xq[K][lanes] = {};
         alignas(64) float qq[K][lanes] = {};
         const fbatch lo(static_cast<float>(search_qmin<S>)), hi(static_cast<float>(S::qmax));
-        for (std::size_t b0 = 0; b0 < n; b0 += lane_buffers::block)
-        {
-            const std::size_t m = std::min(lane_buffers::block, n - b0);
-            if (!one_block) transpose(p, b0, m, buf);
-            static_assert(K % 2 == 0);
+        static_assert(K % 2 == 0);
+        over_blocks([&](std::size_t m) {
             for (std::size_t k = 0; k < K; k += 2)
             {
                 fbatch a = fbatch::load_aligned(xq[k]), b = fbatch::load_aligned(qq[k]);
@@ -255,7 +257,7 @@ namespace orbitq::detail::mse
                 c.store_aligned(xq[k + 1]);
                 d.store_aligned(qq[k + 1]);
             }
-        }
+        });
 
         // 3. the candidate of least refit error (fits_better, lane by lane), refit and stored
         dbatch bxq[H], bqq[H], bk[H], xq0[H], qq0[H];
@@ -287,15 +289,7 @@ namespace orbitq::detail::mse
         errors(st, bxq, bqq, fit_err);
         float amax_scale[lanes];
         for (std::size_t l = 0; l < lanes; ++l) amax_scale[l] = amax_stored[l].scale;
-        {
-            alignas(64) double sd[lanes];
-            for (std::size_t l = 0; l < lanes; ++l) sd[l] = amax_scale[l];
-            for (std::size_t h = 0; h < H; ++h)
-            {
-                const dbatch a = dbatch::load_aligned(sd + h * D);
-                amax_err[h] = a * fused(a, qq0[h], dbatch(-2.0) * xq0[h]);
-            }
-        }
+        errors(amax_scale, xq0, qq0, amax_err);  // +inf only where amax's scale is 0: not searchable
         alignas(64) double fe[lanes], ae[lanes], best[lanes], q0[lanes];
         for (std::size_t h = 0; h < H; ++h)
         {
@@ -321,12 +315,7 @@ namespace orbitq::detail::mse
         if (any)
         {
             fbatch fa(0.0f), fb(0.0f);
-            for (std::size_t b0 = 0; b0 < n; b0 += lane_buffers::block)
-            {
-                const std::size_t m = std::min(lane_buffers::block, n - b0);
-                if (!one_block) transpose(p, b0, m, buf);
-                accumulate<R>(buf, m, fbatch::load_aligned(inv2), lo, hi, fa, fb);
-            }
+            over_blocks([&](std::size_t m) { accumulate<R>(buf, m, fbatch::load_aligned(inv2), lo, hi, fa, fb); });
             dbatch a[H], b[H];
             widen_sums(fa, a);
             widen_sums(fb, b);
@@ -369,21 +358,14 @@ namespace orbitq::detail::mse
         if (!any) return;
         dbatch axq[H] = {dbatch(0.0), dbatch(0.0)}, aqq[H] = {dbatch(0.0), dbatch(0.0)};
         dbatch rxq[H] = {dbatch(0.0), dbatch(0.0)}, rqq[H] = {dbatch(0.0), dbatch(0.0)};
-        for (std::size_t b0 = 0; b0 < n; b0 += lane_buffers::block)
-        {
-            const std::size_t m = std::min(lane_buffers::block, n - b0);
-            if (!one_block) transpose(p, b0, m, buf);
+        over_blocks([&](std::size_t m) {
             accumulate_exact<R>(buf, m, fbatch::load_aligned(inv[0]), lo, hi, axq, aqq);
             accumulate_exact<R>(buf, m, fbatch::load_aligned(res_inv), lo, hi, rxq, rqq);
-        }
-        float amax_st[lanes], res_st[lanes];
-        for (std::size_t l = 0; l < lanes; ++l)
-        {
-            amax_st[l] = amax_stored[l].scale;
-            res_st[l] = out[l].stored.scale;
-        }
+        });
+        float res_st[lanes];
+        for (std::size_t l = 0; l < lanes; ++l) res_st[l] = out[l].stored.scale;
         dbatch ea[H], er[H];
-        errors(amax_st, axq, aqq, ea);
+        errors(amax_scale, axq, aqq, ea);
         errors(res_st, rxq, rqq, er);
         alignas(64) double a_err[lanes], r_err[lanes];
         for (std::size_t h = 0; h < H; ++h)
