@@ -9,10 +9,8 @@
 /// while the row is in L1); per_tensor reads the tensor twice (the row statistics, combined into
 /// the tensor statistic, then the encode pass).
 ///
-/// Code layout: 8-bit codes are int8, row-major, rows x cols. 4-bit codes are packed two per byte
-/// along the row: column 2k in the low nibble, column 2k+1 in the high nibble, each a two's
-/// complement 4-bit integer; a row of odd length ends with a byte whose high nibble is 0. Each
-/// row starts on a byte boundary (row_bytes = ceil(cols / 2)).
+/// The float-code schemes (fp8_e4m3, mxfp4, nvfp4) have their own driver (quantize_float.hpp),
+/// which the run-time quantize takes for them. The layout of the codes: quantized_tensor.hpp.
 #pragma once
 
 #include "orbitq/algebra/orbits.hpp"
@@ -26,6 +24,8 @@
 #include "orbitq/policy/quant_spec.hpp"
 #include "orbitq/policy/rounding.hpp"
 #include "orbitq/policy/scheme.hpp"
+#include "orbitq/quantize_float.hpp"
+#include "orbitq/quantized_tensor.hpp"
 
 #include <cmath>
 #include <cstddef>
@@ -37,51 +37,6 @@
 
 namespace orbitq
 {
-    /// @brief Storage of codes: starts on a 64-byte line, so that the kernels' whole-line stores
-    ///        (streaming stores among them) do not split lines.
-    using code_vector = std::vector<std::int8_t, xsimd::aligned_allocator<std::int8_t, 64>>;
-
-    /// @brief The result of quantization: codes, per-orbit parameters, shape, and the policy.
-    struct quantized_tensor
-    {
-        shape_type shape;                       ///< original tensor shape
-        std::size_t rows = 0;                   ///< matrix rows (see core/view.hpp)
-        std::size_t cols = 0;                   ///< matrix columns
-        quant_spec spec;                        ///< the policy used
-        orbit_layout layout;                    ///< orbits of the matrix
-        code_vector codes;                      ///< int8: rows*cols; int4: rows*row_bytes() packed
-        std::vector<float> scales;              ///< per orbit, the value dequantization uses
-        std::vector<std::int32_t> zero_points;  ///< per orbit when asymmetric, else empty
-
-        /// @brief Bytes of codes per row.
-        std::size_t row_bytes() const noexcept { return spec.bits == 8 ? cols : (cols + 1) / 2; }
-
-        /// @brief The code of element (r, c), unpacked and sign-extended.
-        std::int32_t code(std::size_t r, std::size_t c) const noexcept
-        {
-            if (spec.bits == 8) return codes[r * cols + c];
-            const auto byte = static_cast<std::uint8_t>(codes[r * row_bytes() + c / 2]);
-            const int nib = (c % 2 == 0) ? (byte & 0x0f) : (byte >> 4);
-            return nib >= 8 ? nib - 16 : nib;
-        }
-
-        /// @brief Orbit of element (r, c).
-        std::size_t orbit(std::size_t r, std::size_t c) const noexcept { return layout.orbit(r, c / layout.group); }
-
-        /// @brief Zero point of orbit o (0 for symmetric schemes).
-        std::int32_t zero_point(std::size_t o) const noexcept { return zero_points.empty() ? 0 : zero_points[o]; }
-
-        /// @brief Storage cost in bits per weight: codes plus scales (in spec.scale_type) plus zero
-        ///        points (stored in the code width).
-        double bits_per_weight() const noexcept
-        {
-            const double n = static_cast<double>(rows * cols);
-            const double scale_bits = 8.0 * static_cast<double>(element_size(spec.scale_type));
-            const double zp_bits = zero_points.empty() ? 0.0 : spec.bits;
-            return spec.bits + static_cast<double>(scales.size()) * (scale_bits + zp_bits) / n;
-        }
-    };
-
     namespace detail
     {
         /// The group callback of the driver's fused group passes, one named type per driver
@@ -101,12 +56,18 @@ namespace orbitq
             }
         };
 
-        template <class Q, weight_element T>
-        void check_spec(const matrix_view<T>& w, const quant_spec& spec)
+        template <weight_element T>
+        void check_input(const matrix_view<T>& w)
         {
             if (w.rows == 0 || w.cols == 0) throw error(error_kind::empty_tensor, "tensor '" + w.name + "' is empty");
             if (w.data == nullptr) throw error(error_kind::invalid_argument, "tensor '" + w.name + "' has no data");
             if (w.stride < w.cols) throw error(error_kind::invalid_argument, "tensor '" + w.name + "': stride < cols");
+        }
+
+        template <class Q, weight_element T>
+        void check_spec(const matrix_view<T>& w, const quant_spec& spec)
+        {
+            check_input(w);
             if (spec.bits != Q::bits) throw error(error_kind::invalid_argument, "spec bits disagree with the scheme");
         }
     }
@@ -428,12 +389,17 @@ namespace orbitq
         return q;
     }
 
-    /// @brief Quantizes `w` with a policy chosen at run time (with_quantizer) into `q`, reusing
-    ///        its storage (see quantize_into<Q>).
+    /// @brief Quantizes `w` with a policy chosen at run time (with_quantizer; the float schemes
+    ///        through quantize_float.hpp) into `q`, reusing its storage (see quantize_into<Q>).
     /// @throws error when spec.bits is not 8 or 4, or as quantize<Q>.
     template <weight_element T>
     void quantize_into(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads = 1)
     {
+        if (is_float_scheme(spec.scheme))
+        {
+            detail::check_input(w);
+            return detail::quantize_float(w, q, spec, threads);
+        }
         with_quantizer(spec, [&](auto policies) { quantize_into<decltype(policies)>(w, q, spec, threads); });
     }
 
@@ -445,37 +411,5 @@ namespace orbitq
         quantized_tensor q;
         quantize_into(w, q, spec, threads);
         return q;
-    }
-
-    /// @brief Dequantizes row r of q into out[0, q.cols): (code - zero_point) * scale in float32.
-    /// @pre r < q.rows, out has q.cols elements.
-    inline void dequantize_row(const quantized_tensor& q, std::size_t r, float* out) noexcept
-    {
-        const orbit_layout& L = q.layout;
-        for (std::size_t g = 0; g < L.groups_per_row; ++g)
-        {
-            const std::size_t o = L.orbit(r, g);
-            const float scale = q.scales[o];
-            const std::int32_t zp = q.zero_point(o);
-            const std::size_t c0 = g * L.group;
-            const std::size_t c1 = std::min(q.cols, c0 + L.group);
-            if (q.spec.bits == 8)
-            {
-                const std::int8_t* c = q.codes.data() + r * q.cols;
-                for (std::size_t j = c0; j < c1; ++j) out[j] = static_cast<float>(c[j] - zp) * scale;
-            }
-            else
-            {
-                for (std::size_t j = c0; j < c1; ++j) out[j] = static_cast<float>(q.code(r, j) - zp) * scale;
-            }
-        }
-    }
-
-    /// @brief Dequantizes the whole tensor to a row-major float32 vector of rows * cols values.
-    inline std::vector<float> dequantize(const quantized_tensor& q)
-    {
-        std::vector<float> out(q.rows * q.cols);
-        for (std::size_t r = 0; r < q.rows; ++r) dequantize_row(q, r, out.data() + r * q.cols);
-        return out;
     }
 }

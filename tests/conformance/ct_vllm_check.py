@@ -67,6 +67,8 @@ DTYPES = {
     "BF16": (2, np.uint16), "I32": (4, np.int32), "U32": (4, np.uint32),
     "F32": (4, np.float32), "I64": (8, np.int64), "U64": (8, np.uint64),
     "F64": (8, np.float64),
+    # safetensors' 8-bit floats: raw bytes here, decoded with the E4M3FN / E5M2 tables
+    "F8_E4M3": (1, np.uint8), "F8_E5M2": (1, np.uint8),
 }
 FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
 
@@ -147,11 +149,15 @@ def read_safetensors(path):
 
 
 def to_float(arr, dtype, out=np.float32):
-    """Storage array -> float (BF16: uint16 << 16 viewed as float32)."""
+    """Storage array -> float (BF16: uint16 << 16 viewed as float32; F8_E4M3: the E4M3FN table)."""
     if dtype == "BF16":
         u = np.asarray(arr, dtype=np.uint16).astype(np.uint32)
         u <<= 16
         return u.view(np.float32).astype(out, copy=False)
+    if dtype == "F8_E4M3":
+        return E4M3_TABLE[np.asarray(arr, dtype=np.uint8)].astype(out, copy=False)
+    if dtype == "F8_E5M2":
+        return E5M2_TABLE[np.asarray(arr, dtype=np.uint8)].astype(out, copy=False)
     return np.asarray(arr).astype(out)
 
 
@@ -318,7 +324,11 @@ QARGS_DEFAULTS = {
     "num_bits": 8, "type": "int", "symmetric": True, "group_size": None,
     "strategy": None, "block_structure": None, "dynamic": False,
     "actorder": None, "observer": None, "observer_kwargs": {},
+    "scale_dtype": None, "zp_dtype": None,
 }
+# utils/type.py TorchDtype: "torch.NAME" or "NAME" of a torch dtype (the ones that make sense here)
+TORCH_DTYPE_NAMES = ("float8_e4m3fn", "float8_e5m2", "uint8", "int8", "int16", "int32", "int64", "float16",
+                     "bfloat16", "float32", "float64", "half", "float", "double")
 
 
 class ConfigError(Exception):
@@ -329,8 +339,14 @@ def normalize_quant_args(d, where):
     """QuantizationArgs.model_validate: defaults + strategy inference/validation."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: QuantizationArgs must be an object, got {d!r}")
+    extra = sorted(set(d) - set(QARGS_DEFAULTS))
+    if extra:
+        # QuantizationArgs: model_config = ConfigDict(extra="forbid")
+        raise ConfigError(f"{where}: unknown QuantizationArgs field(s) {extra} (pydantic extra='forbid')")
     a = dict(QARGS_DEFAULTS)
     a.update(d)
+    if isinstance(a["type"], str):
+        a["type"] = a["type"].lower()
     if a["type"] not in ("int", "float"):
         raise ConfigError(f"{where}: type {a['type']!r} is not int/float")
     if not isinstance(a["num_bits"], int) or isinstance(a["num_bits"], bool) or a["num_bits"] <= 0:
@@ -358,6 +374,39 @@ def normalize_quant_args(d, where):
             raise ConfigError(f"{where}: group_size {gs} requires strategy 'group' (strategy {st})")
     if a["actorder"] not in (None, False) and st != "group":
         raise ConfigError(f"{where}: actorder requires strategy group")
+    dyn = a["dynamic"]
+    if isinstance(dyn, str):
+        dyn = dyn.lower()
+        if dyn != "local":
+            raise ConfigError(f"{where}: dynamic {a['dynamic']!r} is not a bool or 'local'")
+    elif not isinstance(dyn, bool):
+        raise ConfigError(f"{where}: dynamic must be a boolean or 'local', got {dyn!r}")
+    a["dynamic"] = dyn
+    bs = a["block_structure"]
+    if isinstance(bs, str):  # backward compatible "NxM"
+        try:
+            bs = [int(x) for x in bs.split("x")]
+        except ValueError:
+            raise ConfigError(f"{where}: invalid block_structure {a['block_structure']!r}")
+    if bs is not None:
+        if (not isinstance(bs, list) or len(bs) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 and x > 0 for x in bs)):
+            raise ConfigError(f"{where}: block_structure must be [rows, cols], got {bs!r}")
+    a["block_structure"] = bs
+    if st == "block" and bs is None:
+        raise ConfigError(f"{where}: Block strategy requires block structure")
+    if bs is not None and st != "block":
+        raise ConfigError(f"{where}: Block structure requires block strategy")
+    if st == "token" and not dyn:
+        raise ConfigError(f"{where}: Cannot perform static token quantization, please use `dynamic=True`")
+    if dyn and st not in ("token", "tensor", "tensor_group", "group"):
+        raise ConfigError(f"{where}: dynamic quantization needs strategy token/tensor/tensor_group/group, got {st!r}")
+    if dyn == "local" and st != "tensor_group":
+        raise ConfigError(f"{where}: dynamic 'local' is only supported for strategy tensor_group")
+    for k in ("scale_dtype", "zp_dtype"):
+        v = a[k]
+        if v is not None and (not isinstance(v, str) or v.removeprefix("torch.") not in TORCH_DTYPE_NAMES):
+            raise ConfigError(f"{where}: {k} {v!r} is not a torch dtype name")
     a["strategy"] = st
     return a
 
@@ -559,6 +608,387 @@ def dequantize_linear(ck, module, fmt, args, out_f, in_f, rep, tag):
 
 
 # --------------------------------------------------------------------------
+# compressed-tensors float formats: FP8 E4M3 (float-quantized), NVFP4 and MXFP4
+# (nvfp4-pack-quantized / mxfp4-pack-quantized)
+# --------------------------------------------------------------------------
+
+FP8_MAX = 448.0          # quant_args.FP8_E4M3_DATA.max (torch.finfo(float8_e4m3fn).max)
+FP4_MAX = 6.0            # quant_args.FP4_E2M1_DATA.max
+NVFP4_GROUP = 16
+MXFP4_GROUP = 32
+# fp4_quantized.FLOAT_TO_E2M1 / kE2M1ToFloat: magnitude of code & 7, bit 3 the sign
+E2M1_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+E2M1_TABLE = np.concatenate([E2M1_VALUES, -E2M1_VALUES])  # code 0..15 -> value
+
+
+def _minifloat_table(exp_bits, man_bits, bias, fn):
+    """All 256 values of an 8-bit float: 'fn' (E4M3FN: no infinities, S.1111.111 = NaN) or IEEE-like
+    (E5M2: exponent all ones = inf/NaN)."""
+    c = np.arange(256)
+    sign = np.where(c & 0x80, -1.0, 1.0)
+    e = (c >> man_bits) & ((1 << exp_bits) - 1)
+    m = (c & ((1 << man_bits) - 1)) / float(1 << man_bits)
+    v = np.where(e == 0, m * 2.0 ** (1 - bias), (1 + m) * 2.0 ** (e - bias))
+    v = sign * v
+    if fn:
+        v[(c & 0x7F) == 0x7F] = np.nan
+    else:
+        top = e == (1 << exp_bits) - 1
+        v[top] = np.where(m[top] == 0, sign[top] * np.inf, np.nan)
+    return v
+
+
+E4M3_TABLE = _minifloat_table(4, 3, 7, True)     # 0x7E = 448, 0x01 = 2^-9
+E5M2_TABLE = _minifloat_table(5, 2, 15, False)
+E4M3_POS = E4M3_TABLE[:127]                        # codes 0 .. 0x7E, ascending 0 .. 448
+
+
+def fp8_encode(x):
+    """float -> E4M3FN byte as torch's .to(float8_e4m3fn) after compressed-tensors' clamp:
+    |x| clamped to 448, round to nearest, ties to the even code (even mantissa)."""
+    x = np.asarray(x, dtype=np.float64)
+    a = np.minimum(np.abs(x), FP8_MAX)
+    hi = np.clip(np.searchsorted(E4M3_POS, a, side="left"), 0, 126)
+    lo = np.clip(hi - 1, 0, 126)
+    dl, dh = a - E4M3_POS[lo], E4M3_POS[hi] - a
+    take_hi = (dh < dl) | ((dh == dl) & (hi % 2 == 0))
+    code = np.where(take_hi, hi, lo).astype(np.uint8)
+    return np.where(np.signbit(x), code | 0x80, code).astype(np.uint8)
+
+
+def fp4_encode(x):
+    """FP4_E2M1_DATA.cast_to_fp4 (on values already clamped to +-6) + pack_fp4_to_uint8's index and
+    sign (signbit of the rounded value: a negative value rounded to 0 keeps its sign, code 8)."""
+    x = np.asarray(x, dtype=np.float64)
+    a = np.abs(x)
+    idx = np.select([a <= 0.25, a < 0.75, a <= 1.25, a < 1.75, a <= 2.5, a < 3.5, a <= 5.0],
+                    [0, 1, 2, 3, 4, 5, 6], 7).astype(np.uint8)
+    return np.where(x < 0, idx | 8, idx).astype(np.uint8)
+
+
+def pack_fp4(codes, low_first=True):
+    """pack_fp4_to_uint8: byte j of a row = code[2j] | code[2j+1] << 4 (self-test's own packer;
+    low_first=False gives the non-conforming order)."""
+    c = np.asarray(codes, dtype=np.uint8)
+    rows, n = c.shape
+    lo, hi = c[:, 0::2], c[:, 1::2]
+    if not low_first:
+        lo, hi = hi, lo
+    return (lo | (hi << 4)).astype(np.uint8).reshape(rows, n // 2)
+
+
+def unpack_fp4(packed):
+    """unpack_fp4_from_uint8: [rows, n/2] bytes -> [rows, n] 4-bit codes, the low nibble first."""
+    p = np.asarray(packed, dtype=np.uint8)
+    out = np.empty((p.shape[0], p.shape[1] * 2), dtype=np.uint8)
+    out[:, 0::2] = p & 0x0F
+    out[:, 1::2] = p >> 4
+    return out
+
+
+def f32(x):
+    return np.asarray(x, dtype=np.float32)
+
+
+def bf16_round(x):
+    """float32 -> nearest bf16, as float32 (self-test's and the scale formulas' bf16 arithmetic)."""
+    b = np.ascontiguousarray(f32(x)).view(np.uint32).astype(np.uint64)
+    r = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint32) << 16
+    return r.view(np.float32)
+
+
+def mx_exponent(amax):
+    """mxfp4_utils.generate_mxfp4_scales / mxfp_utils.generate_mx_scales(num_bits=4) + the uint8
+    rounding: round_to_power_2 (add 1 << (mantissa - 2) to the float's bits and keep sign and
+    exponent: amax rounded down to a power of two unless its mantissa fraction is >= 0.75), then
+    127 + floor(log2(p)) - 2 (2 = floor(log2(6))), clamped to 0..255. The byte is the E8M0
+    exponent: the scale is 2^(byte - 127). (An amax held in bf16 gives the same result.)"""
+    b = np.ascontiguousarray(f32(amax)).view(np.uint32).astype(np.uint64) + (1 << 21)
+    b &= 0xFF800000
+    p = b.astype(np.uint32).view(np.float32).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        e = 127 + np.floor(np.log2(p)) - 2
+    return np.round(np.clip(np.nan_to_num(e, nan=0.0, neginf=0.0, posinf=255.0), 0, 255)).astype(np.uint8)
+
+
+def nvfp4_global_scale(amax):
+    """helpers.generate_gparam: FP8 max * FP4 max / max(amax, f32 tiny), float32."""
+    return f32(FP8_MAX * FP4_MAX / np.maximum(np.float64(amax), np.finfo(np.float32).tiny))
+
+
+FP8_EPS_CODE = int(fp8_encode(0.125))  # helpers._get_dtype_eps(float8_e4m3fn) replaces zero scales
+
+
+def nvfp4_local_scale_codes(gscale, amax_groups):
+    """calculate_qparams for NVFP4 weights: amax/6 (in the weight dtype, bf16 for a bf16 model),
+    times the global scale (f32), clamped and cast to FP8 E4M3; zero scales become 0.125. Returns the
+    codes for the f32 and the bf16 variants of amax/6 (they differ only on near-ties)."""
+    out = []
+    for q in (f32(amax_groups / FP4_MAX), bf16_round(amax_groups / FP4_MAX)):
+        v = f32(f32(gscale) * q)
+        c = fp8_encode(np.clip(v, -FP8_MAX, FP8_MAX))
+        out.append(np.where(E4M3_TABLE[c] == 0, FP8_EPS_CODE, c).astype(np.uint8))
+    return out
+
+
+def grid_rounding_bad(x_abs, q_abs, grid):
+    """Whether each |value| / scale (x_abs) is stored as one of its nearest grid magnitudes
+    (q_abs): the float analogue of the half-step rule. Inside the grid, |x - q| may exceed the
+    distance to the nearest grid value by 2^-8 of x (llm-compressor divides in bf16, so the
+    quotient is rounded once more before the cast); beyond the largest value, q must be that
+    value and x at most half the last gap beyond it (the float twin of the integer checker's
+    clipped_bound_steps for symmetric scales)."""
+    top = grid[-1]
+    hi = np.clip(np.searchsorted(grid, x_abs, side="left"), 0, len(grid) - 1)
+    lo = np.clip(hi - 1, 0, len(grid) - 1)
+    near = np.minimum(np.abs(x_abs - grid[lo]), np.abs(grid[hi] - x_abs))
+    inside = x_abs <= top
+    ok_in = np.abs(x_abs - q_abs) <= near + 2.0 ** -8 * x_abs + 1e-12
+    ok_out = (q_abs == top) & (x_abs - top <= 0.5 * (grid[-1] - grid[-2]) * (1 + 1e-2))
+    with np.errstate(invalid="ignore"):
+        return np.where(inside, ~ok_in, ~ok_out) | ~np.isfinite(x_abs)
+
+
+FLOAT_METHODS = ("w8a8_fp8", "w4a4_nvfp4", "w4a16_nvfp4", "w4a4_mxfp4")
+FLOAT_METHOD_FORMAT = {"w8a8_fp8": ("float-quantized", "naive-quantized"),
+                       "w4a4_nvfp4": ("nvfp4-pack-quantized",), "w4a16_nvfp4": ("nvfp4-pack-quantized",),
+                       "w4a4_mxfp4": ("mxfp4-pack-quantized",)}
+FLOAT_SUFFIXES = ("weight", "weight_packed", "weight_scale", "weight_global_scale", "input_global_scale",
+                  "input_scale")
+
+
+def float_layout(method, w, a, out_f, in_f):
+    """compressed-tensors' on-disk tensors of one Linear [out, in] (= one expert projection; vLLM's
+    MoE parameters for these methods are not transposed, so the per-expert slot is the same):
+    suffix -> (dtypes, accepted shapes, required)."""
+    lay = {}
+    scalar = [[1], []]
+    if method == "w8a8_fp8":
+        sd = ("F32", "BF16", "F16")  # vLLM's MoE scale params are F32 and copy_ any float in
+        lay["weight"] = (("F8_E4M3",), [[out_f, in_f]], True)
+        st = w["strategy"]
+        if st == "tensor":
+            lay["weight_scale"] = (sd, scalar, True)
+        elif st == "channel":
+            lay["weight_scale"] = (sd, [[out_f, 1]], True)
+        else:
+            bn, bk = w["block_structure"]
+            lay["weight_scale"] = (sd, [[-(-out_f // bn), -(-in_f // bk)]], True)
+        if a is not None and not a["dynamic"]:
+            lay["input_scale"] = (sd, scalar, True)
+    elif method in ("w4a4_nvfp4", "w4a16_nvfp4"):
+        lay["weight_packed"] = (("U8",), [[out_f, in_f // 2]], True)
+        lay["weight_scale"] = (("F8_E4M3",), [[out_f, in_f // NVFP4_GROUP]], True)
+        lay["weight_global_scale"] = (("F32",), scalar, True)
+        # W4A4: the static activation global scale; A16: vLLM's MoE method still has the
+        # parameter (unused), compressed-tensors writes none
+        lay["input_global_scale"] = (("F32",), scalar, method == "w4a4_nvfp4")
+    elif method == "w4a4_mxfp4":
+        lay["weight_packed"] = (("U8",), [[out_f, in_f // 2]], True)
+        lay["weight_scale"] = (("U8",), [[out_f, in_f // MXFP4_GROUP]], True)
+    return lay
+
+
+class FloatDeq:
+    """One decompressed float-format Linear: w_hat [out, in] (float64), the effective scale of
+    every element (broadcastable), the grid values of the stored codes (signed) and the grid."""
+
+    def __init__(self, w_hat, scale, vals, grid, parts):
+        self.w_hat, self.scale, self.vals, self.grid, self.parts = w_hat, scale, vals, grid, parts
+
+
+def check_float_tensors(rep, ck, module, method, w, a, out_f, in_f, tag, expert):
+    """Names, dtypes and shapes of one float-format Linear; False when it cannot be decoded."""
+    lay = float_layout(method, w, a, out_f, in_f)
+    present = {n[len(module) + 1:] for n in ck.module_tensors.get(module, ())}
+    extra = present - set(lay)
+    if extra:
+        if expert:
+            rep.fail("expert-names", f"{tag}: unexpected per-expert tensor(s) {sorted(extra)} "
+                     f"(vLLM's {method} MoE method has no parameter for them -> KeyError in gemma4 load_weights)")
+        else:
+            rep.fail("dense-names", f"{tag}: unexpected tensor(s) {sorted(extra)} for {method}")
+    ok = True
+    for suf, (dts, shapes, required) in lay.items():
+        n = f"{module}.{suf}"
+        if not ck.has(n):
+            if required:
+                why = (" (vLLM's parameter would stay torch.empty: the model loader checks nothing for "
+                       "quantized models)" if suf == "input_global_scale" else "")
+                rep.fail("tensor-missing", f"{tag}: missing {n}{why}")
+                ok = False
+            continue
+        if suf == "input_global_scale" and not required:
+            rep.note(f"{method}: input_global_scale written for a weight-only (A16) scheme: vLLM loads it "
+                     "into its unused parameter; compressed-tensors' NVFP4A16 writes none")
+        if ck.dtype(n) not in dts:
+            rep.fail("tensor-dtype", f"{tag}: {n} dtype {ck.dtype(n)}, expected one of {list(dts)}")
+            ok = False
+        if ck.shape(n) not in shapes:
+            rep.fail("tensor-shape", f"{tag}: {n} shape {ck.shape(n)}, compressed-tensors/vLLM give {shapes[0]}")
+            ok = False
+    return ok
+
+
+def _scalar(ck, n):
+    return float(to_float(ck.array(n), ck.dtype(n), np.float64).reshape(-1)[0])
+
+
+def dequantize_float(rep, ck, module, method, w, out_f, in_f, tag):
+    """Decode one float-format Linear by compressed-tensors' conventions -> FloatDeq or None.
+    FP8: bytes through the E4M3FN table, x_hat = q * scale (per tensor / row / block).
+    NVFP4: nibbles low first, x_hat = e2m1 * (fp8 scale / global scale) (f32 division, forward.py
+    _dequantize). MXFP4: x_hat = e2m1 * 2^(e - 127)."""
+    if method == "w8a8_fp8":
+        codes = np.asarray(ck.array(f"{module}.weight"), dtype=np.uint8)
+        if np.any((codes & 0x7F) == 0x7F):
+            rep.fail("code-range", f"{tag}: FP8 weight holds NaN bytes (0x7F/0xFF)")
+            return None
+        sn = f"{module}.weight_scale"
+        s = to_float(ck.array(sn), ck.dtype(sn), np.float64)
+        if not np.all(np.isfinite(s)) or np.any(s < 0):
+            rep.fail("scale-value", f"{tag}: weight_scale has non-finite or negative values")
+            return None
+        st = w["strategy"]
+        vals = E4M3_TABLE[codes]
+        if st == "tensor":
+            scale = np.full((1, 1), s.reshape(-1)[0])
+        elif st == "channel":
+            scale = s.reshape(out_f, 1)
+        else:
+            bn, bk = w["block_structure"]
+            scale = np.repeat(np.repeat(s, bn, axis=0)[:out_f], bk, axis=1)[:, :in_f]
+        return FloatDeq(vals * scale, scale, vals, E4M3_POS, {"scale": s})
+    codes = unpack_fp4(ck.array(f"{module}.weight_packed"))
+    vals = E2M1_TABLE[codes]
+    sn = f"{module}.weight_scale"
+    raw = np.asarray(ck.array(sn), dtype=np.uint8)
+    if method == "w4a4_mxfp4":
+        if np.any(raw == 255):
+            rep.fail("scale-value", f"{tag}: E8M0 scale byte 255 (NaN)")
+            return None
+        local = np.ldexp(1.0, raw.astype(np.int64) - 127)
+        eff = local
+        parts = {"exp": raw}
+        g = MXFP4_GROUP
+    else:
+        if np.any((raw & 0x7F) == 0x7F):
+            rep.fail("scale-value", f"{tag}: FP8 weight_scale holds NaN bytes")
+            return None
+        local = E4M3_TABLE[raw]
+        gs = _scalar(ck, f"{module}.weight_global_scale")
+        if not (np.isfinite(gs) and gs > 0):
+            rep.fail("scale-value", f"{tag}: weight_global_scale {gs} is not a positive finite number")
+            return None
+        if np.any(local < 0):
+            rep.note("NVFP4 weight_scale holds negative FP8 values (compressed-tensors' scales are >= 0)")
+        eff = (f32(local) / np.float32(gs)).astype(np.float64)  # scale / global_scale in f32
+        parts = {"codes": raw, "global": gs}
+        g = NVFP4_GROUP
+    scale = eff.reshape(out_f, in_f // g, 1)
+    v3 = vals.reshape(out_f, in_f // g, g)
+    return FloatDeq((v3 * scale).reshape(out_f, in_f), scale, v3, E2M1_VALUES, parts)
+
+
+class ScaleStats:
+    """Deviations of stored scales from compressed-tensors' formulas (warnings, not loading rules)."""
+
+    def __init__(self):
+        self.d = {}
+
+    def add(self, key, n_bad, n_all, worst=None, detail=None):
+        c = self.d.setdefault(key, [0, 0, 0.0, {}])
+        c[0] += int(n_bad)
+        c[1] += int(n_all)
+        if worst is not None and np.isfinite(worst):
+            c[2] = max(c[2], float(worst))
+        for k, v in (detail or {}).items():
+            c[3][k] = c[3].get(k, 0) + int(v)
+
+    def emit(self, rep):
+        for key, (bad, tot, worst, det) in sorted(self.d.items()):
+            if bad:
+                extra = ", ".join(f"{k} {v}" for k, v in det.items() if v)
+                rep.note(f"{key}: {bad} of {tot} differ from compressed-tensors' formula"
+                         + (f" (worst relative deviation {worst:.3g})" if worst else "")
+                         + (f" [{extra}]" if extra else "")
+                         + " - not a loading rule, reported only")
+
+
+def compare_float(rep, w, deq, method, wargs, tag, acc, stats):
+    """Half-step (nearest grid value) rule with the stored scales, scale formulas, cosine."""
+    out_f, in_f = w.shape
+    if method == "w8a8_fp8":
+        w3 = w
+        vals = deq.vals
+    else:
+        w3 = w.reshape(deq.vals.shape)
+        vals = deq.vals
+    s_abs = np.abs(deq.scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.abs(w3) / s_abs
+    x = np.where(s_abs == 0, np.where(w3 == 0, 0.0, np.inf), x)
+    q = np.abs(vals)
+    bad = grid_rounding_bad(x, q, deq.grid)
+    bad |= (np.sign(w3) * np.sign(vals) < 0)
+    if not rep.searched_scales:
+        nbad = int(np.count_nonzero(bad))
+        if nbad:
+            top = deq.grid[-1]
+            nclip = int(np.count_nonzero(bad & (x > top)))
+            rep.fail("rounding", f"{tag}: {nbad} values are not the nearest {method} grid value at their "
+                     f"stored scale ({nclip} of them clipped beyond half the last gap above {top:g}), "
+                     f"worst |w|/scale {float(np.max(np.where(bad, x, 0))):.4g} stored as "
+                     f"{float(q[np.unravel_index(np.argmax(np.where(bad, x, 0)), x.shape)]):g}")
+    # compressed-tensors' scale formulas (calculate_qparams / generate_gparam / generate_mx_scales)
+    aw = np.abs(w)
+    if method == "w8a8_fp8":
+        st = wargs["strategy"]
+        s = deq.parts["scale"]
+        if st == "tensor":
+            amax = np.array([aw.max()])
+        elif st == "channel":
+            amax = aw.max(axis=1, keepdims=True)
+        else:
+            bn, bk = wargs["block_structure"]
+            nr, nc = -(-out_f // bn), -(-in_f // bk)
+            pad = np.zeros((nr * bn, nc * bk))
+            pad[:out_f, :in_f] = aw
+            amax = pad.reshape(nr, bn, nc, bk).max(axis=(1, 3))
+        exp = f32(amax / FP8_MAX).astype(np.float64)
+        exp = np.where(exp == 0, np.finfo(np.float32).eps, exp)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.abs(s.reshape(exp.shape) - exp) / exp
+        tol = 2.0 ** -8 if deq.parts.get("dtype16") else 1e-6
+        stats.add(f"FP8 {st} weight_scale vs amax/448", np.count_nonzero(rel > tol), rel.size, np.max(rel))
+    elif method == "w4a4_mxfp4":
+        amax = aw.reshape(out_f, in_f // MXFP4_GROUP, MXFP4_GROUP).max(axis=2)
+        e = mx_exponent(amax).astype(np.int64)
+        d = deq.parts["exp"].astype(np.int64) - e
+        stats.add("MXFP4 E8M0 exponents vs 127 + floor(log2(round_to_power_2(amax))) - 2",
+                  np.count_nonzero(d), d.size, None,
+                  {"one above": np.count_nonzero(d == 1), "one below": np.count_nonzero(d == -1),
+                   "further": np.count_nonzero(np.abs(d) > 1)})
+    else:
+        amax = aw.reshape(out_f, in_f // NVFP4_GROUP, NVFP4_GROUP).max(axis=2)
+        c32, c16 = nvfp4_local_scale_codes(deq.parts["global"], amax)
+        got = deq.parts["codes"]
+        bad_l = (got != c32) & (got != c16)
+        stats.add("NVFP4 weight_scale vs fp8(global_scale * amax/6)", np.count_nonzero(bad_l), bad_l.size)
+    acc.add(w, deq.w_hat)
+
+
+def nvfp4_global_ok(gs, amaxes):
+    """Whether a stored NVFP4 weight_global_scale is generate_gparam of one of the candidate amax
+    values (own tensor; gate+up fused), allowing a bf16-rounded quotient."""
+    for am in amaxes:
+        e = float(nvfp4_global_scale(am))
+        if e > 0 and abs(gs - e) <= 2.0 ** -8 * e:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------
 # vLLM replay: names, matching, scheme selection
 # --------------------------------------------------------------------------
 
@@ -677,6 +1107,11 @@ class QuantConfig:
                 else:
                     ia = None
                 scheme = {"weights": w, "input_activations": ia, "format": eff}
+                for part, raw in (("weights", g.get("weights")), ("input_activations", g.get("input_activations"))):
+                    if isinstance(raw, dict) and ("scale_dtype" in raw or "zp_dtype" in raw):
+                        rep.note(f"group {gname}.{part} carries scale_dtype/zp_dtype: only newer compressed-tensors "
+                                 "know these fields (older ones reject them: extra='forbid'); vLLM's MoE methods "
+                                 "do not read them")
             except (ConfigError, AttributeError) as ex:
                 rep.fail("config", str(ex))
                 self.ok = False
@@ -733,6 +1168,50 @@ def is_wna16_group_channel(w, a):
     return w["type"] == "int" and w["strategy"] in ("channel", "group") and a is None and not w["dynamic"]
 
 
+def vllm_is_wna16_group_channel(w, a):
+    """compressed_tensors.py _is_wNa16_group_channel: the type is not looked at (a weight-only float
+    channel/group scheme lands here too, and is refused by the MoE format check)."""
+    return w["strategy"] in ("channel", "group") and a is None and not w["dynamic"]
+
+
+def is_nvfp4_args(q):
+    """compressed_tensors.py _is_nvfp4_format."""
+    return (q is not None and q["strategy"] == "tensor_group" and q["symmetric"] and q["group_size"] == 16
+            and q["type"] == "float" and q["num_bits"] == 4)
+
+
+def is_mxfp4_args(q):
+    """compressed_tensors.py _is_mxfp4 (input activations are not looked at)."""
+    return (q is not None and q["strategy"] == "group" and q["symmetric"] and q["group_size"] == 32
+            and q["type"] == "float" and q["num_bits"] == 4)
+
+
+def is_mxfp8_args(q):
+    """compressed_tensors.py _is_mxfp8 (as _is_mxfp4 with 8 bits; its body not read: UNCONFIRMED)."""
+    return (q is not None and q["strategy"] == "group" and q["group_size"] == 32 and q["type"] == "float"
+            and q["num_bits"] == 8)
+
+
+def is_fp8_w8a8(w, a):
+    """compressed_tensors.py _is_fp8_w8a8 (the sm90/sm100 variants add only a device test)."""
+    if w is None or a is None:
+        return False
+    if not (w["type"] == "float" and a["type"] == "float" and w["symmetric"] and not w["dynamic"]
+            and w["strategy"] in ("tensor", "channel", "block")):
+        return False
+    if a["dynamic"]:
+        return True
+    return a["symmetric"] and a["strategy"] == "tensor"
+
+
+def describe_input(a):
+    if a is None:
+        return "none"
+    kind = "local" if a["dynamic"] == "local" else ("dynamic" if a["dynamic"] else "static")
+    return f"{a['type']}{a['num_bits']} {a['strategy']}" + (f"/{a['group_size']}" if a["group_size"] else "") \
+        + f" {kind}"
+
+
 def is_dynamic_token_w8a8(w, a):
     if a is None or w["type"] != "int" or a["type"] != "int":
         return False
@@ -758,37 +1237,125 @@ def vllm_get_moe_method(qcfg, layer_name, H, I, rep):
     if last is None:
         return "unquantized", None
     w, a, fmt = last["weights"], last["input_activations"], last["format"]
-    if is_wna16_group_channel(w, a):
-        if fmt != "pack-quantized" or w["num_bits"] not in (4, 8):
-            raise VllmError("For Fused MoE layers, only format 'pack-quantized' and bits [4, 8] are supported "
-                            f"(got format {fmt!r}, bits {w['num_bits']})")
-        if w["strategy"] == "channel":
-            gs = -1
-        else:
-            gs = w["group_size"]
-            if gs not in (32, 64, 128):
-                raise VllmError(f"Marlin MoE: group_size {gs} not in [32, 64, 128] (or channel)")
-            if H % gs or I % gs:
-                raise VllmError(f"Marlin MoE: hidden_size {H} and moe_intermediate_size {I} must be "
-                                f"multiples of group_size {gs} (scale params would be truncated)")
-        if w["actorder"] in ("group", "dynamic"):
-            raise VllmError("actorder group/dynamic needs weight_g_idx tensors, not part of this layout")
-        if not (H % 128 == 0 and I % max(64, gs) == 0):
-            rep.note(f"check_moe_marlin_supports_layer is false (H={H}, I={I}, group {gs}): vLLM falls back "
-                     "to CompressedTensorsWNA16MoEMethod (same checkpoint layout)")
-        return "wna16", last
+    return moe_method_of(w, a, fmt, H, I, rep), last
+
+
+def moe_method_of(w, a, fmt, H, I, rep):
+    """get_moe_method's dispatch (its order) and the refusals of the chosen method's __init__ /
+    create_weights, for one scheme -> method name; VllmError where vLLM raises."""
+    if is_mxfp4_args(w):
+        # CompressedTensorsW4A4Mxfp4MoEMethod: (E, 2I, H//2) uint8, scales (E, 2I, H//32) uint8
+        if H % MXFP4_GROUP or I % MXFP4_GROUP:
+            raise VllmError(f"MXFP4 MoE: hidden_size {H} and moe_intermediate_size {I} must be multiples of 32 "
+                            "(create_weights floors H//32, I//32: the per-expert scales would not fit)")
+        if a is not None and not is_mxfp4_args(a):
+            rep.note(f"MXFP4 weights with input_activations {describe_input(a)}: vLLM's W4A4 MXFP4 MoE method "
+                     "quantizes activations to MXFP4 dynamically whatever the config says")
+        return "w4a4_mxfp4"
+    if is_mxfp8_args(w):
+        raise VllmError("MXFP8 weights: vLLM's CompressedTensorsW8A8Mxfp8MoEMethod, not judged by this checker")
+    if vllm_is_wna16_group_channel(w, a):
+        return wna16_moe_method(w, a, fmt, H, I, rep)
+    if is_nvfp4_args(w):
+        if not (a is None or is_nvfp4_args(a)):
+            raise VllmError("For NVFP4 weights, input quantization must also be NVFP4 format or None for "
+                            f"NVFP4A16, found {describe_input(a)}")
+        if H % NVFP4_GROUP or I % NVFP4_GROUP:
+            raise VllmError(f"NVFP4 MoE: hidden_size {H} and moe_intermediate_size {I} must be multiples of 16 "
+                            "(create_weights floors H//16, I//16)")
+        if (2 * I) % 128:
+            rep.note(f"NVFP4 MoE: 2*moe_intermediate_size {2 * I} is not a multiple of 128: the CUTLASS/FlashInfer "
+                     "CUTLASS backends pad the swizzled scales and raise NotImplementedError for gated MoE")
+        if a is not None and a["dynamic"] != "local":
+            rep.note(f"NVFP4 input_activations dynamic={a['dynamic']!r} (the NVFP4 preset: 'local', a static "
+                     "global scale with dynamic local scales); vLLM reads input_global_scale either way")
+        return "w4a16_nvfp4" if a is None else "w4a4_nvfp4"
+    if is_fp8_w8a8(w, a):
+        per_tensor = w["strategy"] == "tensor" and a["strategy"] == "tensor"
+        per_channel = w["strategy"] == "channel" and a["strategy"] == "token"
+        if not (per_tensor or per_channel) and w["strategy"] != "block":
+            raise VllmError(f"CompressedTensorsW8A8Fp8MoEMethod asserts weight strategy 'block' when weights/"
+                            f"activations are neither tensor/tensor nor channel/token (got {w['strategy']}/"
+                            f"{a['strategy']}): AssertionError")
+        if per_channel and not a["dynamic"]:
+            raise VllmError("For FP8 Fused MoE layer, we require either per tensor or channelwise, dynamic per "
+                            "token quantization.")
+        if w["num_bits"] != 8 or a["num_bits"] != 8:
+            raise VllmError(f"FP8 MoE with num_bits {w['num_bits']}/{a['num_bits']}: the method stores "
+                            "float8_e4m3fn whatever num_bits says")
+        if w["strategy"] == "block":
+            bn, bk = w["block_structure"]
+            if I % bn:
+                raise VllmError(f"The output_size of gate's and up's weight = {I} is not divisible by weight "
+                                f"quantization block_n = {bn}.")
+            if I % bk:
+                rep.note(f"FP8 blocks: moe_intermediate_size {I} is not a multiple of block_k {bk}: vLLM refuses "
+                         "it with tensor parallelism > 1, and compressed-tensors' block quantize needs exact division")
+            if H % bn or H % bk:
+                rep.note(f"FP8 blocks: hidden_size {H} is not a multiple of the block {bn}x{bk} (partial blocks)")
+            if [bn, bk] != [128, 128]:
+                rep.note(f"FP8 block_structure {[bn, bk]}: vLLM's FP8 MoE keys blocks as 128x128 "
+                         "(kFp8Static128BlockSym); whether every backend runs other block sizes is UNCONFIRMED")
+        elif w["strategy"] == "tensor" and a["dynamic"]:
+            rep.note("FP8 per-tensor weights with dynamic per-tensor activations: vLLM maps the activations to "
+                     "kFp8Dynamic128Sym; backend support UNCONFIRMED (the FP8 preset has static per-tensor ones)")
+        if fmt not in FLOAT_METHOD_FORMAT["w8a8_fp8"]:
+            rep.note(f"FP8 weights with format {fmt!r}: vLLM does not look at it, compressed-tensors would not "
+                     "read them as float-quantized")
+        return "w8a8_fp8"
     if is_dynamic_token_w8a8(w, a):
         if w["strategy"] != "channel":
             raise VllmError("For INT8 Fused MoE layers, we require channelwise, dynamic per token quantization.")
         if fmt != "int-quantized":
             raise VllmError(f"W8A8 int8 MoE needs format 'int-quantized', got {fmt!r}")
-        return "w8a8_int8", last
+        return "w8a8_int8"
     raise VllmError(f"Unsupported FusedMoe scheme: weights={w}, input_activations={a}")
 
 
+def wna16_moe_method(w, a, fmt, H, I, rep):
+    """The WNA16 (Marlin) MoE branch of get_moe_method."""
+    if w["type"] != "int" and fmt == "pack-quantized" and w["num_bits"] in (4, 8):
+        raise VllmError(f"weight-only {w['type']} {w['num_bits']}-bit {w['strategy']} weights land in vLLM's "
+                        "WNA16 (integer) MoE method, which would read them as integers")
+    if fmt != "pack-quantized" or w["num_bits"] not in (4, 8):
+        raise VllmError("For Fused MoE layers, only format 'pack-quantized' and bits [4, 8] are supported "
+                        f"(got format {fmt!r}, bits {w['num_bits']})")
+    if w["strategy"] == "channel":
+        gs = -1
+    else:
+        gs = w["group_size"]
+        if gs not in (32, 64, 128):
+            raise VllmError(f"Marlin MoE: group_size {gs} not in [32, 64, 128] (or channel)")
+        if H % gs or I % gs:
+            raise VllmError(f"Marlin MoE: hidden_size {H} and moe_intermediate_size {I} must be "
+                            f"multiples of group_size {gs} (scale params would be truncated)")
+    if w["actorder"] in ("group", "dynamic"):
+        raise VllmError("actorder group/dynamic needs weight_g_idx tensors, not part of this layout")
+    if not (H % 128 == 0 and I % max(64, gs) == 0):
+        rep.note(f"check_moe_marlin_supports_layer is false (H={H}, I={I}, group {gs}): vLLM falls back "
+                 "to CompressedTensorsWNA16MoEMethod (same checkpoint layout)")
+    return "wna16"
+
+
 def vllm_linear_scheme(scheme, in_f):
-    """_get_scheme_from_parts for the int schemes a dense Linear may use."""
+    """_get_scheme_from_parts for the schemes a dense Linear may use."""
     w, a, fmt = scheme["weights"], scheme["input_activations"], scheme["format"]
+    if is_nvfp4_args(w) and a is None:
+        if in_f % NVFP4_GROUP:
+            raise VllmError(f"input width {in_f} is not a multiple of 16 (NVFP4)")
+        return "w4a16_nvfp4"
+    if is_mxfp4_args(w):
+        if in_f % MXFP4_GROUP:
+            raise VllmError(f"input width {in_f} is not a multiple of 32 (MXFP4)")
+        return "w4a4_mxfp4"  # CompressedTensorsW4A16Mxfp4 in vLLM; named by the layout it shares
+    if fmt in ACT_FORMATS:
+        if is_nvfp4_args(w) and is_nvfp4_args(a):
+            if in_f % NVFP4_GROUP:
+                raise VllmError(f"input width {in_f} is not a multiple of 16 (NVFP4)")
+            return "w4a4_nvfp4"
+        if is_fp8_w8a8(w, a) or (w["type"] == "float" and w["symmetric"] and not w["dynamic"]
+                                  and w["strategy"] in ("tensor", "channel", "block")):
+            return "w8a8_fp8"
     if is_wna16_group_channel(w, a):
         if fmt != "pack-quantized" or w["num_bits"] not in (4, 8):
             raise VllmError(f"No compressed-tensors compatible scheme was found (wNa16 needs "
@@ -864,7 +1431,8 @@ def check_expert_params(rep, ck, module, method_fmt, args, proj, H, I, tag):
 EXPERT_RE = re.compile(r"^(model\.language_model\.layers\.(\d+)\.)experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.([A-Za-z_]+)$")
 DENSE_RE = re.compile(r"^(model\.language_model\.layers\.(\d+)\.)mlp\.(gate_proj|up_proj|down_proj)\.([A-Za-z_]+)$")
 STACKED_RE = re.compile(r"^model\.language_model\.layers\.(\d+)\.experts\.(gate_up_proj|down_proj)$")
-QUANT_SUFFIXES = ("weight_packed", "weight_shape", "weight_scale", "weight_zero_point", "weight", "weight_g_idx")
+QUANT_SUFFIXES = ("weight_packed", "weight_shape", "weight_scale", "weight_zero_point", "weight", "weight_g_idx",
+                  "weight_global_scale", "input_global_scale", "input_scale")
 PROJS = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -1040,6 +1608,112 @@ def compare_linear(rep, w, deq, scale_dtype, src_dtype, fmt, tag, acc, args):
     acc.add(w, w_hat)
 
 
+class _QuietReport:
+    """Swallows notes (the layer-level replay already reported them)."""
+
+    def note(self, msg):
+        pass
+
+
+def float_method(rep, scheme, H, I, tag):
+    """The vLLM MoE method of a float scheme (decode convention), or None after a failure."""
+    try:
+        m = moe_method_of(scheme["weights"], scheme["input_activations"], scheme["format"], H, I, _QuietReport())
+    except VllmError as ex:
+        rep.fail("scheme", f"{tag}: cannot decode: vLLM refuses the scheme ({ex})")
+        return None
+    if m not in FLOAT_METHODS:
+        rep.fail("scheme", f"{tag}: float weights resolve to vLLM method {m}; cannot decode")
+        return None
+    return m
+
+
+def dense_float_method(rep, scheme, in_f, tag):
+    try:
+        m = vllm_linear_scheme(scheme, in_f)
+    except VllmError as ex:
+        rep.fail("scheme", f"{tag}: cannot decode: {ex}")
+        return None
+    if m not in FLOAT_METHODS:
+        rep.fail("scheme", f"{tag}: float weights resolve to vLLM scheme {m}; cannot decode")
+        return None
+    if scheme["format"] not in FLOAT_METHOD_FORMAT[m]:
+        rep.fail("format", f"{tag}: {m} weights with format {scheme['format']!r}: compressed-tensors writes and "
+                 f"reads them as {FLOAT_METHOD_FORMAT[m][0]!r}")
+    return m
+
+
+def check_float_linear(rep, ck, mod, method, scheme, w, tag, acc, stats, expert, pair, proj):
+    """Tensors, decode, rounding rule, scale formulas and cosine of one float-format Linear; records
+    the per-projection scalars in `pair` for the gate/up rules. False when it could not be decoded."""
+    wargs, a = scheme["weights"], scheme["input_activations"]
+    out_f, in_f = w.shape
+    if not check_float_tensors(rep, ck, mod, method, wargs, a, out_f, in_f, tag, expert):
+        return False
+    deq = dequantize_float(rep, ck, mod, method, wargs, out_f, in_f, tag)
+    if deq is None:
+        return False
+    info = {"amax": float(np.max(np.abs(w))) if w.size else 0.0}
+    if method == "w8a8_fp8":
+        deq.parts["dtype16"] = ck.dtype(f"{mod}.weight_scale") in ("BF16", "F16")
+        n = f"{mod}.input_scale"
+        if ck.has(n):
+            v = _scalar(ck, n)
+            if not (np.isfinite(v) and v > 0):
+                rep.fail("scale-value", f"{tag}: input_scale {v} is not a positive finite number")
+            info["input_scale"] = v
+    elif method in ("w4a4_nvfp4", "w4a16_nvfp4"):
+        info["global"] = deq.parts["global"]
+        n = f"{mod}.input_global_scale"
+        if ck.has(n):
+            v = _scalar(ck, n)
+            if not (np.isfinite(v) and v > 0):
+                rep.fail("scale-value", f"{tag}: input_global_scale {v} is not a positive finite number "
+                         "(vLLM divides by it: a13_scale = 1 / input_global_scale)")
+            info["input_global"] = v
+    compare_float(rep, w, deq, method, wargs, tag, acc, stats)
+    pair[proj] = info
+    return True
+
+
+def check_gate_up_pair(rep, pair, tag, expert, stats):
+    """Rules across gate_proj/up_proj (fused into w13 / gate_up_proj by vLLM) and the global-scale
+    formula (which may use the fused amax, as llm-compressor fuses gate/up global scales)."""
+    g, u = pair.get("gate_proj"), pair.get("up_proj")
+    for p, info in pair.items():
+        if "global" not in info:
+            continue
+        cands = [info["amax"]]
+        if p != "down_proj" and g is not None and u is not None:
+            cands.append(max(g["amax"], u["amax"]))
+        ok = nvfp4_global_ok(info["global"], cands)
+        exp = float(nvfp4_global_scale(cands[-1]))
+        stats.add("NVFP4 weight_global_scale vs 448*6/amax (own or gate+up)", 0 if ok else 1, 1,
+                  abs(info["global"] - exp) / exp if exp else None)
+    if g is None or u is None:
+        return
+    if "global" in g and "global" in u:
+        gg, ug = g["global"], u["global"]
+        if not abs(gg - ug) <= 1e-8 + 1e-5 * abs(ug):  # torch.allclose defaults
+            if expert:
+                rep.fail("nvfp4-global", f"{tag}: gate_proj/up_proj weight_global_scale {gg:.6g} != {ug:.6g}: vLLM's "
+                         "NVFP4 MoE only warns 'w1_weight_global_scale must match w3_weight_global_scale' and "
+                         "uses the gate's for both, so up_proj is dequantized with the wrong global scale")
+            else:
+                rep.fail("nvfp4-global", f"{tag}: gate_proj/up_proj weight_global_scale {gg:.6g} != {ug:.6g}: vLLM "
+                         "takes the max over the fused gate_up_proj shards, mis-scaling the other shard")
+    if "input_global" in g and "input_global" in u and g["input_global"] != u["input_global"]:
+        rep.note("NVFP4 gate_proj/up_proj input_global_scale differ: vLLM uses 1/min over them (max of "
+                 "1/input_global_scale), no error")
+    if "input_scale" in g and "input_scale" in u and abs(g["input_scale"] - u["input_scale"]) > 1e-5:
+        if expert:
+            rep.fail("fp8-input-scale", f"{tag}: gate_proj/up_proj input_scale {g['input_scale']:.6g} != "
+                     f"{u['input_scale']:.6g}: FusedMoE.weight_loader raises 'input_scales of w1 and w3 of a "
+                     "layer must be equal'")
+        else:
+            rep.note("FP8 dense gate_proj/up_proj input_scale differ: vLLM takes the max")
+
+
 def run_checks(src_dir, conv_dir, opts, log=print):
     rep = Report(log)
     src = Checkpoint(src_dir, rep, "source")
@@ -1098,9 +1772,12 @@ def run_checks(src_dir, conv_dir, opts, log=print):
         if not converted and method not in (None, "unquantized"):
             rep.fail("vllm-moe", f"layer {N}: not converted (stacked bf16 experts), but vLLM would load "
                      f"{vname} with the {method} MoE method; it must be ignored")
-        if converted and method in ("wna16", "w8a8_int8"):
+        if converted and method in ("wna16", "w8a8_int8") + FLOAT_METHODS:
             ok_moe[N] = (method, scheme)
             used_schemes.append(scheme)
+            if method in FLOAT_METHODS and scheme["format"] not in FLOAT_METHOD_FORMAT[method]:
+                rep.fail("format", f"layer {N}: {method} weights with format {scheme['format']!r}: compressed-tensors "
+                         f"writes and reads them as {FLOAT_METHOD_FORMAT[method][0]!r}")
         # every expert index under vLLM names, and the HF names, must resolve consistently
         for e in range(E):
             for p in PROJS:
@@ -1220,6 +1897,7 @@ def run_checks(src_dir, conv_dir, opts, log=print):
     # ---- (a)+(c) per converted expert / dense Linear ----
     min_cos = {}
     threshold_fail = []
+    stats = ScaleStats()
 
     def threshold(bits):
         if opts.min_cos is not None:
@@ -1243,6 +1921,7 @@ def run_checks(src_dir, conv_dir, opts, log=print):
         accs = {p: CosAcc() for p in PROJS}
         bits_seen = {}
         for e in range(E):
+            pair = {}  # gate/up scalars of this expert (NVFP4 global scales, FP8 input scales)
             for p in PROJS:
                 mod = f"{P}experts.{e}.{p}"
                 tag = f"layer {N} expert {e} {p}"
@@ -1256,6 +1935,20 @@ def run_checks(src_dir, conv_dir, opts, log=print):
                     rep.fail("scheme", f"{tag}: no quantization scheme applies; cannot decompress")
                     continue
                 args, fmt = scheme["weights"], scheme["format"]
+                if p == "gate_proj":
+                    w = to_float(gu[e, :I], src_dt, np.float64)
+                elif p == "up_proj":
+                    w = to_float(gu[e, I:], src_dt, np.float64)
+                else:
+                    w = to_float(dn[e], src_dt, np.float64)
+                if args["type"] == "float":
+                    fm = float_method(rep, scheme, H, I, tag)
+                    if fm is None:
+                        continue
+                    out_f, in_f = (I, H) if p != "down_proj" else (H, I)
+                    if check_float_linear(rep, conv, mod, fm, scheme, w, tag, accs[p], stats, True, pair, p):
+                        bits_seen[p] = args["num_bits"]
+                    continue
                 if not decompressible(rep, tag, args, fmt):
                     continue
                 out_f, in_f = check_expert_params(rep, conv, mod, "pack-quantized" if fmt == "pack-quantized"
@@ -1263,14 +1956,9 @@ def run_checks(src_dir, conv_dir, opts, log=print):
                 deq = dequantize_linear(conv, mod, fmt, args, out_f, in_f, rep, tag)
                 if deq is None:
                     continue
-                if p == "gate_proj":
-                    w = to_float(gu[e, :I], src_dt, np.float64)
-                elif p == "up_proj":
-                    w = to_float(gu[e, I:], src_dt, np.float64)
-                else:
-                    w = to_float(dn[e], src_dt, np.float64)
                 compare_linear(rep, w, deq, conv.dtype(mod + ".weight_scale"), src_dt, fmt, tag, accs[p], args)
                 bits_seen[p] = args["num_bits"]
+            check_gate_up_pair(rep, pair, f"layer {N} expert {e}", True, stats)
         for p, acc in accs.items():
             if p not in bits_seen:
                 continue
@@ -1281,6 +1969,7 @@ def run_checks(src_dir, conv_dir, opts, log=print):
             if c < threshold(bits_seen[p]):
                 threshold_fail.append(f"layer {N} experts {p}: cos {c:.6f} < {threshold(bits_seen[p])}")
 
+    dense_pairs = {}
     for mod in sorted(dense_modules):
         m = DENSE_RE.match(mod + ".x")
         N, p = int(m.group(2)), m.group(3)
@@ -1290,26 +1979,37 @@ def run_checks(src_dir, conv_dir, opts, log=print):
             rep.fail("scheme", f"{tag}: converted but ignored/unmatched under its HF name")
             continue
         args, fmt = scheme["weights"], scheme["format"]
-        if not decompressible(rep, tag, args, fmt):
-            continue
-        out_f, in_f = src.shape(mod + ".weight")
-        expected = set(ct_expected_layout(fmt, args, out_f, in_f))
-        present = {n[len(mod) + 1:] for n in conv.module_tensors.get(mod, ())}
-        if present - expected:
-            rep.fail("dense-names", f"{tag}: unexpected tensor(s) {sorted(present - expected)}")
-        deq = dequantize_linear(conv, mod, fmt, args, out_f, in_f, rep, tag)
-        if deq is None:
-            continue
         acc = CosAcc()
         sdt = src.dtype(mod + ".weight")
-        compare_linear(rep, to_float(src.array(mod + ".weight"), sdt, np.float64), deq,
-                       conv.dtype(mod + ".weight_scale"), sdt, fmt, tag, acc, args)
+        if args["type"] == "float":
+            fm = dense_float_method(rep, scheme, src.shape(mod + ".weight")[1], tag)
+            if fm is None:
+                continue
+            if not check_float_linear(rep, conv, mod, fm, scheme, to_float(src.array(mod + ".weight"), sdt, np.float64),
+                                      tag, acc, stats, False, dense_pairs.setdefault(N, {}), p):
+                continue
+        else:
+            if not decompressible(rep, tag, args, fmt):
+                continue
+            out_f, in_f = src.shape(mod + ".weight")
+            expected = set(ct_expected_layout(fmt, args, out_f, in_f))
+            present = {n[len(mod) + 1:] for n in conv.module_tensors.get(mod, ())}
+            if present - expected:
+                rep.fail("dense-names", f"{tag}: unexpected tensor(s) {sorted(present - expected)}")
+            deq = dequantize_linear(conv, mod, fmt, args, out_f, in_f, rep, tag)
+            if deq is None:
+                continue
+            compare_linear(rep, to_float(src.array(mod + ".weight"), sdt, np.float64), deq,
+                           conv.dtype(mod + ".weight_scale"), sdt, fmt, tag, acc, args)
         c = acc.cos()
         key = f"mlp.{p}"
         if key not in min_cos or c < min_cos[key][0]:
             min_cos[key] = (c, N)
         if c < threshold(args["num_bits"]):
             threshold_fail.append(f"{tag}: cos {c:.6f} < {threshold(args['num_bits'])}")
+    for N, pair in sorted(dense_pairs.items()):
+        check_gate_up_pair(rep, pair, f"layer {N} dense mlp", False, stats)
+    stats.emit(rep)
     for t in threshold_fail:
         rep.fail("cosine", t)
     for key, (c, N) in sorted(min_cos.items()):
@@ -1332,16 +2032,42 @@ def run_checks(src_dir, conv_dir, opts, log=print):
             rep.fail("expect", f"group {g}: group_size {w['group_size']}, --expect-group-size {opts.expect_group_size}")
         if opts.expect_symmetric is not None and w["symmetric"] != opts.expect_symmetric:
             rep.fail("expect", f"group {g}: symmetric {w['symmetric']}, --expect-symmetric {opts.expect_symmetric}")
-    has_expect = any(v is not None for v in (opts.expect_format, opts.expect_bits, opts.expect_strategy,
-                                             opts.expect_group_size, opts.expect_symmetric))
+        if getattr(opts, "expect_type", None) is not None and w["type"] != opts.expect_type:
+            rep.fail("expect", f"group {g}: type {w['type']!r}, --expect-type {opts.expect_type}")
+        eb = getattr(opts, "expect_block", None)
+        if eb is not None and w["block_structure"] != list(eb):
+            rep.fail("expect", f"group {g}: block_structure {w['block_structure']}, --expect-block "
+                     f"{eb[0]},{eb[1]}")
+        ei = getattr(opts, "expect_input", None)
+        if ei is not None:
+            a = s["input_activations"]
+            got = "none" if a is None else ("local" if a["dynamic"] == "local" else
+                                            "dynamic" if a["dynamic"] else "static")
+            if got != ei:
+                rep.fail("expect", f"group {g}: input activations {describe_input(a)} ({got}), --expect-input {ei}")
+    em = getattr(opts, "expect_method", None)
+    if em is not None:
+        for N, (m, _) in sorted(ok_moe.items()):
+            if m != em:
+                rep.fail("expect", f"layer {N}: vLLM MoE method {m}, --expect-method {em}")
+        if not ok_moe:
+            rep.fail("expect", f"--expect-method {em} but no converted MoE layer resolves to a method")
+    has_expect = any(getattr(opts, k, None) is not None for k in (
+        "expect_format", "expect_bits", "expect_strategy", "expect_group_size", "expect_symmetric", "expect_type",
+        "expect_block", "expect_input"))
     if has_expect and not seen:
         rep.fail("expect", "--expect-* given but no converted module uses a quantization scheme")
 
-    schemes_txt = ", ".join(f"{qcfg.group_of(s)}: {s['format']} {s['weights']['num_bits']}-bit "
-                            f"{s['weights']['strategy']}"
-                            + (f"/{s['weights']['group_size']}" if s['weights']['strategy'] == 'group' else "")
+    schemes_txt = ", ".join(f"{qcfg.group_of(s)}: {s['format']} "
+                            + ("" if s['weights']['type'] == "int" else "float ")
+                            + f"{s['weights']['num_bits']}-bit {s['weights']['strategy']}"
+                            + (f"/{s['weights']['group_size']}" if s['weights']['strategy'] in ('group', 'tensor_group')
+                               else "")
+                            + (f" {s['weights']['block_structure'][0]}x{s['weights']['block_structure'][1]}"
+                               if s['weights']['block_structure'] else "")
                             + (" sym" if s['weights']['symmetric'] else " asym")
-                            + (" +dyn-token act" if s['input_activations'] else "") for s in seen)
+                            + (f" +{describe_input(s['input_activations'])} act" if s['input_activations'] else "")
+                            for s in seen)
     summary = (f"{len(conv_layers)}/{L} MoE layers converted ({E} experts each, methods "
                f"{sorted(set(m for m, _ in ok_moe.values()))}), {len(dense_modules)} dense Linears converted, "
                f"{identical} tensors byte-identical; schemes [{schemes_txt}]; "
@@ -1542,6 +2268,7 @@ class Opts:
     def __init__(self, **kw):
         self.expect_format = self.expect_bits = self.expect_strategy = None
         self.expect_group_size = self.expect_symmetric = self.min_cos = None
+        self.expect_type = self.expect_block = self.expect_input = self.expect_method = None
         self.__dict__.update(kw)
 
 
@@ -1607,6 +2334,14 @@ def self_test():
     return 0 if all_ok else 1
 
 
+def parse_block(s):
+    try:
+        r, c = (int(x) for x in s.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWS,COLS, got {s!r}")
+    return (r, c)
+
+
 def parse_bool(s):
     v = {"true": True, "false": False}.get(s.lower())
     if v is None:
@@ -1618,9 +2353,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--source")
     ap.add_argument("--converted")
-    ap.add_argument("--expect-format", choices=["pack-quantized", "int-quantized"])
+    ap.add_argument("--expect-format", choices=["pack-quantized", "int-quantized", "float-quantized",
+                                                "nvfp4-pack-quantized", "mxfp4-pack-quantized"])
     ap.add_argument("--expect-bits", type=int, choices=[4, 8])
-    ap.add_argument("--expect-strategy", choices=["channel", "group"])
+    ap.add_argument("--expect-type", choices=["int", "float"])
+    ap.add_argument("--expect-strategy", choices=["tensor", "channel", "group", "block", "tensor_group"])
+    ap.add_argument("--expect-block", type=parse_block, metavar="ROWS,COLS",
+                    help="the weights' block_structure (strategy block), e.g. 128,128")
+    ap.add_argument("--expect-input", choices=["none", "dynamic", "static", "local"],
+                    help="input_activations: none (weight-only), dynamic, static, or local (NVFP4 preset)")
+    ap.add_argument("--expect-method", choices=["wna16", "w8a8_int8"] + list(FLOAT_METHODS),
+                    help="vLLM MoE method every converted layer must resolve to")
     ap.add_argument("--expect-group-size", type=int)
     ap.add_argument("--expect-symmetric", type=parse_bool, metavar="true|false")
     ap.add_argument("--min-cos", type=float)

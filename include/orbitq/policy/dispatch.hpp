@@ -49,16 +49,23 @@ namespace orbitq
             case granularity_kind::per_tensor: return f(per_tensor{});
             case granularity_kind::per_channel: return f(per_channel{});
             case granularity_kind::per_group: return f(per_group<>{});
+            case granularity_kind::per_block: break;  // float schemes only (quantize_float.hpp)
         }
-        throw error(error_kind::invalid_argument, "unknown granularity");
+        throw error(error_kind::invalid_argument, "spec '" + spec.describe() + "': granularity " + to_string(spec.granularity)
+                                                      + " has no integer policy type");
     }
 
     /// @brief Calls f(S{}) with the scheme policy S that spec.bits, spec.scheme and (symmetric
     ///        schemes) spec.range name.
-    /// @throws error (invalid_argument) when spec.bits is not 8 or 4.
+    /// @throws error (invalid_argument) when spec.bits is not 8 or 4, or spec.scheme is a float
+    ///         scheme (no integer policy type; see quantize_float.hpp).
     template <class F>
     decltype(auto) with_scheme(const quant_spec& spec, F&& f)
     {
+        if (is_float_scheme(spec.scheme))
+        {
+            throw error(error_kind::invalid_argument, "spec '" + spec.describe() + "': a float scheme has no integer policy type");
+        }
         if (spec.bits != 8 && spec.bits != 4)
         {
             throw error(error_kind::invalid_argument,

@@ -4,8 +4,11 @@
 /// - per_tensor: one orbit.
 /// - per_channel: one orbit per row (output channel; per (expert, row) for stacked experts).
 /// - per_group<G>: G consecutive weights of a row; per_group<> takes G at run time.
+/// - per-block layouts (make_block_layout, for the float schemes): tiles of block_rows rows by
+///   `group` columns, the last ones shorter where they do not divide the matrix.
 ///
-/// Orbits are numbered row-major: orbit (r, g) of a grouped layout has index r * groups + g.
+/// Orbits are numbered row-major: orbit (r, g) of a grouped layout has index r * groups + g, of
+/// a block layout (r / block_rows) * groups + g.
 #pragma once
 
 #include "orbitq/core/error.hpp"
@@ -64,12 +67,27 @@ namespace orbitq
         std::size_t group = 0;
         std::size_t groups_per_row = 0;
         bool tensor_wide = false;  ///< per_tensor: every row shares orbit 0
+        std::size_t block_rows = 1;  ///< rows sharing each orbit of a column range (1 but for blocks)
 
+        /// @brief Rows of orbits: ceil(rows / block_rows).
+        std::size_t orbit_rows() const noexcept { return block_rows == 1 ? rows : (rows + block_rows - 1) / block_rows; }
         /// @brief Number of orbits (scales).
-        std::size_t orbits() const noexcept { return tensor_wide ? 1 : rows * groups_per_row; }
+        std::size_t orbits() const noexcept { return tensor_wide ? 1 : orbit_rows() * groups_per_row; }
         /// @brief Orbit index of the group g of row r.
-        std::size_t orbit(std::size_t r, std::size_t g) const noexcept { return tensor_wide ? 0 : r * groups_per_row + g; }
+        std::size_t orbit(std::size_t r, std::size_t g) const noexcept
+        {
+            return tensor_wide ? 0 : (block_rows == 1 ? r : r / block_rows) * groups_per_row + g;
+        }
     };
+
+    /// @brief The layout of block_rows x block_cols tiles over a rows x cols matrix (the last
+    ///        tiles of a row or column shorter where the size does not divide).
+    /// @throws error (bad_group_size) when a block size is 0.
+    inline orbit_layout make_block_layout(std::size_t rows, std::size_t cols, std::size_t block_rows, std::size_t block_cols)
+    {
+        if (block_rows == 0 || block_cols == 0) throw error(error_kind::bad_group_size, "per_block needs block sizes > 0");
+        return {rows, cols, block_cols, (cols + block_cols - 1) / block_cols, false, block_rows};
+    }
 
     /// @brief Builds the layout of granularity G over a rows x cols matrix.
     /// @param group_size used only by per_group<dynamic_group>; must be > 0.

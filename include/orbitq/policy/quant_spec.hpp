@@ -18,15 +18,25 @@ namespace orbitq
     {
         per_tensor,
         per_channel,
-        per_group
+        per_group,
+        per_block  ///< 2-D tiles of block_rows x group_size (float8 checkpoints' 128 x 128)
     };
 
     /// @brief Run-time names of the scheme policies.
     enum class scheme_kind
     {
         symmetric,
-        asymmetric
+        asymmetric,
+        fp8_e4m3,  ///< E4M3FN codes, scale amax / 448 (see quantize_float.hpp)
+        mxfp4,     ///< OCP MX: E2M1 codes, groups of 32, power-of-two (E8M0) scales
+        nvfp4      ///< E2M1 codes, groups of 16, E4M3 scales under one float32 tensor scale
     };
+
+    /// @brief Whether the scheme's codes are small floats (E4M3, E2M1) rather than integers.
+    constexpr bool is_float_scheme(scheme_kind s) noexcept
+    {
+        return s == scheme_kind::fp8_e4m3 || s == scheme_kind::mxfp4 || s == scheme_kind::nvfp4;
+    }
 
     /// @brief Run-time names of the rounding policies.
     enum class rounding_kind
@@ -46,9 +56,27 @@ namespace orbitq
     /// @brief Printable names.
     constexpr const char* to_string(granularity_kind g) noexcept
     {
-        return g == granularity_kind::per_tensor ? "per_tensor" : g == granularity_kind::per_channel ? "per_channel" : "per_group";
+        switch (g)
+        {
+            case granularity_kind::per_tensor: return "per_tensor";
+            case granularity_kind::per_channel: return "per_channel";
+            case granularity_kind::per_group: return "per_group";
+            case granularity_kind::per_block: return "per_block";
+        }
+        return "?";
     }
-    constexpr const char* to_string(scheme_kind s) noexcept { return s == scheme_kind::symmetric ? "symmetric" : "asymmetric"; }
+    constexpr const char* to_string(scheme_kind s) noexcept
+    {
+        switch (s)
+        {
+            case scheme_kind::symmetric: return "symmetric";
+            case scheme_kind::asymmetric: return "asymmetric";
+            case scheme_kind::fp8_e4m3: return "fp8_e4m3";
+            case scheme_kind::mxfp4: return "mxfp4";
+            case scheme_kind::nvfp4: return "nvfp4";
+        }
+        return "?";
+    }
     constexpr const char* to_string(rounding_kind r) noexcept
     {
         return r == rounding_kind::half_to_even ? "half_to_even" : "half_away_from_zero";
@@ -60,9 +88,10 @@ namespace orbitq
     struct quant_spec
     {
         granularity_kind granularity = granularity_kind::per_channel;
-        std::size_t group_size = 0;       ///< per_group only; must be > 0 there
+        std::size_t group_size = 0;       ///< per_group: columns per group; per_block: columns per block
+        std::size_t block_rows = 0;       ///< per_block only: rows per block
         bool ragged_groups = false;       ///< allow a shorter last group when group_size does not divide cols
-        int bits = 8;                     ///< 8 or 4
+        int bits = 8;                     ///< 8 or 4 (fp8_e4m3: 8; mxfp4, nvfp4: 4)
         scheme_kind scheme = scheme_kind::symmetric;
         symmetric_range range = symmetric_range::restricted;  ///< symmetric only
         rounding_kind rounding = rounding_kind::half_to_even;
@@ -85,6 +114,8 @@ namespace orbitq
             // "literal" + std::string&& once that is inlined
             std::string s = to_string(granularity);
             if (granularity == granularity_kind::per_group) s.append(":").append(std::to_string(group_size));
+            if (granularity == granularity_kind::per_block) s.append(":").append(std::to_string(block_rows)).append("x").append(std::to_string(group_size));
+            if (is_float_scheme(scheme)) return s.append(" ").append(to_string(scheme));
             s.append(" int").append(std::to_string(bits)).append(" ").append(to_string(scheme));
             if (scheme == scheme_kind::symmetric && range == symmetric_range::full) s += " full-range";
             if (scales == scale_search::mse) s += " mse";

@@ -1,0 +1,250 @@
+/// @file quantize_float.hpp
+/// @brief The float-code schemes: FP8 E4M3, MXFP4 and NVFP4, as compressed-tensors and the OCP
+///        specifications define them.
+///
+/// Numerical contract (float32 throughout; amax = max |x| of the orbit; codes by
+/// kernels/float_codes.hpp: x / scale rounded to the nearest code, ties to even, saturating):
+///
+/// | scheme   | orbits                                  | scale of an orbit                                  | codes |
+/// |----------|-----------------------------------------|----------------------------------------------------|-------|
+/// | fp8_e4m3 | per_tensor, per_channel, per_group, per_block R x C | amax / 448 (stored in spec.scale_type) | E4M3FN |
+/// | mxfp4    | groups of 32                            | 2^(floor(log2 amax) - 2), an E8M0 byte (exponent + 127), clamped to 2^±127 | E2M1 |
+/// | nvfp4    | groups of 16, in one tensor orbit       | e4m3(global · (amax / 6)) / global, global = 448 · 6 / amax_tensor | E2M1 |
+///
+/// A zero orbit (amax = 0) gets codes 0 (mxfp4: scale byte 0, 2^-127; nvfp4: E4M3 scale 0); a
+/// zero tensor gets an nvfp4 global scale of 1. The E8M0 and E4M3 scale bytes are kept in
+/// quantized_tensor::scale_codes, the nvfp4 global scale in global_scale. Per-block orbits are
+/// tiles of spec.block_rows x spec.group_size (the last ones shorter). Non-finite values are
+/// refused as by the integer schemes; the search (scale_search::mse) and rounding half away from
+/// zero are integer-scheme options and are refused here.
+#pragma once
+
+#include "orbitq/algebra/orbits.hpp"
+#include "orbitq/core/parallel.hpp"
+#include "orbitq/kernels/float_codes.hpp"
+#include "orbitq/policy/dispatch.hpp"
+#include "orbitq/quantized_tensor.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace orbitq
+{
+    /// @brief Largest nvfp4 global scale numerator: the E4M3 maximum times the E2M1 maximum.
+    inline constexpr float nvfp4_global_numerator = e4m3_max * e2m1_max;
+
+    namespace detail::float_schemes
+    {
+        /// An orbit's scale and, for mxfp4 / nvfp4, its scale byte.
+        struct orbit_scale
+        {
+            float scale = 0.0f;
+            std::uint8_t code = 0;
+        };
+
+        /// fp8_e4m3: amax / 448, rounded to the spec's scale type.
+        inline orbit_scale fp8(float amax, const quant_spec& spec, const std::string& name)
+        {
+            const float s = amax / e4m3_max;
+            return {stored_params(with_inverse(s), spec, name).scale, 0};
+        }
+
+        /// mxfp4: 2^(floor(log2 amax) - 2) (OCP MX v1.0, E2M1's largest exponent 2), clamped to
+        /// E8M0's range 2^-127 .. 2^127.
+        inline orbit_scale mxfp4(float amax) noexcept
+        {
+            const int e = amax > 0.0f ? std::clamp(std::ilogb(amax) - 2, -127, 127) : -127;
+            return {std::ldexp(1.0f, e), static_cast<std::uint8_t>(e + 127)};
+        }
+
+        /// nvfp4's tensor scale: 448 · 6 / amax_tensor (1 for a zero tensor).
+        /// @throws error (invalid_argument) when it overflows (amax_tensor below ~1.6e-35).
+        inline float nvfp4_global(float amax_tensor, const std::string& name)
+        {
+            if (!(amax_tensor > 0.0f)) return 1.0f;
+            const float g = nvfp4_global_numerator / amax_tensor;
+            if (!std::isfinite(g))
+            {
+                throw error(error_kind::invalid_argument, "tensor '" + name + "': max |x| " + std::to_string(amax_tensor)
+                                                              + " is too small for nvfp4's float32 global scale");
+            }
+            return g;
+        }
+
+        /// nvfp4: the group's E4M3 scale e4m3(global · (amax / 6)) and its value over global.
+        inline orbit_scale nvfp4(float amax, float global) noexcept
+        {
+            const std::uint8_t c = to_e4m3(global * (amax / e2m1_max));
+            return {e4m3_to_float(c) / global, c};
+        }
+
+        /// The orbit layout of a float spec. @throws error for a scheme/granularity the formats
+        /// do not define, or as make_layout.
+        inline orbit_layout layout(std::size_t rows, std::size_t cols, const quant_spec& spec)
+        {
+            const std::string what = "spec '" + spec.describe() + "': ";
+            if (spec.scales != scale_search::amax) throw error(error_kind::invalid_argument, what + "the float schemes take amax scales (mse searches integer scales)");
+            if (spec.rounding != rounding_kind::half_to_even) throw error(error_kind::invalid_argument, what + "the float schemes round half to even");
+            const bool fp8 = spec.scheme == scheme_kind::fp8_e4m3;
+            if (spec.bits != (fp8 ? 8 : 4)) throw error(error_kind::invalid_argument, what + "bits must be " + (fp8 ? "8" : "4"));
+            if (!fp8)
+            {
+                const std::size_t g = spec.scheme == scheme_kind::mxfp4 ? 32 : 16;
+                if (spec.granularity != granularity_kind::per_group || spec.group_size != g)
+                {
+                    throw error(error_kind::invalid_argument, what + to_string(spec.scheme) + " is defined on groups of " + std::to_string(g));
+                }
+            }
+            switch (spec.granularity)
+            {
+                case granularity_kind::per_tensor: return make_layout<per_tensor>(rows, cols);
+                case granularity_kind::per_channel: return make_layout<per_channel>(rows, cols);
+                case granularity_kind::per_group: return make_layout<per_group<>>(rows, cols, spec.group_size, spec.ragged_groups);
+                case granularity_kind::per_block: return make_block_layout(rows, cols, spec.block_rows, spec.group_size);
+            }
+            throw error(error_kind::invalid_argument, what + "unknown granularity");
+        }
+
+        /// max |x| of every row of w (non-finite values refused).
+        template <weight_element T>
+        std::vector<float> row_abs_max(const matrix_view<T>& w, unsigned threads)
+        {
+            std::vector<float> m(w.rows);
+            parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                for (std::size_t r = first; r < last; ++r)
+                {
+                    bool finite = true;
+                    m[r] = kernels::simd::abs_max_span(w.row(r), w.cols, finite).max;
+                    if (!finite) throw_non_finite(w, r);
+                }
+            });
+            return m;
+        }
+
+        /// Encodes row r of w group by group with `scale_of(g, amax, finite)` into out (int8
+        /// codes): the fused register pass where the groups are whole batches, spans elsewhere.
+        template <kernels::float_code F, weight_element T, class ScaleOf>
+        void encode_row_groups(const matrix_view<T>& w, std::size_t r, std::size_t group, std::int8_t* out, ScaleOf&& scale_of)
+        {
+            namespace ks = kernels::simd;
+            const T* x = w.row(r);
+            const std::size_t whole = w.cols / group;
+            const auto on_group = [&](std::size_t g, float amax, bool finite) {
+                if (!finite) throw_non_finite(w, r);
+                return scale_of(g, amax);
+            };
+            std::size_t done = 0;
+            const auto fused = [&]<std::size_t NB>(std::integral_constant<std::size_t, NB>) {
+                if (group != NB * ks::width) return false;
+                ks::encode_float_groups<F, NB>(x, whole, out, on_group);
+                done = whole;
+                return true;
+            };
+            fused(std::integral_constant<std::size_t, 1>{}) || fused(std::integral_constant<std::size_t, 2>{})
+                || fused(std::integral_constant<std::size_t, 4>{}) || fused(std::integral_constant<std::size_t, 8>{});
+            for (std::size_t g = done; g * group < w.cols; ++g)
+            {
+                const std::size_t c0 = g * group, n = std::min(group, w.cols - c0);
+                bool finite = true;
+                const float amax = ks::abs_max_span(x + c0, n, finite).max;
+                ks::encode_float_span<F>(x + c0, n, on_group(g, amax, finite), out + c0);
+            }
+        }
+    }
+
+    namespace detail
+    {
+        /// quantize_into's path for the float schemes (see the file brief): q is laid out and filled.
+        template <weight_element T>
+        void quantize_float(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
+        {
+            using namespace float_schemes;
+            q.shape = w.shape.empty() ? shape_type{w.rows, w.cols} : w.shape;
+            q.rows = w.rows;
+            q.cols = w.cols;
+            q.spec = spec;
+            q.layout = float_schemes::layout(w.rows, w.cols, spec);
+            q.codes.resize(q.rows * q.row_bytes());
+            q.scales.resize(q.layout.orbits());
+            q.zero_points.clear();
+            q.scale_codes.assign(spec.scheme == scheme_kind::fp8_e4m3 ? 0 : q.layout.orbits(), 0);
+            q.global_scale = 0.0f;
+            const orbit_layout& L = q.layout;
+            const std::string& name = w.name;
+
+            if (spec.scheme == scheme_kind::fp8_e4m3)
+            {
+                constexpr auto F = kernels::float_code::e4m3;
+                if (L.tensor_wide || L.block_rows > 1)
+                {
+                    // orbits spanning rows: their max |x| from the rows' group maxima, then the codes
+                    const std::size_t gpr = L.groups_per_row;
+                    std::vector<float> part(w.rows * gpr);
+                    parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                        for (std::size_t r = first; r < last; ++r)
+                        {
+                            for (std::size_t g = 0; g < gpr; ++g)
+                            {
+                                const std::size_t c0 = g * L.group;
+                                bool finite = true;
+                                part[r * gpr + g] = kernels::simd::abs_max_span(w.row(r) + c0, std::min(L.group, w.cols - c0), finite).max;
+                                if (!finite) throw_non_finite(w, r);
+                            }
+                        }
+                    });
+                    std::vector<float> amax(L.orbits(), 0.0f);
+                    for (std::size_t r = 0; r < w.rows; ++r)
+                    {
+                        for (std::size_t g = 0; g < gpr; ++g) amax[L.orbit(r, g)] = std::max(amax[L.orbit(r, g)], part[r * gpr + g]);
+                    }
+                    for (std::size_t o = 0; o < amax.size(); ++o) q.scales[o] = fp8(amax[o], spec, name).scale;
+                    parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                        for (std::size_t r = first; r < last; ++r)
+                        {
+                            for (std::size_t g = 0; g < gpr; ++g)
+                            {
+                                const std::size_t c0 = g * L.group;
+                                kernels::simd::encode_float_span<F>(w.row(r) + c0, std::min(L.group, w.cols - c0), q.scales[L.orbit(r, g)],
+                                                                    q.codes.data() + r * w.cols + c0);
+                            }
+                        }
+                    });
+                    return;
+                }
+                parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                    for (std::size_t r = first; r < last; ++r)
+                    {
+                        encode_row_groups<F>(w, r, L.group, q.codes.data() + r * w.cols, [&](std::size_t g, float amax) {
+                            return q.scales[L.orbit(r, g)] = fp8(amax, spec, name).scale;
+                        });
+                    }
+                });
+                return;
+            }
+
+            constexpr auto F = kernels::float_code::e2m1;
+            const bool nv = spec.scheme == scheme_kind::nvfp4;
+            if (nv)
+            {
+                const std::vector<float> m = row_abs_max(w, threads);
+                q.global_scale = nvfp4_global(m.empty() ? 0.0f : *std::max_element(m.begin(), m.end()), name);
+            }
+            const float global = q.global_scale;
+            parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                std::vector<std::int8_t> buf(w.cols);
+                for (std::size_t r = first; r < last; ++r)
+                {
+                    encode_row_groups<F>(w, r, L.group, buf.data(), [&](std::size_t g, float amax) {
+                        const orbit_scale s = nv ? nvfp4(amax, global) : mxfp4(amax);
+                        const std::size_t o = L.orbit(r, g);
+                        q.scale_codes[o] = s.code;
+                        return q.scales[o] = s.scale;
+                    });
+                    kernels::simd::pack_int4(buf.data(), w.cols, q.codes.data() + r * q.row_bytes());
+                }
+            });
+        }
+    }
+}
