@@ -58,6 +58,20 @@ namespace
         }
         out.push_back({make_spec(granularity_kind::per_channel, 8, scheme_kind::symmetric, 0, false, symmetric_range::full),
                        "int8 sym full-range per_channel"});
+        // float codes: E4M3 in every layout (blocks of 4 x 16 and 128 x 128), E2M1 groups
+        // (ragged where 32 or 16 does not divide the row: the widened path)
+        for (granularity_kind g : {granularity_kind::per_tensor, granularity_kind::per_channel})
+        {
+            out.push_back({make_spec(g, 8, scheme_kind::fp8_e4m3), std::string("fp8 ") + to_string(g)});
+        }
+        for (std::size_t b : {4u, 128u})
+        {
+            quant_spec s = make_spec(granularity_kind::per_block, 8, scheme_kind::fp8_e4m3, b == 4 ? 16 : 128);
+            s.block_rows = b;
+            out.push_back({s, "fp8 block " + std::to_string(b)});
+        }
+        out.push_back({make_spec(granularity_kind::per_group, 4, scheme_kind::mxfp4, 32, true), "mxfp4"});
+        out.push_back({make_spec(granularity_kind::per_group, 4, scheme_kind::nvfp4, 16, true), "nvfp4"});
         return out;
     }
 

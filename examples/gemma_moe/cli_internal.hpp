@@ -58,7 +58,7 @@ namespace orbitq::gemma_cli
         double gate_layer_cos = 0.997;
         double gate_stack_cos = 0.97;
         std::string out;
-        std::string activations = "none";      ///< none (weight-only) or int8 (W8A8, dynamic per token)
+        std::string activations = "none";      ///< none (weight-only) or int8 (W8A8, dynamic per token); the float schemes imply theirs
         std::string report;
         std::string plot;
         bool quiet = false;
@@ -127,6 +127,7 @@ namespace orbitq::gemma_cli
         ct::activations acts = ct::activations::none;
         ct::format out_format = ct::format::pack_quantized;
         std::vector<std::size_t> input_widths;      ///< in_features of every projection written
+        std::vector<std::size_t> output_widths;     ///< out_features of every projection written
         std::vector<choice> choices;                ///< --granularity auto's, in layer order
         std::string written_note;                   ///< how the output differs from the spec, if it does
 

@@ -27,7 +27,10 @@ namespace orbitq::gemma_cli
             base.bits = o.bits;
             if (o.scheme == "symmetric") base.scheme = scheme_kind::symmetric;
             else if (o.scheme == "asymmetric") base.scheme = scheme_kind::asymmetric;
-            else throw error(error_kind::invalid_argument, "--scheme must be symmetric or asymmetric");
+            else if (o.scheme == "fp8_e4m3") base.scheme = scheme_kind::fp8_e4m3;
+            else if (o.scheme == "mxfp4") base.scheme = scheme_kind::mxfp4;
+            else if (o.scheme == "nvfp4") base.scheme = scheme_kind::nvfp4;
+            else throw error(error_kind::invalid_argument, "--scheme must be symmetric, asymmetric, fp8_e4m3, mxfp4 or nvfp4");
             if (o.range == "restricted") base.range = symmetric_range::restricted;
             else if (o.range == "full") base.range = symmetric_range::full;
             else throw error(error_kind::invalid_argument, "--range must be restricted or full");
@@ -35,7 +38,73 @@ namespace orbitq::gemma_cli
             else if (o.scales == "mse") base.scales = scale_search::mse;
             else throw error(error_kind::invalid_argument, "--scales must be amax or mse");
             base.codes_from_stored_scale = true;
+            if (is_float_scheme(base.scheme))
+            {
+                // the format fixes the code width (and, for the fp4 formats, the group)
+                const int bits = base.scheme == scheme_kind::fp8_e4m3 ? 8 : 4;
+                if (o.bits_given && o.bits != bits)
+                {
+                    throw error(error_kind::invalid_argument, "--scheme " + o.scheme + " has " + std::to_string(bits) + "-bit codes; leave out --bits");
+                }
+                if (base.scales != scale_search::amax)
+                {
+                    throw error(error_kind::invalid_argument, "--scales mse searches integer scales; --scheme " + o.scheme + " takes amax scales");
+                }
+                base.bits = bits;
+            }
             return base;
+        }
+
+        /// The gated spec: --granularity on the base spec; the fp4 formats' own groups.
+        quant_spec gated_spec(const conversion& c, const quant_spec& base)
+        {
+            const options& o = c.o;
+            if (base.scheme == scheme_kind::mxfp4 || base.scheme == scheme_kind::nvfp4)
+            {
+                const std::size_t g = base.scheme == scheme_kind::mxfp4 ? 32 : 16;
+                const std::string own = "per_group:" + std::to_string(g);
+                if (o.granularity != "per_channel" && o.granularity != own)
+                {
+                    throw error(error_kind::invalid_argument, "--scheme " + o.scheme + " is defined on groups of " + std::to_string(g) + "; leave out --granularity");
+                }
+                return parse_granularity(own, base, g);
+            }
+            const quant_spec q = parse_granularity(c.automatic ? "per_channel" : o.granularity, base, o.group_size);
+            if (q.granularity == granularity_kind::per_block && !is_float_scheme(q.scheme))
+            {
+                throw error(error_kind::invalid_argument, "--granularity per_block takes --scheme fp8_e4m3");
+            }
+            return q;
+        }
+
+        /// The spec a --compare column is measured with: the base's, or, where the base's float
+        /// format does not define that granularity (fp4 formats: their group only), int8 symmetric.
+        quant_spec comparable(const quant_spec& base, const std::string& column)
+        {
+            if (base.scheme != scheme_kind::mxfp4 && base.scheme != scheme_kind::nvfp4) return base;
+            if (column == (base.scheme == scheme_kind::mxfp4 ? "per_group:32" : "per_group:16")) return base;
+            quant_spec q = base;
+            q.scheme = scheme_kind::symmetric;
+            q.bits = 8;
+            return q;
+        }
+
+        /// The activations the engine quantizes in front of the gated spec's products: the float
+        /// formats' vLLM methods (FP8 dynamic per token, per tensor or per group of 128; MXFP4 per
+        /// group of 32; NVFP4 written weight-only), else those of --activations.
+        moe::activation_quantization engine_activations(const quant_spec& gated, moe::activation_quantization given)
+        {
+            using moe::activation_quantization;
+            switch (gated.scheme)
+            {
+                case scheme_kind::fp8_e4m3:
+                    return gated.granularity == granularity_kind::per_tensor  ? activation_quantization::fp8_per_tensor
+                         : gated.granularity == granularity_kind::per_block ? activation_quantization::fp8_per_group128
+                                                                             : activation_quantization::fp8_per_token;
+                case scheme_kind::mxfp4: return activation_quantization::mxfp4_per_group32;
+                case scheme_kind::nvfp4: return activation_quantization::none;
+                default: return given;
+            }
         }
 
         /// The granularities compared (--compare) and the gated one (--granularity), the
@@ -46,6 +115,15 @@ namespace orbitq::gemma_cli
             moe::validate_options& vo = c.vo;
             vo.specs.clear();
             c.automatic = o.granularity == "auto";
+            const bool float_codes = is_float_scheme(base.scheme);
+            if (float_codes && c.automatic)
+            {
+                throw error(error_kind::invalid_argument, "--granularity auto chooses among integer specs; leave out --scheme " + o.scheme);
+            }
+            if (float_codes && o.activations != "none")
+            {
+                throw error(error_kind::invalid_argument, "--scheme " + o.scheme + " declares the activations its vLLM method quantizes; leave out --activations");
+            }
             if (o.activations == "int8")
             {
                 c.acts = ct::activations::int8_per_token;
@@ -58,9 +136,14 @@ namespace orbitq::gemma_cli
                 }
             }
             else if (o.activations != "none") throw error(error_kind::invalid_argument, "--activations must be none or int8");
-            c.out_format = c.acts == ct::activations::none ? ct::format::pack_quantized : ct::format::int_quantized;
+            c.out_format = ct::format_for(base, c.acts);
             c.input_widths = {c.cfg().hidden, c.cfg().expert_intermediate};
-            if (o.include_dense) c.input_widths.push_back(c.cfg().dense_intermediate);
+            c.output_widths = {c.cfg().expert_intermediate, c.cfg().hidden};
+            if (o.include_dense)
+            {
+                c.input_widths.push_back(c.cfg().dense_intermediate);
+                c.output_widths.push_back(c.cfg().dense_intermediate);
+            }
             if (c.automatic && !o.target_cos && !o.target_sqnr_db)
             {
                 throw error(error_kind::invalid_argument, "--granularity auto needs --target-cos and/or --target-sqnr");
@@ -71,7 +154,8 @@ namespace orbitq::gemma_cli
             }
             // auto: the gated entry is its own column (specs chosen per layer during the run); its
             // quant_spec is a placeholder never used for an expert or dense tensor.
-            const quant_spec gated = parse_granularity(c.automatic ? "per_channel" : o.granularity, base, o.group_size);
+            const quant_spec gated = gated_spec(c, base);
+            vo.activations = engine_activations(gated, vo.activations);
             if (gated.granularity == granularity_kind::per_tensor && base.scales == scale_search::mse)
             {
                 throw error(error_kind::invalid_argument, "--scales mse with --granularity per_tensor: a per-tensor orbit spans every expert of the "
@@ -82,7 +166,7 @@ namespace orbitq::gemma_cli
             while (std::getline(cs, item, ','))
             {
                 if (item.empty()) continue;
-                quant_spec q = parse_granularity(item, base, o.group_size);
+                quant_spec q = parse_granularity(item, comparable(base, item), o.group_size);
                 // a per-tensor orbit spans every expert of a stacked tensor: compared with amax scales
                 if (q.granularity == granularity_kind::per_tensor) q.scales = scale_search::amax;
                 if (std::find(vo.specs.begin(), vo.specs.end(), q) == vo.specs.end()) vo.specs.push_back(q);
@@ -122,13 +206,23 @@ namespace orbitq::gemma_cli
             const auto it = std::find_if(decls.begin(), decls.end(), [&](const io::tensor_decl& d) { return d.name == expert; });
             const std::optional<element_type> st = it == decls.end() ? std::nullopt : io::as_element_type(it->type);
             if (!st) throw error(error_kind::format, "the model has no floating-point tensor '" + expert + "'");
-            for (auto& s : c.vo.specs) s.scale_type = *st;
+            // integer scales in the checkpoint's float dtype; FP8 scales stay float32 (vLLM's own)
+            for (auto& s : c.vo.specs)
+            {
+                if (!is_float_scheme(s.scheme)) s.scale_type = *st;
+            }
             if (!c.o.out.empty() && !c.automatic)
             {
-                if (const auto why = ct::moe_refusal(c.vo.specs[c.vo.gated], c.out_format, c.input_widths))
+                const quant_spec& g = c.vo.specs[c.vo.gated];
+                std::optional<std::string> why = ct::moe_refusal(g, c.out_format, c.input_widths, c.output_widths);
+                if (!why && g.scheme == scheme_kind::nvfp4 && (cfg.arch.storage != moe::expert_storage::stacked_gate_up || c.o.include_dense))
                 {
-                    throw error(error_kind::invalid_argument, "--out: vLLM's MoE kernels cannot load " + label(c.vo.specs[c.vo.gated]) + " int"
-                                                                  + std::to_string(c.o.bits) + " (" + *why + "); nothing was written. "
+                    why = "vLLM takes one NVFP4 global scale for a gate and up pair, which are quantized apart here (separate expert or dense tensors)";
+                }
+                if (why)
+                {
+                    const std::string what = is_float_scheme(g.scheme) ? label(g) : label(g) + " int" + std::to_string(g.bits);
+                    throw error(error_kind::invalid_argument, "--out: vLLM's MoE kernels cannot load " + what + " (" + *why + "); nothing was written. "
                                                                   + ct::moe_loadable_summary(c.input_widths));
                 }
             }
@@ -193,7 +287,7 @@ namespace orbitq::gemma_cli
             {
                 writer->finish();
                 if (!o.quiet) err << "wrote the converted checkpoint to " << o.out << "\n";
-                if (!c.automatic && c.vo.specs[c.vo.gated].granularity == granularity_kind::per_tensor)
+                if (!c.automatic && c.vo.specs[c.vo.gated].granularity == granularity_kind::per_tensor && !is_float_scheme(c.vo.specs[c.vo.gated].scheme))
                 {
                     c.written_note = "per_tensor written with strategy 'channel' (its one scale repeated on every row; the numbers are unchanged): "
                                      "vLLM's MoE kernels take channel scales, not tensor ones";
@@ -207,7 +301,7 @@ namespace orbitq::gemma_cli
         {
             for (std::size_t g = 0; g < c.vo.specs.size(); ++g)
             {
-                if (c.vo.specs[g].granularity != granularity_kind::per_tensor) continue;
+                if (c.vo.specs[g].granularity != granularity_kind::per_tensor || is_float_scheme(c.vo.specs[g].scheme)) continue;
                 for (const auto& lr : rep.layers)
                 {
                     if (lr.by_spec[g].hidden_cos_min >= c.o.gate_layer_cos) continue;
@@ -246,8 +340,9 @@ namespace orbitq::gemma_cli
         if (!o.report.empty()) io::write_file_atomic(o.report, report_json(c, rep, cause).dump(2) + "\n", true);
         if (!o.plot.empty())
         {
-            const std::string title = std::string(c.synthetic ? "synthetic Gemma 4" : "Gemma 4") + " MoE FFN, int" + std::to_string(o.bits)
-                                      + ": each layer alone, and the stack";
+            const quant_spec& g = c.vo.specs[c.vo.gated];
+            const std::string codes = is_float_scheme(g.scheme) ? std::string(to_string(g.scheme)) : "int" + std::to_string(g.bits);
+            const std::string title = std::string(c.synthetic ? "synthetic Gemma 4" : "Gemma 4") + " MoE FFN, " + codes + ": each layer alone, and the stack";
             io::write_file_atomic(o.plot, detail::plot_svg(rep, c.spec_names, o.gate_layer_cos, o.gate_stack_cos, title), true);
         }
         return code;

@@ -70,29 +70,43 @@ namespace orbitq::gemma_cli
     quant_spec parse_granularity(std::string s, const quant_spec& base, std::size_t default_group)
     {
         quant_spec q = base;
-        std::size_t group = default_group;
-        if (const auto colon = s.find(':'); colon != std::string::npos)
-        {
-            const std::string g = s.substr(colon + 1);
-            if (g.empty() || g.size() > 6 || g.find_first_not_of("0123456789") != std::string::npos || std::stoul(g) == 0
-                || std::stoul(g) > max_group_size)
+        q.block_rows = 0;
+        const auto number = [&](const std::string& t, const std::string& what) {
+            if (t.empty() || t.size() > 6 || t.find_first_not_of("0123456789") != std::string::npos || std::stoul(t) == 0
+                || std::stoul(t) > max_group_size)
             {
-                throw error(error_kind::invalid_argument, "granularity '" + s + "': the group size after ':' must be an integer in [1, "
+                throw error(error_kind::invalid_argument, "granularity '" + s + "': " + what + " must be an integer in [1, "
                                                               + std::to_string(max_group_size) + "]");
             }
-            group = std::stoul(g);
-            s = s.substr(0, colon);
+            return static_cast<std::size_t>(std::stoul(t));
+        };
+        const auto colon = s.find(':');
+        const std::string name = s.substr(0, colon), arg = colon == std::string::npos ? std::string() : s.substr(colon + 1);
+        if (name == "per_block" || name == "block")
+        {
+            // per_block[:RxC], 128x128 by default (the FP8 block format's)
+            q.granularity = granularity_kind::per_block;
+            q.block_rows = q.group_size = 128;
+            if (colon != std::string::npos)
+            {
+                const auto x = arg.find('x');
+                if (x == std::string::npos) number("", "the block after ':', ROWSxCOLS,");
+                q.block_rows = number(arg.substr(0, x), "the block's rows");
+                q.group_size = number(arg.substr(x + 1), "the block's columns");
+            }
+            return q;
         }
-        if (s == "per_tensor" || s == "tensor") q.granularity = granularity_kind::per_tensor;
-        else if (s == "per_channel" || s == "channel") q.granularity = granularity_kind::per_channel;
-        else if (s == "per_group" || s == "group")
+        const std::size_t group = colon == std::string::npos ? default_group : number(arg, "the group size after ':'");
+        if (name == "per_tensor" || name == "tensor") q.granularity = granularity_kind::per_tensor;
+        else if (name == "per_channel" || name == "channel") q.granularity = granularity_kind::per_channel;
+        else if (name == "per_group" || name == "group")
         {
             q.granularity = granularity_kind::per_group;
             q.group_size = group;
         }
         else
         {
-            throw error(error_kind::invalid_argument, "unknown granularity '" + s + "' (use per_tensor, per_channel, per_group or per_group:N)");
+            throw error(error_kind::invalid_argument, "unknown granularity '" + s + "' (use per_tensor, per_channel, per_group, per_group:N or per_block:RxC)");
         }
         if (q.granularity != granularity_kind::per_group) q.group_size = 0;
         return q;
@@ -101,8 +115,11 @@ namespace orbitq::gemma_cli
     // declared and documented in cli_internal.hpp
     std::string label(const quant_spec& q)
     {
-        std::string s = to_string(q.granularity);
+        if (q.scheme == scheme_kind::mxfp4 || q.scheme == scheme_kind::nvfp4) return to_string(q.scheme);
+        std::string s = q.scheme == scheme_kind::fp8_e4m3 ? "fp8 " : "";
+        s += to_string(q.granularity);
         if (q.granularity == granularity_kind::per_group) s += ":" + std::to_string(q.group_size);
+        if (q.granularity == granularity_kind::per_block) s += ":" + std::to_string(q.block_rows) + "x" + std::to_string(q.group_size);
         return s;
     }
 
@@ -214,10 +231,11 @@ namespace orbitq::gemma_cli
         CLI::Option* bits_opt = app.add_option("--bits", o.bits, "8 or 4 (with --granularity auto: only this width is considered)")
                                     ->capture_default_str()
                                     ->check(CLI::IsMember({4, 8}));
-        app.add_option("--granularity", o.granularity, "granularity converted and gated: per_tensor, per_channel, per_group[:N], or auto (per layer, the fewest bits per weight "
+        app.add_option("--granularity", o.granularity, "granularity converted and gated: per_tensor, per_channel, per_group[:N], per_block[:RxC] (fp8_e4m3), or auto (per layer, the fewest bits per weight "
                        "meeting --target-cos/--target-sqnr on every projection, chosen by orbitq::analyze)")->capture_default_str();
         app.add_option("--group-size", o.group_size, "group size of per_group")->capture_default_str()->check(integer_in(1, max_group_size));
-        CLI::Option* scheme_opt = app.add_option("--scheme", o.scheme, "symmetric or asymmetric (with --granularity auto: only this scheme is considered)")->capture_default_str();
+        CLI::Option* scheme_opt = app.add_option("--scheme", o.scheme, "symmetric or asymmetric (with --granularity auto: only this scheme is considered); or a float format: "
+                       "fp8_e4m3 (per_tensor, per_channel or per_block[:RxC]; FP8 activations), mxfp4 (groups of 32; MXFP4 activations), nvfp4 (groups of 16, weight-only)")->capture_default_str();
         app.add_option("--scales", o.scales, "amax (each orbit's range) or mse (per orbit, the clipped and refit scale of least squared error; "
                        "never worse than amax, orbit by orbit)")->capture_default_str();
         app.add_option("--range", o.range, "symmetric range: restricted ([-127,127]) or full ([-128,127])")->capture_default_str();

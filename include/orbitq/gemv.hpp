@@ -4,7 +4,10 @@
 ///
 /// y[r] = sum_j w[r, j] x[j] with w[r, j] = float(code(r, j) - zero_point) * scale of its orbit,
 /// for int8 and int4 codes, per-tensor, per-channel and per-group layouts, symmetric and
-/// asymmetric schemes; activations in float32, bfloat16 or float16; float32 accumulation.
+/// asymmetric schemes; activations in float32, bfloat16 or float16; float32 accumulation. Float
+/// codes (fp8_e4m3 in any layout, 128 x 128 blocks included; mxfp4, nvfp4) are summed the same
+/// way with their code values (code - zero_point above stands for the E4M3 or E2M1 value), which
+/// are decoded in registers exactly.
 ///
 /// How a row is summed (the same for gemv, gemm, every thread count and every tile shape, so
 /// gemm's token t is bit-identical to gemv of that token, and the result does not depend on the
@@ -143,6 +146,7 @@ namespace orbitq
             std::size_t group_stride = 0;   ///< floats between the starts of two groups in the buffer
             std::size_t row_stride = 0;     ///< floats per token (or per scratch row): groups * group_stride
             bool int4 = false;
+            bool float_codes = false;       ///< E4M3 bytes (8 bits) or E2M1 nibbles (4 bits)
             bool asymmetric = false;
             bool direct = false;            ///< codes are read in place; else widened into a scratch row first
             bool interleaved = false;       ///< int4 direct: each 2L chunk holds even then odd columns
@@ -200,6 +204,7 @@ namespace orbitq
             p.group = L.group;
             p.groups = L.groups_per_row;
             p.int4 = w.spec.bits == 4;
+            p.float_codes = is_float_scheme(w.spec.scheme);
             p.asymmetric = !w.zero_points.empty();
             const std::size_t unit = p.int4 ? 2 * lanes : lanes;
             p.direct = p.group % unit == 0 && p.cols % unit == 0;
@@ -270,6 +275,44 @@ namespace orbitq
             }
         };
 
+        /// Float32 values of E4M3FN bytes held in int32 lanes (NaN bytes never occur in quantized
+        /// codes): the magnitude bits placed at float32's exponent-mantissa boundary give
+        /// 2^(e - 127)(1 + m/8), or the subnormal m 2^-129 for e = 0, so one exact product by
+        /// 2^120 rebases both to E4M3's bias 7; the sign bit moves to bit 31.
+        inline float_batch e4m3_values(const int_batch& b) noexcept
+        {
+            const float_batch m = xsimd::bitwise_cast<float_batch>((b & int_batch(0x7f)) << 20) * float_batch(0x1p120f);
+            return xsimd::bitwise_cast<float_batch>(xsimd::bitwise_cast<int_batch>(m) | ((b & int_batch(0x80)) << 24));
+        }
+
+        /// Float32 values of E2M1 nibbles held in int32 lanes (bits 0-3): as e4m3_values, with
+        /// the magnitude at bit 22 and the product 2^126.
+        inline float_batch e2m1_values(const int_batch& n) noexcept
+        {
+            const float_batch m = xsimd::bitwise_cast<float_batch>((n & int_batch(7)) << 22) * float_batch(0x1p126f);
+            return xsimd::bitwise_cast<float_batch>(xsimd::bitwise_cast<int_batch>(m) | ((n & int_batch(8)) << 28));
+        }
+
+        /// Source of code vectors: E4M3 bytes read in place.
+        struct e4m3_codes : int8_codes<false>
+        {
+            static void load(row_pointer row, std::size_t col, const int_batch&, float_batch* out) noexcept
+            {
+                out[0] = e4m3_values(widen_int8<int_batch>(row + col));
+            }
+        };
+
+        /// Source of code vectors: E2M1 nibbles read in place, in int4_codes' chunk order.
+        struct e2m1_codes : int4_codes<false>
+        {
+            static void load(row_pointer row, std::size_t col, const int_batch&, float_batch* out) noexcept
+            {
+                const int_batch b = widen_int8<int_batch>(row + col / 2);
+                out[0] = e2m1_values(b);
+                out[1] = e2m1_values(b >> 4);
+            }
+        };
+
         /// Source of code vectors: rows already widened to float32 (code - zp) in plan layout
         /// (column offsets are buffer positions here).
         struct widened_codes
@@ -289,16 +332,11 @@ namespace orbitq
             }
         };
 
-        /// Widens row r's codes into `out` (plan layout, (code - zp) as float, padding 0).
+        /// Widens row r's codes into `out` (plan layout, code values as float, padding 0).
         inline void widen_row(const quantized_tensor& w, const plan& p, std::size_t r, float* out) noexcept
         {
             std::fill(out, out + p.row_stride, 0.0f);
-            for (std::size_t g = 0; g < p.groups; ++g)
-            {
-                const std::int32_t zp = w.zero_point(w.layout.orbit(r, g));
-                const std::size_t c1 = std::min(p.cols, (g + 1) * p.group);
-                for (std::size_t j = g * p.group; j < c1; ++j) out[p.position(j)] = static_cast<float>(w.code(r, j) - zp);
-            }
+            for (std::size_t j = 0; j < p.cols; ++j) out[p.position(j)] = w.code_value(r, j);
         }
 
         /// What a tile needs besides the codes, hoisted out of the tile loops.
@@ -306,7 +344,8 @@ namespace orbitq
         {
             const float* scales;             ///< scales of orbit (0, 0)
             const std::int32_t* zero_points; ///< zero points of orbit (0, 0), or null
-            std::size_t orbit_row_step;      ///< orbits between two rows (0 for per_tensor)
+            std::size_t orbit_row_step;      ///< orbits between two rows of orbits (0 for per_tensor)
+            std::size_t block_rows;          ///< rows per row of orbits (1 but for block layouts)
             std::size_t orbit_group_step;    ///< orbits between two groups of a row (0 for per_tensor)
             std::size_t groups;
             std::size_t group_advance;       ///< source offset between two groups (columns, or buffer positions)
@@ -317,6 +356,9 @@ namespace orbitq
             std::size_t out_rows;            ///< output row stride (rows computed)
             std::size_t row0;                ///< first row computed (output row 0)
             std::size_t row_end;             ///< one past the last row of this thread's range
+
+            /// The row of orbits that row r belongs to.
+            std::size_t orbit_row(std::size_t r) const noexcept { return block_rows == 1 ? r : r / block_rows; }
         };
 
         /// The register tile: rows [r0, r0 + R) times tokens [t0, t0 + T). Per (row, token) the
@@ -338,13 +380,13 @@ namespace orbitq
                 const std::size_t n0 = std::min(r0 + R, a.row_end);
                 const std::size_t n1 = std::min(r0 + 2 * R, a.row_end);
                 src.prefetch_rows(n0, n1);
-                prefetch_range(a.scales + n0 * a.orbit_row_step, a.scales + n1 * a.orbit_row_step);
+                prefetch_range(a.scales + a.orbit_row(n0) * a.orbit_row_step, a.scales + a.orbit_row(n1) * a.orbit_row_step);
             }
 #pragma GCC unroll 16
             for (std::size_t r = 0; r < R; ++r)
             {
                 row[r] = src.row(r0 + r);
-                scale_row[r] = a.scales + (r0 + r) * a.orbit_row_step;
+                scale_row[r] = a.scales + a.orbit_row(r0 + r) * a.orbit_row_step;
                 if constexpr (Source::asymmetric) zp_row[r] = a.zero_points + (r0 + r) * a.orbit_row_step;
             }
             float_batch total[R][T];
@@ -459,6 +501,7 @@ namespace orbitq
             a.scales = w.scales.data();
             a.zero_points = w.zero_points.empty() ? nullptr : w.zero_points.data();
             a.orbit_row_step = w.layout.tensor_wide ? 0 : p.groups;
+            a.block_rows = w.layout.block_rows;
             a.orbit_group_step = w.layout.tensor_wide ? 0 : 1;
             a.groups = p.groups;
             a.group_stride = p.group_stride;
@@ -476,6 +519,11 @@ namespace orbitq
                 ta.row_end = last;
                 if (!p.direct) return run_rows_widened<R, T>(w, p, ta, first, last, xbuf, tokens, y);
                 const std::int8_t* codes = w.codes.data();
+                if (p.float_codes)
+                {
+                    if (p.int4) return run_rows_k<R, T>(e2m1_codes{{codes, w.row_bytes()}}, ta, first, last, xbuf, tokens, y);
+                    return run_rows_k<R, T>(e4m3_codes{{codes, p.cols}}, ta, first, last, xbuf, tokens, y);
+                }
                 if (p.int4)
                 {
                     if (p.asymmetric) return run_rows_k<R, T>(int4_codes<true>{codes, w.row_bytes()}, ta, first, last, xbuf, tokens, y);

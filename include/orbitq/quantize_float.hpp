@@ -157,8 +157,10 @@ namespace orbitq
     namespace detail
     {
         /// quantize_into's path for the float schemes (see the file brief): q is laid out and filled.
+        /// `tensor_amax` >= 0 stands for the max |x| of a per-tensor orbit that w is a row block
+        /// of (the block then gets the whole tensor's scale); it is ignored otherwise.
         template <weight_element T>
-        void quantize_float(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
+        void quantize_float(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads, float tensor_amax = -1.0f)
         {
             using namespace float_schemes;
             q.shape = w.shape.empty() ? shape_type{w.rows, w.cols} : w.shape;
@@ -199,6 +201,7 @@ namespace orbitq
                     {
                         for (std::size_t g = 0; g < gpr; ++g) amax[L.orbit(r, g)] = std::max(amax[L.orbit(r, g)], part[r * gpr + g]);
                     }
+                    if (L.tensor_wide && tensor_amax >= 0.0f) amax[0] = tensor_amax;
                     for (std::size_t o = 0; o < amax.size(); ++o) q.scales[o] = fp8(amax[o], spec, name).scale;
                     parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                         for (std::size_t r = first; r < last; ++r)

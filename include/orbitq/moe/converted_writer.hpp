@@ -7,8 +7,8 @@
 /// - every tensor that is not quantized is copied byte for byte (name, dtype, shape unchanged);
 /// - the experts of a quantized layer become, for each expert e, the Linears
 ///   `<experts>.<e>.{gate,up,down}_proj` (a stacked gate_up [E, 2I, H] splits into gate_proj,
-///   rows 0..I-1, and up_proj, rows I..2I-1), `pack-quantized` (or `int-quantized` for W8A8),
-///   scales in the checkpoint's float dtype; a layer's gate, up and down always share one spec
+///   rows 0..I-1, and up_proj, rows I..2I-1), `pack-quantized` (or `int-quantized` for W8A8;
+///   the float schemes in their own formats), integer schemes' scales in the checkpoint's float dtype; a layer's gate, up and down always share one spec
 ///   (the engines load a MoE layer only then);
 /// - with the dense MLP included, `<dense>.{gate,up,down}_proj` likewise;
 /// - model.safetensors.index.json is written after every shard, config.json (the input's, plus
@@ -87,7 +87,8 @@ namespace orbitq::moe
     class converted_writer : public conversion_sink
     {
     public:
-        /// @param act int8_per_token writes the W8A8 form (int-quantized), else pack-quantized.
+        /// @param act int8_per_token writes the W8A8 form (int-quantized), else pack-quantized;
+        ///        the float schemes are written in their own formats (io/compressed_tensors.hpp).
         /// @throws error (invalid_argument) when dir exists (unless overwrite; and even then when
         ///         it is not a directory), or is inside or equal to the input directory; error (io)
         ///         when the staging directory cannot be created.
@@ -98,8 +99,7 @@ namespace orbitq::moe
             , m_src(src)
             , m_spec(spec)
             , m_act(act)
-            , m_format(act == io::compressed_tensors::activations::none ? io::compressed_tensors::format::pack_quantized
-                                                                         : io::compressed_tensors::format::int_quantized)
+            , m_format(io::compressed_tensors::format_for(spec, act))
             , m_threads(threads)
         {
             for (const auto& d : src.tensors()) m_pending[d.name] = d;
@@ -260,7 +260,7 @@ namespace orbitq::moe
                                    {"rounding", to_string(m_spec.rounding)},
                                    {"scales", to_string(m_spec.scales)},
                                    {"scale_dtype", std::string(io::dtype_name(m_scale_type))},
-                                   {"activations", m_act == ct::activations::none ? "none" : "int8 dynamic per token"}}}};
+                                   {"activations", activations_note()}}}};
             if (m_spec.granularity == granularity_kind::per_tensor && !m_auto)
             {
                 qc["orbitq"]["note"] = "per_tensor scales written with strategy 'channel': the one scale (and zero point) repeated on every row";
@@ -297,6 +297,16 @@ namespace orbitq::moe
         }
 
     private:
+        /// For people: the activations the engine quantizes at run time.
+        std::string activations_note() const
+        {
+            const nlohmann::json a = io::compressed_tensors::activation_args_json(m_spec, m_act);
+            if (a.is_null()) return "none";
+            const std::string type = a["type"] == "float" ? (a["num_bits"] == 8 ? "fp8" : "mxfp4") : "int8";
+            return type + " dynamic per " + a["strategy"].get<std::string>()
+                   + (a["group_size"].is_null() ? std::string() : " of " + std::to_string(a["group_size"].get<std::size_t>()));
+        }
+
         /// What a layer's conversion wrote: the experts' spec, each dense matrix's.
         struct converted_layer
         {

@@ -197,9 +197,29 @@ namespace orbitq::moe
     /// @brief How an engine quantizes the activations entering a quantized product.
     enum class activation_quantization
     {
-        none,           ///< weight-only: activations stay in floating point
-        int8_per_token  ///< dynamic symmetric int8, one scale per token (W8A8 kernels)
+        none,               ///< weight-only: activations stay in floating point
+        int8_per_token,     ///< dynamic symmetric int8, one scale per token (W8A8 kernels)
+        fp8_per_token,      ///< dynamic E4M3, scale amax / 448 per token (FP8 per-channel weights)
+        fp8_per_tensor,     ///< dynamic E4M3, one scale amax / 448 over the tokens of a product
+        fp8_per_group128,   ///< dynamic E4M3 per group of 128 of each token (FP8 block weights)
+        mxfp4_per_group32   ///< dynamic MXFP4 per group of 32 of each token (MXFP4 weights)
     };
+
+    /// @brief Replaces `count` values with their float-code quantization, dequantized, under one
+    ///        scale chosen from their max |x|: E4M3 with scale amax / 448, or MXFP4 (E2M1 with
+    ///        the power-of-two scale of quantize_float.hpp). A zero span stays zero.
+    inline void quantize_span_float(float* v, std::size_t count, bool mxfp4)
+    {
+        float amax = 0.0f;
+        for (std::size_t i = 0; i < count; ++i) amax = std::max(amax, std::fabs(v[i]));
+        if (amax == 0.0f) return;
+        const float scale = mxfp4 ? orbitq::detail::float_schemes::mxfp4(amax).scale : amax / e4m3_max;
+        for (std::size_t i = 0; i < count; ++i)
+        {
+            const float q = v[i] / scale;
+            v[i] = (mxfp4 ? e2m1_to_float(to_e2m1(q)) : e4m3_to_float(to_e4m3(q))) * scale;
+        }
+    }
 
     /// @brief Replaces each token of `x` (tokens × n) by its dynamic symmetric int8 quantization,
     ///        dequantized: scale = amax/127, code = round half to even (x/scale) clamped to
@@ -215,6 +235,29 @@ namespace orbitq::moe
             if (amax == 0.0f) continue;
             const float scale = amax / 127.0f;
             for (std::size_t i = 0; i < n; ++i) v[i] = std::clamp(std::nearbyint(v[i] / scale), -128.0f, 127.0f) * scale;
+        }
+    }
+
+    /// @brief Replaces x (tokens × n) by its quantization under `a`, dequantized, as the engine's
+    ///        kernels quantize the activations entering a product.
+    inline void quantize_activations(activation_quantization a, float* x, std::size_t tokens, std::size_t n)
+    {
+        switch (a)
+        {
+            case activation_quantization::none: return;
+            case activation_quantization::int8_per_token: return quantize_tokens_int8(x, tokens, n);
+            case activation_quantization::fp8_per_tensor: return quantize_span_float(x, tokens * n, false);
+            case activation_quantization::fp8_per_token:
+            case activation_quantization::fp8_per_group128:
+            case activation_quantization::mxfp4_per_group32:
+            {
+                const std::size_t g = a == activation_quantization::fp8_per_token ? n : a == activation_quantization::fp8_per_group128 ? 128 : 32;
+                for (std::size_t t = 0; t < tokens; ++t)
+                {
+                    for (std::size_t c0 = 0; c0 < n; c0 += g) quantize_span_float(x + t * n + c0, std::min(g, n - c0), a == activation_quantization::mxfp4_per_group32);
+                }
+                return;
+            }
         }
     }
 
@@ -306,7 +349,7 @@ namespace orbitq::moe
         {
             if (m_acts == activation_quantization::none) return apply(q, x, tokens, y, m_threads);
             std::vector<float> xq(x, x + tokens * q.cols);
-            quantize_tokens_int8(xq.data(), tokens, q.cols);
+            quantize_activations(m_acts, xq.data(), tokens, q.cols);
             apply(q, xq.data(), tokens, y, m_threads);
         }
 

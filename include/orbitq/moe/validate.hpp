@@ -201,6 +201,11 @@ namespace orbitq::moe
             throw error(error_kind::invalid_argument, "quantize_block_per_tensor: a searched (mse) scale needs every block of the tensor at once; "
                                                       "quantize the whole tensor, or use scale_search::amax");
         }
+        if (is_float_scheme(spec.scheme))
+        {
+            orbitq::detail::check_input(block);
+            return orbitq::detail::quantize_float(block, q, spec, threads, whole.to_abs_max().value);
+        }
         orbitq::detail::analysis::with_scheme(spec, [&](auto scheme) {
             using S = decltype(scheme);
             const auto p = orbitq::detail::analysis::resolve<S>(spec, whole, block.name);
