@@ -226,7 +226,10 @@ namespace orbitq::gemma_cli
                           : "checkpoint " + c.o.checkpoint)
             << ": " << rep.layers.size() << " layers, " << c.cfg().experts << " experts (top-" << c.cfg().top_k << "), " << c.o.tokens
             << " tokens\n";
-        out << "int" << c.o.bits << " " << c.o.scheme << (c.o.scales == "mse" ? ", mse scales (per_tensor compared with amax)" : "") << "; converting " << c.spec_names.at(c.vo.gated) << "; gates: layer min cos(hidden) >= "
+        const bool float_codes = is_float_scheme(c.vo.specs.at(c.vo.gated).scheme);
+        out << (float_codes ? c.o.scheme + (c.vo.activations != moe::activation_quantization::none ? " weights and activations" : " weights")
+                            : "int" + std::to_string(c.o.bits) + " " + c.o.scheme)
+            << (c.o.scales == "mse" ? ", mse scales (per_tensor compared with amax)" : "") << "; converting " << c.spec_names.at(c.vo.gated) << "; gates: layer min cos(hidden) >= "
             << c.o.gate_layer_cos << ", stack min cos >= " << c.o.gate_stack_cos << "\n\n";
         out << "layer";
         for (std::size_t g = 0; g < c.vo.specs.size(); ++g) out << " | " << pad(c.spec_names.at(g) + (g == c.vo.gated ? " *" : ""), 30, false);
@@ -280,7 +283,8 @@ namespace orbitq::gemma_cli
         const int code = rep.passed ? 0 : 2;
         if (!c.written_note.empty()) out << "out: " << c.written_note << "\n";
         if (c.acts != ct::activations::none) out << "activations: int8 per token, dynamic symmetric (W8A8), simulated in the " << c.spec_names.at(c.vo.gated) << " forward pass\n";
-        out << "verdict: " << c.spec_names.at(c.vo.gated) << (c.automatic ? std::string() : " int" + std::to_string(c.o.bits)) << " " << (rep.passed ? "PASSES" : "FAILS") << " (layer gate "
+        const bool float_codes = is_float_scheme(c.vo.specs.at(c.vo.gated).scheme);
+        out << "verdict: " << c.spec_names.at(c.vo.gated) << (c.automatic || float_codes ? std::string() : " int" + std::to_string(c.o.bits)) << " " << (rep.passed ? "PASSES" : "FAILS") << " (layer gate "
             << (gs.layer_gate_passed ? "pass" : "FAIL") << ", stack gate " << (gs.stack_gate_passed ? "pass" : "FAIL") << ")  [exit " << code << "]\n";
         const double gbps = rep.quantized_source_bytes / std::max(rep.quantize_seconds, 1e-9) / 1e9;
         out << "time " << fmt(rep.total_seconds, 1) << " s (quantize+measure " << fmt(rep.quantize_seconds, 1) << " s, "

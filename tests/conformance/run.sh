@@ -46,14 +46,28 @@ convert auto_cos_0.9999 0 "--min-cos 0.9999" -- --granularity auto --target-cos 
 # error-minimizing scales: the same layout, only the numbers move
 convert int4_per_group32_mse 0 "--expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-symmetric true --min-cos 0.995" -- \
   --bits 4 --granularity per_group:32 --scales mse
+# the float formats, each with the activations its vLLM method quantizes (the gates judge those;
+# MXFP4's 4-bit activations fail the layer gate on the synthetic outliers: exit 2, still written)
+fp="--expect-type float --expect-format"
+convert fp8_per_channel 0 "$fp float-quantized --expect-bits 8 --expect-strategy channel --expect-input dynamic --expect-method w8a8_fp8 --min-cos 0.999" -- \
+  --scheme fp8_e4m3
+convert fp8_per_tensor 0 "$fp float-quantized --expect-bits 8 --expect-strategy tensor --expect-input dynamic --expect-method w8a8_fp8 --min-cos 0.999" -- \
+  --scheme fp8_e4m3 --granularity per_tensor
+convert fp8_block64 0 "$fp float-quantized --expect-bits 8 --expect-strategy block --expect-block 64,64 --expect-method w8a8_fp8 --min-cos 0.999" -- \
+  --scheme fp8_e4m3 --granularity per_block:64x64
+convert nvfp4a16 0 "$fp nvfp4-pack-quantized --expect-bits 4 --expect-strategy tensor_group --expect-group-size 16 --expect-input none --expect-method w4a16_nvfp4 --min-cos 0.99" -- \
+  --scheme nvfp4
+convert mxfp4 2 "$fp mxfp4-pack-quantized --expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-input dynamic --expect-method w4a4_mxfp4 --min-cos 0.985" -- \
+  --scheme mxfp4
 convert w8a8_int8 0 "--expect-format int-quantized --expect-bits 8 --expect-strategy channel --min-cos 0.999" -- --activations int8
 convert int4_per_group64_dense 0 "--expect-bits 4 --expect-group-size 64 --min-cos 0.99" -- --bits 4 --granularity per_group:64 --include-dense
 convert layer1_only 0 "--min-cos 0.999" -- --layers 1
 grep -q "^out: per_tensor written with strategy 'channel'" int8_per_tensor.out || bad "per_tensor: stdout does not say it was written per channel"
 
 # Specs no engine's MoE kernel loads: exit 1 before anything is written, naming what loads.
-for g in per_group:128 per_group:16; do
-  rc=0; "$gemma" --checkpoint src --out refused --granularity "$g" --quiet --tokens 2 2> refused.err || rc=$?
+for g in per_group:128 per_group:16 "per_block --scheme fp8_e4m3" "per_group:32 --scheme fp8_e4m3"; do
+  # shellcheck disable=SC2086
+  rc=0; "$gemma" --checkpoint src --out refused --granularity $g --quiet --tokens 2 2> refused.err || rc=$?
   [ "$rc" = 1 ] || bad "$g with --out: exit $rc, expected 1"
   grep -q "vLLM's MoE kernels load" refused.err || bad "$g with --out: the message does not list what loads: $(cat refused.err)"
   [ ! -e refused ] || bad "$g with --out: the output directory exists"

@@ -83,6 +83,7 @@ namespace orbitq
                     out.assign(1, resolve<S>(p.spec, P.row_stats[r], name));
                     return P.cols;
                 case granularity_kind::per_group: break;
+                case granularity_kind::per_block: throw error(error_kind::invalid_argument, "analysis plans take per_tensor, per_channel or per_group specs");
             }
             const std::size_t g = p.spec.group_size;
             const std::size_t groups = (P.cols + g - 1) / g;
