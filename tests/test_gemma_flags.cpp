@@ -107,3 +107,31 @@ TEST_CASE("--scales: amax or mse; mse refused where it cannot search")
     CHECK_MESSAGE((r.rc == 0 || r.rc == 2), r.err);
     CHECK(r.out.find("mse scales") != std::string::npos);
 }
+
+TEST_CASE("--scheme fp8_e4m3 | mxfp4 | nvfp4: conflicting flags are refused, the formats run")
+{
+    refused(quick({"--scheme", "bogus"}), "--scheme");
+    refused(quick({"--scheme", "mxfp4", "--bits", "8"}), "--bits");
+    refused(quick({"--scheme", "fp8_e4m3", "--bits", "4"}), "--bits");
+    refused(quick({"--scheme", "nvfp4", "--granularity", "per_channel:8"}), "--granularity");
+    refused(quick({"--scheme", "mxfp4", "--granularity", "per_group:16"}), "groups of 32");
+    refused(quick({"--scheme", "fp8_e4m3", "--scales", "mse"}), "--scales");
+    refused(quick({"--scheme", "fp8_e4m3", "--activations", "int8"}), "--activations");
+    refused(quick({"--scheme", "fp8_e4m3", "--granularity", "auto", "--target-cos", "0.99"}), "auto");
+    refused(quick({"--granularity", "per_block"}), "fp8_e4m3");
+    for (const char* bad : {"per_block:0x4", "per_block:128", "per_block:x", "per_block:9999999x1", "per_block:-1x2"})
+    {
+        refused(quick({"--scheme", "fp8_e4m3", "--granularity", bad}), "per_block");
+    }
+    for (const char* scheme : {"fp8_e4m3", "mxfp4", "nvfp4"})
+    {
+        const auto r = cli(quick({"--scheme", scheme}));
+        CAPTURE(scheme);
+        CHECK_MESSAGE((r.rc == 0 || r.rc == 2), r.err);
+        CHECK(r.out.find(std::string("verdict: ")) != std::string::npos);
+        CHECK(r.out.find(" int8 ") == std::string::npos);  // the verdict names the format, not an integer width
+    }
+    const auto b = cli(quick({"--scheme", "fp8_e4m3", "--granularity", "per_block:64x32"}));
+    CHECK_MESSAGE((b.rc == 0 || b.rc == 2), b.err);
+    CHECK(b.out.find("fp8 per_block:64x32") != std::string::npos);
+}

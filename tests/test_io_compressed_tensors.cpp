@@ -210,6 +210,130 @@ TEST_CASE("moe_refusal: what vLLM's fused-MoE kernels load for Gemma 4's widths"
                     orbitq::error);
 }
 
+TEST_CASE("float formats: tensors, dtypes, shapes and hand-computed bytes of one Linear")
+{
+    using orbitq::io::dtype;
+    using orbitq::shape_type;
+    // FP8 per channel: row amax 448 -> scale 1, codes are the values' E4M3 bytes
+    std::vector<float> w(2 * 32, 0.0f);
+    w[0] = 448.0f;   // 0x7e
+    w[1] = -1.0f;    // 0xb8
+    w[32] = 0.5f;    // row 1: amax 0.5, scale 0.5/448; 0.5 -> 448 (0x7e)
+    w[33] = -0.25f;  // -224 (0xf6)
+    const auto view = orbitq::make_view(w.data(), 2, 32, "lin.weight");
+    quant_spec fp8;
+    fp8.scheme = scheme_kind::fp8_e4m3;
+    const auto q8 = orbitq::quantize(view, fp8);
+    const auto d8 = ct::linear_decls(fp8, ct::format::float_quantized, 2, 32, "lin", dtype::bf16);
+    REQUIRE(d8.size() == 2);
+    CHECK(d8[0].name == "lin.weight");
+    CHECK(d8[0].type == dtype::f8_e4m3);
+    CHECK(d8[0].shape == shape_type{2, 32});
+    CHECK(d8[1].name == "lin.weight_scale");
+    CHECK(d8[1].type == dtype::f32);
+    CHECK(d8[1].shape == shape_type{2, 1});
+    const auto b8 = ct::encode_linear(q8, ct::format::float_quantized, 0, 2, dtype::bf16);
+    REQUIRE(b8.size() == 2);
+    CHECK(static_cast<std::uint8_t>(b8[0][0]) == 0x7e);
+    CHECK(static_cast<std::uint8_t>(b8[0][1]) == 0xb8);
+    CHECK(static_cast<std::uint8_t>(b8[0][32]) == 0x7e);
+    CHECK(static_cast<std::uint8_t>(b8[0][33]) == 0xf6);
+    float s[2];
+    std::memcpy(s, b8[1].data(), 8);
+    CHECK(s[0] == 1.0f);
+    CHECK(s[1] == 0.5f / 448.0f);
+    CHECK(ct::weight_args_json(fp8)["type"] == "float");
+    CHECK(ct::weight_args_json(fp8)["strategy"] == "channel");
+    CHECK(ct::activation_args_json(fp8, ct::activations::none)["strategy"] == "token");
+    CHECK(ct::activation_args_json(fp8, ct::activations::none)["dynamic"] == true);
+    CHECK(ct::config_group_json(fp8, ct::activations::none, {"x"})["format"] == "float-quantized");
+
+    // FP8 blocks of 1 x 16: scales [rows, 2]; a block of 2 rows cannot be split at row 1
+    quant_spec blocks = fp8;
+    blocks.granularity = granularity_kind::per_block;
+    blocks.block_rows = 1;
+    blocks.group_size = 16;
+    const auto qb = orbitq::quantize(view, blocks);
+    CHECK(ct::linear_decls(blocks, ct::format::float_quantized, 2, 32, "lin", dtype::bf16)[1].shape == shape_type{2, 2});
+    CHECK(ct::weight_args_json(blocks)["block_structure"] == nlohmann::json::array({1, 16}));
+    CHECK(ct::encode_linear(qb, ct::format::float_quantized, 1, 1, dtype::f32)[1].size() == 2 * 4);
+    blocks.block_rows = 2;
+    const auto qb2 = orbitq::quantize(view, blocks);
+    CHECK_THROWS_AS(ct::encode_linear(qb2, ct::format::float_quantized, 1, 1, dtype::f32), orbitq::error);
+
+    // NVFP4: two E2M1 codes a byte (column 0 low), E4M3 scale bytes, the global scale
+    quant_spec nv;
+    nv.scheme = scheme_kind::nvfp4;
+    nv.bits = 4;
+    nv.granularity = granularity_kind::per_group;
+    nv.group_size = 16;
+    std::vector<float> x(32, 0.0f);
+    x[0] = 6.0f;   // tensor amax 6: global 448; group scale 448 -> 0x7e, 448 / 448 = 1
+    x[1] = -3.0f;  // 0xd
+    const auto qn = orbitq::quantize(orbitq::make_view(x.data(), 1, 32, "nv.weight"), nv);
+    const auto dn = ct::linear_decls(nv, ct::format::nvfp4_pack_quantized, 1, 32, "nv", dtype::bf16);
+    REQUIRE(dn.size() == 3);
+    CHECK(dn[0].name == "nv.weight_packed");
+    CHECK(dn[0].type == dtype::u8);
+    CHECK(dn[0].shape == shape_type{1, 16});
+    CHECK(dn[1].type == dtype::f8_e4m3);
+    CHECK(dn[1].shape == shape_type{1, 2});
+    CHECK(dn[2].name == "nv.weight_global_scale");
+    CHECK(dn[2].shape == shape_type{1});
+    const auto bn = ct::encode_linear(qn, ct::format::nvfp4_pack_quantized, 0, 1, dtype::bf16);
+    CHECK(static_cast<std::uint8_t>(bn[0][0]) == 0xd7);
+    CHECK(static_cast<std::uint8_t>(bn[1][0]) == 0x7e);
+    CHECK(static_cast<std::uint8_t>(bn[1][1]) == 0x00);  // the zero group
+    float g;
+    std::memcpy(&g, bn[2].data(), 4);
+    CHECK(g == 448.0f);
+    CHECK(ct::weight_args_json(nv)["strategy"] == "tensor_group");
+    CHECK(ct::activation_args_json(nv, ct::activations::none).is_null());
+
+    // MXFP4: E8M0 bytes; amax 6: floor(log2 6) - 2 = 0, byte 127
+    quant_spec mx = nv;
+    mx.scheme = scheme_kind::mxfp4;
+    mx.group_size = 32;
+    const auto qm = orbitq::quantize(orbitq::make_view(x.data(), 1, 32, "mx.weight"), mx);
+    const auto dm = ct::linear_decls(mx, ct::format::mxfp4_pack_quantized, 1, 32, "mx", dtype::bf16);
+    REQUIRE(dm.size() == 2);
+    CHECK(dm[1].type == dtype::u8);
+    CHECK(dm[1].shape == shape_type{1, 1});
+    const auto bm = ct::encode_linear(qm, ct::format::mxfp4_pack_quantized, 0, 1, dtype::bf16);
+    CHECK(static_cast<std::uint8_t>(bm[0][0]) == 0xd7);
+    CHECK(static_cast<std::uint8_t>(bm[1][0]) == 127);
+    CHECK(ct::activation_args_json(mx, ct::activations::none)["group_size"] == 32);
+    // a float scheme in another format is refused
+    CHECK_THROWS_AS(ct::linear_decls(mx, ct::format::pack_quantized, 1, 32, "mx", dtype::bf16), orbitq::error);
+}
+
+TEST_CASE("moe_refusal: the float formats for Gemma 4's widths")
+{
+    const std::vector<std::size_t> in = {2816, 704}, out = {704, 2816};
+    quant_spec fp8;
+    fp8.scheme = scheme_kind::fp8_e4m3;
+    CHECK_FALSE(ct::moe_refusal(fp8, ct::format::float_quantized, in, out));
+    fp8.granularity = granularity_kind::per_tensor;
+    CHECK_FALSE(ct::moe_refusal(fp8, ct::format::float_quantized, in, out));
+    fp8.granularity = granularity_kind::per_block;
+    fp8.block_rows = fp8.group_size = 128;  // 704 % 128 != 0: vLLM's create_weights refuses gate and up
+    CHECK(ct::moe_refusal(fp8, ct::format::float_quantized, in, out)->find("rows") != std::string::npos);
+    fp8.block_rows = fp8.group_size = 64;
+    CHECK_FALSE(ct::moe_refusal(fp8, ct::format::float_quantized, in, out));
+    fp8.granularity = granularity_kind::per_group;
+    fp8.group_size = 32;
+    CHECK(ct::moe_refusal(fp8, ct::format::float_quantized, in, out));
+    quant_spec mx;
+    mx.scheme = scheme_kind::mxfp4;
+    mx.bits = 4;
+    mx.granularity = granularity_kind::per_group;
+    mx.group_size = 32;
+    CHECK_FALSE(ct::moe_refusal(mx, ct::format::mxfp4_pack_quantized, in, out));
+    CHECK(ct::moe_refusal(mx, ct::format::pack_quantized, in, out));
+    const std::vector<std::size_t> odd = {2816, 700};
+    CHECK(ct::moe_refusal(mx, ct::format::mxfp4_pack_quantized, odd, out));
+}
+
 TEST_CASE("entry_matches: re: entries match from the start of the name (Python re.match), others exactly")
 {
     const std::string e = "re:.*\\.layers\\.(0|3)\\.(moe\\.)?experts\\.\\d+\\.(gate|up|down)_proj$";
