@@ -5,8 +5,9 @@
 # spec the engines cannot load refused before anything is written; two conversions of
 # different specs racing to the same --out, each ending with a consistent checkpoint or a clean
 # failure.
-# Usage: run.sh ORBITQ_GEMMA PYTHON WORK_DIR [specs|race]   (default: both; CTest runs the two
-# parts as separate tests, side by side)
+# Usage: run.sh ORBITQ_GEMMA PYTHON WORK_DIR [specs|floats|race]   (default: all; CTest runs the
+# parts as separate tests, side by side: the integer specs and refusals, the float formats with
+# the checker's self-test, the race)
 set -eu
 gemma="$1"; py="$2"; work="$3"; part="${4:-all}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -19,9 +20,6 @@ say() { printf '%s\n' "$*"; }
 bad() { say "FAIL: $*"; fail=1; }
 
 "$gemma" --write-synthetic src --synthetic-layers 3 --experts 4 --quiet
-if [ "$part" != race ]; then
-"$py" "$check" --self-test > self-test.log 2>&1 || { cat self-test.log; bad "checker self-test"; }
-
 # convert NAME EXPECTED_RC CHECKER_FLAGS -- ORBITQ_FLAGS...
 convert() {
   name="$1"; want="$2"; flags="$3"; shift 4
@@ -31,6 +29,25 @@ convert() {
   if "$py" "$check" --source src --converted "$name" $flags > "$name.check" 2>&1; then say "ok   $name: $(tail -n 1 "$name.check")"
   else cat "$name.check"; bad "$name: the checker refuses the output of orbitq-gemma $*"; fi
 }
+if [ "$part" = all ] || [ "$part" = floats ]; then
+"$py" "$check" --self-test > self-test.log 2>&1 || { cat self-test.log; bad "checker self-test"; }
+# the float formats, each with the activations its vLLM method quantizes (the gates judge those;
+# MXFP4's 4-bit activations fail the layer gate on the synthetic outliers: exit 2, still written)
+fp="--expect-type float --expect-format"
+convert fp8_per_channel 0 "$fp float-quantized --expect-bits 8 --expect-strategy channel --expect-input dynamic --expect-method w8a8_fp8 --min-cos 0.999" -- \
+  --scheme fp8_e4m3
+convert fp8_per_tensor 0 "$fp float-quantized --expect-bits 8 --expect-strategy tensor --expect-input dynamic --expect-method w8a8_fp8 --min-cos 0.999" -- \
+  --scheme fp8_e4m3 --granularity per_tensor
+convert fp8_block64 0 "$fp float-quantized --expect-bits 8 --expect-strategy block --expect-block 64,64 --expect-method w8a8_fp8 --min-cos 0.999" -- \
+  --scheme fp8_e4m3 --granularity per_block:64x64
+convert nvfp4a16 0 "$fp nvfp4-pack-quantized --expect-bits 4 --expect-strategy tensor_group --expect-group-size 16 --expect-input none --expect-method w4a16_nvfp4 --min-cos 0.99" -- \
+  --scheme nvfp4
+convert mxfp4 2 "$fp mxfp4-pack-quantized --expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-input dynamic --expect-method w4a4_mxfp4 --min-cos 0.985" -- \
+  --scheme mxfp4
+fi
+
+
+if [ "$part" = all ] || [ "$part" = specs ]; then
 convert int8_per_channel 0 "--expect-format pack-quantized --expect-bits 8 --expect-strategy channel --expect-symmetric true --min-cos 0.999" --
 convert int8_per_group32_asym 0 "--expect-bits 8 --expect-strategy group --expect-group-size 32 --expect-symmetric false --min-cos 0.999" -- \
   --granularity per_group:32 --scheme asymmetric
@@ -46,19 +63,6 @@ convert auto_cos_0.9999 0 "--min-cos 0.9999" -- --granularity auto --target-cos 
 # error-minimizing scales: the same layout, only the numbers move
 convert int4_per_group32_mse 0 "--expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-symmetric true --min-cos 0.995" -- \
   --bits 4 --granularity per_group:32 --scales mse
-# the float formats, each with the activations its vLLM method quantizes (the gates judge those;
-# MXFP4's 4-bit activations fail the layer gate on the synthetic outliers: exit 2, still written)
-fp="--expect-type float --expect-format"
-convert fp8_per_channel 0 "$fp float-quantized --expect-bits 8 --expect-strategy channel --expect-input dynamic --expect-method w8a8_fp8 --min-cos 0.999" -- \
-  --scheme fp8_e4m3
-convert fp8_per_tensor 0 "$fp float-quantized --expect-bits 8 --expect-strategy tensor --expect-input dynamic --expect-method w8a8_fp8 --min-cos 0.999" -- \
-  --scheme fp8_e4m3 --granularity per_tensor
-convert fp8_block64 0 "$fp float-quantized --expect-bits 8 --expect-strategy block --expect-block 64,64 --expect-method w8a8_fp8 --min-cos 0.999" -- \
-  --scheme fp8_e4m3 --granularity per_block:64x64
-convert nvfp4a16 0 "$fp nvfp4-pack-quantized --expect-bits 4 --expect-strategy tensor_group --expect-group-size 16 --expect-input none --expect-method w4a16_nvfp4 --min-cos 0.99" -- \
-  --scheme nvfp4
-convert mxfp4 2 "$fp mxfp4-pack-quantized --expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-input dynamic --expect-method w4a4_mxfp4 --min-cos 0.985" -- \
-  --scheme mxfp4
 convert w8a8_int8 0 "--expect-format int-quantized --expect-bits 8 --expect-strategy channel --min-cos 0.999" -- --activations int8
 convert int4_per_group64_dense 0 "--expect-bits 4 --expect-group-size 64 --min-cos 0.99" -- --bits 4 --granularity per_group:64 --include-dense
 convert layer1_only 0 "--min-cos 0.999" -- --layers 1
@@ -103,7 +107,7 @@ race() {
   ls -a | grep -q '^\.race\.partial' && bad "race $round: a staging directory was left behind"
   return 0
 }
-if [ "$part" != specs ]; then
+if [ "$part" = all ] || [ "$part" = race ]; then
   for round in 1 2 3; do race "$round" ""; done
   race 4 --force; race 5 --force
 fi
