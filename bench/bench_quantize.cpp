@@ -6,7 +6,8 @@
 ///        streaming stores, read-only max|x|, memcpy) compiled with the same flags. Bytes
 ///        processed = input bytes.
 ///
-/// Names: quantize/<rows>x<cols>/<granularity>/<scheme>/int<bits>/<dtype>/threads:<n>
+/// Names: quantize/<rows>x<cols>/<granularity>/<scheme>/int<bits>/<dtype>/threads:<n> (float
+///        formats: .../<scheme>/fp8 or fp4/...)
 ///        roofline/<rows>x<cols>/<loop>/<dtype>/threads:<n>
 /// bench/report runs this binary and prints each kernel's ratio to its roofline.
 #include <orbitq/quantize.hpp>
@@ -370,6 +371,42 @@ namespace
                                     ->Unit(benchmark::kMillisecond);
                             }
                         }
+                    }
+                }
+            }
+            // the float formats (quantize_float.hpp): fp8_e4m3 per tensor, channel and 128 x 128
+            // blocks, mxfp4 (groups of 32), nvfp4 (groups of 16), f32 and bf16 in
+            struct float_case
+            {
+                scheme_kind scheme;
+                granularity_kind granularity;
+                std::size_t group, block_rows;
+                const char* name;
+            };
+            const float_case floats[] = {{scheme_kind::fp8_e4m3, granularity_kind::per_tensor, 0, 0, "per_tensor"},
+                                         {scheme_kind::fp8_e4m3, granularity_kind::per_channel, 0, 0, "per_channel"},
+                                         {scheme_kind::fp8_e4m3, granularity_kind::per_block, 128, 128, "per_block128x128"},
+                                         {scheme_kind::mxfp4, granularity_kind::per_group, 32, 0, "per_group32"},
+                                         {scheme_kind::nvfp4, granularity_kind::per_group, 16, 0, "per_group16"}};
+            for (const float_case& f : floats)
+            {
+                for (element_type d : {element_type::f32, element_type::bf16})
+                {
+                    for (unsigned t : thread_counts)
+                    {
+                        orbitq::quant_spec spec;
+                        spec.scheme = f.scheme;
+                        spec.bits = f.scheme == scheme_kind::fp8_e4m3 ? 8 : 4;
+                        spec.granularity = f.granularity;
+                        spec.group_size = f.group;
+                        spec.block_rows = f.block_rows;
+                        spec.ragged_groups = true;
+                        const std::string name = "quantize/" + s.name() + "/" + f.name + "/" + orbitq::to_string(f.scheme) + "/"
+                                                 + (spec.bits == 8 ? "fp8" : "fp4") + "/" + dtype_name(d) + "/threads:" + std::to_string(t);
+                        benchmark::RegisterBenchmark(name.c_str(), bm_quantize, kernel_case{s, spec, d, t})
+                            ->UseRealTime()
+                            ->ComputeStatistics("min", min_of)
+                            ->Unit(benchmark::kMillisecond);
                     }
                 }
             }

@@ -107,6 +107,14 @@ namespace orbitq
             throw error(error_kind::invalid_argument, what + "unknown granularity");
         }
 
+        /// Asks for row r + ahead while row r is encoded from L1 (as quantize_into's row passes do).
+        template <weight_element T>
+        void prefetch_ahead(const matrix_view<T>& w, std::size_t r, std::size_t last)
+        {
+            const std::size_t ahead = kernels::simd::prefetch_rows_ahead(w.cols * sizeof(T));
+            if (r + ahead < last) kernels::simd::prefetch(w.row(r + ahead), w.cols * sizeof(T));
+        }
+
         /// max |x| of every row of w (non-finite values refused).
         template <weight_element T>
         std::vector<float> row_abs_max(const matrix_view<T>& w, unsigned threads)
@@ -115,6 +123,7 @@ namespace orbitq
             parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                 for (std::size_t r = first; r < last; ++r)
                 {
+                    prefetch_ahead(w, r, last);
                     bool finite = true;
                     m[r] = kernels::simd::abs_max_span(w.row(r), w.cols, finite).max;
                     if (!finite) throw_non_finite(w, r);
@@ -187,6 +196,7 @@ namespace orbitq
                     parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                         for (std::size_t r = first; r < last; ++r)
                         {
+                            prefetch_ahead(w, r, last);
                             for (std::size_t g = 0; g < gpr; ++g)
                             {
                                 const std::size_t c0 = g * L.group;
@@ -206,6 +216,7 @@ namespace orbitq
                     parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                         for (std::size_t r = first; r < last; ++r)
                         {
+                            prefetch_ahead(w, r, last);
                             for (std::size_t g = 0; g < gpr; ++g)
                             {
                                 const std::size_t c0 = g * L.group;
@@ -219,6 +230,7 @@ namespace orbitq
                 parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                     for (std::size_t r = first; r < last; ++r)
                     {
+                        prefetch_ahead(w, r, last);
                         encode_row_groups<F>(w, r, L.group, q.codes.data() + r * w.cols, [&](std::size_t g, float amax) {
                             return q.scales[L.orbit(r, g)] = fp8(amax, spec, name).scale;
                         });
@@ -239,6 +251,7 @@ namespace orbitq
                 std::vector<std::int8_t> buf(w.cols);
                 for (std::size_t r = first; r < last; ++r)
                 {
+                    prefetch_ahead(w, r, last);
                     encode_row_groups<F>(w, r, L.group, buf.data(), [&](std::size_t g, float amax) {
                         const orbit_scale s = nv ? nvfp4(amax, global) : mxfp4(amax);
                         const std::size_t o = L.orbit(r, g);
