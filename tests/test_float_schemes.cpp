@@ -351,6 +351,24 @@ TEST_CASE_TEMPLATE("float schemes equal the scalar model of the contract", T, fl
     check_against_model<T>(5, 50, ragged, 1);
 }
 
+TEST_CASE("fp8 per channel over 16 MiB (codes streamed where the target streams): every row equals the reference")
+{
+    const std::size_t rows = 4100, cols = 1030;  // rows that do not start on a 64-byte line
+    const std::vector<float> x = weights<float>(rows, cols, 11);
+    const quantized_tensor q = quantize(matrix_view<float>{x.data(), rows, cols, cols, {rows, cols}, "w"}, fp8_spec(granularity_kind::per_channel), 2);
+    std::vector<std::int8_t> ref(cols);
+    bool same = true;
+    for (std::size_t r = 0; r < rows; ++r)
+    {
+        float amax = 0.0f;
+        for (std::size_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(x[r * cols + c]));
+        same = same && q.scales[r] == amax / 448.0f;
+        kernels::reference::encode_float_span<kernels::float_code::e4m3>(x.data() + r * cols, cols, q.scales[r], ref.data());
+        same = same && std::memcmp(ref.data(), q.codes.data() + r * cols, cols) == 0;
+    }
+    CHECK(same);
+}
+
 TEST_CASE("float schemes: results do not depend on the thread count")
 {
     const std::vector<float> x = weights<float>(256, 704, 9);

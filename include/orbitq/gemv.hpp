@@ -275,23 +275,8 @@ namespace orbitq
             }
         };
 
-        /// Float32 values of E4M3FN bytes held in int32 lanes (NaN bytes never occur in quantized
-        /// codes): the magnitude bits placed at float32's exponent-mantissa boundary give
-        /// 2^(e - 127)(1 + m/8), or the subnormal m 2^-129 for e = 0, so one exact product by
-        /// 2^120 rebases both to E4M3's bias 7; the sign bit moves to bit 31.
-        inline float_batch e4m3_values(const int_batch& b) noexcept
-        {
-            const float_batch m = xsimd::bitwise_cast<float_batch>((b & int_batch(0x7f)) << 20) * float_batch(0x1p120f);
-            return xsimd::bitwise_cast<float_batch>(xsimd::bitwise_cast<int_batch>(m) | ((b & int_batch(0x80)) << 24));
-        }
-
-        /// Float32 values of E2M1 nibbles held in int32 lanes (bits 0-3): as e4m3_values, with
-        /// the magnitude at bit 22 and the product 2^126.
-        inline float_batch e2m1_values(const int_batch& n) noexcept
-        {
-            const float_batch m = xsimd::bitwise_cast<float_batch>((n & int_batch(7)) << 22) * float_batch(0x1p126f);
-            return xsimd::bitwise_cast<float_batch>(xsimd::bitwise_cast<int_batch>(m) | ((n & int_batch(8)) << 28));
-        }
+        using kernels::simd::detail::e2m1_values;
+        using kernels::simd::detail::e4m3_values;
 
         /// Source of code vectors: E4M3 bytes read in place.
         struct e4m3_codes : int8_codes<false>

@@ -227,6 +227,33 @@ namespace orbitq
                     });
                     return;
                 }
+                if (L.group == w.cols)
+                {
+                    // per channel: row r + 1's max |x| is reduced while row r is encoded; the
+                    // codes of passes larger than the caches are streamed (see quantize_into)
+                    const bool stream = kernels::simd::stream_codes(w.rows * w.cols * sizeof(T), q.codes.size());
+                    parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                        const auto rows = [&]<bool Stream>(std::bool_constant<Stream>) {
+                            bool finite = true;
+                            float amax = kernels::simd::abs_max_span(w.row(first), w.cols, finite).max;
+                            for (std::size_t r = first; r < last; ++r)
+                            {
+                                if (!finite) throw_non_finite(w, r);
+                                const float scale = q.scales[r] = fp8(amax, spec, name).scale;
+                                std::int8_t* out = q.codes.data() + r * w.cols;
+                                if (r + 1 < last) amax = kernels::simd::encode_float_span_next<F, Stream>(w.row(r), w.cols, scale, out, w.row(r + 1), finite);
+                                else kernels::simd::encode_float_span<F>(w.row(r), w.cols, scale, out);
+                            }
+                        };
+                        if (!stream) return rows(std::false_type{});
+                        struct fence
+                        {
+                            ~fence() { kernels::simd::store_fence(); }
+                        } f;
+                        rows(std::true_type{});
+                    });
+                    return;
+                }
                 parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                     for (std::size_t r = first; r < last; ++r)
                     {
@@ -247,18 +274,81 @@ namespace orbitq
                 q.global_scale = nvfp4_global(m.empty() ? 0.0f : *std::max_element(m.begin(), m.end()), name);
             }
             const float global = q.global_scale;
+            namespace ks = kernels::simd;
+            using ks::float_batch;
+            using ks::int_batch;
+            // The tile form (kernels::simd::encode_float_tile): whole groups of 1, 2, 4 or 8
+            // batches, rows contiguous and of an even length, so that the rows of a range are one
+            // sequence of groups, orbits and packed codes alike.
+            const std::size_t G = L.group, NB = G / ks::width;
+            const bool tiles = G % ks::width == 0 && (NB == 1 || NB == 2 || NB == 4 || NB == 8) && w.cols % G == 0 && w.cols % 2 == 0
+                            && w.stride == w.cols;
+            // a tile's scales as a batch, recorded at orbit o0: the formulas of mxfp4() and nvfp4() lane by lane
+            const auto tile_scales = [&](std::size_t o0, const float_batch& amax) {
+                alignas(64) std::int32_t codes[ks::width];
+                float_batch scale;
+                if (nv)
+                {
+                    const int_batch c = ks::detail::float_codes<kernels::float_code::e4m3>(float_batch(global) * (amax / float_batch(e2m1_max)));
+                    c.store_aligned(codes);
+                    scale = ks::detail::e4m3_values(c) / float_batch(global);
+                }
+                else
+                {
+                    const int_batch e = xsimd::max((xsimd::bitwise_cast<int_batch>(amax) >> 23) - int_batch(129), int_batch(-127));
+                    (e + int_batch(127)).store_aligned(codes);
+                    scale = xsimd::bitwise_cast<float_batch>(xsimd::select(e >= int_batch(-126), (e + int_batch(127)) << 23, int_batch(0x00400000)));  // 2^-127
+                }
+                scale.store_unaligned(q.scales.data() + o0);
+                for (std::size_t j = 0; j < ks::width; ++j) q.scale_codes[o0 + j] = static_cast<std::uint8_t>(codes[j]);
+                return scale;
+            };
+            const auto group_scale = [&](std::size_t o, float amax) {
+                const orbit_scale s = nv ? nvfp4(amax, global) : mxfp4(amax);
+                q.scale_codes[o] = s.code;
+                return q.scales[o] = s.scale;
+            };
             parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                if (tiles)
+                {
+                    const std::size_t gpr = L.groups_per_row, total = (last - first) * gpr, per_tile = ks::width * G;
+                    const T* x = w.row(first);
+                    std::int8_t* packed = q.codes.data() + first * q.row_bytes();
+                    std::vector<std::int8_t> buf(per_tile);
+                    std::size_t t = 0;
+                    for (; t + ks::width <= total; t += ks::width)
+                    {
+                        const std::size_t o0 = first * gpr + t;
+                        const auto scales = [&](const float_batch& amax) { return tile_scales(o0, amax); };
+                        const bool finite = NB == 1   ? ks::encode_float_tile<F, 1>(x + t * G, buf.data(), scales)
+                                          : NB == 2 ? ks::encode_float_tile<F, 2>(x + t * G, buf.data(), scales)
+                                          : NB == 4 ? ks::encode_float_tile<F, 4>(x + t * G, buf.data(), scales)
+                                                    : ks::encode_float_tile<F, 8>(x + t * G, buf.data(), scales);
+                        if (!finite)
+                        {
+                            for (std::size_t r = first + t / gpr; r <= first + (t + ks::width - 1) / gpr; ++r)
+                            {
+                                if (kernels::reference::find_non_finite(w.row(r), w.cols)) throw_non_finite(w, r);
+                            }
+                        }
+                        ks::pack_int4(buf.data(), per_tile, packed + t * G / 2);
+                    }
+                    for (; t < total; ++t)  // the last groups, fewer than a tile
+                    {
+                        bool finite = true;
+                        const float amax = ks::abs_max_span(x + t * G, G, finite).max;
+                        if (!finite) throw_non_finite(w, first + t / gpr);
+                        ks::encode_float_span<F>(x + t * G, G, group_scale(first * gpr + t, amax), buf.data());
+                        ks::pack_int4(buf.data(), G, packed + t * G / 2);
+                    }
+                    return;
+                }
                 std::vector<std::int8_t> buf(w.cols);
                 for (std::size_t r = first; r < last; ++r)
                 {
                     prefetch_ahead(w, r, last);
-                    encode_row_groups<F>(w, r, L.group, buf.data(), [&](std::size_t g, float amax) {
-                        const orbit_scale s = nv ? nvfp4(amax, global) : mxfp4(amax);
-                        const std::size_t o = L.orbit(r, g);
-                        q.scale_codes[o] = s.code;
-                        return q.scales[o] = s.scale;
-                    });
-                    kernels::simd::pack_int4(buf.data(), w.cols, q.codes.data() + r * q.row_bytes());
+                    encode_row_groups<F>(w, r, L.group, buf.data(), [&](std::size_t g, float amax) { return group_scale(L.orbit(r, g), amax); });
+                    ks::pack_int4(buf.data(), w.cols, q.codes.data() + r * q.row_bytes());
                 }
             });
         }

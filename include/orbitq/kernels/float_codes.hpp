@@ -16,6 +16,7 @@
 
 #include "orbitq/core/minifloat.hpp"
 #include "orbitq/kernels/int4_packing.hpp"
+#include "orbitq/kernels/tile_params.hpp"
 
 #include <cstring>
 
@@ -71,6 +72,24 @@ namespace orbitq::kernels
                 else return xsimd::select((bits < int_batch(0)) && (m != int_batch(0)), m - int_batch(8), m);
             }
 
+            /// The float32 values of E4M3FN bytes held in int32 lanes (NaN bytes excepted): the
+            /// magnitude bits placed at float32's exponent-mantissa boundary give 2^(e - 127)(1 + m/8),
+            /// or the subnormal m 2^-129 for e = 0, so one exact product by 2^120 rebases both to
+            /// E4M3's bias 7; the sign bit moves to bit 31.
+            inline float_batch e4m3_values(const int_batch& b) noexcept
+            {
+                const float_batch m = xsimd::bitwise_cast<float_batch>((b & int_batch(0x7f)) << 20) * float_batch(0x1p120f);
+                return xsimd::bitwise_cast<float_batch>(xsimd::bitwise_cast<int_batch>(m) | ((b & int_batch(0x80)) << 24));
+            }
+
+            /// The float32 values of E2M1 nibbles held in int32 lanes (bits 0-3): as e4m3_values,
+            /// with the magnitude at bit 22 and the product 2^126.
+            inline float_batch e2m1_values(const int_batch& n) noexcept
+            {
+                const float_batch m = xsimd::bitwise_cast<float_batch>((n & int_batch(7)) << 22) * float_batch(0x1p126f);
+                return xsimd::bitwise_cast<float_batch>(xsimd::bitwise_cast<int_batch>(m) | ((n & int_batch(8)) << 28));
+            }
+
             /// x / scale as the reference computes it: a division, or a multiplication by the
             /// inverse where that is exact (a power-of-two scale).
             struct float_scaler
@@ -80,9 +99,14 @@ namespace orbitq::kernels
                 bool multiply;
 
                 explicit float_scaler(float s) noexcept
+                    : float_scaler(s, 1.0f / s)
+                {
+                }
+                /// @pre i == 1.0f / s in float32.
+                float_scaler(float s, float i) noexcept
                     : scale(s)
-                    , inv(1.0f / s)
-                    , multiply(s > 0.0f && std::isfinite(1.0f / s) && (std::bit_cast<std::uint32_t>(s) & 0x7fffffu) == 0
+                    , inv(i)
+                    , multiply(s > 0.0f && std::isfinite(i) && (std::bit_cast<std::uint32_t>(s) & 0x7fffffu) == 0
                                && std::bit_cast<std::uint32_t>(s) >= 0x00800000u)
                 {
                 }
@@ -103,6 +127,103 @@ namespace orbitq::kernels
             std::size_t i = 0;
             for (; i + width <= n; i += width) detail::store_int8(detail::float_codes<F>(scaled(detail::load(x + i, arch_type{}))), out + i, arch_type{});
             if (i < n) reference::encode_float_span<F>(x + i, n - i, scale, out + i);
+        }
+
+        /// @brief encode_float_span of x, which also reduces the n values of `next` (the next
+        ///        row, read from memory while x's codes are computed from L1): returns their max
+        ///        |x|, `next_finite` whether all were finite. Stream: the codes' whole 64-byte
+        ///        lines are written with streaming stores (where has_streaming_stores).
+        template <float_code F, bool Stream, weight_element T>
+        float encode_float_span_next(const T* x, std::size_t n, float scale, std::int8_t* out, const T* next, bool& next_finite) noexcept
+        {
+            constexpr bool streamed = Stream && has_streaming_stores;
+            const detail::float_scaler scaled(scale != 0.0f ? scale : 1.0f);
+            const int_batch keep(scale != 0.0f ? -1 : 0);  // a zero orbit encodes zeros
+            float_batch m(0.0f);
+            auto bad = detail::non_finite(m, arch_type{});
+            const auto codes = [&](std::size_t i) {
+                const float_batch y = detail::load(next + i, arch_type{});
+                bad = bad || detail::non_finite(y, arch_type{});
+                m = xsimd::max(m, xsimd::abs(y));
+                return detail::float_codes<F>(scaled(detail::load(x + i, arch_type{}))) & keep;
+            };
+            std::size_t i = 0;
+            std::size_t head = 0;
+            if constexpr (streamed) head = std::min(n, (64 - reinterpret_cast<std::uintptr_t>(out) % 64) % 64);
+            float amax = 0.0f;
+            next_finite = true;
+            const auto scalar = [&](std::size_t first, std::size_t last) {
+                if (scale == 0.0f) std::memset(out + first, 0, last - first);
+                else reference::encode_float_span<F>(x + first, last - first, scale, out + first);
+                for (std::size_t k = first; k < last; ++k)
+                {
+                    const float v = to_float(next[k]);
+                    next_finite = next_finite && std::isfinite(v);
+                    amax = std::max(amax, std::fabs(v));
+                }
+            };
+            scalar(0, head);
+            for (i = head; i + 4 * width <= n; i += 4 * width)
+            {
+                const int_batch a = codes(i), b = codes(i + width), c = codes(i + 2 * width), d = codes(i + 3 * width);
+                detail::store_int8_x4<false, false, streamed>(a, b, c, d, out + i, arch_type{});
+            }
+            for (; i + width <= n; i += width) detail::store_int8(codes(i), out + i, arch_type{});
+            amax = std::max(amax, detail::reduce_max(m, arch_type{}));
+            next_finite = next_finite && !xsimd::any(bad);
+            scalar(i, n);
+            return amax;
+        }
+
+        /// @brief The tile pass: `width` whole groups of NB batches at x (group j at
+        ///        x + j * NB * width), their max |x| reduced into one batch (lane j = group j),
+        ///        `scales(amax)` gives the batch of their scales (and records what it must), and each
+        ///        group is encoded from L1 with its scale into out + j * NB * width. Returns false,
+        ///        encoding nothing, when a value is not finite (the caller reports it).
+        template <float_code F, std::size_t NB, weight_element T, class Scales>
+        bool encode_float_tile(const T* x, std::int8_t* out, Scales&& scales)
+        {
+            constexpr std::size_t G = NB * width;
+            detail::lane_tree<detail::max_op, arch_type> tree;
+            auto bad = detail::non_finite(float_batch(0.0f), arch_type{});
+            for (std::size_t j = 0; j < width; j += 4)
+            {
+                float_batch m[4];
+                for (std::size_t k = 0; k < 4; ++k)
+                {
+                    const T* p = x + (j + k) * G;
+                    const float_batch b0 = detail::load(p, arch_type{});
+                    bad = bad || detail::non_finite(b0, arch_type{});
+                    m[k] = xsimd::abs(b0);
+                    for (std::size_t nb = 1; nb < NB; ++nb)
+                    {
+                        const float_batch b = detail::load(p + nb * width, arch_type{});
+                        bad = bad || detail::non_finite(b, arch_type{});
+                        m[k] = xsimd::max(m[k], xsimd::abs(b));
+                    }
+                }
+                tree.push4(m[0], m[1], m[2], m[3], detail::max_op{});
+            }
+            if (xsimd::any(bad)) return false;
+            const float_batch sc = scales(tree.finish(detail::max_op{}));
+            alignas(64) float s[width], inv[width];
+            sc.store_aligned(s);
+            (float_batch(1.0f) / sc).store_aligned(inv);
+            for (std::size_t j = 0; j < width; ++j)
+            {
+                std::int8_t* o = out + j * G;
+                if (s[j] == 0.0f)
+                {
+                    std::memset(o, 0, G);
+                    continue;
+                }
+                const detail::float_scaler scaled(s[j], inv[j]);
+                for (std::size_t nb = 0; nb < NB; ++nb)
+                {
+                    detail::store_int8(detail::float_codes<F>(scaled(detail::load(x + j * G + nb * width, arch_type{}))), o + nb * width, arch_type{});
+                }
+            }
+            return true;
         }
 
         /// @brief The fused pass over whole groups of NB batches of one row range: each group is
