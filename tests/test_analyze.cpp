@@ -129,6 +129,42 @@ TEST_CASE("analyze with searched (mse) candidates: each equals quantize + measur
     CHECK(b.worst_rows.size() == a.worst_rows.size());
 }
 
+TEST_CASE("analyze with float-format candidates: each equals quantize + measure, bits per weight as quantized")
+{
+    const std::size_t rows = 64, cols = 256;
+    const auto data = make_weights(rows, cols, 5);
+    const auto w = make_view(data.data(), rows, cols, "w");
+    std::vector<quant_spec> cands;
+    const auto add = [&](scheme_kind s, granularity_kind g, std::size_t group, std::size_t block_rows) {
+        quant_spec q;
+        q.scheme = s;
+        q.bits = s == scheme_kind::fp8_e4m3 ? 8 : 4;
+        q.granularity = g;
+        q.group_size = group;
+        q.block_rows = block_rows;
+        cands.push_back(q);
+    };
+    add(scheme_kind::fp8_e4m3, granularity_kind::per_channel, 0, 0);
+    cands.push_back(default_candidates(cols).front());  // integers in between keep their places
+    add(scheme_kind::fp8_e4m3, granularity_kind::per_block, 128, 32);
+    add(scheme_kind::mxfp4, granularity_kind::per_group, 32, 0);
+    add(scheme_kind::nvfp4, granularity_kind::per_group, 16, 0);
+    check_all(w, cands, 2);
+    const tensor_analysis a = analyze(w, cands);
+    REQUIRE(a.candidates.size() == cands.size());
+    for (std::size_t i = 0; i < cands.size(); ++i)
+    {
+        CAPTURE(cands[i].describe());
+        CHECK(a.candidates[i].spec == cands[i]);
+        CHECK(a.candidates[i].bits_per_weight == quantize(w, cands[i]).bits_per_weight());
+    }
+    CHECK(a.candidates[3].bits_per_weight == 4.25);
+    // only float candidates: the diagnostics still come from the passes
+    const tensor_analysis b = analyze(w, std::vector<quant_spec>{cands[3]});
+    CHECK(b.condition_number == a.condition_number);
+    CHECK(b.worst_rows.size() == a.worst_rows.size());
+}
+
 TEST_CASE("analyze equals quantize + measure on bf16 and f16 input")
 {
     const std::size_t rows = 33, cols = 192;  // 32 and 64 divide 192, 128 does not

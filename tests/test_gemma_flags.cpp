@@ -135,3 +135,16 @@ TEST_CASE("--scheme fp8_e4m3 | mxfp4 | nvfp4: conflicting flags are refused, the
     CHECK_MESSAGE((b.rc == 0 || b.rc == 2), b.err);
     CHECK(b.out.find("fp8 per_block:64x32") != std::string::npos);
 }
+
+TEST_CASE("analyze --candidates: float formats by suffix; a width given with one is refused")
+{
+    const auto r = cli({"--quiet", "--experts", "2", "--synthetic-layers", "1", "--layers", "0", "analyze", "--candidates",
+                        "per_group:32/mxfp4,per_channel/fp8_e4m3,per_block:64x64/fp8_e4m3,per_group:16/nvfp4,per_channel@8"});
+    CHECK_MESSAGE(r.rc == 0, r.err);
+    for (const char* name : {"per_group:32 mxfp4", "per_channel fp8_e4m3", "per_block:64x64 fp8_e4m3", "per_group:16 nvfp4", "per_channel int8"})
+    {
+        CHECK_MESSAGE(r.out.find(name) != std::string::npos, name);
+    }
+    refused({"--quiet", "--experts", "2", "--synthetic-layers", "1", "analyze", "--candidates", "per_channel@8/fp8_e4m3"}, "fixes its bits");
+    refused({"--quiet", "--experts", "2", "--synthetic-layers", "1", "analyze", "--candidates", "per_channel/bogus"}, "suffixes");
+}

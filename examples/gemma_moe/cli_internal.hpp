@@ -77,6 +77,9 @@ namespace orbitq::gemma_cli
     /// @throws error (invalid_argument) on an unknown name or a bad group size.
     quant_spec parse_granularity(std::string s, const quant_spec& base, std::size_t default_group);
 
+    /// @brief The granularity with its size: per_tensor, per_channel, per_group:32, per_block:128x128.
+    std::string granularity_label(const quant_spec& q);
+
     /// @brief A short label: per_tensor, per_channel, per_group:32.
     std::string label(const quant_spec& q);
 

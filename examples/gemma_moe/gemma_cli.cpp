@@ -113,14 +113,19 @@ namespace orbitq::gemma_cli
     }
 
     // declared and documented in cli_internal.hpp
-    std::string label(const quant_spec& q)
+    std::string granularity_label(const quant_spec& q)
     {
-        if (q.scheme == scheme_kind::mxfp4 || q.scheme == scheme_kind::nvfp4) return to_string(q.scheme);
-        std::string s = q.scheme == scheme_kind::fp8_e4m3 ? "fp8 " : "";
-        s += to_string(q.granularity);
+        std::string s = to_string(q.granularity);
         if (q.granularity == granularity_kind::per_group) s += ":" + std::to_string(q.group_size);
         if (q.granularity == granularity_kind::per_block) s += ":" + std::to_string(q.block_rows) + "x" + std::to_string(q.group_size);
         return s;
+    }
+
+    // declared and documented in cli_internal.hpp
+    std::string label(const quant_spec& q)
+    {
+        if (q.scheme == scheme_kind::mxfp4 || q.scheme == scheme_kind::nvfp4) return to_string(q.scheme);
+        return (q.scheme == scheme_kind::fp8_e4m3 ? "fp8 " : "") + granularity_label(q);
     }
 
     // declared and documented in cli_internal.hpp
@@ -145,12 +150,18 @@ namespace orbitq::gemma_cli
                     {
                         if (suffix == "asym" || suffix == "sym") q.scheme = suffix == "asym" ? scheme_kind::asymmetric : scheme_kind::symmetric;
                         else if (suffix == "mse") q.scales = scale_search::mse;
-                        else throw error(error_kind::invalid_argument, "candidate '" + item + "': suffixes are /sym or /asym, then /mse");
+                        else if (suffix == "fp8_e4m3" || suffix == "mxfp4" || suffix == "nvfp4")
+                        {
+                            q.scheme = suffix == "fp8_e4m3" ? scheme_kind::fp8_e4m3 : suffix == "mxfp4" ? scheme_kind::mxfp4 : scheme_kind::nvfp4;
+                            q.bits = suffix == "fp8_e4m3" ? 8 : 4;
+                        }
+                        else throw error(error_kind::invalid_argument, "candidate '" + item + "': suffixes are /sym or /asym, then /mse; or a float format /fp8_e4m3, /mxfp4, /nvfp4");
                     }
                     name = name.substr(0, slash);
                 }
                 if (const auto at = name.find('@'); at != std::string::npos)
                 {
+                    if (is_float_scheme(q.scheme)) throw error(error_kind::invalid_argument, "candidate '" + item + "': a float format fixes its bits; leave out @");
                     const std::string b = name.substr(at + 1);
                     if (b != "8" && b != "4") throw error(error_kind::invalid_argument, "candidate '" + item + "': bits must be @8 or @4");
                     q.bits = std::stoi(b);
@@ -270,7 +281,8 @@ namespace orbitq::gemma_cli
                                 "any safetensors file or checkpoint directory: every float tensor of rank >= 2 above --min-elements "
                                 "(default: the selected layers' expert tensors of --checkpoint or the synthetic model)");
         analyze_cmd->add_option("--candidates", o.candidates,
-                                "comma-separated candidates NAME[:group][@bits][/asym][/mse], e.g. per_channel@8,per_group:32@4/asym/mse "
+                                "comma-separated candidates NAME[:group][@bits][/asym][/mse], e.g. per_channel@8,per_group:32@4/asym/mse, or float formats "
+                                "per_channel/fp8_e4m3, per_block:128x128/fp8_e4m3, per_group:32/mxfp4, per_group:16/nvfp4 "
                                 "(default: per_tensor, per_channel, per_group 32/64/128 where they divide, int8/int4, sym/asym)");
         std::optional<double> a_cos, a_sqnr;
         analyze_cmd->add_option("--target-cos", a_cos, "select the cheapest candidate with at least this cosine")->check(cosine);

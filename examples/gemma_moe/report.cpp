@@ -64,7 +64,7 @@ namespace orbitq::gemma_cli
             j["shape"] = t.shape;
             (void)spec;
             j["quantized"] = t.quantized;
-            j["granularity"] = t.quantized ? label(t.spec) : "none";
+            j["granularity"] = t.quantized ? granularity_label(t.spec) : "none";
             j["bits"] = t.quantized ? t.spec.bits : 16;
             if (t.quantized) j["scheme"] = to_string(t.spec.scheme);
             if (t.quantized) j["scales"] = to_string(t.spec.scales);

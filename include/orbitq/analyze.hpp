@@ -15,8 +15,9 @@
 ///    SIMD-identical), their dequantized values ŵ = (code − zp)·scale in float32 and the error
 ///    sums Σŵ², Σ(w − ŵ)², max |w − ŵ| in double. Nothing is written to memory.
 ///
-/// Candidates with searched scales (scale_search::mse) are quantized and measured (`measure`):
-/// their parameters depend on all of an orbit's values, which the statistics do not hold.
+/// Candidates with searched scales (scale_search::mse) and the float formats (fp8_e4m3, mxfp4,
+/// nvfp4) are quantized and measured (`measure`): the first depend on all of an orbit's values,
+/// which the statistics do not hold; the second are not integer codes of error_sums.hpp.
 ///
 /// Numerical contract: the cosine, relative error, SQNR and max abs error of each candidate equal
 /// those of `measure(w, quantize(w, spec))` up to double rounding (relative difference <= 1e-9,
@@ -89,14 +90,16 @@ namespace orbitq
         // parameters depend on every value of an orbit, not on its statistic alone. The passes
         // below take the others (or, when there are none, one amax twin that gives the outliers,
         // the worst rows and the condition number).
+        const auto in_passes = [](const quant_spec& c) { return c.scales == scale_search::amax && !is_float_scheme(c.scheme); };
         std::vector<quant_spec> direct;
         for (const quant_spec& c : candidates)
         {
-            if (c.scales == scale_search::amax) direct.push_back(c);
+            if (in_passes(c)) direct.push_back(c);
         }
         if (direct.empty() && !candidates.empty())
         {
-            direct.push_back(candidates.front());
+            // int8 per channel (its statistics are all the diagnostics need) when no integer candidate is given
+            direct.push_back(is_float_scheme(candidates.front().scheme) ? quant_spec{} : candidates.front());
             direct.back().scales = scale_search::amax;
         }
         std::vector<A::plan> plans = A::make_plans(direct, w.rows, w.cols);
@@ -215,7 +218,7 @@ namespace orbitq
         std::size_t next_direct = 0;
         for (const quant_spec& c : candidates)
         {
-            if (c.scales == scale_search::amax)
+            if (in_passes(c))
             {
                 measured.push_back(t.candidates[next_direct++]);
                 continue;

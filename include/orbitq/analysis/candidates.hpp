@@ -83,17 +83,16 @@ namespace orbitq
         {
             orbits = make_layout<per_group<>>(rows, cols, spec.group_size, spec.ragged_groups).orbits();
         }
+        else if (spec.granularity == granularity_kind::per_block) orbits = make_block_layout(rows, cols, spec.block_rows, spec.group_size).orbits();
         const double n = static_cast<double>(rows * cols);
-        const double scale_bits = 8.0 * static_cast<double>(element_size(spec.scale_type));
+        // E8M0 / E4M3 scale bytes for the fp4 formats, and NVFP4's float32 global scale
+        const bool byte_scales = spec.scheme == scheme_kind::mxfp4 || spec.scheme == scheme_kind::nvfp4;
+        const double scale_bits = byte_scales ? 8.0 : 8.0 * static_cast<double>(element_size(spec.scale_type));
         const double zp_bits = spec.scheme == scheme_kind::asymmetric ? spec.bits : 0.0;
-        return spec.bits + static_cast<double>(orbits) * (scale_bits + zp_bits) / n;
+        const double global_bits = spec.scheme == scheme_kind::nvfp4 ? 32.0 : 0.0;
+        return spec.bits + (static_cast<double>(orbits) * (scale_bits + zp_bits) + global_bits) / n;
     }
 
-    /// @brief The default candidate set for rows of `cols` weights: per_tensor, per_channel and
-    ///        per_group 32, 64 and 128 where the group size divides cols and is smaller than it; each
-    ///        as int8 and int4, symmetric (restricted range) and asymmetric; half-to-even rounding,
-    ///        f32 scales. Order: granularity (coarsest first), then bits (8 first), then scheme
-    ///        (symmetric first).
     inline std::vector<quant_spec> default_candidates(std::size_t cols)
     {
         std::vector<std::pair<granularity_kind, std::size_t>> grains{{granularity_kind::per_tensor, 0},

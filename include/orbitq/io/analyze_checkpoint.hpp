@@ -130,13 +130,14 @@ namespace orbitq::io
         inline nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
     }
 
-    /// @brief The JSON form of one candidate: granularity, group_size (0 unless per_group), bits,
-    ///        scheme, scales ("amax" or "mse"), bits_per_weight, cos, sqnr_db (null if infinite),
-    ///        max_abs_err.
+    /// @brief The JSON form of one candidate: granularity, group_size (0 unless per_group; a
+    ///        block's columns for per_block, with block_rows), bits, scheme, scales ("amax" or
+    ///        "mse"), bits_per_weight, cos, sqnr_db (null if infinite), max_abs_err.
     inline nlohmann::json to_json(const candidate_result& c)
     {
-        return {{"granularity", to_string(c.spec.granularity)},
-                {"group_size", c.spec.granularity == granularity_kind::per_group ? c.spec.group_size : 0},
+        const bool block = c.spec.granularity == granularity_kind::per_block;
+        nlohmann::json j = {{"granularity", to_string(c.spec.granularity)},
+                {"group_size", c.spec.granularity == granularity_kind::per_group || block ? c.spec.group_size : 0},
                 {"bits", c.spec.bits},
                 {"scheme", to_string(c.spec.scheme)},
                 {"scales", to_string(c.spec.scales)},
@@ -144,6 +145,8 @@ namespace orbitq::io
                 {"cos", c.cosine},
                 {"sqnr_db", detail::finite_or_null(c.sqnr_db)},
                 {"max_abs_err", c.max_abs_err}};
+        if (block) j["block_rows"] = c.spec.block_rows;
+        return j;
     }
 
     /// @brief The JSON form of a tensor's analysis: name, shape, rows, cols, condition_number,
