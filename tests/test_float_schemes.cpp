@@ -351,22 +351,33 @@ TEST_CASE_TEMPLATE("float schemes equal the scalar model of the contract", T, fl
     check_against_model<T>(5, 50, ragged, 1);
 }
 
-TEST_CASE("fp8 per channel over 16 MiB (codes streamed where the target streams): every row equals the reference")
+TEST_CASE("fp8 per channel and in blocks over 16 MiB (codes streamed where the target streams): every orbit equals the reference")
 {
-    const std::size_t rows = 4100, cols = 1030;  // rows that do not start on a 64-byte line
+    const std::size_t rows = 4100, cols = 1030;  // rows that do not start on a 64-byte line; ragged blocks
     const std::vector<float> x = weights<float>(rows, cols, 11);
-    const quantized_tensor q = quantize(matrix_view<float>{x.data(), rows, cols, cols, {rows, cols}, "w"}, fp8_spec(granularity_kind::per_channel), 2);
-    std::vector<std::int8_t> ref(cols);
-    bool same = true;
-    for (std::size_t r = 0; r < rows; ++r)
+    for (const quant_spec& spec : {fp8_spec(granularity_kind::per_channel), fp8_spec(granularity_kind::per_block, 128, 128)})
     {
-        float amax = 0.0f;
-        for (std::size_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(x[r * cols + c]));
-        same = same && q.scales[r] == amax / 448.0f;
-        kernels::reference::encode_float_span<kernels::float_code::e4m3>(x.data() + r * cols, cols, q.scales[r], ref.data());
-        same = same && std::memcmp(ref.data(), q.codes.data() + r * cols, cols) == 0;
+        CAPTURE(spec.describe());
+        const quantized_tensor q = quantize(matrix_view<float>{x.data(), rows, cols, cols, {rows, cols}, "w"}, spec, 2);
+        std::vector<float> amax(q.layout.orbits(), 0.0f);
+        for (std::size_t r = 0; r < rows; ++r)
+        {
+            for (std::size_t c = 0; c < cols; ++c) amax[q.orbit(r, c)] = std::max(amax[q.orbit(r, c)], std::fabs(x[r * cols + c]));
+        }
+        bool same = true;
+        for (std::size_t o = 0; o < amax.size(); ++o) same = same && q.scales[o] == amax[o] / 448.0f;
+        std::vector<std::int8_t> ref(cols);
+        for (std::size_t r = 0; r < rows; ++r)
+        {
+            for (std::size_t c0 = 0; c0 < cols; c0 += q.layout.group)
+            {
+                const std::size_t n = std::min(q.layout.group, cols - c0);
+                kernels::reference::encode_float_span<kernels::float_code::e4m3>(x.data() + r * cols + c0, n, q.scales[q.orbit(r, c0)], ref.data());
+                same = same && std::memcmp(ref.data(), q.codes.data() + r * cols + c0, n) == 0;
+            }
+        }
+        CHECK(same);
     }
-    CHECK(same);
 }
 
 TEST_CASE("float schemes: results do not depend on the thread count")

@@ -107,6 +107,20 @@ namespace orbitq
             throw error(error_kind::invalid_argument, what + "unknown granularity");
         }
 
+        /// f(std::true_type{}) when `stream` (the streamed stores fenced when f returns or throws),
+        /// else f(std::false_type{}): codes of passes larger than the caches are streamed, as
+        /// quantize_into does (kernels::simd::stream_codes).
+        template <class F>
+        void with_streaming(bool stream, F&& f)
+        {
+            if (!stream) return f(std::false_type{});
+            struct fence
+            {
+                ~fence() { kernels::simd::store_fence(); }
+            } fenced;
+            f(std::true_type{});
+        }
+
         /// Asks for row r + ahead while row r is encoded from L1 (as quantize_into's row passes do).
         template <weight_element T>
         void prefetch_ahead(const matrix_view<T>& w, std::size_t r, std::size_t last)
@@ -188,52 +202,68 @@ namespace orbitq
             if (spec.scheme == scheme_kind::fp8_e4m3)
             {
                 constexpr auto F = kernels::float_code::e4m3;
-                if (L.tensor_wide || L.block_rows > 1)
-                {
-                    // orbits spanning rows: their max |x| from the rows' group maxima, then the codes
-                    const std::size_t gpr = L.groups_per_row;
-                    std::vector<float> part(w.rows * gpr);
-                    parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                const std::size_t gpr = L.groups_per_row;
+                const bool stream = kernels::simd::stream_codes(w.rows * w.cols * sizeof(T), q.codes.size());
+                // rows [first, last) encoded with their orbits' scales, codes streamed when `stream`
+                const auto encode_rows = [&](std::size_t first, std::size_t last) {
+                    with_streaming(stream, [&]<bool Stream>(std::bool_constant<Stream>) {
                         for (std::size_t r = first; r < last; ++r)
                         {
                             prefetch_ahead(w, r, last);
                             for (std::size_t g = 0; g < gpr; ++g)
                             {
                                 const std::size_t c0 = g * L.group;
-                                bool finite = true;
-                                part[r * gpr + g] = kernels::simd::abs_max_span(w.row(r) + c0, std::min(L.group, w.cols - c0), finite).max;
-                                if (!finite) throw_non_finite(w, r);
+                                kernels::simd::encode_float_span<F, Stream>(w.row(r) + c0, std::min(L.group, w.cols - c0), q.scales[L.orbit(r, g)],
+                                                                            q.codes.data() + r * w.cols + c0);
                             }
                         }
                     });
-                    std::vector<float> amax(L.orbits(), 0.0f);
-                    for (std::size_t r = 0; r < w.rows; ++r)
+                };
+                if (L.tensor_wide)
+                {
+                    // one orbit: the rows' max |x|, then the codes (two passes over memory)
+                    float amax = tensor_amax;
+                    if (amax < 0.0f)
                     {
-                        for (std::size_t g = 0; g < gpr; ++g) amax[L.orbit(r, g)] = std::max(amax[L.orbit(r, g)], part[r * gpr + g]);
+                        const std::vector<float> m = row_abs_max(w, threads);
+                        amax = *std::max_element(m.begin(), m.end());
                     }
-                    if (L.tensor_wide && tensor_amax >= 0.0f) amax[0] = tensor_amax;
-                    for (std::size_t o = 0; o < amax.size(); ++o) q.scales[o] = fp8(amax[o], spec, name).scale;
-                    parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
-                        for (std::size_t r = first; r < last; ++r)
+                    q.scales[0] = fp8(amax, spec, name).scale;
+                    parallel_rows(w.rows, threads, encode_rows);
+                    return;
+                }
+                if (L.block_rows > 1)
+                {
+                    // blocks: band by band (block_rows rows, which stay in L2 between the two
+                    // passes), the blocks' max |x|, then the band's codes
+                    parallel_rows(L.orbit_rows(), threads, [&](std::size_t first_band, std::size_t last_band) {
+                        std::vector<float> amax(gpr);
+                        for (std::size_t b = first_band; b < last_band; ++b)
                         {
-                            prefetch_ahead(w, r, last);
-                            for (std::size_t g = 0; g < gpr; ++g)
+                            const std::size_t r0 = b * L.block_rows, r1 = std::min(w.rows, r0 + L.block_rows);
+                            std::fill(amax.begin(), amax.end(), 0.0f);
+                            for (std::size_t r = r0; r < r1; ++r)
                             {
-                                const std::size_t c0 = g * L.group;
-                                kernels::simd::encode_float_span<F>(w.row(r) + c0, std::min(L.group, w.cols - c0), q.scales[L.orbit(r, g)],
-                                                                    q.codes.data() + r * w.cols + c0);
+                                prefetch_ahead(w, r, r1);
+                                for (std::size_t g = 0; g < gpr; ++g)
+                                {
+                                    const std::size_t c0 = g * L.group;
+                                    bool finite = true;
+                                    amax[g] = std::max(amax[g], kernels::simd::abs_max_span(w.row(r) + c0, std::min(L.group, w.cols - c0), finite).max);
+                                    if (!finite) throw_non_finite(w, r);
+                                }
                             }
+                            for (std::size_t g = 0; g < gpr; ++g) q.scales[b * gpr + g] = fp8(amax[g], spec, name).scale;
+                            encode_rows(r0, r1);
                         }
                     });
                     return;
                 }
                 if (L.group == w.cols)
                 {
-                    // per channel: row r + 1's max |x| is reduced while row r is encoded; the
-                    // codes of passes larger than the caches are streamed (see quantize_into)
-                    const bool stream = kernels::simd::stream_codes(w.rows * w.cols * sizeof(T), q.codes.size());
+                    // per channel: row r + 1's max |x| is reduced while row r is encoded
                     parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
-                        const auto rows = [&]<bool Stream>(std::bool_constant<Stream>) {
+                        with_streaming(stream, [&]<bool Stream>(std::bool_constant<Stream>) {
                             bool finite = true;
                             float amax = kernels::simd::abs_max_span(w.row(first), w.cols, finite).max;
                             for (std::size_t r = first; r < last; ++r)
@@ -242,15 +272,9 @@ namespace orbitq
                                 const float scale = q.scales[r] = fp8(amax, spec, name).scale;
                                 std::int8_t* out = q.codes.data() + r * w.cols;
                                 if (r + 1 < last) amax = kernels::simd::encode_float_span_next<F, Stream>(w.row(r), w.cols, scale, out, w.row(r + 1), finite);
-                                else kernels::simd::encode_float_span<F>(w.row(r), w.cols, scale, out);
+                                else kernels::simd::encode_float_span<F, Stream>(w.row(r), w.cols, scale, out);
                             }
-                        };
-                        if (!stream) return rows(std::false_type{});
-                        struct fence
-                        {
-                            ~fence() { kernels::simd::store_fence(); }
-                        } f;
-                        rows(std::true_type{});
+                        });
                     });
                     return;
                 }

@@ -114,8 +114,9 @@ namespace orbitq::kernels
             };
         }
 
-        /// @brief reference::encode_float_span, bit for bit.
-        template <float_code F, weight_element T>
+        /// @brief reference::encode_float_span, bit for bit. Stream: the codes' whole 64-byte
+        ///        lines are written with streaming stores (where has_streaming_stores).
+        template <float_code F, bool Stream = false, weight_element T>
         void encode_float_span(const T* x, std::size_t n, float scale, std::int8_t* out) noexcept
         {
             if (scale == 0.0f)
@@ -123,9 +124,21 @@ namespace orbitq::kernels
                 std::memset(out, 0, n);
                 return;
             }
+            constexpr bool streamed = Stream && has_streaming_stores;
             const detail::float_scaler scaled(scale);
+            const auto codes = [&](std::size_t i) { return detail::float_codes<F>(scaled(detail::load(x + i, arch_type{}))); };
             std::size_t i = 0;
-            for (; i + width <= n; i += width) detail::store_int8(detail::float_codes<F>(scaled(detail::load(x + i, arch_type{}))), out + i, arch_type{});
+            if constexpr (streamed)
+            {
+                i = std::min(n, (64 - reinterpret_cast<std::uintptr_t>(out) % 64) % 64);
+                reference::encode_float_span<F>(x, i, scale, out);
+            }
+            for (; i + 4 * width <= n; i += 4 * width)
+            {
+                const int_batch a = codes(i), b = codes(i + width), c = codes(i + 2 * width), d = codes(i + 3 * width);
+                detail::store_int8_x4<false, false, streamed>(a, b, c, d, out + i, arch_type{});
+            }
+            for (; i + width <= n; i += width) detail::store_int8(codes(i), out + i, arch_type{});
             if (i < n) reference::encode_float_span<F>(x + i, n - i, scale, out + i);
         }
 
