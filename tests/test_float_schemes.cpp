@@ -4,6 +4,8 @@
 // count), the SIMD codes equal to the reference, dequantization, error paths.
 #include <doctest/doctest.h>
 
+#include "kernel_test_support.hpp"
+
 #include <orbitq/kernels/float_codes.hpp>
 #include <orbitq/quantize.hpp>
 
@@ -13,6 +15,7 @@
 #include <vector>
 
 using namespace orbitq;
+using kernel_tests::from_float;
 
 namespace
 {
@@ -63,14 +66,6 @@ namespace
         const std::size_t n = t.size();
         for (std::size_t i = 0; i < n; ++i) t.push_back(-t[i]);
         return t;
-    }
-
-    template <class T>
-    T from_float(float x)
-    {
-        if constexpr (std::same_as<T, float>) return x;
-        else if constexpr (std::same_as<T, bfloat16_t>) return to_bfloat16(x);
-        else return to_float16(x);
     }
 
     /// Gaussian weights with ~1 % outliers x20, some all-zero rows, converted to T.

@@ -1687,27 +1687,29 @@ class _QuietReport:
         pass
 
 
-def float_method(rep, scheme, H, I, tag):
-    """The vLLM MoE method of a float scheme (decode convention), or None after a failure."""
+def resolved_float_method(rep, resolve, tag, what):
+    """The vLLM method or scheme `resolve()` gives float weights (decode convention), or None after a failure."""
     try:
-        m = moe_method_of(scheme["weights"], scheme["input_activations"], scheme["format"], H, I, _QuietReport())
+        m = resolve()
     except VllmError as ex:
         rep.fail("scheme", f"{tag}: cannot decode: vLLM refuses the scheme ({ex})")
         return None
     if m not in FLOAT_METHODS:
-        rep.fail("scheme", f"{tag}: float weights resolve to vLLM method {m}; cannot decode")
+        rep.fail("scheme", f"{tag}: float weights resolve to vLLM {what} {m}; cannot decode")
         return None
     return m
 
 
+def float_method(rep, scheme, H, I, tag):
+    """The vLLM MoE method of a float scheme (decode convention), or None after a failure."""
+    return resolved_float_method(
+        rep, lambda: moe_method_of(scheme["weights"], scheme["input_activations"], scheme["format"], H, I, _QuietReport()),
+        tag, "method")
+
+
 def dense_float_method(rep, scheme, in_f, tag):
-    try:
-        m = vllm_linear_scheme(scheme, in_f)
-    except VllmError as ex:
-        rep.fail("scheme", f"{tag}: cannot decode: {ex}")
-        return None
-    if m not in FLOAT_METHODS:
-        rep.fail("scheme", f"{tag}: float weights resolve to vLLM scheme {m}; cannot decode")
+    m = resolved_float_method(rep, lambda: vllm_linear_scheme(scheme, in_f), tag, "scheme")
+    if m is None:
         return None
     if scheme["format"] not in FLOAT_METHOD_FORMAT[m]:
         rep.fail("format", f"{tag}: {m} weights with format {scheme['format']!r}: compressed-tensors writes and "
