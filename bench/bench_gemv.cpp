@@ -10,9 +10,13 @@
 /// enough for 128 MB (several times a typical L3), at most the 128 experts of a Gemma 4 layer,
 /// which is what an MoE layer sees. The label gives the count and the working set.
 ///
-/// Names: gemv/<shape>/<format>/batch:<T>/threads:<n>/<hot|cold>
+/// Names: gemv/<shape>/<format>/batch:<T>/threads:<n>/<hot|cold>; int4 formats run with float32
+/// arithmetic and, suffixed "_dot8", with gemv_arithmetic::int8_dot. "roofline_read" reads as
+/// many bytes as int4_g32 (same working sets) and does nothing else: the bandwidth bound that
+/// bench/gemv_report divides by.
 /// Bytes processed = weight bytes read per call (codes + scales + zero points, or the f32/bf16
 /// matrix), so the GB/s column compares formats by the bandwidth they draw.
+#include <orbitq/core/parallel.hpp>
 #include <orbitq/gemv.hpp>
 #include <orbitq/quantize.hpp>
 
@@ -24,6 +28,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -58,37 +63,76 @@ namespace
         std::vector<bfloat16_t> bf16;         ///< bf16 baseline
     };
 
+    /// Weight formats; the int4 ones also run with gemv_arithmetic::int8_dot (suffix "_dot8").
     enum class format
     {
+        roofline,  ///< not a format: a read-only pass over as many bytes as int4_g32 (see roofline_read)
         f32_blas,
         bf16,
         int8_per_channel,
         int8_g32,
         int8_g64,
-        int4_g32
+        int4_per_channel,
+        int4_g32,
+        int4_g64,
+        int4_g32_asym
     };
 
     const char* format_name(format f)
     {
         switch (f)
         {
+            case format::roofline: return "roofline_read";
             case format::f32_blas: return "f32_openblas";
             case format::bf16: return "bf16_xsimd";
             case format::int8_per_channel: return "int8_per_channel";
             case format::int8_g32: return "int8_g32";
             case format::int8_g64: return "int8_g64";
+            case format::int4_per_channel: return "int4_per_channel";
             case format::int4_g32: return "int4_g32";
+            case format::int4_g64: return "int4_g64";
+            case format::int4_g32_asym: return "int4_g32_asym";
         }
         return "?";
+    }
+
+    bool is_int4(format f)
+    {
+        return f == format::int4_per_channel || f == format::int4_g32 || f == format::int4_g64 || f == format::int4_g32_asym;
     }
 
     orbitq::quant_spec spec_of(format f)
     {
         orbitq::quant_spec s;
-        s.bits = f == format::int4_g32 ? 4 : 8;
-        s.granularity = f == format::int8_per_channel ? orbitq::granularity_kind::per_channel : orbitq::granularity_kind::per_group;
-        s.group_size = f == format::int8_g64 ? 64 : 32;
+        s.bits = is_int4(f) || f == format::roofline ? 4 : 8;
+        const bool channel = f == format::int8_per_channel || f == format::int4_per_channel;
+        s.granularity = channel ? orbitq::granularity_kind::per_channel : orbitq::granularity_kind::per_group;
+        s.group_size = f == format::int8_g64 || f == format::int4_g64 ? 64 : 32;
+        if (f == format::int4_g32_asym) s.scheme = orbitq::scheme_kind::asymmetric;
         return s;
+    }
+
+    /// The read roofline: sums every 32-bit word of `bytes` bytes (a multiple of 64) with
+    /// several independent vector accumulators; split over threads like the kernels' rows.
+    std::uint32_t roofline_read(const std::int8_t* p, std::size_t bytes, unsigned threads)
+    {
+        using ib = xsimd::batch<std::uint32_t>;
+        constexpr std::size_t step = 4 * ib::size * sizeof(std::uint32_t);
+        std::atomic<std::uint32_t> sum{0};
+        const std::size_t blocks = bytes / step;
+        orbitq::parallel_rows(blocks, threads, [&](std::size_t first, std::size_t last) {
+            ib a0(0u), a1(0u), a2(0u), a3(0u);
+            for (std::size_t b = first; b < last; ++b)
+            {
+                const auto* q = reinterpret_cast<const std::uint32_t*>(p + b * step);
+                a0 += ib::load_unaligned(q);
+                a1 += ib::load_unaligned(q + ib::size);
+                a2 += ib::load_unaligned(q + 2 * ib::size);
+                a3 += ib::load_unaligned(q + 3 * ib::size);
+            }
+            sum.fetch_add(xsimd::hadd((a0 + a1) + (a2 + a3)), std::memory_order_relaxed);
+        });
+        return sum.load();
     }
 
     /// Expert e's bf16 weights: normal(0, 0.02)-like values from a fixed-seed xorshift, cheap to make.
@@ -141,6 +185,11 @@ namespace
                 else
                 {
                     x.q = orbitq::quantize(orbitq::make_view(w.data(), s.rows, s.cols), spec_of(f));
+                    if (f == format::roofline)  // the bytes of int4_g32, rounded up to whole lines
+                    {
+                        x.q.codes.resize((weight_bytes(x, f) + 255) / 256 * 256);
+                        x.q.scales.clear();
+                    }
                 }
                 if (e == 0)
                 {
@@ -215,7 +264,8 @@ namespace
         });
     }
 
-    void run(benchmark::State& state, const bench_shape& s, format f, std::size_t tokens, unsigned threads, bool cold)
+    void run(benchmark::State& state, const bench_shape& s, format f, std::size_t tokens, unsigned threads, bool cold,
+             orbitq::gemv_arithmetic arithmetic)
     {
         const std::vector<expert>& ex = experts_for(s, f);
         std::vector<float> x(tokens * s.cols);
@@ -247,9 +297,10 @@ namespace
 #endif
                     break;
                 case format::bf16: bf16_gemm(w.bf16.data(), s.rows, s.cols, x.data(), tokens, y.data(), threads); break;
+                case format::roofline: y[0] = static_cast<float>(roofline_read(w.q.codes.data(), w.q.codes.size(), threads)); break;
                 default:
-                    if (tokens == 1) orbitq::gemv(w.q, std::span<const float>(x), std::span<float>(y), threads);
-                    else orbitq::gemm(w.q, std::span<const float>(x), tokens, std::span<float>(y), threads);
+                    if (tokens == 1) orbitq::gemv(w.q, std::span<const float>(x), std::span<float>(y), threads, arithmetic);
+                    else orbitq::gemm(w.q, std::span<const float>(x), tokens, std::span<float>(y), threads, arithmetic);
             }
             benchmark::DoNotOptimize(y.data());
             benchmark::ClobberMemory();
@@ -263,7 +314,9 @@ namespace
 
     void register_all()
     {
-        std::vector<format> formats = {format::bf16, format::int8_per_channel, format::int8_g32, format::int8_g64, format::int4_g32};
+        std::vector<format> formats = {format::roofline,         format::bf16,     format::int8_per_channel, format::int8_g32,
+                                       format::int8_g64,         format::int4_per_channel, format::int4_g32, format::int4_g64,
+                                       format::int4_g32_asym};
 #if ORBITQ_BENCH_HAVE_CBLAS
         formats.insert(formats.begin(), format::f32_blas);
 #endif
@@ -277,12 +330,18 @@ namespace
                     {
                         for (format f : formats)
                         {
-                            const std::string name = std::string("gemv/") + s.name + "/" + format_name(f) + "/batch:"
-                                                     + std::to_string(tokens) + "/threads:" + std::to_string(threads) + "/"
-                                                     + (cold ? "cold" : "hot");
-                            benchmark::RegisterBenchmark(name.c_str(), [=, &s](benchmark::State& st) { run(st, s, f, tokens, threads, cold); })
-                                ->Unit(benchmark::kMicrosecond)
-                                ->UseRealTime();
+                            for (orbitq::gemv_arithmetic a : {orbitq::gemv_arithmetic::float32, orbitq::gemv_arithmetic::int8_dot})
+                            {
+                                const bool dot = a == orbitq::gemv_arithmetic::int8_dot;
+                                if (dot && !is_int4(f)) continue;
+                                if (f == format::roofline && tokens != 1) continue;  // the same pass at every batch
+                                const std::string name = std::string("gemv/") + s.name + "/" + format_name(f) + (dot ? "_dot8" : "")
+                                                         + "/batch:" + std::to_string(tokens) + "/threads:" + std::to_string(threads)
+                                                         + "/" + (cold ? "cold" : "hot");
+                                benchmark::RegisterBenchmark(name.c_str(), [=, &s](benchmark::State& st) { run(st, s, f, tokens, threads, cold, a); })
+                                    ->Unit(benchmark::kMicrosecond)
+                                    ->UseRealTime();
+                            }
                         }
                     }
                 }

@@ -5,4 +5,4 @@
 #include <orbitq/gemv_extern.hpp>
 
 template void orbitq::detail::gemv::multiply<orbitq::bfloat16_t>(const orbitq::quantized_tensor&, std::size_t, std::size_t, std::span<const orbitq::bfloat16_t>,
-                                                    std::size_t, std::span<float>, unsigned, const char*);
+                                                    std::size_t, std::span<float>, unsigned, const char*, orbitq::gemv_arithmetic);

@@ -5,7 +5,9 @@
 
 #include "orbitq/gemv.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -369,4 +371,262 @@ TEST_CASE("gemv_error_bound: the documented formula")
     CHECK(gemv_error_bound(q) == doctest::Approx(k * 0x1p-24 / (1 - k * 0x1p-24)).epsilon(1e-12));
     // a useful bound: about 200 roundings of 2^-24 at most, even for SSE2 (4 lanes, unfused)
     CHECK(gemv_error_bound(q) < 200 * 0x1p-24);
+}
+
+// ---- gemv_arithmetic::int8_dot --------------------------------------------------------------
+
+namespace
+{
+    /// The activations int8_dot multiplies, from the contract in the file brief of gemv.hpp:
+    /// x^_j = qx_j * step_b, step_b the smallest float >= max|x| / 127 of block b, qx nearest-even.
+    struct quantized_x
+    {
+        std::vector<double> value;  ///< x^
+        std::vector<double> step;   ///< step of each column's block
+    };
+
+    template <class X>
+    quantized_x contract_activations(const X* x, std::size_t cols)
+    {
+        quantized_x out{std::vector<double>(cols), std::vector<double>(cols)};
+        for (std::size_t b0 = 0; b0 < cols; b0 += 32)
+        {
+            const std::size_t b1 = std::min(cols, b0 + 32);
+            double amax = 0.0;
+            for (std::size_t j = b0; j < b1; ++j) amax = std::max(amax, std::abs(static_cast<double>(to_float(x[j]))));
+            float step = static_cast<float>(amax / 127.0);
+            if (static_cast<double>(step) < amax / 127.0) step = std::nextafter(step, 1e30f);
+            for (std::size_t j = b0; j < b1; ++j)
+            {
+                const double q = step > 0 ? std::nearbyint(static_cast<double>(to_float(x[j])) / step) : 0.0;
+                REQUIRE(std::abs(q) <= 127.0);
+                out.value[j] = q * step;
+                out.step[j] = step;
+            }
+        }
+        return out;
+    }
+
+    /// Checks both parts of int8_dot's bound for every output of a gemm of `tokens` tokens.
+    template <class X>
+    void check_int8_dot_bound(const quantized_tensor& w, const std::vector<X>& x, std::size_t tokens, const std::vector<float>& y,
+                              const std::string& what)
+    {
+        const std::vector<float> deq = dequantize(w);
+        const double gamma = gemv_int8_dot_error_bound(w);
+        for (std::size_t t = 0; t < tokens; ++t)
+        {
+            const quantized_x xq = contract_activations(x.data() + t * w.cols, w.cols);
+            for (std::size_t r = 0; r < w.rows; ++r)
+            {
+                double exact_q = 0, abs_q = 0, exact = 0, quant = 0;
+                for (std::size_t j = 0; j < w.cols; ++j)
+                {
+                    const double wd = deq[r * w.cols + j];
+                    exact_q += wd * xq.value[j];
+                    abs_q += std::abs(wd * xq.value[j]);
+                    exact += wd * static_cast<double>(to_float(x[t * w.cols + j]));
+                    quant += std::abs(wd) * xq.step[j] / 2;
+                }
+                const double yv = y[t * w.rows + r];
+                INFO(what << " token " << t << " row " << r << ": y=" << yv << " ref(x^)=" << exact_q << " ref(x)=" << exact);
+                REQUIRE(std::abs(yv - exact_q) <= gamma * abs_q);
+                REQUIRE(std::abs(yv - exact) <= gamma * abs_q + quant * (1 + 1e-12));
+            }
+        }
+    }
+
+    /// The layouts int8_dot takes the integer path for, at this column count.
+    std::vector<case_spec> int8_dot_layouts(std::size_t cols)
+    {
+        std::vector<case_spec> out;
+        for (scheme_kind s : {scheme_kind::symmetric, scheme_kind::asymmetric})
+        {
+            const std::string tag = s == scheme_kind::symmetric ? "int4 sym" : "int4 asym";
+            out.push_back({make_spec(granularity_kind::per_tensor, 4, s), tag + " per_tensor"});
+            out.push_back({make_spec(granularity_kind::per_channel, 4, s), tag + " per_channel"});
+            for (std::size_t g : {32u, 64u, 128u, 256u})
+            {
+                if (cols % g == 0) out.push_back({make_spec(granularity_kind::per_group, 4, s, g), tag + " g" + std::to_string(g)});
+            }
+            out.push_back({make_spec(granularity_kind::per_group, 4, s, 32, true), tag + " g32 ragged"});
+            out.push_back({make_spec(granularity_kind::per_group, 4, s, 64, true), tag + " g64 ragged"});
+        }
+        return out;
+    }
+
+    template <class X>
+    std::vector<float> run_int8_dot(const quantized_tensor& w, const std::vector<X>& x, std::size_t tokens, unsigned threads = 1)
+    {
+        std::vector<float> y(tokens * w.rows);
+        if (tokens == 1) gemv(w, std::span<const X>(x), std::span<float>(y), threads, gemv_arithmetic::int8_dot);
+        else gemm(w, std::span<const X>(x), tokens, std::span<float>(y), threads, gemv_arithmetic::int8_dot);
+        return y;
+    }
+}
+
+TEST_CASE("int8_dot: the activation step is the smallest float >= amax / 127")
+{
+    using kernels::int4_dot::block_step;
+    CHECK(block_step(127.0f) == 1.0f);
+    CHECK(block_step(0.0f) == 0.0f);
+    CHECK(block_step(254.0f) == 2.0f);
+    const float s = block_step(1.0f);
+    CHECK(static_cast<double>(s) >= 1.0 / 127.0);
+    CHECK(static_cast<double>(std::nextafter(s, 0.0f)) < 1.0 / 127.0);
+    CHECK(block_step(1e-44f) > 0.0f);  // subnormal amax: a subnormal step, never 0
+    CHECK(1e-44f / block_step(1e-44f) <= 127.0f);
+    CHECK(std::isnan(block_step(std::numeric_limits<float>::infinity())));
+    CHECK(std::isnan(block_step(std::numeric_limits<float>::quiet_NaN())));
+    CHECK(block_step(std::numeric_limits<float>::max()) > 0.0f);
+}
+
+TEST_CASE("int8_dot: exact where every quantity is an integer")
+{
+    // x in [-127, 127] with a 127 in every block: step 1, qx = x. Scales 1 (int4 codes -> the
+    // integers themselves) so y is an exact small integer.
+    const std::size_t rows = 5, cols = 160;
+    std::vector<float> m(rows * cols);
+    std::vector<float> x(cols);
+    for (std::size_t j = 0; j < cols; ++j) x[j] = j % 32 == 3 ? 127.0f : static_cast<float>(static_cast<int>(j * 37 % 255) - 127);
+    for (std::size_t r = 0; r < rows; ++r)
+    {
+        for (std::size_t j = 0; j < cols; ++j) m[r * cols + j] = static_cast<float>(static_cast<int>((r * 13 + j * 7) % 15) - 7);
+        m[r * cols] = 7.0f;  // amax 7 per row: scale 1
+    }
+    const quantized_tensor q = quantize_matrix(m, rows, cols, make_spec(granularity_kind::per_channel, 4, scheme_kind::symmetric));
+    REQUIRE(supports_int8_dot(q));
+    for (float s : q.scales) REQUIRE(s == 1.0f);
+    const std::vector<float> y = run_int8_dot(q, x, 1);
+    for (std::size_t r = 0; r < rows; ++r)
+    {
+        double e = 0;
+        for (std::size_t j = 0; j < cols; ++j) e += static_cast<double>(m[r * cols + j]) * x[j];
+        CHECK(y[r] == e);
+    }
+}
+
+TEST_CASE("int8_dot: within the documented bound on every supported layout, f32 and bf16 activations")
+{
+    std::mt19937 rng(11);
+    for (std::size_t cols : {64u, 99u, 128u, 256u, 384u, 704u})
+    {
+        const std::size_t rows = 13;
+        const std::vector<float> m = random_matrix(rows, cols, rng);
+        for (const case_spec& c : int8_dot_layouts(cols))
+        {
+            const quantized_tensor q = quantize_matrix(m, rows, cols, c.spec);
+            REQUIRE(supports_int8_dot(q));
+            for (std::size_t tokens : {1u, 4u})
+            {
+                std::vector<float> x = random_matrix(tokens, cols, rng, -2.0f, 2.0f);
+                // adversarial blocks: a zero block, one huge outlier, tiny values
+                for (std::size_t j = 0; j < std::min<std::size_t>(32, cols); ++j) x[j] = 0.0f;
+                if (cols > 40) x[40] = 3.0e4f;
+                if (cols > 70) x[70] = 1e-30f;
+                check_int8_dot_bound(q, x, tokens, run_int8_dot(q, x, tokens), c.name + " f32 cols " + std::to_string(cols));
+                std::vector<bfloat16_t> xb(x.size());
+                for (std::size_t i = 0; i < x.size(); ++i) xb[i] = to_bfloat16(x[i]);
+                check_int8_dot_bound(q, xb, tokens, run_int8_dot(q, xb, tokens), c.name + " bf16 cols " + std::to_string(cols));
+            }
+        }
+    }
+}
+
+TEST_CASE("int8_dot: the SIMD chunk operations equal the plain loops bit for bit")
+{
+    std::mt19937 rng(13);
+    for (std::size_t cols : {96u, 99u, 256u, 704u})
+    {
+        const std::vector<float> m = random_matrix(11, cols, rng);
+        for (const case_spec& c : int8_dot_layouts(cols))
+        {
+            const quantized_tensor q = quantize_matrix(m, 11, cols, c.spec);
+            for (std::size_t tokens : {1u, 5u})
+            {
+                const std::vector<float> x = random_matrix(tokens, cols, rng, -4.0f, 4.0f);
+                std::vector<float> y(tokens * q.rows);
+                using generic = kernels::int4_dot::generic_ops;
+                if (tokens == 1) detail::gemv::run_int8_dot<detail::gemv::gemv_rows, 1, generic>(q, 0, q.rows, x.data(), 1, y.data(), 1);
+                else
+                {
+                    detail::gemv::run_int8_dot<detail::gemv::gemm_rows, detail::gemv::gemm_tokens, generic>(q, 0, q.rows, x.data(), tokens,
+                                                                                                             y.data(), 1);
+                }
+                CAPTURE(c.name);
+                CAPTURE(cols);
+                CHECK(bit_equal(run_int8_dot(q, x, tokens), y));
+            }
+        }
+    }
+}
+
+TEST_CASE("int8_dot: gemm tokens equal gemv bit for bit, for any thread count and row block")
+{
+    std::mt19937 rng(17);
+    const std::size_t rows = 37, cols = 192;
+    const std::vector<float> m = random_matrix(rows, cols, rng);
+    for (const case_spec& c : int8_dot_layouts(cols))
+    {
+        const quantized_tensor q = quantize_matrix(m, rows, cols, c.spec);
+        CAPTURE(c.name);
+        for (std::size_t tokens : {2u, 7u, 64u})
+        {
+            const std::vector<float> x = random_matrix(tokens, cols, rng, -3.0f, 3.0f);
+            const std::vector<float> y = run_int8_dot(q, x, tokens);
+            std::vector<float> y_gemv;
+            for (std::size_t t = 0; t < tokens; ++t)
+            {
+                const std::vector<float> xt(x.begin() + static_cast<std::ptrdiff_t>(t * cols), x.begin() + static_cast<std::ptrdiff_t>((t + 1) * cols));
+                const std::vector<float> yt = run_int8_dot(q, xt, 1);
+                y_gemv.insert(y_gemv.end(), yt.begin(), yt.end());
+            }
+            CHECK(bit_equal(y, y_gemv));
+            for (unsigned threads : {2u, 3u}) CHECK(bit_equal(run_int8_dot(q, x, tokens, threads), y));
+            const std::size_t row0 = 5, block = 19;
+            std::vector<float> yb(tokens * block);
+            gemm(q, row0, block, std::span<const float>(x), tokens, std::span<float>(yb), 2, gemv_arithmetic::int8_dot);
+            bool same = true;
+            for (std::size_t t = 0; t < tokens; ++t)
+                for (std::size_t i = 0; i < block; ++i) same = same && std::memcmp(&yb[t * block + i], &y[t * rows + row0 + i], sizeof(float)) == 0;
+            CHECK(same);
+        }
+    }
+}
+
+TEST_CASE("int8_dot: a non-finite activation makes every output NaN; other layouts multiply as float32")
+{
+    std::mt19937 rng(19);
+    const std::size_t rows = 6, cols = 128;
+    const std::vector<float> m = random_matrix(rows, cols, rng);
+    const quantized_tensor q = quantize_matrix(m, rows, cols, make_spec(granularity_kind::per_group, 4, scheme_kind::symmetric, 32));
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()})
+    {
+        std::vector<float> x = random_matrix(1, cols, rng);
+        x[77] = bad;
+        for (float v : run_int8_dot(q, x, 1)) CHECK(std::isnan(v));
+    }
+    const std::vector<float> x = random_matrix(1, cols, rng);
+    for (const quant_spec& s : {make_spec(granularity_kind::per_channel, 8, scheme_kind::symmetric),
+                                make_spec(granularity_kind::per_group, 4, scheme_kind::symmetric, 16),
+                                make_spec(granularity_kind::per_group, 4, scheme_kind::symmetric, 96, true),
+                                make_spec(granularity_kind::per_group, 4, scheme_kind::mxfp4, 32)})
+    {
+        const quantized_tensor w = quantize_matrix(m, rows, cols, s);
+        CAPTURE(s.describe());
+        CHECK_FALSE(supports_int8_dot(w));
+        CHECK(bit_equal(run_int8_dot(w, x, 1), run_gemv(w, x)));
+    }
+}
+
+TEST_CASE("gemv_int8_dot_error_bound: the documented formula")
+{
+    std::mt19937 rng(23);
+    const std::vector<float> m = random_matrix(3, 2816, rng);
+    const quantized_tensor q = quantize_matrix(m, 3, 2816, make_spec(granularity_kind::per_group, 4, scheme_kind::symmetric, 32));
+    const double L = static_cast<double>(kernels::int4_dot::lanes);
+    const double chunks = std::ceil(1408.0 / (4 * L));
+    const double f = detail::gemv::fused_multiply_add ? 1.0 : 2.0;
+    const double k = f * (chunks + 88) + L + 3;  // 2816 / 32 = 88 orbits per row
+    CHECK(gemv_int8_dot_error_bound(q) == doctest::Approx(k * 0x1p-24 / (1 - k * 0x1p-24)).epsilon(1e-12));
 }

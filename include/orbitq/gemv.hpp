@@ -37,6 +37,19 @@
 /// bound assumes no underflow (products above ~1e-38) and finite activations; NaN or infinity in
 /// x propagates to y as in any float product. gemv_error_bound(w) returns gamma_k.
 ///
+/// gemv_arithmetic::int8_dot (int4 weights, see supports_int8_dot) trades that bound for speed,
+/// as ggml's Q4_0 x Q8_0 dot products do: each token's activations are quantized to int8 per
+/// block of 32 columns (step_b = the smallest float >= max|x| / 127 of block b, x^_j = qx_j step_b
+/// with |x_j - x^_j| <= step_b / 2), the codes are multiplied with them in exact int32 dot
+/// products (VNNI vpdpbusd, or vpmaddubsw + vpmaddwd), and the int32 sums of 8 columns are scaled
+/// and added in float32 (kernels/int4_dot.hpp has the order). Every output satisfies
+///   |y[r] - y_ref[r]| <= gamma_k' * sum_j |w_deq[r, j] x^_j| + sum_j |w_deq[r, j]| step_b(j) / 2
+/// with gamma_k' = gemv_int8_dot_error_bound(w): k' = f * (ceil(row bytes / 4L) + groups_per_row)
+/// + L + 3 (the chains over chunks and orbits, the product by the step, the horizontal sum,
+/// dequantize's rounding and the reference). The first term is float rounding, the second the activations' quantization: about
+/// 1/254 of the largest |x| of each block times the weights it meets. gemm's tokens are
+/// bit-identical to gemv's and the result to any thread count's, as with float32.
+///
 /// Kernels: xsimd (xsimd::default_arch: AVX-512 with -march=native on x86-64), several rows and
 /// tokens per register tile for independent FMA chains (8 rows for gemv, 4 rows x 3 tokens for
 /// gemm). xsimd 8.1 has no int8 -> int32 widening load, so detail::widen_int8 uses the one
@@ -51,6 +64,7 @@
 #include "orbitq/core/float16.hpp"
 #include "orbitq/core/parallel.hpp"
 #include "orbitq/core/view.hpp"
+#include "orbitq/kernels/int4_dot.hpp"
 #include "orbitq/kernels/simd.hpp"
 #include "orbitq/quantize.hpp"
 
@@ -72,6 +86,25 @@ namespace orbitq
 {
     /// @brief Largest token count gemm accepts.
     inline constexpr std::size_t gemm_max_tokens = 64;
+
+    /// @brief How gemv and gemm multiply (see the file brief).
+    enum class gemv_arithmetic
+    {
+        float32,  ///< activations widened to float32, float32 products: the tight bound of gemv_error_bound
+        int8_dot  ///< int4 weights: activations quantized to int8 per block of 32, integer dot products
+    };
+
+    /// @brief Whether gemv_arithmetic::int8_dot takes the integer path for w: integer int4
+    ///        codes (symmetric or asymmetric) whose orbit is the row (per_tensor, per_channel) or
+    ///        a group of 32, 64 or a multiple of 128 columns. Other weights are multiplied as with
+    ///        gemv_arithmetic::float32.
+    inline bool supports_int8_dot(const quantized_tensor& w) noexcept
+    {
+        const orbit_layout& L = w.layout;
+        const bool whole_rows = L.tensor_wide || L.groups_per_row == 1;
+        return w.spec.bits == 4 && !is_float_scheme(w.spec.scheme) && L.block_rows == 1
+               && (whole_rows || L.group == 32 || L.group == 64 || L.group % 128 == 0);
+    }
 
     namespace detail::gemv
     {
@@ -115,26 +148,8 @@ namespace orbitq
             return B::load_aligned(buf);
         }
 
-        /// Asks for the cache lines of [first, last) to be loaded (a hint; no effect elsewhere).
-        inline void prefetch_range(const void* first, const void* last) noexcept
-        {
-#if defined(__GNUC__)
-            for (auto p = static_cast<const char*>(first); p < static_cast<const char*>(last); p += 64) __builtin_prefetch(p);
-#else
-            (void)first;
-            (void)last;
-#endif
-        }
-
-        /// Asks for the first lines of each row in [first, last) (rows `stride` bytes apart): enough
-        /// to start the hardware prefetcher on every row stream of the next tile, without spending a
-        /// load slot per line when the data is already cached.
-        inline void prefetch_row_heads(const std::int8_t* first, const std::int8_t* last, std::ptrdiff_t stride) noexcept
-        {
-            constexpr std::ptrdiff_t head = 4 * 64;
-            if (stride <= head) return prefetch_range(first, last);
-            for (const std::int8_t* p = first; p < last; p += stride) prefetch_range(p, p + head);
-        }
+        using kernels::simd::prefetch_range;
+        using kernels::simd::prefetch_row_heads;
 
         /// How a tensor's rows are summed and where each activation goes in the float buffer.
         struct plan
@@ -433,20 +448,30 @@ namespace orbitq
         inline constexpr std::size_t gemm_rows = 4;
         inline constexpr std::size_t gemm_tokens = 3;
 
+        /// Covers rows [first, last) times tokens [0, tokens) with tiles of R rows x T tokens, then
+        /// single rows and single tokens: calls f(rows tag, tokens tag, r0, t0), the tags being
+        /// std::integral_constant of the tile's shape.
+        template <std::size_t R, std::size_t T, class F>
+        void for_tiles(std::size_t first, std::size_t last, std::size_t tokens, F&& f)
+        {
+            auto tokens_of = [&](auto rows_tag, std::size_t r0) {
+                std::size_t t0 = 0;
+                for (; t0 + T <= tokens; t0 += T) f(rows_tag, std::integral_constant<std::size_t, T>{}, r0, t0);
+                for (; t0 < tokens; ++t0) f(rows_tag, std::integral_constant<std::size_t, 1>{}, r0, t0);
+            };
+            std::size_t r0 = first;
+            for (; r0 + R <= last; r0 += R) tokens_of(std::integral_constant<std::size_t, R>{}, r0);
+            for (; r0 < last; ++r0) tokens_of(std::integral_constant<std::size_t, 1>{}, r0);
+        }
+
         /// Rows [first, last) times all tokens, from one code source.
         template <std::size_t R, std::size_t T, std::size_t K, class Source>
         void run_rows(const Source& src, const tile_args& a, std::size_t first, std::size_t last, const float* xbuf,
                       std::size_t tokens, float* y) noexcept
         {
-            auto tokens_of = [&](auto rows_tag, std::size_t r0) {
-                constexpr std::size_t RR = decltype(rows_tag)::value;
-                std::size_t t0 = 0;
-                for (; t0 + T <= tokens; t0 += T) tile<RR, T, K>(src, a, r0, xbuf, t0, y);
-                for (; t0 < tokens; ++t0) tile<RR, 1, K>(src, a, r0, xbuf, t0, y);
-            };
-            std::size_t r0 = first;
-            for (; r0 + R <= last; r0 += R) tokens_of(std::integral_constant<std::size_t, R>{}, r0);
-            for (; r0 < last; ++r0) tokens_of(std::integral_constant<std::size_t, 1>{}, r0);
+            for_tiles<R, T>(first, last, tokens, [&](auto rows, auto toks, std::size_t r0, std::size_t t0) {
+                tile<decltype(rows)::value, decltype(toks)::value, K>(src, a, r0, xbuf, t0, y);
+            });
         }
 
         /// Picks the compile-time chunk count for the common group sizes.
@@ -519,9 +544,60 @@ namespace orbitq
             });
         }
 
+        /// gemv_arithmetic::int8_dot on rows [row0, row0 + rows): quantizes the activations, then
+        /// runs the integer tiles of kernels/int4_dot.hpp with the chunk operations Ops (the
+        /// build's, or the plain loops they must equal bit for bit). @pre supports_int8_dot(w).
+        template <std::size_t R, std::size_t T, class Ops = kernels::int4_dot::ops, class X>
+        void run_int8_dot(const quantized_tensor& w, std::size_t row0, std::size_t rows, const X* x, std::size_t tokens, float* y,
+                          unsigned threads)
+        {
+            namespace k = kernels::int4_dot;
+            k::activation_blocks xq(w.cols, tokens);
+            for (std::size_t t = 0; t < tokens; ++t) xq.set(t, x + t * w.cols);
+            const orbit_layout& L = w.layout;
+            k::tile_args a{};
+            a.codes = w.codes.data();
+            a.row_bytes = w.row_bytes();
+            a.scales = w.scales.data();
+            a.zero_points = w.zero_points.empty() ? nullptr : w.zero_points.data();
+            a.orbit_row_step = L.tensor_wide ? 0 : L.groups_per_row;
+            a.groups = L.tensor_wide ? 1 : L.groups_per_row;
+            a.chunks_per_orbit = a.groups == 1 ? std::size_t(-1) : L.group / k::chunk_cols;
+            a.full_chunks = a.row_bytes / k::chunk_bytes;
+            a.tail_bytes = a.row_bytes % k::chunk_bytes;
+            a.x = &xq;
+            a.out_rows = rows;
+            a.row0 = row0;
+            const std::size_t G = k::orbits_per_chunk(L.group, a.groups);
+            const bool asymmetric = a.zero_points != nullptr;
+            parallel_rows(rows, threads, [&](std::size_t first, std::size_t last) {
+                k::tile_args ta = a;
+                ta.row_end = row0 + last;
+                auto run_with = [&](auto orbits_tag, auto asym_tag) {
+                    for_tiles<R, T>(row0 + first, row0 + last, tokens, [&](auto rs, auto ts, std::size_t r0, std::size_t t0) {
+                        k::tile<Ops, decltype(orbits_tag)::value, decltype(asym_tag)::value, decltype(rs)::value, decltype(ts)::value>(
+                            ta, r0, t0, y);
+                    });
+                };
+                auto with_orbits = [&](auto asym_tag) {
+                    if constexpr (k::chunk_cols >= 4 * k::block_cols)
+                    {
+                        if (G == 4) return run_with(std::integral_constant<std::size_t, 4>{}, asym_tag);
+                    }
+                    if constexpr (k::chunk_cols >= 2 * k::block_cols)
+                    {
+                        if (G == 2) return run_with(std::integral_constant<std::size_t, 2>{}, asym_tag);
+                    }
+                    run_with(std::integral_constant<std::size_t, 1>{}, asym_tag);
+                };
+                if (asymmetric) with_orbits(std::true_type{});
+                else with_orbits(std::false_type{});
+            });
+        }
+
         template <class X>
         void multiply(const quantized_tensor& w, std::size_t row0, std::size_t rows, std::span<const X> x, std::size_t tokens,
-                      std::span<float> y, unsigned threads, const char* who)
+                      std::span<float> y, unsigned threads, const char* who, gemv_arithmetic arithmetic)
         {
             const plan p = make_plan(w);
             const std::string name(who);
@@ -545,6 +621,11 @@ namespace orbitq
                                                             + std::to_string(tokens) + " x " + std::to_string(rows));
             }
             if (rows == 0) return;
+            if (arithmetic == gemv_arithmetic::int8_dot && supports_int8_dot(w))
+            {
+                if (tokens == 1) return run_int8_dot<gemv_rows, 1>(w, row0, rows, x.data(), 1, y.data(), threads);
+                return run_int8_dot<gemm_rows, gemm_tokens>(w, row0, rows, x.data(), tokens, y.data(), threads);
+            }
             std::vector<float, xsimd::aligned_allocator<float>> xbuf(tokens * p.row_stride);
             for (std::size_t t = 0; t < tokens; ++t) pack_activations(p, x.data() + t * p.cols, xbuf.data() + t * p.row_stride);
             if (tokens == 1) run<gemv_rows, 1>(w, p, row0, rows, xbuf.data(), 1, y.data(), threads);
@@ -569,6 +650,18 @@ namespace orbitq
         return k * u / (1.0 - k * u);
     }
 
+    /// @brief The accumulation-error factor of gemv_arithmetic::int8_dot (file brief):
+    ///        gamma_k with k = f * (chunks + groups_per_row) + L + 3, chunks = ceil(row bytes / 4L).
+    inline double gemv_int8_dot_error_bound(const quantized_tensor& w) noexcept
+    {
+        namespace k = kernels::int4_dot;
+        const std::size_t per_step = detail::gemv::fused_multiply_add ? 1 : 2;
+        const std::size_t chunks = (w.row_bytes() + k::chunk_bytes - 1) / k::chunk_bytes;
+        const double n = static_cast<double>(per_step * (chunks + w.layout.groups_per_row) + k::lanes + 3);
+        const double u = 0x1p-24;
+        return n * u / (1.0 - n * u);
+    }
+
     /// @brief y = W x, reading W's quantized codes directly.
     /// @tparam X activation type: float, bfloat16_t or float16_t.
     /// @param w quantized weight, rows x cols (int8 or int4, any granularity and scheme).
@@ -576,13 +669,17 @@ namespace orbitq
     /// @param y rows outputs (overwritten).
     /// @param threads rows are split over this many threads (0 = hardware concurrency); the
     ///        result is bit-identical for every thread count.
-    /// @pre x and y do not overlap.
+    /// @param arithmetic float32, or int8_dot for int4 weights where supports_int8_dot(w).
+    /// @pre x and y do not overlap; with int8_dot, zero points in [-2^14, 2^14] (quantize writes
+    ///      [-8, 7]): the int16 multiply-add of the zero-point correction and the exact
+    ///      conversion of the int32 sums rely on it.
     /// @throws error (shape_mismatch) when x.size() != cols or y.size() != rows; error when the
     ///         tensor is inconsistent (codes, scales or zero points of the wrong size, bits not 4/8).
     template <activation_element X>
-    void gemv(const quantized_tensor& w, std::span<const X> x, std::span<float> y, unsigned threads = 1)
+    void gemv(const quantized_tensor& w, std::span<const X> x, std::span<float> y, unsigned threads = 1,
+              gemv_arithmetic arithmetic = gemv_arithmetic::float32)
     {
-        detail::gemv::multiply(w, 0, w.rows, x, 1, y, threads, "gemv");
+        detail::gemv::multiply(w, 0, w.rows, x, 1, y, threads, "gemv", arithmetic);
     }
 
     /// @brief Y = X W^T for a small batch: Y[t, r] = sum_j W[r, j] X[t, j].
@@ -596,9 +693,10 @@ namespace orbitq
     /// @throws error (invalid_argument) when tokens is outside [1, 64]; (shape_mismatch) when
     ///         x.size() != tokens * cols or y.size() != tokens * rows; as gemv otherwise.
     template <activation_element X>
-    void gemm(const quantized_tensor& w, std::span<const X> x, std::size_t tokens, std::span<float> y, unsigned threads = 1)
+    void gemm(const quantized_tensor& w, std::span<const X> x, std::size_t tokens, std::span<float> y, unsigned threads = 1,
+              gemv_arithmetic arithmetic = gemv_arithmetic::float32)
     {
-        detail::gemv::multiply(w, 0, w.rows, x, tokens, y, threads, "gemm");
+        detail::gemv::multiply(w, 0, w.rows, x, tokens, y, threads, "gemm", arithmetic);
     }
 
     /// @brief gemm on the row block [row0, row0 + rows) of w: Y[t, i] = sum_j W[row0 + i, j] X[t, j],
@@ -608,8 +706,8 @@ namespace orbitq
     /// @throws error (invalid_argument) when the block is not inside w's rows; as gemm otherwise.
     template <activation_element X>
     void gemm(const quantized_tensor& w, std::size_t row0, std::size_t rows, std::span<const X> x, std::size_t tokens,
-              std::span<float> y, unsigned threads = 1)
+              std::span<float> y, unsigned threads = 1, gemv_arithmetic arithmetic = gemv_arithmetic::float32)
     {
-        detail::gemv::multiply(w, row0, rows, x, tokens, y, threads, "gemm");
+        detail::gemv::multiply(w, row0, rows, x, tokens, y, threads, "gemm", arithmetic);
     }
 }

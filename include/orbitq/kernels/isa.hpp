@@ -70,6 +70,27 @@ namespace orbitq::kernels::simd
         return has_streaming_stores && in_bytes + code_bytes >= (std::size_t(16) << 20);
     }
 
+    /// @brief Asks for the cache lines of [first, last) to be loaded (a hint; no effect elsewhere).
+    inline void prefetch_range(const void* first, const void* last) noexcept
+    {
+#if defined(__GNUC__)
+        for (auto p = static_cast<const char*>(first); p < static_cast<const char*>(last); p += 64) __builtin_prefetch(p);
+#else
+        (void)first;
+        (void)last;
+#endif
+    }
+
+    /// @brief Asks for the first lines of each row in [first, last) (rows `stride` bytes apart): enough
+    /// to start the hardware prefetcher on every row stream of the next tile, without spending a
+    /// load slot per line when the data is already cached.
+    inline void prefetch_row_heads(const std::int8_t* first, const std::int8_t* last, std::ptrdiff_t stride) noexcept
+    {
+        constexpr std::ptrdiff_t head = 4 * 64;
+        if (stride <= head) return prefetch_range(first, last);
+        for (const std::int8_t* p = first; p < last; p += stride) prefetch_range(p, p + head);
+    }
+
     namespace detail
     {
         template <class A>
