@@ -340,7 +340,8 @@ namespace
                                                          + "/" + (cold ? "cold" : "hot");
                                 benchmark::RegisterBenchmark(name.c_str(), [=, &s](benchmark::State& st) { run(st, s, f, tokens, threads, cold, a); })
                                     ->Unit(benchmark::kMicrosecond)
-                                    ->UseRealTime();
+                                    ->UseRealTime()
+                                    ->ComputeStatistics("min", [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); });
                             }
                         }
                     }

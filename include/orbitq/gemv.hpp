@@ -39,8 +39,8 @@
 ///
 /// gemv_arithmetic::int8_dot (int4 weights, see supports_int8_dot) trades that bound for speed,
 /// as ggml's Q4_0 x Q8_0 dot products do: each token's activations are quantized to int8 per
-/// block of 32 columns (step_b = the smallest float >= max|x| / 127 of block b, x^_j = qx_j step_b
-/// with |x_j - x^_j| <= step_b / 2), the codes are multiplied with them in exact int32 dot
+/// block of 32 columns (step_b = the smallest float >= max|x| / 127 of block b, qx_j = x_j / step_b
+/// rounded to the nearest integer, x^_j = qx_j step_b, |x_j - x^_j| <= step_b / 2), the codes are multiplied with them in exact int32 dot
 /// products (VNNI vpdpbusd, or vpmaddubsw + vpmaddwd), and the int32 sums of 8 columns are scaled
 /// and added in float32 (kernels/int4_dot.hpp has the order). Every output satisfies
 ///   |y[r] - y_ref[r]| <= gamma_k' * sum_j |w_deq[r, j] x^_j| + sum_j |w_deq[r, j]| step_b(j) / 2

@@ -4,9 +4,9 @@
 ///        int32 and scaled in float32.
 ///
 /// Activations, per token: block b holds columns [32b, 32b + 32); its step is the smallest
-/// float >= max|x| / 127 over the block, and qx_j = nearbyint(x_j / step) (ties to even), so
-/// |qx_j| <= 127 and |x_j - qx_j * step| <= step / 2. A block of zeros has step 0; a block
-/// holding NaN or infinity has step NaN, which makes every output NaN.
+/// float >= max|x| / 127 over the block, and qx_j is x_j / step rounded to the nearest integer
+/// (an exact tie either way), so |qx_j| <= 127 and |x_j - qx_j * step| <= step / 2. A block of
+/// zeros has step 0; a block holding NaN or infinity has step NaN, which makes every output NaN.
 ///
 /// A chunk is the 4L code bytes (8L columns) one int32 batch spans, L the float lanes: lane i of
 /// chunk c covers the bytes 4(cL + i) .. 4(cL + i) + 3, i.e. the 8 columns from 8(cL + i), the
@@ -94,47 +94,56 @@ namespace orbitq::kernels::int4_dot
         {
         }
 
-        /// Quantizes token t's activations x[0, cols).
+        /// Quantizes token t's activations x[0, cols), block by block.
         template <class X>
-        void set(std::size_t t, const X* x)
+        void set(std::size_t t, const X* x) noexcept
         {
-            aligned_vector<std::int8_t> q(chunks * chunk_cols, 0);
-            float* st = step.data() + t * lane_stride;
-            std::fill(st, st + lane_stride, 0.0f);
-            for (std::size_t b0 = 0; b0 < cols; b0 += block_cols)
-            {
-                const std::size_t b1 = std::min(cols, b0 + block_cols);
-                float amax = 0.0f;
-                for (std::size_t j = b0; j < b1; ++j)
-                {
-                    const float v = std::abs(to_float(x[j]));
-                    amax = v > amax || v != v ? v : amax;  // NaN sticks
-                }
-                const float s = block_step(amax);
-                if (s > 0.0f)  // false for 0 and NaN: the codes stay 0
-                {
-                    for (std::size_t j = b0; j < b1; ++j)
-                    {
-                        q[j] = static_cast<std::int8_t>(std::nearbyint(static_cast<double>(to_float(x[j])) / static_cast<double>(s)));
-                    }
-                }
-                std::fill(st + b0 / 8, st + (b1 + 7) / 8, s);
-            }
             std::int8_t* e = even.data() + t * byte_stride;
             std::int8_t* o = odd.data() + t * byte_stride;
-            for (std::size_t k = 0; k < byte_stride; ++k)
-            {
-                e[k] = q[2 * k];
-                o[k] = q[2 * k + 1];
-            }
             std::int32_t* c = corr.data() + t * lane_stride;
             std::int32_t* n = neg_sum.data() + t * lane_stride;
-            for (std::size_t i = 0; i < lane_stride; ++i)
+            float* st = step.data() + t * lane_stride;
+            for (std::size_t b = 0; b < chunks * (chunk_cols / block_cols); ++b)
             {
-                std::int32_t sum = 0;
-                for (std::size_t k = 0; k < 8; ++k) sum += q[8 * i + k];
-                n[i] = static_cast<std::int32_t>(static_cast<std::uint16_t>(-sum));  // |sum| <= 8 * 127
-                c[i] = -8 * sum;
+                const std::size_t b0 = b * block_cols;
+                const std::size_t len = b0 < cols ? std::min(block_cols, cols - b0) : 0;
+                alignas(64) float v[block_cols];
+                for (std::size_t j = 0; j < block_cols; ++j) v[j] = j < len ? to_float(x[b0 + j]) : 0.0f;
+                float_batch mx(0.0f);
+                auto bad = mx != mx;
+                for (std::size_t j = 0; j < block_cols; j += lanes)
+                {
+                    const float_batch b = float_batch::load_aligned(v + j);
+                    mx = xsimd::max(mx, xsimd::abs(b));
+                    bad = bad || simd::detail::non_finite(b, simd::arch_type{});
+                }
+                const float amax = simd::detail::reduce_max(mx, simd::arch_type{});
+                const float s = xsimd::any(bad) ? std::numeric_limits<float>::quiet_NaN() : block_step(amax);
+                // x / s to the nearest integer: x times 1 / s in double is within 2^-44 of the
+                // quotient, which is either a half-integer or at least 2^-26 away from one (x and
+                // s are floats), so only exact ties may round either way; adding 1.5 * 2^52 rounds.
+                if (!(s > 0.0f)) std::fill(v, v + block_cols, 0.0f);  // step 0 or NaN: the codes are 0
+                const double inv = s > 0.0f ? 1.0 / static_cast<double>(s) : 0.0;
+                alignas(64) std::int32_t q[block_cols];
+                for (std::size_t j = 0; j < block_cols; ++j)
+                {
+                    constexpr double round = 6755399441055744.0;
+                    q[j] = static_cast<std::int32_t>((static_cast<double>(v[j]) * inv + round) - round);
+                }
+                for (std::size_t k = 0; k < block_cols / 2; ++k)
+                {
+                    e[b * block_cols / 2 + k] = static_cast<std::int8_t>(q[2 * k]);
+                    o[b * block_cols / 2 + k] = static_cast<std::int8_t>(q[2 * k + 1]);
+                }
+                for (std::size_t i = 0; i < block_cols / 8; ++i)
+                {
+                    std::int32_t sum = 0;
+                    for (std::size_t k = 0; k < 8; ++k) sum += q[8 * i + k];
+                    const std::size_t lane = b * (block_cols / 8) + i;
+                    n[lane] = static_cast<std::int32_t>(static_cast<std::uint16_t>(-sum));  // |sum| <= 8 * 127
+                    c[lane] = -8 * sum;
+                    st[lane] = s;
+                }
             }
         }
     };
@@ -272,7 +281,7 @@ namespace orbitq::kernels::int4_dot
             else
             {
                 const __m128 v = _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << std::min(n, G)) - 1), s);
-                return FB(_mm512_permutexvar_ps(spread_index<G>(), _mm512_castps128_ps512(v)));
+                return FB(_mm512_permutexvar_ps(spread_index<G>(), _mm512_zextps128_ps512(v)));
             }
         }
         template <std::size_t G>
@@ -282,7 +291,7 @@ namespace orbitq::kernels::int4_dot
             else
             {
                 const __m128i v = _mm_maskz_loadu_epi32(static_cast<__mmask8>((1u << std::min(n, G)) - 1), z);
-                return _mm512_permutexvar_epi32(spread_index<G>(), _mm512_castsi128_si512(v));
+                return _mm512_permutexvar_epi32(spread_index<G>(), _mm512_zextsi128_si512(v));
             }
         }
     };
@@ -387,12 +396,14 @@ namespace orbitq::kernels::int4_dot
     inline void tile(const tile_args& a, std::size_t r0, std::size_t t0, float* y) noexcept
     {
         const activation_blocks& x = *a.x;
-        // The first token tile of a row tile asks for the next row tile's code line of each
-        // chunk it reads (and scale line every fourth chunk): one tile ahead, one line per line
-        // consumed, so the weights stream from memory while the integer work stays light.
-        const bool prefetch = t0 == 0 && r0 + R < a.row_end;
-        const std::size_t ahead = R * a.row_bytes;
-        const std::size_t scales_ahead = R * a.orbit_row_step;
+        // The first token tile of a row tile asks, into L2, for the code line of each chunk it
+        // reads two row tiles ahead (and scale and zero-point lines every fourth chunk): one
+        // line per line consumed, so the weights stream from memory while the integer work
+        // stays light.
+        constexpr std::size_t tiles_ahead = 2;
+        const bool prefetch = t0 == 0 && r0 + tiles_ahead * R < a.row_end;
+        const std::size_t ahead = tiles_ahead * R * a.row_bytes;
+        const std::size_t scales_ahead = tiles_ahead * R * a.orbit_row_step;
         const std::int8_t* row[R];
         const float* scale_row[R];
         const std::int32_t* zp_row[R];
@@ -411,16 +422,34 @@ namespace orbitq::kernels::int4_dot
             for (std::size_t t = 0; t < T; ++t) total[r][t] = orbit_sum[r][t] = float_batch(0.0f);
 
         const std::size_t chunks = a.full_chunks + (a.tail_bytes != 0 ? 1 : 0);
-        auto chunk = [&](std::size_t c, auto load) {
+        const std::int8_t* even[T];
+        const std::int8_t* odd[T];
+        const std::int32_t* corr[T];
+        const std::int32_t* neg_sum[T];
+        const float* step[T];
+#pragma GCC unroll 16
+        for (std::size_t t = 0; t < T; ++t)
+        {
+            even[t] = x.even.data() + (t0 + t) * x.byte_stride;
+            odd[t] = x.odd.data() + (t0 + t) * x.byte_stride;
+            corr[t] = x.corr.data() + (t0 + t) * x.lane_stride;
+            neg_sum[t] = x.neg_sum.data() + (t0 + t) * x.lane_stride;
+            step[t] = x.step.data() + (t0 + t) * x.lane_stride;
+        }
+        auto chunk = [&](std::size_t c, auto load, auto partial) {
             const std::size_t first = G == 1 ? c / a.chunks_per_orbit : c * G;
-            const std::size_t valid = a.groups - first;
+            const std::size_t valid = decltype(partial)::value ? a.groups - first : G;  // a whole chunk holds G orbits
 #pragma GCC unroll 16
             for (std::size_t r = 0; r < R; ++r)
             {
                 if (prefetch)
                 {
                     __builtin_prefetch(row[r] + ahead + c * chunk_bytes, 0, 2);
-                    if (c % 4 == 0) __builtin_prefetch(scale_row[r] + scales_ahead + first, 0, 2);
+                    if (c % 4 == 0)
+                    {
+                        __builtin_prefetch(scale_row[r] + scales_ahead + first, 0, 2);
+                        if constexpr (Asymmetric) __builtin_prefetch(zp_row[r] + scales_ahead + first, 0, 2);
+                    }
                 }
                 const typename Ops::codes w = load(row[r] + c * chunk_bytes);
                 typename Ops::ints zp{};
@@ -430,14 +459,12 @@ namespace orbitq::kernels::int4_dot
 #pragma GCC unroll 16
                 for (std::size_t t = 0; t < T; ++t)
                 {
-                    const std::size_t lane0 = (t0 + t) * x.lane_stride + c * lanes;
-                    const std::size_t byte0 = (t0 + t) * x.byte_stride + c * chunk_bytes;
-                    typename Ops::ints acc = Ops::start(x.corr.data() + lane0);
-                    acc = Ops::dot(acc, w, x.even.data() + byte0, x.odd.data() + byte0);
-                    if constexpr (Asymmetric) acc = Ops::add_zero_point(acc, zp, x.neg_sum.data() + lane0);
-                    const float_batch step = float_batch::load_aligned(x.step.data() + lane0);
-                    if constexpr (G == 1) orbit_sum[r][t] = xsimd::fma(Ops::to_float(acc), step, orbit_sum[r][t]);
-                    else total[r][t] = xsimd::fma(Ops::to_float(acc) * step, s, total[r][t]);
+                    typename Ops::ints acc = Ops::start(corr[t] + c * lanes);
+                    acc = Ops::dot(acc, w, even[t] + c * chunk_bytes, odd[t] + c * chunk_bytes);
+                    if constexpr (Asymmetric) acc = Ops::add_zero_point(acc, zp, neg_sum[t] + c * lanes);
+                    const float_batch st = float_batch::load_aligned(step[t] + c * lanes);
+                    if constexpr (G == 1) orbit_sum[r][t] = xsimd::fma(Ops::to_float(acc), st, orbit_sum[r][t]);
+                    else total[r][t] = xsimd::fma(Ops::to_float(acc) * st, s, total[r][t]);
                 }
             }
             if constexpr (G == 1)
@@ -456,10 +483,10 @@ namespace orbitq::kernels::int4_dot
                 }
             }
         };
-        for (std::size_t c = 0; c < a.full_chunks; ++c) chunk(c, [](const std::int8_t* p) { return Ops::load(p); });
+        for (std::size_t c = 0; c < a.full_chunks; ++c) chunk(c, [](const std::int8_t* p) { return Ops::load(p); }, std::false_type{});
         if (a.tail_bytes != 0)
         {
-            chunk(a.full_chunks, [&](const std::int8_t* p) { return Ops::load_partial(p, a.tail_bytes); });
+            chunk(a.full_chunks, [&](const std::int8_t* p) { return Ops::load_partial(p, a.tail_bytes); }, std::true_type{});
         }
 #pragma GCC unroll 16
         for (std::size_t r = 0; r < R; ++r)
