@@ -39,16 +39,18 @@
 ///
 /// gemv_arithmetic::int8_dot (int4 weights, see supports_int8_dot) trades that bound for speed,
 /// as ggml's Q4_0 x Q8_0 dot products do: each token's activations are quantized to int8 per
-/// block of 32 columns (step_b = the smallest float >= max|x| / 127 of block b, qx_j = x_j / step_b
-/// rounded to the nearest integer, x^_j = qx_j step_b, |x_j - x^_j| <= step_b / 2), the codes are multiplied with them in exact int32 dot
-/// products (VNNI vpdpbusd, or vpmaddubsw + vpmaddwd), and the int32 sums of 8 columns are scaled
-/// and added in float32 (kernels/int4_dot.hpp has the order). Every output satisfies
+/// block of 32 columns (step_b = the smallest float >= max|x| / 127 of block b, qx_j = x_j /
+/// step_b rounded to the nearest integer, x^_j = qx_j step_b, |x_j - x^_j| <= step_b / 2), the
+/// codes are multiplied with them in exact int32 dot products (VNNI vpdpbusd, or vpmaddubsw +
+/// vpmaddwd), and the int32 sums of 8 columns are scaled and added in float32
+/// (kernels/int4_dot.hpp has the order). Every output satisfies
 ///   |y[r] - y_ref[r]| <= gamma_k' * sum_j |w_deq[r, j] x^_j| + sum_j |w_deq[r, j]| step_b(j) / 2
 /// with gamma_k' = gemv_int8_dot_error_bound(w): k' = f * (ceil(row bytes / 4L) + groups_per_row)
 /// + L + 3 (the chains over chunks and orbits, the product by the step, the horizontal sum,
-/// dequantize's rounding and the reference). The first term is float rounding, the second the activations' quantization: about
-/// 1/254 of the largest |x| of each block times the weights it meets. gemm's tokens are
-/// bit-identical to gemv's and the result to any thread count's, as with float32.
+/// dequantize's rounding and the reference). The first term is float rounding, the second the
+/// activations' quantization: about 1/254 of the largest |x| of each block times the weights it
+/// meets. gemm's tokens are bit-identical to gemv's and the result to any thread count's, as
+/// with float32.
 ///
 /// Kernels: xsimd (xsimd::default_arch: AVX-512 with -march=native on x86-64), several rows and
 /// tokens per register tile for independent FMA chains (8 rows for gemv, 4 rows x 3 tokens for
@@ -118,6 +120,17 @@ namespace orbitq
 #else
         inline constexpr bool fused_multiply_add = false;
 #endif
+
+        /// Roundings of one step of an FMA chain: 1, or 2 without a fused multiply-add (x86-64
+        /// baseline SSE2).
+        inline constexpr std::size_t roundings_per_step = fused_multiply_add ? 1 : 2;
+
+        /// gamma_k = k u / (1 - k u) with u = 2^-24: the bound on k float32 roundings.
+        inline double gamma(std::size_t k) noexcept
+        {
+            const double ku = static_cast<double>(k) * 0x1p-24;
+            return ku / (1.0 - ku);
+        }
 
         /// Loads int_batch::size int8 values and sign-extends them to int32 lanes.
         template <class B>
@@ -642,12 +655,8 @@ namespace orbitq
     inline double gemv_error_bound(const quantized_tensor& w) noexcept
     {
         const std::size_t L = detail::gemv::lanes;
-        // Without a fused multiply-add (x86-64 baseline SSE2), each chain step rounds twice.
-        const std::size_t per_step = detail::gemv::fused_multiply_add ? 1 : 2;
         const std::size_t chain = (w.layout.group + L - 1) / L + w.layout.groups_per_row;
-        const double k = static_cast<double>(per_step * chain + L + 2);
-        const double u = 0x1p-24;
-        return k * u / (1.0 - k * u);
+        return detail::gemv::gamma(detail::gemv::roundings_per_step * chain + L + 2);
     }
 
     /// @brief The accumulation-error factor of gemv_arithmetic::int8_dot (file brief):
@@ -655,11 +664,8 @@ namespace orbitq
     inline double gemv_int8_dot_error_bound(const quantized_tensor& w) noexcept
     {
         namespace k = kernels::int4_dot;
-        const std::size_t per_step = detail::gemv::fused_multiply_add ? 1 : 2;
         const std::size_t chunks = (w.row_bytes() + k::chunk_bytes - 1) / k::chunk_bytes;
-        const double n = static_cast<double>(per_step * (chunks + w.layout.groups_per_row) + k::lanes + 3);
-        const double u = 0x1p-24;
-        return n * u / (1.0 - n * u);
+        return detail::gemv::gamma(detail::gemv::roundings_per_step * (chunks + w.layout.groups_per_row) + k::lanes + 3);
     }
 
     /// @brief y = W x, reading W's quantized codes directly.
