@@ -64,10 +64,37 @@ namespace orbitq
             if (w.stride < w.cols) throw error(error_kind::invalid_argument, "tensor '" + w.name + "': stride < cols");
         }
 
+        /// spec.importance: none, or one finite, non-negative weight per column of w with the mse
+        /// search (which alone reads it).
+        template <weight_element T>
+        void check_importance(const matrix_view<T>& w, const quant_spec& spec)
+        {
+            if (spec.importance.empty()) return;
+            if (spec.scales != scale_search::mse)
+            {
+                throw error(error_kind::invalid_argument, "tensor '" + w.name + "': a column importance weights the mse scale search; amax scales ignore it");
+            }
+            if (spec.importance.size != w.cols)
+            {
+                throw error(error_kind::shape_mismatch, "tensor '" + w.name + "' has " + std::to_string(w.cols) + " columns, its importance "
+                                                            + std::to_string(spec.importance.size) + " weights");
+            }
+            const auto a = spec.importance.values();
+            for (std::size_t c = 0; c < a.size(); ++c)
+            {
+                if (!(a[c] >= 0.0f) || !std::isfinite(a[c]))
+                {
+                    throw error(error_kind::invalid_argument, "tensor '" + w.name + "': importance of column " + std::to_string(c) + " is "
+                                                                  + std::to_string(a[c]) + "; weights must be finite and >= 0");
+                }
+            }
+        }
+
         template <class Q, weight_element T>
         void check_spec(const matrix_view<T>& w, const quant_spec& spec)
         {
             check_input(w);
+            check_importance(w, spec);
             if (spec.bits != Q::bits) throw error(error_kind::invalid_argument, "spec bits disagree with the scheme");
         }
     }
@@ -77,7 +104,8 @@ namespace orbitq
         /// quantize_into's scale_search::mse path (kernels/scale_search.hpp): q's shape, layout
         /// and storage are set. Each orbit: its statistic, the search (two passes over its
         /// values from L1), its codes. A per-tensor orbit sums its rows alone and combines them
-        /// in row order, so the result does not depend on the thread count.
+        /// in row order, so the result does not depend on the thread count. With
+        /// spec.importance, every orbit goes through search_span with its columns' weights.
         template <class S, class R, weight_element T>
         void quantize_searched_with(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
         {
@@ -95,6 +123,8 @@ namespace orbitq
             };
             // one instance per scheme and rounding: the granularity is the layout's, at run time
             const bool tensor_wide = L.tensor_wide;
+            const bool weighted = !spec.importance.empty();
+            const float* const importance = spec.importance.data.get();
             mse::choice tensor_choice{};
             if (tensor_wide)
             {
@@ -104,13 +134,17 @@ namespace orbitq
                 // one orbit: the rows' sums, each alone, combined in row order
                 const auto over_rows = [&]<class V, std::size_t K>(std::type_identity<V>, const std::array<encode_params, K>& c) {
                     std::vector<candidate_sums<K, V>> rows(w.rows);
-                    parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
-                        for (std::size_t r = first; r < last; ++r)
-                        {
-                            if constexpr (K % kernels::simd::width == 0) rows[r] = kernels::simd::candidate_sums_span<V, R>(w.row(r), w.cols, c);
-                            else rows[r] = kernels::reference::candidate_sums_span<V, R>(w.row(r), w.cols, c);
-                        }
-                    });
+                    const auto row_sums = [&](auto a) {
+                        parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                            for (std::size_t r = first; r < last; ++r)
+                            {
+                                if constexpr (K % kernels::simd::width == 0) rows[r] = kernels::simd::candidate_sums_span<V, R>(w.row(r), w.cols, c, a);
+                                else rows[r] = kernels::reference::candidate_sums_span<V, R>(w.row(r), w.cols, c, a);
+                            }
+                        });
+                    };
+                    if (weighted) row_sums(kernels::element_weights{importance});
+                    else row_sums(kernels::unit_weights{});
                     candidate_sums<K, V> total = candidate_sums<K, V>::identity();
                     for (const auto& s : rows) total = combine(total, s);
                     return total;
@@ -125,7 +159,7 @@ namespace orbitq
             {
                 // symmetric orbits of equal length (not the tensor, no ragged group): searched a
                 // float batch of orbits at once, in the rows' order of orbits
-                if (!tensor_wide && w.cols % L.group == 0)
+                if (!tensor_wide && !weighted && w.cols % L.group == 0)
                 {
                     parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                         constexpr std::size_t W = mse::lanes;
@@ -189,7 +223,8 @@ namespace orbitq
                             if (!finite) throw_non_finite(w, r);
                             quant_params stored;
                             const encode_params amax = keep_amax(stat, stored);
-                            const mse::choice c = mse::search_span<S, R>(x + c0, m, stat, amax, stored, spec);
+                            const mse::choice c = weighted ? mse::search_span<S, R>(x + c0, m, stat, amax, stored, spec, kernels::element_weights{importance + c0})
+                                                           : mse::search_span<S, R>(x + c0, m, stat, amax, stored, spec);
                             store(L.orbit(r, g), c.stored);
                             kernels::simd::quantize_span<R, false, false>(x + c0, m, c.encode, out + c0);
                         }
@@ -398,6 +433,7 @@ namespace orbitq
         if (is_float_scheme(spec.scheme))
         {
             detail::check_input(w);
+            detail::check_importance(w, spec);
             return detail::quantize_float(w, q, spec, threads);
         }
         with_quantizer(spec, [&](auto policies) { quantize_into<decltype(policies)>(w, q, spec, threads); });

@@ -2,17 +2,19 @@
 /// @brief The sums that score K candidate encodings of one orbit: a vector monoid over the
 ///        orbit's elements.
 ///
-/// For candidate k, with codes q_k(x) (integers) of each element x of the orbit:
-///   xq[k] = sum x q_k(x),   qq[k] = sum q_k(x)^2,   q[k] = sum q_k(x);  and x = sum x, n.
-/// The squared error of dequantizing candidate k's codes with (scale s, zero point z) is
-///   E = sum x^2 - 2 s (xq - z x) + s^2 (qq - 2 z q + z^2 n),
+/// For candidate k, with codes q_k(x) (integers) of each element x of the orbit and weights a
+/// (1 unless the columns carry an importance, quant_spec::importance):
+///   xq[k] = sum a x q_k(x),   qq[k] = sum a q_k(x)^2,   q[k] = sum a q_k(x);  x = sum a x,
+///   n = sum a (the element count when unweighted).
+/// The weighted squared error of dequantizing candidate k's codes with (scale s, zero point z) is
+///   E = sum a x^2 - 2 s (xq - z x) + s^2 (qq - 2 z q + z^2 n),
 /// so the scale and zero point that minimize it for those codes (a least-squares refit) and
 /// the error differences between candidates follow from the sums alone (sum x^2 is common to
 /// every candidate and cancels). Sums over disjoint parts of an orbit combine by addition:
 /// rows of a per-tensor orbit are summed alone and combined in row order, which keeps the
-/// result independent of the thread count. In double, products x * q are exact (24 + 9 bits);
-/// qq, q and n are integers, exact in any order below 2^53 (float: 2^24); xq and x round, and
-/// are summed in element order.
+/// result independent of the thread count. Unweighted, in double, products x * q are exact
+/// (24 + 9 bits); qq, q and n are integers, exact in any order below 2^53 (float: 2^24); xq and
+/// x round, and are summed in element order. Weighted sums round, always in element order.
 #pragma once
 
 #include <array>
@@ -30,7 +32,7 @@ namespace orbitq
         std::array<V, K> qq{};
         std::array<V, K> q{};
         V x = 0;
-        std::size_t n = 0;
+        double n = 0;  ///< the weight total: the element count when unweighted
 
         /// @brief The identity: the sums of no element.
         static constexpr candidate_sums identity() noexcept { return {}; }

@@ -25,6 +25,9 @@
 ///     codes with amax's stored parameters), so an orbit's squared error is never worse than
 ///     with amax (up to the rounding of the double sums, about 1e-12 of the error). Symmetric
 ///     schemes sum the two encodings again in double for it (the float sums only choose).
+/// With an importance per column (quant_spec::importance), every sum weighs its element by its
+/// column's importance a, and "squared error" reads sum a (x - x^)^2 throughout: the least
+/// squares are weighted, the guard compares weighted errors (imatrix-style).
 /// The scale stored is the refit one; the codes are those of the candidate (or the second
 /// pass) it was fitted to. Errors are compared in double from the sums; sum x^2 cancels.
 /// Orbits whose candidates' inverses overflow (subnormal scales) keep amax.
@@ -104,27 +107,53 @@ namespace orbitq::kernels::simd::detail
     }
 }
 
+namespace orbitq::kernels
+{
+    /// @brief Every element of an orbit weighs 1: the unweighted sums.
+    struct unit_weights
+    {
+        static constexpr bool weighted = false;
+        constexpr float operator[](std::size_t) const noexcept { return 1.0f; }
+    };
+
+    /// @brief The weight of each element of an orbit: its column's importance
+    ///        (quant_spec::importance), read from `a` in element order.
+    /// @pre a has as many finite, non-negative values as the orbit has elements.
+    struct element_weights
+    {
+        static constexpr bool weighted = true;
+        const float* a = nullptr;
+        float operator[](std::size_t i) const noexcept { return a[i]; }
+    };
+}
+
 namespace orbitq::kernels::reference
 {
-    /// @brief The K candidates' sums over n values in V (double or float), in element order.
-    template <class V, rounding_policy R, weight_element T, std::size_t K>
-    candidate_sums<K, V> candidate_sums_span(const T* x, std::size_t n, const std::array<encode_params, K>& c) noexcept
+    /// @brief The K candidates' sums over n values in V (double or float), in element order,
+    ///        each element weighted by a[i]: a x and a q are products (exact in double; in float,
+    ///        rounded once), each sum takes them with one mul_add; the weight total n sums in
+    ///        double. The codes are those of the unweighted values.
+    template <class V, rounding_policy R, weight_element T, std::size_t K, class W = unit_weights>
+    candidate_sums<K, V> candidate_sums_span(const T* x, std::size_t n, const std::array<encode_params, K>& c, W a = {}) noexcept
     {
         candidate_sums<K, V> s;
-        s.n = n;
         for (std::size_t i = 0; i < n; ++i)
         {
             const float xf = to_float(x[i]);
-            const V xv = xf;
+            const V av = a[i];
+            const V xv = static_cast<V>(xf) * av;
             s.x += xv;
+            if constexpr (W::weighted) s.n += static_cast<double>(a[i]);
             for (std::size_t k = 0; k < K; ++k)
             {
                 const V qv = encode<R>(xf, c[k]);
-                s.xq[k] = orbitq::detail::mse::mul_add(xv, qv, s.xq[k]);  // exact in double
-                s.qq[k] = orbitq::detail::mse::mul_add(qv, qv, s.qq[k]);
-                s.q[k] += qv;
+                const V aq = qv * av;
+                s.xq[k] = orbitq::detail::mse::mul_add(xv, qv, s.xq[k]);  // unweighted: exact in double
+                s.qq[k] = orbitq::detail::mse::mul_add(aq, qv, s.qq[k]);
+                s.q[k] += aq;
             }
         }
+        if constexpr (!W::weighted) s.n = static_cast<double>(n);
         return s;
     }
 }
@@ -136,8 +165,8 @@ namespace orbitq::kernels::simd
     ///        is bit-identical to reference::candidate_sums_span.
     /// @pre K is a multiple of the float batch width; every candidate's inverse is finite and
     ///      its mode multiply_inverse.
-    template <class V, rounding_policy R, weight_element T, std::size_t K>
-    candidate_sums<K, V> candidate_sums_span(const T* x, std::size_t n, const std::array<encode_params, K>& c) noexcept
+    template <class V, rounding_policy R, weight_element T, std::size_t K, class W = unit_weights>
+    candidate_sums<K, V> candidate_sums_span(const T* x, std::size_t n, const std::array<encode_params, K>& c, W a = {}) noexcept
     {
         using dbatch = xsimd::batch<double, arch_type>;
         constexpr std::size_t F = K / width;
@@ -168,21 +197,40 @@ namespace orbitq::kernels::simd
             float_batch fxq[F], fqq[F], fqs[F];
             for (std::size_t f = 0; f < F; ++f) fxq[f] = fqq[f] = fqs[f] = float_batch(0.0f);
             float fx = 0.0f;
+            double total = 0.0;
             for (std::size_t i = 0; i < n; ++i)
             {
                 const float xf = to_float(x[i]);
                 const float_batch xb(xf);
-                fx += xf;
-                for (std::size_t f = 0; f < F; ++f)
+                if constexpr (W::weighted)
                 {
-                    const float_batch code = code_of(xb, f);
-                    fxq[f] = detail::mul_add(xb, code, fxq[f]);
-                    fqq[f] = detail::mul_add(code, code, fqq[f]);
-                    fqs[f] += code;
+                    const float ax = xf * a[i];
+                    const float_batch axb(ax), ab(a[i]);
+                    fx += ax;
+                    total += static_cast<double>(a[i]);
+                    for (std::size_t f = 0; f < F; ++f)
+                    {
+                        const float_batch code = code_of(xb, f);
+                        const float_batch aq = code * ab;
+                        fxq[f] = detail::mul_add(axb, code, fxq[f]);
+                        fqq[f] = detail::mul_add(aq, code, fqq[f]);
+                        fqs[f] += aq;
+                    }
+                }
+                else
+                {
+                    fx += xf;
+                    for (std::size_t f = 0; f < F; ++f)
+                    {
+                        const float_batch code = code_of(xb, f);
+                        fxq[f] = detail::mul_add(xb, code, fxq[f]);
+                        fqq[f] = detail::mul_add(code, code, fqq[f]);
+                        fqs[f] += code;
+                    }
                 }
             }
             candidate_sums<K, float> s;
-            s.n = n;
+            s.n = W::weighted ? total : static_cast<double>(n);
             s.x = fx;
             for (std::size_t f = 0; f < F; ++f)
             {
@@ -196,27 +244,30 @@ namespace orbitq::kernels::simd
         {
             dbatch xq[2 * F], qq[2 * F], qs[2 * F];
             for (std::size_t j = 0; j < 2 * F; ++j) xq[j] = qq[j] = qs[j] = dbatch(0.0);
-            double sx = 0.0;
+            double sx = 0.0, total = 0.0;
             for (std::size_t i = 0; i < n; ++i)
             {
                 const float xf = to_float(x[i]);
                 const float_batch xb(xf);
-                const dbatch xd(static_cast<double>(xf));
-                sx += static_cast<double>(xf);
+                const double ad = a[i];
+                const dbatch xd(static_cast<double>(xf) * ad), adb(ad);
+                sx += static_cast<double>(xf) * ad;
+                if constexpr (W::weighted) total += ad;
                 for (std::size_t f = 0; f < F; ++f)
                 {
                     dbatch d[2];
                     detail::widen(code_of(xb, f), d[0], d[1]);
                     for (std::size_t h = 0; h < 2; ++h)
                     {
-                        xq[2 * f + h] = xsimd::fma(xd, d[h], xq[2 * f + h]);
-                        qq[2 * f + h] = xsimd::fma(d[h], d[h], qq[2 * f + h]);
-                        qs[2 * f + h] += d[h];
+                        const dbatch aq = W::weighted ? d[h] * adb : d[h];
+                        xq[2 * f + h] = detail::mul_add(xd, d[h], xq[2 * f + h]);
+                        qq[2 * f + h] = detail::mul_add(aq, d[h], qq[2 * f + h]);
+                        qs[2 * f + h] += aq;
                     }
                 }
             }
             candidate_sums<K> s;
-            s.n = n;
+            s.n = W::weighted ? total : static_cast<double>(n);
             s.x = sx;
             for (std::size_t j = 0; j < 2 * F; ++j)
             {
@@ -310,10 +361,9 @@ namespace orbitq::detail::mse
     /// The least-squares refit of the codes whose sums are given, scored; nullopt-like err =
     /// +inf when no refit exists (all codes equal, a scale that cannot be stored).
     template <scheme_policy S>
-    scored refit(double xq, double qq, double q, double x, std::size_t count, const quant_spec& spec) noexcept
+    scored refit(double xq, double qq, double q, double x, double n, const quant_spec& spec) noexcept
     {
         constexpr double inf = std::numeric_limits<double>::infinity();
-        const double n = static_cast<double>(count);
         double z = 0.0;
         if constexpr (S::has_zero_point)
         {
@@ -348,7 +398,7 @@ namespace orbitq::detail::mse
         const auto cand = candidates<S>(stat, amax_enc);
         if (!searchable(cand)) return amax;
         const auto s = pass16(cand);
-        const double n = static_cast<double>(s.n);
+        const double n = s.n;
         const double amax_err = error(s.xq[0], s.qq[0], s.q[0], s.x, n, amax_stored.scale, amax_stored.zero_point);
         std::size_t best = 0;
         scored fit;
@@ -389,7 +439,7 @@ namespace orbitq::detail::mse
         {
             // the guard in double: the float sums chose; the exact errors decide against amax
             const candidate_sums<2> e = exact2(std::array<encode_params, 2>{amax_enc, result.encode});
-            const double en = static_cast<double>(e.n);
+            const double en = e.n;
             const double a = error(e.xq[0], e.qq[0], e.q[0], e.x, en, amax_stored.scale, 0.0);
             const double r = error(e.xq[1], e.qq[1], e.q[1], e.x, en, result.stored.scale, 0.0);
             if (!(r < a)) return amax;
@@ -397,20 +447,21 @@ namespace orbitq::detail::mse
         return result;
     }
 
-    /// search() for a contiguous orbit of n values at x. Not inlined: one body per scheme,
-    /// rounding and element type, shared by the per_channel and per_group drivers.
-    template <scheme_policy S, rounding_policy R, weight_element T>
+    /// search() for a contiguous orbit of n values at x, weighted by a (unit_weights or the
+    /// orbit's columns of quant_spec::importance). Not inlined: one body per scheme, rounding,
+    /// element type and weighting, shared by the per_channel and per_group drivers.
+    template <scheme_policy S, rounding_policy R, weight_element T, class W = kernels::unit_weights>
     [[gnu::noinline]] choice search_span(const T* x, std::size_t n, const min_max& stat, const encode_params& amax_enc, const quant_params& amax_stored,
-                                         const quant_spec& spec)
+                                         const quant_spec& spec, W a = {})
     {
         using V = search_value<S>;
         return search<S>(
             stat, amax_enc, amax_stored, spec,
             [&](const std::array<encode_params, candidate_count>& c) {
-                if constexpr (candidate_count % kernels::simd::width == 0) return kernels::simd::candidate_sums_span<V, R>(x, n, c);
-                else return kernels::reference::candidate_sums_span<V, R>(x, n, c);
+                if constexpr (candidate_count % kernels::simd::width == 0) return kernels::simd::candidate_sums_span<V, R>(x, n, c, a);
+                else return kernels::reference::candidate_sums_span<V, R>(x, n, c, a);
             },
-            [&](const std::array<encode_params, 1>& c) { return kernels::reference::candidate_sums_span<V, R>(x, n, c); },
-            [&](const std::array<encode_params, 2>& c) { return kernels::reference::candidate_sums_span<double, R>(x, n, c); });
+            [&](const std::array<encode_params, 1>& c) { return kernels::reference::candidate_sums_span<V, R>(x, n, c, a); },
+            [&](const std::array<encode_params, 2>& c) { return kernels::reference::candidate_sums_span<double, R>(x, n, c, a); });
     }
 }

@@ -9,7 +9,10 @@
 #include "orbitq/policy/scheme.hpp"
 
 #include <cstddef>
+#include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace orbitq
 {
@@ -84,6 +87,34 @@ namespace orbitq
     constexpr const char* to_string(scale_search s) noexcept { return s == scale_search::amax ? "amax" : "mse"; }
     constexpr const char* to_string(symmetric_range r) noexcept { return r == symmetric_range::restricted ? "restricted" : "full"; }
 
+    /// @brief A weight per input column of a tensor (imatrix-style: the mean squared activation
+    ///        that column meets), which scale_search::mse minimizes the weighted squared error
+    ///        sum a_c (x - x^)^2 under. Shared, not copied: specs and quantized tensors holding it
+    ///        point at one vector (or a slice of it, such as one expert's row of an [E, cols]
+    ///        table). Empty means every column weighs 1.
+    struct column_importance
+    {
+        std::shared_ptr<const float> data;  ///< `size` weights, or null
+        std::size_t size = 0;
+
+        /// @brief Owns `v` (one weight per column).
+        static column_importance of(std::vector<float> v)
+        {
+            auto owner = std::make_shared<const std::vector<float>>(std::move(v));
+            return {std::shared_ptr<const float>(owner, owner->data()), owner->size()};
+        }
+
+        /// @brief n weights from `offset`, sharing this one's storage.
+        /// @pre offset + n <= size.
+        column_importance slice(std::size_t offset, std::size_t n) const { return {std::shared_ptr<const float>(data, data.get() + offset), n}; }
+
+        bool empty() const noexcept { return size == 0; }
+        std::span<const float> values() const noexcept { return {data.get(), size}; }
+
+        /// @brief The same weights object (not an element-wise comparison).
+        friend bool operator==(const column_importance& a, const column_importance& b) noexcept { return a.data == b.data && a.size == b.size; }
+    };
+
     /// @brief A complete, run-time description of a quantization policy and its options.
     struct quant_spec
     {
@@ -104,6 +135,10 @@ namespace orbitq
         /// amax (the scheme's formula) or mse (search; codes of symmetric schemes then use the
         /// full range [-2^(bits-1), 2^(bits-1) - 1]). Not with scale_application::divide.
         scale_search scales = scale_search::amax;
+        /// scale_search::mse only: one finite, non-negative weight per column of the tensor
+        /// quantized (cols of them), or empty (unweighted). Codes and the stored form do not
+        /// change, only which scale each orbit gets.
+        column_importance importance;
 
         friend bool operator==(const quant_spec&, const quant_spec&) = default;
 
