@@ -5,7 +5,11 @@
 
 #include "gemma_cli_support.hpp"
 
+#include <orbitq/io/importance.hpp>
+
 #include <algorithm>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <utility>
 #include <vector>
@@ -147,4 +151,52 @@ TEST_CASE("analyze --candidates: float formats by suffix; a width given with one
     }
     refused({"--quiet", "--experts", "2", "--synthetic-layers", "1", "analyze", "--candidates", "per_channel@8/fp8_e4m3"}, "fixes its bits");
     refused({"--quiet", "--experts", "2", "--synthetic-layers", "1", "analyze", "--candidates", "per_channel/bogus"}, "suffixes");
+}
+
+TEST_CASE("--importance: a column importance file weights the mse search; refused without mse, with analyze, or not covering a tensor")
+{
+    gemma_test::scratch s("orbitq_test_importance");
+    const std::string L0 = "model.language_model.layers.0.experts.";
+    const std::size_t H = 2816, I = 704, E = 2;
+    // gate_up reads the hidden state (one row for both experts); down reads the intermediate
+    // activations (a row per expert): a few heavy columns, as activations have
+    std::vector<float> hidden(H, 1.0f), inter(E * I, 1.0f);
+    for (std::size_t c = 0; c < H; c += 37) hidden[c] = 50.0f;
+    for (std::size_t c = 0; c < E * I; c += 11) inter[c] = 20.0f;
+    orbitq::io::importance_table t;
+    t.add(L0 + "gate_up_proj", 1, hidden);
+    t.add(L0 + "down_proj", E, inter);
+    const std::string file = (s.dir / "imp.safetensors").string();
+    t.write(file);
+
+    const auto args = [&](std::vector<std::string> extra) {
+        std::vector<std::string> a = {"--scales", "mse", "--bits", "4", "--granularity", "per_group:32", "--compare", "per_channel"};
+        a.insert(a.end(), extra.begin(), extra.end());
+        return quick(a);
+    };
+    const std::string weighted_report = (s.dir / "w.json").string(), plain_report = (s.dir / "p.json").string();
+    const auto w = cli(args({"--importance", file, "--report", weighted_report}));
+    REQUIRE_MESSAGE((w.rc == 0 || w.rc == 2), w.err);
+    const auto p = cli(args({"--report", plain_report}));
+    REQUIRE_MESSAGE((p.rc == 0 || p.rc == 2), p.err);
+    const auto read = [](const std::string& f) {
+        std::ifstream in(f);
+        return std::string((std::istreambuf_iterator<char>(in)), {});
+    };
+    const std::string wr = read(weighted_report), pr = read(plain_report);
+    CHECK(wr.find("\"importance\": \"" + file + "\"") != std::string::npos);
+    CHECK(wr != pr);  // other scales, so other metrics
+
+    refused(quick({"--importance", file}), "--scales mse");
+    refused(args({"--importance", (s.dir / "none.safetensors").string()}), "none.safetensors");
+    refused(quick({"analyze", "--importance", file}), "--importance");
+    orbitq::io::importance_table partial;
+    partial.add(L0 + "gate_up_proj", 1, hidden);
+    partial.write(s.dir / "partial.safetensors");
+    refused(args({"--importance", (s.dir / "partial.safetensors").string()}), "has no entry for '" + L0 + "down_proj'");
+    orbitq::io::importance_table misshapen;
+    misshapen.add(L0 + "gate_up_proj", 3, std::vector<float>(3 * H, 1.0f));
+    misshapen.add(L0 + "down_proj", 1, std::vector<float>(I, 1.0f));
+    misshapen.write(s.dir / "misshapen.safetensors");
+    refused(args({"--importance", (s.dir / "misshapen.safetensors").string()}), "needs [2816] or [2, 2816]");
 }

@@ -7,6 +7,7 @@
 // how fuzz/corpus/ is produced).
 #include <doctest/doctest.h>
 
+#include <orbitq/io/importance.hpp>
 #include <orbitq/io/safetensors.hpp>
 
 #include <nlohmann/json.hpp>
@@ -1055,4 +1056,58 @@ TEST_CASE("committed fuzz seeds: malformed-* are rejected with a format error, v
         }
     }
     CHECK(seen > 40);
+}
+
+TEST_CASE("importance files: written and read back, [cols] and [experts, cols], 16-bit dtypes, bad files refused")
+{
+    scratch_dir d;
+    importance_table t;
+    t.add("a.weight", 1, {1.0f, 2.0f, 0.0f});
+    t.add("b.experts", 2, {1.0f, 2.0f, 3.0f, 4.0f});
+    const fs::path p = d.path / "imp.safetensors";
+    t.write(p);
+    const importance_table r = importance_table::read(p);
+    REQUIRE(r.entries().size() == 2);
+    const auto a = r.columns("a.weight", 0, 1, 3);
+    CHECK(std::vector<float>(a.values().begin(), a.values().end()) == std::vector<float>{1.0f, 2.0f, 0.0f});
+    // one row: every expert; [experts, cols]: expert e's row
+    CHECK(r.columns("a.weight", 5, 8, 3).data == a.data);
+    const auto b1 = r.columns("b.experts", 1, 2, 2);
+    CHECK(std::vector<float>(b1.values().begin(), b1.values().end()) == std::vector<float>{3.0f, 4.0f});
+    CHECK_THROWS_WITH_AS(r.columns("c", 0, 1, 3), doctest::Contains("has no entry for 'c'"), error);
+    CHECK_THROWS_WITH_AS(r.columns("a.weight", 0, 1, 4), doctest::Contains("'a.weight' is [3]; the weight needs [4]"), error);
+    CHECK_THROWS_WITH_AS(r.columns("b.experts", 0, 3, 2), doctest::Contains("needs [2] or [3, 2]"), error);
+    CHECK_THROWS_AS(t.add("x", 2, {1.0f, 2.0f, 3.0f}), error);
+    CHECK_THROWS_WITH_AS(t.add("x", 1, {1.0f, -2.0f}), doctest::Contains("value -2"), error);
+
+    // BF16 values widen exactly
+    {
+        const std::vector<bfloat16_t> h = {to_bfloat16(0.5f), to_bfloat16(3.0f)};
+        safetensors_writer w(d.path / "bf16.safetensors", {{"w", dtype::bf16, {2}}});
+        w.write("w", std::span<const bfloat16_t>(h));
+        w.commit();
+        const column_importance c = importance_table::read(d.path / "bf16.safetensors").columns("w", 0, 1, 2);  // shares the storage
+        const auto v = c.values();
+        CHECK(v[0] == 0.5f);
+        CHECK(v[1] == 3.0f);
+    }
+    // refused: integer dtype, rank 3, a negative or NaN value
+    const auto refused = [&](const char* file, tensor_decl decl, std::span<const std::byte> bytes, const char* says) {
+        {
+            safetensors_writer w(d.path / file, {decl});
+            w.write(decl.name, bytes);
+            w.commit();
+        }
+        CHECK_THROWS_WITH_AS(importance_table::read(d.path / file), doctest::Contains(says), error);
+    };
+    const std::vector<float> f4 = {1.0f, 1.0f, 1.0f, 1.0f};
+    refused("i8.safetensors", {"w", dtype::i8, {4}}, std::as_bytes(std::span<const float>(f4)).first(4), "dtype I8");
+    refused("rank3.safetensors", {"w", dtype::f32, {1, 2, 2}}, std::as_bytes(std::span<const float>(f4)), "rank 3");
+    for (const float bad : {-1.0f, std::nanf("")})
+    {
+        std::vector<float> v = f4;
+        v[2] = bad;
+        refused(bad < 0 ? "neg.safetensors" : "nan.safetensors", {"w", dtype::f32, {4}}, std::as_bytes(std::span<const float>(v)), "at 2");
+    }
+    CHECK_THROWS_AS(importance_table::read(d.path / "missing.safetensors"), error);
 }

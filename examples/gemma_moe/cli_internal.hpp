@@ -9,6 +9,7 @@
 
 #include "orbitq/analyze.hpp"
 #include "orbitq/io/compressed_tensors.hpp"
+#include "orbitq/io/importance.hpp"
 #include "orbitq/moe/source.hpp"
 #include "orbitq/moe/validate_report.hpp"
 #include "orbitq/quantize.hpp"
@@ -49,6 +50,7 @@ namespace orbitq::gemma_cli
         std::string scheme = "symmetric";
         std::string range = "restricted";
         std::string scales = "amax";           ///< amax (the scheme's formula) or mse (orbitq::scale_search::mse)
+        std::string importance;                ///< an importance file (orbitq/io/importance.hpp) weighting the mse search
         std::string layers;
         unsigned threads = 0;
         std::size_t min_elements = 0;

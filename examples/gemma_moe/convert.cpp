@@ -331,6 +331,14 @@ namespace orbitq::gemma_cli
         c.src = open_source(o);
         c.synthetic = o.checkpoint.empty();
         plan(c, base);
+        if (!o.importance.empty())
+        {
+            if (base.scales != scale_search::mse) throw error(error_kind::invalid_argument, "--importance weights the mse scale search; add --scales mse");
+            const auto table = std::make_shared<const io::importance_table>(io::importance_table::read(o.importance));
+            c.vo.importance = [table](const std::string& tensor, std::size_t e, std::size_t experts, std::size_t cols) {
+                return table->columns(tensor, e, experts, cols);
+            };
+        }
         if (c.automatic) install_chooser(c, base);
         check_specs(c);
         const moe::validation_report rep = validate_and_write(c, err);

@@ -249,6 +249,8 @@ namespace orbitq::gemma_cli
                        "fp8_e4m3 (per_tensor, per_channel or per_block[:RxC]; FP8 activations), mxfp4 (groups of 32; MXFP4 activations), nvfp4 (groups of 16, weight-only)")->capture_default_str();
         app.add_option("--scales", o.scales, "amax (each orbit's range) or mse (per orbit, the clipped and refit scale of least squared error; "
                        "never worse than amax, orbit by orbit)")->capture_default_str();
+        app.add_option("--importance", o.importance, "with --scales mse: a safetensors file of column importance per weight (mean squared activation "
+                       "per input column, [cols] or [experts, cols], named as the weight); the search minimizes the weighted squared error");
         app.add_option("--range", o.range, "symmetric range: restricted ([-127,127]) or full ([-128,127])")->capture_default_str();
         app.add_option("--layers", o.layers, "layers to process, e.g. 0-29 or 0,5,10-12 (default: all)");
         app.add_option("--threads", o.threads, "threads (0: all cores)")->capture_default_str()->check(integer_in(0, max_threads));
@@ -308,6 +310,7 @@ namespace orbitq::gemma_cli
             std::signal(SIGXFSZ, SIG_IGN);
             if (analyze_cmd->parsed())
             {
+                if (!o.importance.empty()) throw error(error_kind::invalid_argument, "--importance weights a conversion's mse search; analyze does not take it");
                 if (a_cos) o.target_cos = a_cos;
                 if (a_sqnr) o.target_sqnr_db = a_sqnr;
                 return run_analyze(o, out, err);

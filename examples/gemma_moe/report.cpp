@@ -352,6 +352,7 @@ namespace orbitq::gemma_cli
               {"compare", specs},
               {"scheme", c.o.scheme},
               {"scales", c.o.scales},
+              {"importance", c.o.importance},
               {"range", c.o.range},
               {"scale_dtype", std::string(element_name(c.vo.specs[c.vo.gated].scale_type))},
               {"include_dense", c.o.include_dense},

@@ -386,6 +386,17 @@ namespace orbitq::moe
             return t;
         }
 
+        using importance_function = decltype(validate_options::importance);
+
+        /// spec with the importance of expert `e` of `tensor` when spec searches (mse) and an
+        /// importance is given; else spec.
+        inline quant_spec with_importance(quant_spec spec, const importance_function& f, const std::string& tensor, std::size_t e, std::size_t experts,
+                                          std::size_t cols)
+        {
+            if (f && spec.scales == scale_search::mse) spec.importance = f(tensor, e, experts, cols);
+            return spec;
+        }
+
         /// Quantizes a layer's experts one at a time, on demand (when the forward first needs
         /// them; the unrouted ones after it), so memory holds one expert's codes, and measures
         /// them. Finer granularities give the same codes as the stacked tensor (their orbits lie
@@ -393,12 +404,13 @@ namespace orbitq::moe
         class expert_quantizer
         {
         public:
-            expert_quantizer(const config& c, const layer_weights& w, const quant_spec& spec, unsigned threads, conversion_sink* sink,
+            expert_quantizer(const config& c, const layer_weights& w, const quant_spec& spec, const validate_options& opt, conversion_sink* sink,
                              validation_report& rep, double& quantize_s)
                 : m_c(c)
                 , m_w(w)
                 , m_spec(spec)
-                , m_threads(threads)
+                , m_importance(opt.importance)
+                , m_threads(opt.threads)
                 , m_sink(sink)
                 , m_rep(rep)
                 , m_quantize_s(quantize_s)
@@ -485,7 +497,7 @@ namespace orbitq::moe
                 std::visit(
                     [&](const auto& block) {
                         if (m_spec.granularity == granularity_kind::per_tensor) quantize_block_per_tensor(block, m_stat[k], m_spec, m_q[k], m_threads);
-                        else quantize_into(block, m_q[k], m_spec, m_threads);
+                        else quantize_into(block, m_q[k], with_importance(m_spec, m_importance, t.name, e, m_c.experts, t.cols), m_threads);
                         measure_rows(block, m_q[k], 0, m_acc[k], m_amax[k], e * t.rows, m_threads);
                     },
                     t.blocks[e]);
@@ -497,6 +509,7 @@ namespace orbitq::moe
             const config& m_c;
             const layer_weights& m_w;
             quant_spec m_spec;
+            const importance_function& m_importance;
             unsigned m_threads;
             conversion_sink* m_sink;
             validation_report& m_rep;
@@ -554,7 +567,7 @@ namespace orbitq::moe
             const layer_plan plan = plan_layer(c, w, opt, g, nonfinite);
             if (out) out->begin_layer(w, plan.experts, plan.dense, plan.spec);
             std::optional<expert_quantizer> experts;
-            if (plan.experts) experts.emplace(c, w, plan.spec, opt.threads, out, rep, quantize_s);
+            if (plan.experts) experts.emplace(c, w, plan.spec, opt, out, rep, quantize_s);
 
             // Dense MLP (whole matrices; optional).
             error_accumulator layer_acc;
@@ -571,7 +584,8 @@ namespace orbitq::moe
                     continue;
                 }
                 error_accumulator acc;
-                dense_reports.push_back(quantize_and_measure(v, plan.spec, dense_qs[k], acc, opt.threads));
+                const quant_spec spec = with_importance(plan.spec, opt.importance, name_of(v), 0, 1, cols_of(v));
+                dense_reports.push_back(quantize_and_measure(v, spec, dense_qs[k], acc, opt.threads));
                 layer_acc = combine(layer_acc, acc);
                 rep.quantized_source_bytes += static_cast<double>(rows_of(v) * cols_of(v) * element_bytes(v));
                 dq.push_back(&dense_qs[k]);

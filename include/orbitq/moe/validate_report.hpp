@@ -45,6 +45,12 @@ namespace orbitq::moe
         /// tensors in source precision (copied unquantized) and lists them in
         /// validation_report::skipped.
         bool skip_nonfinite = false;
+        /// If set, the column importance (quant_spec::importance) of each tensor quantized
+        /// with scale_search::mse: called with the tensor's name (as reported), the expert, the
+        /// experts of the tensor (0 and 1 for a dense matrix) and its columns, before that
+        /// expert's rows are quantized. An empty result leaves the tensor unweighted; it may
+        /// throw to stop the run (io::importance_table::columns does for a missing entry).
+        std::function<column_importance(const std::string& tensor, std::size_t expert, std::size_t experts, std::size_t cols)> importance;
     };
 
     /// @brief Metrics of one quantized tensor, or of one expert's slice of it.

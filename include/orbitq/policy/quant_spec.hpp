@@ -138,7 +138,7 @@ namespace orbitq
         /// scale_search::mse only: one finite, non-negative weight per column of the tensor
         /// quantized (cols of them), or empty (unweighted). Codes and the stored form do not
         /// change, only which scale each orbit gets.
-        column_importance importance;
+        column_importance importance{};
 
         friend bool operator==(const quant_spec&, const quant_spec&) = default;
 
