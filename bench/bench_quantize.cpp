@@ -431,6 +431,15 @@ namespace
                             ->UseRealTime()
                             ->ComputeStatistics("min", min_of)
                             ->Unit(benchmark::kMillisecond);
+                        if (d != element_type::f32) continue;
+                        // weighted by a column importance (one orbit at a time)
+                        std::vector<float> a(s.cols);
+                        for (std::size_t c = 0; c < a.size(); ++c) a[c] = 0.25f + static_cast<float>((c * 2654435761u) % 1000) / 250.0f;
+                        spec.importance = orbitq::column_importance::of(std::move(a));
+                        benchmark::RegisterBenchmark((name + "/importance").c_str(), bm_quantize, kernel_case{s, spec, d, 1})
+                            ->UseRealTime()
+                            ->ComputeStatistics("min", min_of)
+                            ->Unit(benchmark::kMillisecond);
                     }
                 }
             }
