@@ -35,8 +35,9 @@ namespace
         return v;
     }
 
-    /// Exact (double) squared error of each orbit of q against the source.
-    std::vector<double> orbit_errors(const quantized_tensor& q, const std::vector<float>& x)
+    /// Exact (double) squared error of each orbit of q against the source, each element
+    /// weighted by its column's a[c] when a is given (sum a_c (x - x^)^2).
+    std::vector<double> orbit_errors(const quantized_tensor& q, const std::vector<float>& x, const std::vector<float>* a = nullptr)
     {
         std::vector<double> e(q.layout.orbits(), 0.0);
         for (std::size_t r = 0; r < q.rows; ++r)
@@ -46,7 +47,7 @@ namespace
                 const std::size_t o = q.orbit(r, c);
                 const double d = static_cast<double>(x[r * q.cols + c])
                                - static_cast<double>(q.code(r, c) - q.zero_point(o)) * static_cast<double>(q.scales[o]);
-                e[o] += d * d;
+                e[o] += (a ? static_cast<double>((*a)[c]) : 1.0) * d * d;
             }
         }
         return e;
@@ -273,23 +274,6 @@ TEST_CASE("a float batch of symmetric orbits searched at once equals the search 
 
 namespace
 {
-    /// Exact (double) weighted squared error sum a_c (x - x^)^2 of each orbit of q.
-    std::vector<double> weighted_orbit_errors(const quantized_tensor& q, const std::vector<float>& x, const std::vector<float>& a)
-    {
-        std::vector<double> e(q.layout.orbits(), 0.0);
-        for (std::size_t r = 0; r < q.rows; ++r)
-        {
-            for (std::size_t c = 0; c < q.cols; ++c)
-            {
-                const std::size_t o = q.orbit(r, c);
-                const double d = static_cast<double>(x[r * q.cols + c])
-                               - static_cast<double>(q.code(r, c) - q.zero_point(o)) * static_cast<double>(q.scales[o]);
-                e[o] += static_cast<double>(a[c]) * d * d;
-            }
-        }
-        return e;
-    }
-
     /// A skewed importance per column, as activations' mean squares are: log-normal, a few
     /// columns 30-100x the median, some exactly zero.
     std::vector<float> importance_of(std::size_t cols, unsigned seed)
@@ -408,7 +392,7 @@ TEST_CASE("importance: never worse than amax in weighted error; unit weights cha
             CHECK(qu.zero_points == qp.zero_points);
             CHECK(std::equal(qu.codes.begin(), qu.codes.end(), qp.codes.begin(), qp.codes.end()));
             // never worse than amax in the weighted error, orbit by orbit
-            const auto ea = weighted_orbit_errors(qa, x, a), ew = weighted_orbit_errors(qw, x, a), ep = weighted_orbit_errors(qp, x, a);
+            const auto ea = orbit_errors(qa, x, &a), ew = orbit_errors(qw, x, &a), ep = orbit_errors(qp, x, &a);
             std::size_t worse = 0;
             for (std::size_t o = 0; o < ea.size(); ++o) worse += ew[o] > ea[o] * (1.0 + 1e-9) ? 1 : 0;
             CHECK(worse == 0);
