@@ -170,7 +170,8 @@ TEST_CASE("--importance: a column importance file weights the mse search; refuse
     t.write(file);
 
     const auto args = [&](std::vector<std::string> extra) {
-        std::vector<std::string> a = {"--scales", "mse", "--bits", "4", "--granularity", "per_group:32", "--compare", "per_channel"};
+        // per_tensor compared with amax scales: the gated per_group:32 alone is searched
+        std::vector<std::string> a = {"--scales", "mse", "--bits", "4", "--granularity", "per_group:32", "--compare", "per_tensor"};
         a.insert(a.end(), extra.begin(), extra.end());
         return quick(a);
     };

@@ -114,7 +114,8 @@ namespace orbitq
         using int_batch = kernels::simd::int_batch;
         inline constexpr std::size_t lanes = float_batch::size;
 
-        /// Whether xsimd::fma is a fused multiply-add (one rounding) on the target.
+        /// Whether kernels::simd::detail::mul_add is a fused multiply-add (one rounding) on the
+        /// target.
 #if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
         inline constexpr bool fused_multiply_add = true;
 #else
@@ -437,7 +438,7 @@ namespace orbitq
                         {
                             const float_batch xv = float_batch::load_aligned(xg + t * a.token_stride + (c * C + i) * lanes);
 #pragma GCC unroll 16
-                            for (std::size_t r = 0; r < R; ++r) acc[r][t] = xsimd::fma(cv[r][i], xv, acc[r][t]);
+                            for (std::size_t r = 0; r < R; ++r) acc[r][t] = kernels::simd::detail::mul_add(cv[r][i], xv, acc[r][t]);
                         }
                     }
                 }
@@ -446,7 +447,7 @@ namespace orbitq
                 {
                     const float_batch s(scale_row[r][g * a.orbit_group_step]);
 #pragma GCC unroll 16
-                    for (std::size_t t = 0; t < T; ++t) total[r][t] = xsimd::fma(s, acc[r][t], total[r][t]);
+                    for (std::size_t t = 0; t < T; ++t) total[r][t] = kernels::simd::detail::mul_add(s, acc[r][t], total[r][t]);
                 }
             }
 #pragma GCC unroll 16

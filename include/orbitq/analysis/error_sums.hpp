@@ -169,10 +169,10 @@ namespace orbitq
                 widen(b, b0, b1);
                 const double_batch d0 = double_batch::load_unaligned(xd + i) - b0;
                 const double_batch d1 = double_batch::load_unaligned(xd + i + h) - b1;
-                r0 = xsimd::fma(b0, b0, r0);
-                r1 = xsimd::fma(b1, b1, r1);
-                e0 = xsimd::fma(d0, d0, e0);
-                e1 = xsimd::fma(d1, d1, e1);
+                r0 = kernels::simd::detail::mul_add(b0, b0, r0);
+                r1 = kernels::simd::detail::mul_add(b1, b1, r1);
+                e0 = kernels::simd::detail::mul_add(d0, d0, e0);
+                e1 = kernels::simd::detail::mul_add(d1, d1, e1);
                 m0 = max_abs(m0, d0);
                 m1 = max_abs(m1, d1);
             };
@@ -261,8 +261,8 @@ namespace orbitq
                 widen(float_batch::load_unaligned(x + i), a0, a1);
                 a0.store_unaligned(xd + i);
                 a1.store_unaligned(xd + i + h);
-                s0 = xsimd::fma(a0, a0, s0);
-                s1 = xsimd::fma(a1, a1, s1);
+                s0 = kernels::simd::detail::mul_add(a0, a0, s0);
+                s1 = kernels::simd::detail::mul_add(a1, a1, s1);
             }
             double s = 0.0;
             for (std::size_t i = body; i < n; ++i)

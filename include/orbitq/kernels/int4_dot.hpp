@@ -463,8 +463,8 @@ namespace orbitq::kernels::int4_dot
                     acc = Ops::dot(acc, w, even[t] + c * chunk_bytes, odd[t] + c * chunk_bytes);
                     if constexpr (Asymmetric) acc = Ops::add_zero_point(acc, zp, neg_sum[t] + c * lanes);
                     const float_batch st = float_batch::load_aligned(step[t] + c * lanes);
-                    if constexpr (G == 1) orbit_sum[r][t] = xsimd::fma(Ops::to_float(acc), st, orbit_sum[r][t]);
-                    else total[r][t] = xsimd::fma(Ops::to_float(acc) * st, s, total[r][t]);
+                    if constexpr (G == 1) orbit_sum[r][t] = simd::detail::mul_add(Ops::to_float(acc), st, orbit_sum[r][t]);
+                    else total[r][t] = simd::detail::mul_add(Ops::to_float(acc) * st, s, total[r][t]);
                 }
             }
             if constexpr (G == 1)
@@ -477,7 +477,7 @@ namespace orbitq::kernels::int4_dot
 #pragma GCC unroll 16
                     for (std::size_t t = 0; t < T; ++t)
                     {
-                        total[r][t] = xsimd::fma(s, orbit_sum[r][t], total[r][t]);
+                        total[r][t] = simd::detail::mul_add(s, orbit_sum[r][t], total[r][t]);
                         orbit_sum[r][t] = float_batch(0.0f);
                     }
                 }

@@ -93,6 +93,53 @@ namespace orbitq::kernels::simd
 
     namespace detail
     {
+        /// a * b + c for batches, rounded once where the target has a fused multiply-add (its
+        /// instruction: xsimd 8's fma on AVX-512 is a multiply and an add, which the compiler
+        /// contracts or not depending on the optimization level) and twice where it has not (a
+        /// multiply and an add, nothing to contract them into). Every kernel whose results must not
+        /// depend on the compiler's choices (bit-identical paths, error bounds) uses it.
+        template <class V, class A>
+        inline xsimd::batch<V, A> mul_add(const xsimd::batch<V, A>& a, const xsimd::batch<V, A>& b, const xsimd::batch<V, A>& c) noexcept
+        {
+#if XSIMD_WITH_AVX512F
+            if constexpr (std::derived_from<A, xsimd::avx512f>)
+            {
+                if constexpr (std::same_as<V, float>) return _mm512_fmadd_ps(a, b, c);
+                else return _mm512_fmadd_pd(a, b, c);
+            }
+            else
+#endif
+#if defined(__FMA__) && XSIMD_WITH_AVX
+            if constexpr (std::derived_from<A, xsimd::avx>)
+            {
+                if constexpr (std::same_as<V, float>) return _mm256_fmadd_ps(a, b, c);
+                else return _mm256_fmadd_pd(a, b, c);
+            }
+            else
+#endif
+#if defined(__FMA__) && XSIMD_WITH_SSE2
+            if constexpr (std::derived_from<A, xsimd::sse2>)
+            {
+                if constexpr (std::same_as<V, float>) return _mm_fmadd_ps(a, b, c);
+                else return _mm_fmadd_pd(a, b, c);
+            }
+            else
+#endif
+#if defined(__aarch64__)
+            if constexpr (std::derived_from<A, xsimd::neon64>)
+            {
+                return xsimd::fma(a, b, c);  // vfmaq_f32 / vfmaq_f64
+            }
+            else
+#endif
+            {
+#if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
+                static_assert(sizeof(V) == 0, "a fused multiply-add target needs its instruction here");
+#endif
+                return a * b + c;
+            }
+        }
+
         template <class A>
         using fbatch = xsimd::batch<float, A>;
         template <class A>
@@ -555,8 +602,8 @@ namespace orbitq::kernels::simd
 
             void add(const fbatch<A>& a, const fbatch<A>& b) noexcept
             {
-                p = xsimd::fma(a, fbatch<A>(0.0f), p);
-                p = xsimd::fma(b, fbatch<A>(0.0f), p);
+                p = mul_add(a, fbatch<A>(0.0f), p);
+                p = mul_add(b, fbatch<A>(0.0f), p);
             }
 
             bool any() const noexcept { return xsimd::any(xsimd::isnan(p)); }

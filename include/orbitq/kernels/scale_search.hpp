@@ -58,52 +58,11 @@ namespace orbitq::detail::mse
     template <class V>
     inline V mul_add(V a, V b, V c) noexcept
     {
-#if defined(__FMA__) || defined(__AVX512F__)
+#if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
         return std::fma(a, b, c);
 #else
         return a * b + c;
 #endif
-    }
-}
-
-namespace orbitq::kernels::simd::detail
-{
-    /// detail::mse::mul_add for batches: the fused instruction where the target has one (xsimd
-    /// 8's fma is a multiply and an add, which the compiler may or may not contract), else a
-    /// multiply and an add (nothing to contract them into).
-    template <class V, class A>
-    inline xsimd::batch<V, A> mul_add(const xsimd::batch<V, A>& a, const xsimd::batch<V, A>& b, const xsimd::batch<V, A>& c) noexcept
-    {
-#if XSIMD_WITH_AVX512F
-        if constexpr (std::derived_from<A, xsimd::avx512f>)
-        {
-            if constexpr (std::same_as<V, float>) return _mm512_fmadd_ps(a, b, c);
-            else return _mm512_fmadd_pd(a, b, c);
-        }
-        else
-#endif
-#if defined(__FMA__) && XSIMD_WITH_AVX
-        if constexpr (std::derived_from<A, xsimd::avx>)
-        {
-            if constexpr (std::same_as<V, float>) return _mm256_fmadd_ps(a, b, c);
-            else return _mm256_fmadd_pd(a, b, c);
-        }
-        else
-#endif
-#if defined(__FMA__) && XSIMD_WITH_SSE2
-        if constexpr (std::derived_from<A, xsimd::sse2>)
-        {
-            if constexpr (std::same_as<V, float>) return _mm_fmadd_ps(a, b, c);
-            else return _mm_fmadd_pd(a, b, c);
-        }
-        else
-#endif
-        {
-#if defined(__FMA__) || defined(__AVX512F__)
-            static_assert(sizeof(V) == 0, "a fused multiply-add target needs its instruction here");
-#endif
-            return a * b + c;
-        }
     }
 }
 

@@ -111,8 +111,8 @@ namespace orbitq::detail::mse
                 for (std::size_t h = 0; h < halves; ++h)
                 {
                     const dbatch xd = dbatch::load_aligned(buf.xd.data() + j * lanes + h * dbatch::size);
-                    xq[h] = xsimd::fma(xd, d[h], xq[h]);
-                    qq[h] = xsimd::fma(d[h], d[h], qq[h]);
+                    xq[h] = mul_add(xd, d[h], xq[h]);
+                    qq[h] = mul_add(d[h], d[h], qq[h]);
                 }
             }
         }

@@ -120,12 +120,12 @@ namespace orbitq::moe
             std::size_t i = 0;
             for (; i + 4 * w <= n; i += 4 * w)
             {
-                s0 = xsimd::fma(batch::load_unaligned(a + i), batch::load_unaligned(b + i), s0);
-                s1 = xsimd::fma(batch::load_unaligned(a + i + w), batch::load_unaligned(b + i + w), s1);
-                s2 = xsimd::fma(batch::load_unaligned(a + i + 2 * w), batch::load_unaligned(b + i + 2 * w), s2);
-                s3 = xsimd::fma(batch::load_unaligned(a + i + 3 * w), batch::load_unaligned(b + i + 3 * w), s3);
+                s0 = kernels::simd::detail::mul_add(batch::load_unaligned(a + i), batch::load_unaligned(b + i), s0);
+                s1 = kernels::simd::detail::mul_add(batch::load_unaligned(a + i + w), batch::load_unaligned(b + i + w), s1);
+                s2 = kernels::simd::detail::mul_add(batch::load_unaligned(a + i + 2 * w), batch::load_unaligned(b + i + 2 * w), s2);
+                s3 = kernels::simd::detail::mul_add(batch::load_unaligned(a + i + 3 * w), batch::load_unaligned(b + i + 3 * w), s3);
             }
-            for (; i + w <= n; i += w) s0 = xsimd::fma(batch::load_unaligned(a + i), batch::load_unaligned(b + i), s0);
+            for (; i + w <= n; i += w) s0 = kernels::simd::detail::mul_add(batch::load_unaligned(a + i), batch::load_unaligned(b + i), s0);
             // Horizontal sum through memory (GCC 12 warns inside its own AVX-512 shuffle intrinsics).
             alignas(64) float lanes[w];
             ((s0 + s1) + (s2 + s3)).store_aligned(lanes);
