@@ -61,6 +61,17 @@ namespace
         return 10.0 * std::log10(s / e);
     }
 
+    /// Two candidate_sums equal in every field, bit for bit.
+    template <class S>
+    void check_same_sums(const S& a, const S& b)
+    {
+        CHECK(a.xq == b.xq);
+        CHECK(a.qq == b.qq);
+        CHECK(a.q == b.q);
+        CHECK(a.x == b.x);
+        CHECK(a.n == b.n);
+    }
+
     quant_spec spec_of(granularity_kind g, std::size_t group, int bits, scheme_kind sch, scale_search scales)
     {
         quant_spec s;
@@ -120,21 +131,14 @@ TEST_CASE("the SIMD candidate sums equal the reference bit for bit")
             {
                 const auto a = kernels::reference::candidate_sums_span<double, half_to_even>(x.data(), n, *c);
                 const auto b = kernels::simd::candidate_sums_span<double, half_to_even>(x.data(), n, *c);
-                CHECK(a.xq == b.xq);
-                CHECK(a.qq == b.qq);
-                CHECK(a.q == b.q);
-                CHECK(a.x == b.x);
+                check_same_sums(a, b);
                 const auto a2 = kernels::reference::candidate_sums_span<double, half_away_from_zero>(x.data(), n, *c);
                 const auto b2 = kernels::simd::candidate_sums_span<double, half_away_from_zero>(x.data(), n, *c);
-                CHECK(a2.xq == b2.xq);
-                CHECK(a2.qq == b2.qq);
+                check_same_sums(a2, b2);
                 // the float sums (one fused multiply-add a product where the target fuses)
                 const auto f = kernels::reference::candidate_sums_span<float, half_to_even>(x.data(), n, *c);
                 const auto g = kernels::simd::candidate_sums_span<float, half_to_even>(x.data(), n, *c);
-                CHECK(f.xq == g.xq);
-                CHECK(f.qq == g.qq);
-                CHECK(f.q == g.q);
-                CHECK(f.x == g.x);
+                check_same_sums(f, g);
             }
         }
     }
@@ -327,18 +331,10 @@ TEST_CASE("importance: the weighted SIMD candidate sums equal the reference bit 
         {
             const auto d1 = kernels::reference::candidate_sums_span<double, half_to_even>(x.data(), n, *c, w);
             const auto d2 = kernels::simd::candidate_sums_span<double, half_to_even>(x.data(), n, *c, w);
-            CHECK(d1.xq == d2.xq);
-            CHECK(d1.qq == d2.qq);
-            CHECK(d1.q == d2.q);
-            CHECK(d1.x == d2.x);
-            CHECK(d1.n == d2.n);
+            check_same_sums(d1, d2);
             const auto f1 = kernels::reference::candidate_sums_span<float, half_away_from_zero>(x.data(), n, *c, w);
             const auto f2 = kernels::simd::candidate_sums_span<float, half_away_from_zero>(x.data(), n, *c, w);
-            CHECK(f1.xq == f2.xq);
-            CHECK(f1.qq == f2.qq);
-            CHECK(f1.q == f2.q);
-            CHECK(f1.x == f2.x);
-            CHECK(f1.n == f2.n);
+            check_same_sums(f1, f2);
             // the weight total, and unit weights give the unweighted sums
             double total = 0.0;
             for (std::size_t i = 0; i < n; ++i) total += a[i];
@@ -346,9 +342,7 @@ TEST_CASE("importance: the weighted SIMD candidate sums equal the reference bit 
             const std::vector<float> ones(n, 1.0f);
             const auto u1 = kernels::simd::candidate_sums_span<float, half_to_even>(x.data(), n, *c, kernels::element_weights{ones.data()});
             const auto u2 = kernels::simd::candidate_sums_span<float, half_to_even>(x.data(), n, *c);
-            CHECK(u1.xq == u2.xq);
-            CHECK(u1.qq == u2.qq);
-            CHECK(u1.n == u2.n);
+            check_same_sums(u1, u2);
         }
     }
 }

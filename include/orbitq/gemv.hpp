@@ -116,11 +116,7 @@ namespace orbitq
 
         /// Whether kernels::simd::detail::mul_add is a fused multiply-add (one rounding) on the
         /// target.
-#if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
-        inline constexpr bool fused_multiply_add = true;
-#else
-        inline constexpr bool fused_multiply_add = false;
-#endif
+        using kernels::simd::detail::fused_multiply_add;
 
         /// Roundings of one step of an FMA chain: 1, or 2 without a fused multiply-add (x86-64
         /// baseline SSE2).

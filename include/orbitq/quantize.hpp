@@ -80,13 +80,10 @@ namespace orbitq
                                                             + std::to_string(spec.importance.size) + " weights");
             }
             const auto a = spec.importance.values();
-            for (std::size_t c = 0; c < a.size(); ++c)
+            if (const std::size_t c = first_invalid_importance(a); c < a.size())
             {
-                if (!(a[c] >= 0.0f) || !std::isfinite(a[c]))
-                {
-                    throw error(error_kind::invalid_argument, "tensor '" + w.name + "': importance of column " + std::to_string(c) + " is "
-                                                                  + std::to_string(a[c]) + "; weights must be finite and >= 0");
-                }
+                throw error(error_kind::invalid_argument, "tensor '" + w.name + "': importance of column " + std::to_string(c) + " is "
+                                                              + std::to_string(a[c]) + "; weights must be finite and >= 0");
             }
         }
 

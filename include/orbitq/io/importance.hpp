@@ -21,7 +21,6 @@
 #include "orbitq/io/safetensors_writer.hpp"
 #include "orbitq/policy/quant_spec.hpp"
 
-#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -147,13 +146,10 @@ namespace orbitq::io
             {
                 throw error(error_kind::invalid_argument, where + ": " + std::to_string(values.size()) + " values do not make " + std::to_string(rows) + " rows");
             }
-            for (std::size_t i = 0; i < values.size(); ++i)
+            if (const std::size_t i = first_invalid_importance(values); i < values.size())
             {
-                if (!(values[i] >= 0.0f) || !std::isfinite(values[i]))
-                {
-                    throw error(m_source.empty() ? error_kind::invalid_argument : error_kind::format,
-                                where + ": value " + std::to_string(values[i]) + " at " + std::to_string(i) + "; importance is finite and >= 0");
-                }
+                throw error(m_source.empty() ? error_kind::invalid_argument : error_kind::format,
+                            where + ": value " + std::to_string(values[i]) + " at " + std::to_string(i) + "; importance is finite and >= 0");
             }
             const std::size_t cols = values.size() / rows;
             m_entries[name] = entry{column_importance::of(std::move(values)), rows, cols};

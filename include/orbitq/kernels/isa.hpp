@@ -93,6 +93,24 @@ namespace orbitq::kernels::simd
 
     namespace detail
     {
+        /// Whether the target has a fused multiply-add, so that mul_add rounds once (else twice:
+        /// x86-64 baseline SSE2).
+#if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
+        inline constexpr bool fused_multiply_add = true;
+#else
+        inline constexpr bool fused_multiply_add = false;
+#endif
+
+        /// a * b + c for scalars, rounded as the batch mul_add below rounds on this target
+        /// (std::fma where it fuses), so scalar references and vector kernels agree to the bit
+        /// whatever the compiler's contraction of a * b + c.
+        template <std::floating_point V>
+        inline V mul_add(V a, V b, V c) noexcept
+        {
+            if constexpr (fused_multiply_add) return std::fma(a, b, c);
+            else return a * b + c;
+        }
+
         /// a * b + c for batches, rounded once where the target has a fused multiply-add (its
         /// instruction: xsimd 8's fma on AVX-512 is a multiply and an add, which the compiler
         /// contracts or not depending on the optimization level) and twice where it has not (a
@@ -133,9 +151,7 @@ namespace orbitq::kernels::simd
             else
 #endif
             {
-#if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
-                static_assert(sizeof(V) == 0, "a fused multiply-add target needs its instruction here");
-#endif
+                static_assert(!fused_multiply_add || sizeof(V) == 0, "a fused multiply-add target needs its instruction here");
                 return a * b + c;
             }
         }

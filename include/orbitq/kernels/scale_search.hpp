@@ -49,23 +49,6 @@
 #include <limits>
 #include <string>
 
-namespace orbitq::detail::mse
-{
-    /// a * b + c, rounded once where the target has a fused multiply-add and twice where it has
-    /// not: the operation kernels::simd::detail::mul_add performs on that target, so that scalar
-    /// and vector code agree to the bit, and written out so that the compiler's contraction of
-    /// a * b + c cannot change it.
-    template <class V>
-    inline V mul_add(V a, V b, V c) noexcept
-    {
-#if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
-        return std::fma(a, b, c);
-#else
-        return a * b + c;
-#endif
-    }
-}
-
 namespace orbitq::kernels
 {
     /// @brief Every element of an orbit weighs 1: the unweighted sums.
@@ -107,8 +90,8 @@ namespace orbitq::kernels::reference
             {
                 const V qv = encode<R>(xf, c[k]);
                 const V aq = qv * av;
-                s.xq[k] = orbitq::detail::mse::mul_add(xv, qv, s.xq[k]);  // unweighted: exact in double
-                s.qq[k] = orbitq::detail::mse::mul_add(aq, qv, s.qq[k]);
+                s.xq[k] = simd::detail::mul_add(xv, qv, s.xq[k]);  // unweighted: exact in double
+                s.qq[k] = simd::detail::mul_add(aq, qv, s.qq[k]);
                 s.q[k] += aq;
             }
         }
@@ -160,32 +143,17 @@ namespace orbitq::kernels::simd
             for (std::size_t i = 0; i < n; ++i)
             {
                 const float xf = to_float(x[i]);
-                const float_batch xb(xf);
-                if constexpr (W::weighted)
+                const float ax = xf * a[i];  // unweighted: xf
+                const float_batch xb(xf), axb(ax), ab(a[i]);
+                fx += ax;
+                if constexpr (W::weighted) total += static_cast<double>(a[i]);
+                for (std::size_t f = 0; f < F; ++f)
                 {
-                    const float ax = xf * a[i];
-                    const float_batch axb(ax), ab(a[i]);
-                    fx += ax;
-                    total += static_cast<double>(a[i]);
-                    for (std::size_t f = 0; f < F; ++f)
-                    {
-                        const float_batch code = code_of(xb, f);
-                        const float_batch aq = code * ab;
-                        fxq[f] = detail::mul_add(axb, code, fxq[f]);
-                        fqq[f] = detail::mul_add(aq, code, fqq[f]);
-                        fqs[f] += aq;
-                    }
-                }
-                else
-                {
-                    fx += xf;
-                    for (std::size_t f = 0; f < F; ++f)
-                    {
-                        const float_batch code = code_of(xb, f);
-                        fxq[f] = detail::mul_add(xb, code, fxq[f]);
-                        fqq[f] = detail::mul_add(code, code, fqq[f]);
-                        fqs[f] += code;
-                    }
+                    const float_batch code = code_of(xb, f);
+                    const float_batch aq = W::weighted ? code * ab : code;
+                    fxq[f] = detail::mul_add(axb, code, fxq[f]);
+                    fqq[f] = detail::mul_add(aq, code, fqq[f]);
+                    fqs[f] += aq;
                 }
             }
             candidate_sums<K, float> s;
@@ -241,6 +209,8 @@ namespace orbitq::kernels::simd
 
 namespace orbitq::detail::mse
 {
+    using kernels::simd::detail::mul_add;
+
     /// The number of candidates.
     inline constexpr std::size_t candidate_count = 16;
 

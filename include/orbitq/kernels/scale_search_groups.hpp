@@ -37,7 +37,7 @@ namespace orbitq::detail::mse
         using fbatch = kernels::simd::float_batch;
         using dbatch = xsimd::batch<double, kernels::simd::arch_type>;
         inline constexpr std::size_t halves = 2;  // double batches per float batch
-        /// One rounding where the target fuses, as detail::mse::mul_add (the reference's).
+        /// One rounding where the target fuses, as the reference's scalar mul_add.
         using kernels::simd::detail::mul_add;
         static_assert(dbatch::size * halves == lanes);
 

@@ -8,6 +8,7 @@
 #include "orbitq/kernels/reference.hpp"
 #include "orbitq/policy/scheme.hpp"
 
+#include <cmath>
 #include <cstddef>
 #include <memory>
 #include <span>
@@ -114,6 +115,17 @@ namespace orbitq
         /// @brief The same weights object (not an element-wise comparison).
         friend bool operator==(const column_importance& a, const column_importance& b) noexcept { return a.data == b.data && a.size == b.size; }
     };
+
+    /// @brief The index of the first importance weight that is negative, NaN or infinite
+    ///        (importance is finite and >= 0), or v.size() when there is none.
+    inline std::size_t first_invalid_importance(std::span<const float> v) noexcept
+    {
+        for (std::size_t i = 0; i < v.size(); ++i)
+        {
+            if (!(v[i] >= 0.0f) || !std::isfinite(v[i])) return i;
+        }
+        return v.size();
+    }
 
     /// @brief A complete, run-time description of a quantization policy and its options.
     struct quant_spec
