@@ -27,6 +27,9 @@ namespace gemma_test
         ~scratch() { std::filesystem::remove_all(dir); }
     };
 
+    /// The prefix of Gemma 4's decoder-layer tensor names.
+    inline const std::string layer_prefix = "model.language_model.layers.";
+
     /// What one run of the tool returned and printed.
     struct cli_result
     {

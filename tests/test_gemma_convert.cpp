@@ -30,9 +30,9 @@ using nlohmann::json;
 namespace
 {
     /// This file's scratch directory.
-    struct scratch : gemma_test::scratch
+    struct convert_scratch : gemma_test::scratch
     {
-        scratch() : gemma_test::scratch("orbitq_test_gemma") {}
+        convert_scratch() : gemma_test::scratch("orbitq_test_gemma") {}
     };
     using gemma_test::cli;
     using gemma_test::cli_result;
@@ -89,12 +89,12 @@ namespace
         return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16);
     }
 
-    const std::string P = "model.language_model.layers.";
+    using gemma_test::layer_prefix;
 }
 
 TEST_CASE("write a synthetic checkpoint, convert it, read the output back independently")
 {
-    scratch s;
+    convert_scratch s;
     const fs::path in = s.dir / "in", out = s.dir / "out", report = s.dir / "report.json";
     auto w = cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "4", "--quiet"});
     REQUIRE_MESSAGE(w.rc == 0, w.err);
@@ -128,7 +128,7 @@ TEST_CASE("write a synthetic checkpoint, convert it, read the output back indepe
     // Stacked expert tensors are gone; per-expert Linears replace them; the rest is copied.
     for (int layer = 0; layer < 2; ++layer)
     {
-        const std::string p = P + std::to_string(layer) + ".";
+        const std::string p = layer_prefix + std::to_string(layer) + ".";
         CHECK_FALSE(dst.has(p + "experts.gate_up_proj"));
         CHECK_FALSE(dst.has(p + "experts.down_proj"));
         for (std::size_t e = 0; e < E; ++e)
@@ -170,18 +170,18 @@ TEST_CASE("write a synthetic checkpoint, convert it, read the output back indepe
     CHECK(rep["gates"]["layer"]["passed"] == true);
     CHECK(rep["config"]["granularity"] == "per_channel");
     const json& t0 = rep["layers"][0]["tensors"][0];
-    REQUIRE(t0["name"] == P + "0.experts.gate_up_proj");
+    REQUIRE(t0["name"] == layer_prefix + "0.experts.gate_up_proj");
     CHECK(t0["shape"] == json::array({E, 2 * I, H}));
     CHECK(t0["granularity"] == "per_channel");
     CHECK(t0["bits"] == 8);
     double ref2 = 0, err2 = 0, dot = 0, rec2 = 0, maxerr = 0;
     std::size_t beyond_half_step = 0;
-    const char* stacked = src.ptr(P + "0.experts.gate_up_proj");
+    const char* stacked = src.ptr(layer_prefix + "0.experts.gate_up_proj");
     for (std::size_t e = 0; e < E; ++e)
     {
         for (std::size_t half = 0; half < 2; ++half)
         {
-            const std::string b = P + "0.experts." + std::to_string(e) + (half ? ".up_proj" : ".gate_proj");
+            const std::string b = layer_prefix + "0.experts." + std::to_string(e) + (half ? ".up_proj" : ".gate_proj");
             // Little-endian words holding 8-bit values at bits 8j: byte c of a row is column c,
             // stored as code + 128.
             const auto* packed = reinterpret_cast<const std::uint8_t*>(dst.ptr(b + ".weight_packed"));
@@ -234,7 +234,7 @@ TEST_CASE("write a synthetic checkpoint, convert it, read the output back indepe
                    "asymmetric", "--compare", "per_group:32", "--layers", "1", "--tokens", "2", "--quiet"});
     CHECK((r4.rc == 0 || r4.rc == 2));
     const st_dir d4(out4);
-    const std::string b4 = P + "1.experts.3.down_proj";
+    const std::string b4 = layer_prefix + "1.experts.3.down_proj";
     CHECK(d4.entry(b4 + ".weight_packed")["dtype"] == "I32");
     CHECK(d4.entry(b4 + ".weight_packed")["shape"] == json::array({H, I / 8}));
     CHECK(d4.entry(b4 + ".weight_shape")["shape"] == json::array({2}));
@@ -242,7 +242,7 @@ TEST_CASE("write a synthetic checkpoint, convert it, read the output back indepe
     // zero points packed along the output dimension: eight rows per int32 word
     CHECK(d4.entry(b4 + ".weight_zero_point")["dtype"] == "I32");
     CHECK(d4.entry(b4 + ".weight_zero_point")["shape"] == json::array({H / 8, I / 32}));
-    CHECK(d4.has(P + "0.experts.gate_up_proj"));  // layer 0 not selected: copied unchanged
+    CHECK(d4.has(layer_prefix + "0.experts.gate_up_proj"));  // layer 0 not selected: copied unchanged
     const json cfg4 = json::parse(std::ifstream(out4 / "config.json"));
     CHECK(cfg4["quantization_config"]["format"] == "pack-quantized");
     CHECK(cfg4["quantization_config"]["config_groups"]["group_0"]["weights"]["group_size"] == 32);
@@ -251,7 +251,7 @@ TEST_CASE("write a synthetic checkpoint, convert it, read the output back indepe
         const auto* packed = reinterpret_cast<const std::uint8_t*>(d4.ptr(b4 + ".weight_packed"));
         const char* sc = d4.ptr(b4 + ".weight_scale");
         const char* zpw = d4.ptr(b4 + ".weight_zero_point");
-        const char* srcd = src.ptr(P + "1.experts.down_proj");
+        const char* srcd = src.ptr(layer_prefix + "1.experts.down_proj");
         const std::size_t row = 5;
         for (std::size_t c = 0; c < I; ++c)
         {
@@ -273,7 +273,7 @@ TEST_CASE("write a synthetic checkpoint, convert it, read the output back indepe
 
 TEST_CASE("malformed checkpoints and bad options: exit status 1 with a message saying what to do")
 {
-    scratch s;
+    convert_scratch s;
     // A truncated header.
     const fs::path bad = s.dir / "bad";
     fs::create_directories(bad);
@@ -323,7 +323,7 @@ TEST_CASE("malformed checkpoints and bad options: exit status 1 with a message s
 
 TEST_CASE("analyze subcommand: per-candidate costs and selection on a small synthetic checkpoint")
 {
-    scratch s;
+    convert_scratch s;
     const fs::path in = s.dir / "in", report = s.dir / "a.json";
     REQUIRE(cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "2", "--quiet"}).rc == 0);
     auto r = cli({"analyze", "--checkpoint", in.string(), "--layers", "1", "--candidates", "per_tensor,per_channel,per_group:32@4/asym",
@@ -332,7 +332,7 @@ TEST_CASE("analyze subcommand: per-candidate costs and selection on a small synt
     const json a = json::parse(std::ifstream(report));
     REQUIRE(a["tensors"].size() == 2);
     const json& t = a["tensors"][0];
-    CHECK(t["name"] == P + "1.experts.gate_up_proj");
+    CHECK(t["name"] == layer_prefix + "1.experts.gate_up_proj");
     REQUIRE(t["candidates"].size() == 3);
     // On this layer's outliers, per-channel beats per-tensor, and the selection is per_channel int8.
     CHECK(t["candidates"][1]["sqnr_db"].get<double>() > t["candidates"][0]["sqnr_db"].get<double>());
@@ -356,7 +356,7 @@ TEST_CASE("analyze subcommand: per-candidate costs and selection on a small synt
 
 TEST_CASE("analyze PATH: any safetensors file, not only Gemma's names")
 {
-    scratch s;
+    convert_scratch s;
     const fs::path file = s.dir / "other.safetensors", report = s.dir / "any.json";
     std::vector<float> conv(16 * 3 * 3 * 3), proj(24 * 64), bias(24);
     for (std::size_t i = 0; i < conv.size(); ++i) conv[i] = 0.01f * float(int(i % 19) - 9);

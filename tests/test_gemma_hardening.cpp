@@ -26,14 +26,14 @@ using nlohmann::json;
 namespace
 {
     /// This file's scratch directory.
-    struct scratch : gemma_test::scratch
+    struct hardening_scratch : gemma_test::scratch
     {
-        scratch() : gemma_test::scratch("orbitq_test_gemma_hardening") {}
+        hardening_scratch() : gemma_test::scratch("orbitq_test_gemma_hardening") {}
     };
     using gemma_test::cli;
     using gemma_test::cli_result;
 
-    const std::string P = "model.language_model.layers.";
+    using gemma_test::layer_prefix;
 
     /// Overwrites element `index` of BF16 tensor `name` of checkpoint `dir` with `bits`, in place
     /// (header parsed independently of orbitq's reader).
@@ -59,7 +59,7 @@ namespace
 
 TEST_CASE("--granularity auto: per layer the cheapest candidate meeting the target on every projection; the output follows it")
 {
-    scratch s;
+    hardening_scratch s;
     const fs::path in = s.dir / "in", out = s.dir / "out", report = s.dir / "r.json";
     REQUIRE(cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "2", "--quiet"}).rc == 0);
 
@@ -78,7 +78,7 @@ TEST_CASE("--granularity auto: per layer the cheapest candidate meeting the targ
         const std::string chosen = t["chosen"];
         // Layer 1 of the synthetic model has the outliers that make per-tensor fail (layer 0 is
         // mild enough for per-tensor int8).
-        if (t["name"].get<std::string>().rfind(P + "1.", 0) == 0) CHECK_MESSAGE(chosen.find("per_tensor") == std::string::npos, chosen);
+        if (t["name"].get<std::string>().rfind(layer_prefix + "1.", 0) == 0) CHECK_MESSAGE(chosen.find("per_tensor") == std::string::npos, chosen);
         CHECK_MESSAGE(chosen.find("int8") != std::string::npos, chosen);
         CHECK(!t["reason"].get<std::string>().empty());
         CHECK(r.out.find(t["reason"].get<std::string>()) != std::string::npos);
@@ -86,15 +86,15 @@ TEST_CASE("--granularity auto: per layer the cheapest candidate meeting the targ
     CHECK(rep["config"]["granularity"] == "auto");
     // The layer report names each tensor's own granularity, equal to the choice.
     const json& t0 = rep["layers"][1]["tensors"][0];
-    CHECK(t0["name"] == P + "1.experts.gate_up_proj");
+    CHECK(t0["name"] == layer_prefix + "1.experts.gate_up_proj");
     CHECK(t0["granularity"] != "per_tensor");
     CHECK(t0["cos"].get<double>() >= 0.9999);
     // The written checkpoint's config records the choice(s); its tensors exist with those layouts.
     const json cfg = read_json(out / "config.json");
     CHECK(cfg["quantization_config"]["quant_method"] == "compressed-tensors");
     const json idx = read_json(out / "model.safetensors.index.json");
-    CHECK(idx["weight_map"].contains(P + "0.experts.1.down_proj.weight_scale"));
-    CHECK(!idx["weight_map"].contains(P + "0.experts.down_proj"));
+    CHECK(idx["weight_map"].contains(layer_prefix + "0.experts.1.down_proj.weight_scale"));
+    CHECK(!idx["weight_map"].contains(layer_prefix + "0.experts.down_proj"));
 
     // --scales mse: the searched twins join the candidates; at equal bits per weight the higher
     // SQNR wins, so each layer's choice (other than per_tensor, which has no twin) is searched.
@@ -130,8 +130,8 @@ TEST_CASE("--granularity auto: per layer the cheapest candidate meeting the targ
     for (const auto& t : auto_rep["auto"]["tensors"]) CHECK(t["chosen"].get<std::string>().find("int4") != std::string::npos);
     // int4 tensors are packed; layer 1 (not selected) is copied stacked.
     const json idx4 = read_json(out4 / "model.safetensors.index.json");
-    CHECK(idx4["weight_map"].contains(P + "0.experts.0.gate_proj.weight_packed"));
-    CHECK(idx4["weight_map"].contains(P + "1.experts.gate_up_proj"));
+    CHECK(idx4["weight_map"].contains(layer_prefix + "0.experts.0.gate_proj.weight_packed"));
+    CHECK(idx4["weight_map"].contains(layer_prefix + "1.experts.gate_up_proj"));
     const json qc4 = read_json(out4 / "config.json")["quantization_config"];
     REQUIRE(!qc4["config_groups"].empty());
     for (const auto& [k, g] : qc4["config_groups"].items()) CHECK(g["weights"]["num_bits"] == 4);
@@ -143,7 +143,7 @@ TEST_CASE("--granularity auto: per layer the cheapest candidate meeting the targ
 
 TEST_CASE("root cause of the first layer failing per-tensor: rows, weights, condition number in stdout and report")
 {
-    scratch s;
+    hardening_scratch s;
     const fs::path report = s.dir / "r.json";
     auto r = cli({"--layers", "13", "--tokens", "3", "--quiet", "--report", report.string()});
     REQUIRE_MESSAGE(r.rc != 1, r.err);
@@ -171,12 +171,12 @@ TEST_CASE("root cause of the first layer failing per-tensor: rows, weights, cond
 
 TEST_CASE("NaN/Inf in an expert weight: exit 1 naming tensor and (expert, row, column); --skip-nonfinite copies it")
 {
-    scratch s;
+    hardening_scratch s;
     const fs::path in = s.dir / "in", out = s.dir / "out", report = s.dir / "r.json";
     REQUIRE(cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "3", "--quiet"}).rc == 0);
     const orbitq::moe::config c = orbitq::moe::config_from_json(read_json(in / "config.json"), gemma4::default_config());
     // down_proj [E, H, I]: expert 2, row 5, column 7 := NaN (bf16 0x7fc0).
-    const std::string down = P + "1.experts.down_proj";
+    const std::string down = layer_prefix + "1.experts.down_proj";
     poke_bf16(in, down, (2 * c.hidden + 5) * c.expert_intermediate + 7, 0x7fc0);
 
     auto r = cli({"--checkpoint", in.string(), "--out", out.string(), "--quiet", "--tokens", "2"});
@@ -196,10 +196,10 @@ TEST_CASE("NaN/Inf in an expert weight: exit 1 naming tensor and (expert, row, c
     // a MoE layer only with gate, up and down in one scheme. The other layer is converted.
     const json idx = read_json(out / "model.safetensors.index.json");
     CHECK(idx["weight_map"].contains(down));
-    CHECK(idx["weight_map"].contains(P + "1.experts.gate_up_proj"));
-    CHECK(!idx["weight_map"].contains(P + "1.experts.0.down_proj.weight_packed"));
-    CHECK(!idx["weight_map"].contains(P + "1.experts.0.gate_proj.weight_packed"));
-    CHECK(idx["weight_map"].contains(P + "0.experts.0.down_proj.weight_packed"));
+    CHECK(idx["weight_map"].contains(layer_prefix + "1.experts.gate_up_proj"));
+    CHECK(!idx["weight_map"].contains(layer_prefix + "1.experts.0.down_proj.weight_packed"));
+    CHECK(!idx["weight_map"].contains(layer_prefix + "1.experts.0.gate_proj.weight_packed"));
+    CHECK(idx["weight_map"].contains(layer_prefix + "0.experts.0.down_proj.weight_packed"));
     const json& gate_up_report = rep["layers"][1]["tensors"][0];
     CHECK(gate_up_report["quantized"] == false);
     CHECK(gate_up_report["skipped"].get<std::string>().find(down) != std::string::npos);
@@ -210,7 +210,7 @@ TEST_CASE("NaN/Inf in an expert weight: exit 1 naming tensor and (expert, row, c
     CHECK_MESSAGE(ignored, qc["ignore"].dump());
 
     // An infinity in gate_up is named too.
-    poke_bf16(in, P + "0.experts.gate_up_proj", 3, 0x7f80);
+    poke_bf16(in, layer_prefix + "0.experts.gate_up_proj", 3, 0x7f80);
     r = cli({"--checkpoint", in.string(), "--quiet", "--tokens", "2"});
     CHECK(r.rc == 1);
     CHECK(r.err.find("expert 0, row 0, column 3") != std::string::npos);
@@ -218,7 +218,7 @@ TEST_CASE("NaN/Inf in an expert weight: exit 1 naming tensor and (expert, row, c
 
 TEST_CASE("--out: refused when it exists (unless --force, which replaces it) or lies inside the input")
 {
-    scratch s;
+    hardening_scratch s;
     const fs::path in = s.dir / "in", out = s.dir / "out";
     REQUIRE(cli({"--write-synthetic", in.string(), "--synthetic-layers", "1", "--experts", "2", "--quiet"}).rc == 0);
     fs::create_directories(out);

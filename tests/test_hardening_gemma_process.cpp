@@ -40,15 +40,15 @@ namespace
         return fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "bin" / "orbitq-gemma";
     }
 
-    struct scratch
+    struct process_scratch
     {
         fs::path dir = fs::temp_directory_path() / ("orbitq_test_hardening_" + std::to_string(::getpid()));
-        scratch()
+        process_scratch()
         {
             fs::remove_all(dir);
             fs::create_directories(dir);
         }
-        ~scratch() { fs::remove_all(dir); }
+        ~process_scratch() { fs::remove_all(dir); }
     };
 
     /// Starts the binary with args (stdout/stderr to `log`), optionally under a file size limit.
@@ -150,7 +150,7 @@ TEST_SUITE("hardening")
     TEST_CASE("kill -9 at random moments leaves no incomplete file under a final name; a rerun completes" * doctest::skip())
     {
         REQUIRE_MESSAGE(fs::exists(gemma_binary()), "build orbitq-gemma first (or set ORBITQ_GEMMA): " << gemma_binary());
-        scratch s;
+        process_scratch s;
         const fs::path in = s.dir / "in", out = s.dir / "out", log = s.dir / "run.log";
         REQUIRE(run({"--write-synthetic", in.string(), "--synthetic-layers", "3", "--experts", "4", "--quiet"}, log) == 0);
         const std::vector<std::string> args = {"--checkpoint", in.string(), "--out", out.string(), "--tokens", "2", "--quiet", "--threads", "1",
@@ -188,7 +188,7 @@ TEST_SUITE("hardening")
     TEST_CASE("a file size limit (full disk): exit 1 with a clear message, no partial file left" * doctest::skip())
     {
         REQUIRE_MESSAGE(fs::exists(gemma_binary()), "build orbitq-gemma first (or set ORBITQ_GEMMA): " << gemma_binary());
-        scratch s;
+        process_scratch s;
         const fs::path in = s.dir / "in", out = s.dir / "out", log = s.dir / "run.log";
         REQUIRE(run({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "2", "--quiet"}, log) == 0);
         // Each shard of this conversion is several MiB; 1 MiB files cannot hold one.

@@ -11,7 +11,7 @@ using namespace orbitq;
 
 namespace
 {
-    std::vector<float> random_values(std::size_t n, unsigned seed)
+    std::vector<float> random_floats(std::size_t n, unsigned seed)
     {
         std::mt19937 gen(seed);
         std::normal_distribution<float> d(0.0f, 1.0f);
@@ -29,7 +29,7 @@ namespace
 
 TEST_CASE_TEMPLATE("combine is associative and has a two-sided identity", S, abs_max, min_max, sum_squares)
 {
-    const auto v = random_values(300, 7);
+    const auto v = random_floats(300, 7);
     for (std::size_t i = 0; i < 50; ++i)
     {
         const S a = S::observe(v[i]);
@@ -70,7 +70,7 @@ TEST_CASE("statistics of hand-computed orbits")
 
 TEST_CASE("min_max maps homomorphically onto abs_max")
 {
-    const auto v = random_values(200, 3);
+    const auto v = random_floats(200, 3);
     for (std::size_t i = 1; i < 100; ++i)
     {
         const auto a = stat_of<min_max>(v, 0, i);
@@ -93,7 +93,7 @@ TEST_CASE("one pass yields group, row and tensor statistics that nest")
     const std::size_t rows = 5;
     for (std::size_t cols : {1u, 7u, 32u, 33u, 96u, 100u})
     {
-        const auto v = random_values(rows * cols, static_cast<unsigned>(cols));
+        const auto v = random_floats(rows * cols, static_cast<unsigned>(cols));
         const auto w = make_view(v.data(), rows, cols, "w");
         for (std::size_t group : {1u, 8u, 32u})
         {
