@@ -19,7 +19,7 @@ fail=0
 say() { printf '%s\n' "$*"; }
 bad() { say "FAIL: $*"; fail=1; }
 
-"$gemma" --write-synthetic src --synthetic-layers 3 --experts 4 --quiet
+"$gemma" --write-synthetic src --synthetic-layers 2 --experts 2 --quiet
 # convert NAME EXPECTED_RC CHECKER_FLAGS -- ORBITQ_FLAGS...
 convert() {
   name="$1"; want="$2"; flags="$3"; shift 4
