@@ -112,6 +112,26 @@ TEST_CASE("--scales: amax or mse; mse refused where it cannot search")
     CHECK(r.out.find("mse scales") != std::string::npos);
 }
 
+TEST_CASE("--scales mse_signed: negative scales in the report's spec; refused with a zero point or float codes")
+{
+    refused(quick({"--scales", "mse_signed", "--scheme", "asymmetric"}), "mse_signed");
+    refused(quick({"--scales", "mse_signed", "--scheme", "nvfp4"}), "mse_signed");
+    refused(quick({"--scales", "mse_signed", "--granularity", "per_tensor"}), "--scales mse");
+    refused({"--quiet", "--experts", "2", "--synthetic-layers", "1", "analyze", "--candidates", "per_group:32@4/asym/mse_signed"}, "/mse_signed");
+    gemma_test::scratch s("orbitq_test_signed_scales");
+    const std::string report = (s.dir / "report.json").string();
+    const auto r = cli(quick({"--scales", "mse_signed", "--bits", "4", "--granularity", "per_group:32", "--report", report}));
+    CHECK_MESSAGE((r.rc == 0 || r.rc == 2), r.err);
+    CHECK(r.out.find("mse_signed scales") != std::string::npos);
+    std::ifstream in(report);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(text.find("\"scales\": \"mse_signed\"") != std::string::npos);
+    const auto a = cli({"--quiet", "--experts", "2", "--synthetic-layers", "1", "--layers", "0", "analyze", "--candidates",
+                        "per_group:32@4/mse,per_group:32@4/mse_signed"});
+    CHECK_MESSAGE(a.rc == 0, a.err);
+    CHECK(a.out.find("per_group:32 int4 symmetric mse signed") != std::string::npos);
+}
+
 TEST_CASE("--scheme fp8_e4m3 | mxfp4 | nvfp4: conflicting flags are refused, the formats run")
 {
     refused(quick({"--scheme", "bogus"}), "--scheme");

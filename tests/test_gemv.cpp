@@ -39,6 +39,14 @@ namespace
         return q;
     }
 
+    /// `q` with the mse search's scales of either sign (quant_spec::signed_scales).
+    quant_spec signed_mse(quant_spec q)
+    {
+        q.scales = scale_search::mse;
+        q.signed_scales = true;
+        return q;
+    }
+
     /// Every supported layout, including group sizes that are not a multiple of the SIMD width and
     /// a ragged last group (these take the widened-row path).
     std::vector<case_spec> all_layouts(std::size_t cols)
@@ -60,6 +68,9 @@ namespace
         }
         out.push_back({make_spec(granularity_kind::per_channel, 8, scheme_kind::symmetric, 0, false, symmetric_range::full),
                        "int8 sym full-range per_channel"});
+        // negative scales (the signed search): codes x scale as any other
+        out.push_back({signed_mse(make_spec(granularity_kind::per_channel, 8, scheme_kind::symmetric)), "int8 sym per_channel mse signed"});
+        out.push_back({signed_mse(make_spec(granularity_kind::per_group, 4, scheme_kind::symmetric, 32, true)), "int4 sym g32 ragged mse signed"});
         // float codes: E4M3 in every layout (blocks of 4 x 16 and 128 x 128), E2M1 groups
         // (ragged where 32 or 16 does not divide the row: the widened path)
         for (granularity_kind g : {granularity_kind::per_tensor, granularity_kind::per_channel})
@@ -452,6 +463,8 @@ namespace
             out.push_back({make_spec(granularity_kind::per_group, 4, s, 32, true), tag + " g32 ragged"});
             out.push_back({make_spec(granularity_kind::per_group, 4, s, 64, true), tag + " g64 ragged"});
         }
+        out.push_back({signed_mse(make_spec(granularity_kind::per_group, 4, scheme_kind::symmetric, 32, true)), "int4 sym g32 ragged mse signed"});
+        out.push_back({signed_mse(make_spec(granularity_kind::per_channel, 4, scheme_kind::symmetric)), "int4 sym per_channel mse signed"});
         return out;
     }
 

@@ -99,6 +99,44 @@ TEST_CASE("a hand-computed orbit: the refit scale of amax's own codes")
     CHECK(q.spec.describe() == "per_channel int4 symmetric mse");
 }
 
+TEST_CASE("signed scales: a hand-computed orbit whose extreme is positive takes the code -8")
+{
+    // int4 symmetric, one orbit {1.0, 0.9}: the positive search's best is the refit of (7, 6),
+    // error 1.81 - 12.4^2 / 85 = 0.00106 (the case above); with a negative scale the codes
+    // (-8, -7) refit to (-8 - 6.3) / 113 = -0.126549, error 1.81 - 14.3^2 / 113 = 0.00035.
+    const std::vector<float> x = {1.0f, 0.9f};
+    const auto v = make_view<float>(x.data(), 1, 2);
+    auto s = spec_of(granularity_kind::per_channel, 0, 4, scheme_kind::symmetric, scale_search::mse);
+    s.signed_scales = true;
+    const auto q = quantize(v, s);
+    CHECK(q.code(0, 0) == -8);
+    CHECK(q.code(0, 1) == -7);
+    CHECK(q.scales[0] == doctest::Approx(-(8.0 + 7.0 * static_cast<double>(0.9f)) / 113.0).epsilon(1e-6));
+    CHECK(q.spec.describe() == "per_channel int4 symmetric mse signed");
+    // a negative extreme: the same result as the positive search
+    const std::vector<float> y = {-1.0f, -0.9f};
+    const auto vy = make_view<float>(y.data(), 1, 2);
+    const auto qs = quantize(vy, s), qp = quantize(vy, spec_of(granularity_kind::per_channel, 0, 4, scheme_kind::symmetric, scale_search::mse));
+    CHECK(qs.scales == qp.scales);
+    CHECK(qs.scales[0] > 0.0f);
+    CHECK(qs.code(0, 0) == -8);
+}
+
+TEST_CASE("signed scales: refused where no search chooses them")
+{
+    const std::vector<float> x = {1.0f, 0.9f, -0.2f, 0.1f};
+    const auto v = make_view<float>(x.data(), 1, 4);
+    auto s = spec_of(granularity_kind::per_channel, 0, 4, scheme_kind::symmetric, scale_search::amax);
+    s.signed_scales = true;
+    CHECK_THROWS_AS(quantize(v, s), error);  // amax scales
+    s = spec_of(granularity_kind::per_channel, 0, 4, scheme_kind::asymmetric, scale_search::mse);
+    s.signed_scales = true;
+    CHECK_THROWS_AS(quantize(v, s), error);  // a zero point, not a sign
+    s = spec_of(granularity_kind::per_channel, 0, 8, scheme_kind::fp8_e4m3, scale_search::mse);
+    s.signed_scales = true;
+    CHECK_THROWS_AS(quantize(v, s), error);  // float codes
+}
+
 TEST_CASE("a zero orbit stays zero; the full code range is used; divide is refused")
 {
     std::vector<float> x(64, 0.0f);
@@ -123,9 +161,16 @@ TEST_CASE("the SIMD candidate sums equal the reference bit for bit")
         const auto x = weights(997, shape, 11);
         min_max stat = min_max::identity();
         for (float v : x) stat = combine(stat, min_max::observe(v));
-        const auto sym = detail::mse::candidates<symmetric<4>>(stat, encode_params{symmetric<4>::make_params(stat), -7, 7});
-        const auto asym = detail::mse::candidates<asymmetric<8>>(stat, encode_params{asymmetric<8>::make_params(stat), -128, 127});
-        for (const auto* c : {&sym, &asym})
+        const auto sym = detail::mse::candidates<symmetric<4>>(stat, encode_params{symmetric<4>::make_params(stat), -7, 7}, quant_spec{});
+        const auto asym = detail::mse::candidates<asymmetric<8>>(stat, encode_params{asymmetric<8>::make_params(stat), -128, 127}, quant_spec{});
+        // negative scales (quant_spec::signed_scales, an orbit whose extreme is positive)
+        quant_spec signed_spec;
+        signed_spec.signed_scales = true;
+        const min_max positive_extreme{stat.min, std::max(stat.max, -stat.min * 1.25f)};
+        const auto flipped = detail::mse::candidates<symmetric<4>>(
+            positive_extreme, encode_params{symmetric<4>::make_params(positive_extreme), -7, 7}, signed_spec);
+        REQUIRE(flipped[1].params.scale < 0.0f);
+        for (const auto* c : {&sym, &asym, &flipped})
         {
             for (std::size_t n : {std::size_t(1), std::size_t(31), std::size_t(997)})
             {
@@ -207,6 +252,78 @@ TEST_CASE("never worse than amax, orbit by orbit, and the gains on fixed seeds")
     }
 }
 
+TEST_CASE("signed scales: never worse than amax, orbit by orbit; where the extreme is negative, the positive search's result; the gains")
+{
+    const std::size_t rows = 64, cols = 2048;
+    struct want
+    {
+        granularity_kind g;
+        std::size_t group;
+        int bits;
+        double min_gain_db[2];  // Gaussian, Student-t
+        bool ragged = false;
+    };
+    // measured on these seeds (README): int4 per_group 32 +1.63 dB (Gaussian), +1.47 (Student-t)
+    const want cases[] = {
+        {granularity_kind::per_group, 32, 4, {1.5, 1.4}},
+        {granularity_kind::per_group, 64, 4, {1.5, 1.4}},
+        {granularity_kind::per_channel, 0, 4, {2.0, 2.0}},
+        {granularity_kind::per_tensor, 0, 4, {0.5, 0.5}},
+        {granularity_kind::per_group, 32, 8, {0.0, 0.0}},
+        {granularity_kind::per_channel, 0, 8, {0.0, 0.0}},
+        {granularity_kind::per_group, 30, 4, {1.5, 1.4}, true},  // a ragged last group: one orbit at a time
+    };
+    for (const auto shape : {shape_kind::gaussian, shape_kind::student4})
+    {
+        const auto x = weights(rows * cols, shape, 5);
+        const auto v = make_view<float>(x.data(), rows, cols);
+        for (const want& c : cases)
+        {
+            for (const element_type st : {element_type::f32, element_type::bf16})
+            {
+                auto a_spec = spec_of(c.g, c.group, c.bits, scheme_kind::symmetric, scale_search::amax);
+                a_spec.scale_type = st;
+                a_spec.ragged_groups = c.ragged;
+                auto p_spec = a_spec;
+                p_spec.scales = scale_search::mse;
+                auto s_spec = p_spec;
+                s_spec.signed_scales = true;
+                const auto qa = quantize(v, a_spec), qp = quantize(v, p_spec), qs = quantize(v, s_spec, 2);
+                CAPTURE(s_spec.describe());
+                CAPTURE(static_cast<int>(shape));
+                CAPTURE(static_cast<int>(st));
+                const auto ea = orbit_errors(qa, x), es = orbit_errors(qs, x);
+                std::size_t worse = 0, negative = 0, differs = 0;
+                std::vector<min_max> stat(qs.layout.orbits(), min_max::identity());
+                for (std::size_t r = 0; r < rows; ++r)
+                {
+                    for (std::size_t col = 0; col < cols; ++col) stat[qs.orbit(r, col)] = combine(stat[qs.orbit(r, col)], min_max::observe(x[r * cols + col]));
+                }
+                for (std::size_t o = 0; o < ea.size(); ++o)
+                {
+                    worse += es[o] > ea[o] * (1.0 + 1e-9) ? 1 : 0;
+                    negative += qs.scales[o] < 0.0f ? 1 : 0;
+                    // an orbit whose extreme is negative searches exactly as without signed scales
+                    if (!(stat[o].max > -stat[o].min)) differs += qs.scales[o] != qp.scales[o] ? 1 : 0;
+                }
+                CHECK(worse == 0);
+                CHECK(differs == 0);
+                if (c.bits == 4 && c.g != granularity_kind::per_tensor) CHECK(negative > 0);  // (the tensor's extreme is negative)
+                const double gain = sqnr_db(x, es) - sqnr_db(x, ea);
+                CHECK(gain >= c.min_gain_db[shape == shape_kind::gaussian ? 0 : 1]);
+                if (st == element_type::f32)
+                {
+                    std::printf("mse gain %-36s %-8s %+.2f dB (positive scales %+.2f dB)\n", s_spec.describe().c_str(),
+                                shape == shape_kind::gaussian ? "gaussian" : "student4", gain, sqnr_db(x, orbit_errors(qp, x)) - sqnr_db(x, ea));
+                }
+                const auto q1 = quantize(v, s_spec, 1);
+                CHECK(q1.scales == qs.scales);
+                CHECK(std::equal(q1.codes.begin(), q1.codes.end(), qs.codes.begin(), qs.codes.end()));
+            }
+        }
+    }
+}
+
 TEST_CASE("bf16 weights: the same search on the widened values")
 {
     const auto x = weights(32 * 256, shape_kind::student4, 9);
@@ -232,12 +349,13 @@ TEST_CASE("a float batch of symmetric orbits searched at once equals the search 
     {
         for (const element_type st : {element_type::f32, element_type::bf16})
         {
-            for (const bool from_stored : {false, true})
+            for (const auto& [from_stored, signed_scales] : {std::pair{false, false}, std::pair{true, false}, std::pair{false, true}, std::pair{true, true}})
             {
                 const auto x = weights(W * n, n % 2 ? shape_kind::student4 : shape_kind::gaussian, static_cast<unsigned>(n));
                 quant_spec spec = spec_of(granularity_kind::per_group, n, 4, scheme_kind::symmetric, scale_search::mse);
                 spec.scale_type = st;
                 spec.codes_from_stored_scale = from_stored;
+                spec.signed_scales = signed_scales;
                 const float* p[W];
                 min_max stat[W];
                 encode_params amax[W];
@@ -258,19 +376,22 @@ TEST_CASE("a float batch of symmetric orbits searched at once equals the search 
                     return std::pair{amax[l], stored[l]};
                 };
                 search_lanes<symmetric<4>, half_to_even>(p, n, W, amax_of, spec, buf, lanes_out);
-                std::size_t searched = 0;
+                std::size_t searched = 0, negative = 0;
                 for (std::size_t l = 0; l < W; ++l)
                 {
                     CAPTURE(n);
                     CAPTURE(l);
+                    CAPTURE(signed_scales);
                     const choice one = search_span<symmetric<4>, half_to_even>(p[l], n, stat[l], amax[l], stored[l], spec);
                     CHECK(lanes_out[l].stored == one.stored);
                     CHECK(lanes_out[l].encode.params == one.encode.params);
                     CHECK(lanes_out[l].encode.qmin == one.encode.qmin);
                     CHECK(lanes_out[l].encode.qmax == one.encode.qmax);
                     searched += one.stored.scale != stored[l].scale ? 1 : 0;
+                    negative += one.stored.scale < 0.0f ? 1 : 0;
                 }
                 if (n >= 32) CHECK(searched > 0);  // the search moved some scales
+                if (n >= 32 && signed_scales) CHECK(negative > 0);
             }
         }
     }
@@ -322,8 +443,8 @@ TEST_CASE("importance: the weighted SIMD candidate sums equal the reference bit 
     const auto a = importance_of(997, 3);
     min_max stat = min_max::identity();
     for (float v : x) stat = combine(stat, min_max::observe(v));
-    const auto sym = detail::mse::candidates<symmetric<4>>(stat, encode_params{symmetric<4>::make_params(stat), -7, 7});
-    const auto asym = detail::mse::candidates<asymmetric<4>>(stat, encode_params{asymmetric<4>::make_params(stat), -8, 7});
+    const auto sym = detail::mse::candidates<symmetric<4>>(stat, encode_params{symmetric<4>::make_params(stat), -7, 7}, quant_spec{});
+    const auto asym = detail::mse::candidates<asymmetric<4>>(stat, encode_params{asymmetric<4>::make_params(stat), -8, 7}, quant_spec{});
     const kernels::element_weights w{a.data()};
     for (const auto* c : {&sym, &asym})
     {

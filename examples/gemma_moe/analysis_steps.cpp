@@ -34,6 +34,7 @@ namespace orbitq::gemma_cli
                 if (base.scales == scale_search::mse && q.granularity != granularity_kind::per_tensor)
                 {
                     q.scales = scale_search::mse;
+                    q.signed_scales = base.signed_scales && q.scheme == scheme_kind::symmetric;
                     cands.push_back(q);
                 }
             }

@@ -49,7 +49,7 @@ namespace orbitq::gemma_cli
         std::size_t group_size = 32;
         std::string scheme = "symmetric";
         std::string range = "restricted";
-        std::string scales = "amax";           ///< amax (the scheme's formula) or mse (orbitq::scale_search::mse)
+        std::string scales = "amax";           ///< amax (the scheme's formula), mse (orbitq::scale_search::mse) or mse_signed (and quant_spec::signed_scales)
         std::string importance;                ///< an importance file (orbitq/io/importance.hpp) weighting the mse search
         std::string layers;
         unsigned threads = 0;

@@ -35,8 +35,13 @@ namespace orbitq::gemma_cli
             else if (o.range == "full") base.range = symmetric_range::full;
             else throw error(error_kind::invalid_argument, "--range must be restricted or full");
             if (o.scales == "amax") base.scales = scale_search::amax;
-            else if (o.scales == "mse") base.scales = scale_search::mse;
-            else throw error(error_kind::invalid_argument, "--scales must be amax or mse");
+            else if (o.scales == "mse" || o.scales == "mse_signed") base.scales = scale_search::mse;
+            else throw error(error_kind::invalid_argument, "--scales must be amax, mse or mse_signed");
+            base.signed_scales = o.scales == "mse_signed";
+            if (base.signed_scales && base.scheme != scheme_kind::symmetric)
+            {
+                throw error(error_kind::invalid_argument, "--scales mse_signed chooses the sign of symmetric scales; --scheme " + o.scheme + " does not take it");
+            }
             base.codes_from_stored_scale = true;
             if (is_float_scheme(base.scheme))
             {
@@ -168,7 +173,11 @@ namespace orbitq::gemma_cli
                 if (item.empty()) continue;
                 quant_spec q = parse_granularity(item, comparable(base, item), o.group_size);
                 // a per-tensor orbit spans every expert of a stacked tensor: compared with amax scales
-                if (q.granularity == granularity_kind::per_tensor) q.scales = scale_search::amax;
+                if (q.granularity == granularity_kind::per_tensor)
+                {
+                    q.scales = scale_search::amax;
+                    q.signed_scales = false;
+                }
                 if (std::find(vo.specs.begin(), vo.specs.end(), q) == vo.specs.end()) vo.specs.push_back(q);
             }
             auto it = c.automatic ? vo.specs.end() : std::find(vo.specs.begin(), vo.specs.end(), gated);

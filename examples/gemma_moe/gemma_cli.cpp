@@ -139,7 +139,7 @@ namespace orbitq::gemma_cli
             while (std::getline(cs, item, ','))
             {
                 if (item.empty()) continue;
-                // name[:group][@bits][/asym|/sym][/mse]
+                // name[:group][@bits][/asym|/sym][/mse|/mse_signed]
                 quant_spec q = base;
                 std::string name = item;
                 if (const auto slash = name.find('/'); slash != std::string::npos)
@@ -149,15 +149,23 @@ namespace orbitq::gemma_cli
                     while (std::getline(ss, suffix, '/'))
                     {
                         if (suffix == "asym" || suffix == "sym") q.scheme = suffix == "asym" ? scheme_kind::asymmetric : scheme_kind::symmetric;
-                        else if (suffix == "mse") q.scales = scale_search::mse;
+                        else if (suffix == "mse" || suffix == "mse_signed")
+                        {
+                            q.scales = scale_search::mse;
+                            q.signed_scales = suffix == "mse_signed";
+                        }
                         else if (suffix == "fp8_e4m3" || suffix == "mxfp4" || suffix == "nvfp4")
                         {
                             q.scheme = suffix == "fp8_e4m3" ? scheme_kind::fp8_e4m3 : suffix == "mxfp4" ? scheme_kind::mxfp4 : scheme_kind::nvfp4;
                             q.bits = suffix == "fp8_e4m3" ? 8 : 4;
                         }
-                        else throw error(error_kind::invalid_argument, "candidate '" + item + "': suffixes are /sym or /asym, then /mse; or a float format /fp8_e4m3, /mxfp4, /nvfp4");
+                        else throw error(error_kind::invalid_argument, "candidate '" + item + "': suffixes are /sym or /asym, then /mse or /mse_signed; or a float format /fp8_e4m3, /mxfp4, /nvfp4");
                     }
                     name = name.substr(0, slash);
+                }
+                if (q.signed_scales && q.scheme != scheme_kind::symmetric)
+                {
+                    throw error(error_kind::invalid_argument, "candidate '" + item + "': /mse_signed chooses the sign of symmetric scales");
                 }
                 if (const auto at = name.find('@'); at != std::string::npos)
                 {
@@ -247,8 +255,9 @@ namespace orbitq::gemma_cli
         app.add_option("--group-size", o.group_size, "group size of per_group")->capture_default_str()->check(integer_in(1, max_group_size));
         CLI::Option* scheme_opt = app.add_option("--scheme", o.scheme, "symmetric or asymmetric (with --granularity auto: only this scheme is considered); or a float format: "
                        "fp8_e4m3 (per_tensor, per_channel or per_block[:RxC]; FP8 activations), mxfp4 (groups of 32; MXFP4 activations), nvfp4 (groups of 16, weight-only)")->capture_default_str();
-        app.add_option("--scales", o.scales, "amax (each orbit's range) or mse (per orbit, the clipped and refit scale of least squared error; "
-                       "never worse than amax, orbit by orbit)")->capture_default_str();
+        app.add_option("--scales", o.scales, "amax (each orbit's range), mse (per orbit, the clipped and refit scale of least squared error; "
+                       "never worse than amax, orbit by orbit) or mse_signed (symmetric: mse whose scales may be negative, so a positive extreme "
+                       "takes the lowest code too; vLLM's Marlin misreads them with int8 activations)")->capture_default_str();
         app.add_option("--importance", o.importance, "with --scales mse: a safetensors file of column importance per weight (mean squared activation "
                        "per input column, [cols] or [experts, cols], named as the weight); the search minimizes the weighted squared error");
         app.add_option("--range", o.range, "symmetric range: restricted ([-127,127]) or full ([-128,127])")->capture_default_str();
@@ -283,7 +292,7 @@ namespace orbitq::gemma_cli
                                 "any safetensors file or checkpoint directory: every float tensor of rank >= 2 above --min-elements "
                                 "(default: the selected layers' expert tensors of --checkpoint or the synthetic model)");
         analyze_cmd->add_option("--candidates", o.candidates,
-                                "comma-separated candidates NAME[:group][@bits][/asym][/mse], e.g. per_channel@8,per_group:32@4/asym/mse, or float formats "
+                                "comma-separated candidates NAME[:group][@bits][/asym][/mse|/mse_signed], e.g. per_channel@8,per_group:32@4/asym/mse, or float formats "
                                 "per_channel/fp8_e4m3, per_block:128x128/fp8_e4m3, per_group:32/mxfp4, per_group:16/nvfp4 "
                                 "(default: per_tensor, per_channel, per_group 32/64/128 where they divide, int8/int4, sym/asym)");
         std::optional<double> a_cos, a_sqnr;

@@ -67,7 +67,7 @@ namespace orbitq::gemma_cli
             j["granularity"] = t.quantized ? granularity_label(t.spec) : "none";
             j["bits"] = t.quantized ? t.spec.bits : 16;
             if (t.quantized) j["scheme"] = to_string(t.spec.scheme);
-            if (t.quantized) j["scales"] = to_string(t.spec.scales);
+            if (t.quantized) j["scales"] = t.spec.scales_name();
             if (!t.skipped.empty()) j["skipped"] = t.skipped;
             j["bits_per_weight"] = num(t.bits_per_weight);
             if (!t.experts.empty())
@@ -229,7 +229,7 @@ namespace orbitq::gemma_cli
         const bool float_codes = is_float_scheme(c.vo.specs.at(c.vo.gated).scheme);
         out << (float_codes ? c.o.scheme + (c.vo.activations != moe::activation_quantization::none ? " weights and activations" : " weights")
                             : "int" + std::to_string(c.o.bits) + " " + c.o.scheme)
-            << (c.o.scales == "mse" ? ", mse scales (per_tensor compared with amax)" : "") << "; converting " << c.spec_names.at(c.vo.gated) << "; gates: layer min cos(hidden) >= "
+            << (c.o.scales != "amax" ? ", " + c.o.scales + " scales (per_tensor compared with amax)" : std::string()) << "; converting " << c.spec_names.at(c.vo.gated) << "; gates: layer min cos(hidden) >= "
             << c.o.gate_layer_cos << ", stack min cos >= " << c.o.gate_stack_cos << "\n\n";
         out << "layer";
         for (std::size_t g = 0; g < c.vo.specs.size(); ++g) out << " | " << pad(c.spec_names.at(g) + (g == c.vo.gated ? " *" : ""), 30, false);

@@ -87,11 +87,23 @@ namespace orbitq
             }
         }
 
+        /// spec.signed_scales: with the mse search of the symmetric scheme only.
+        inline void check_signed_scales(const std::string& name, const quant_spec& spec)
+        {
+            if (!spec.signed_scales) return;
+            if (spec.scales != scale_search::mse || spec.scheme != scheme_kind::symmetric)
+            {
+                throw error(error_kind::invalid_argument,
+                            "tensor '" + name + "': signed scales are chosen by the mse search of the symmetric scheme (" + spec.describe() + ")");
+            }
+        }
+
         template <class Q, weight_element T>
         void check_spec(const matrix_view<T>& w, const quant_spec& spec)
         {
             check_input(w);
             check_importance(w, spec);
+            check_signed_scales(w.name, spec);
             if (spec.bits != Q::bits) throw error(error_kind::invalid_argument, "spec bits disagree with the scheme");
         }
     }
@@ -431,6 +443,7 @@ namespace orbitq
         {
             detail::check_input(w);
             detail::check_importance(w, spec);
+            detail::check_signed_scales(w.name, spec);
             return detail::quantize_float(w, q, spec, threads);
         }
         with_quantizer(spec, [&](auto policies) { quantize_into<decltype(policies)>(w, q, spec, threads); });

@@ -76,6 +76,7 @@ Usage:
       [--expect-block ROWS,COLS] [--expect-input none|dynamic|static|local]
       [--expect-method wna16|w8a8_int8|w8a8_fp8|w4a4_nvfp4|w4a16_nvfp4|w4a4_mxfp4]
       [--expect-group-size N] [--expect-symmetric true|false] [--min-cos X]
+      [--expect-negative-scales]
   ct_vllm_check.py --self-test
 Exit status 0 when every check passes, 1 otherwise.
 """
@@ -226,7 +227,8 @@ class Report:
         self.notes = []
         self.info = []
         self.log = log
-        self.searched_scales = False  # set from the converted config (orbitq scales 'mse')
+        self.searched_scales = False  # set from the converted config (orbitq scales 'mse', 'mse_signed')
+        self.negative_scales = 0  # negative weight_scale values seen (symmetric integer formats)
 
     def fail(self, key, msg):
         self.fails.setdefault(key, []).append(msg)
@@ -587,9 +589,20 @@ def dequantize_linear(ck, module, fmt, args, out_f, in_f, rep, tag):
         return None
     ng = ct_num_groups(args, in_f)
     scale = to_float(ck.array(f"{module}.weight_scale"), ck.dtype(f"{module}.weight_scale"), np.float64)
-    if not np.all(np.isfinite(scale)) or np.any(scale < 0):
-        rep.fail("scale-value", f"{tag}: weight_scale has non-finite or negative values")
+    if not np.all(np.isfinite(scale)):
+        rep.fail("scale-value", f"{tag}: weight_scale has non-finite values")
         return None
+    if np.any(scale < 0):
+        # Dequantization is (q - zp) * scale in compressed-tensors and in vLLM's WNA16 and W8A8
+        # kernels, whatever the sign; a symmetric group may so give its positive extreme the
+        # lowest code. vLLM's Marlin with int8 activations (VLLM_MARLIN_INPUT_DTYPE=int8, an
+        # opt-in) packs scales into int16 read as unsigned and misreads them (vllm#48905).
+        if not args["symmetric"]:
+            rep.fail("scale-value", f"{tag}: negative weight_scale values with a zero point")
+            return None
+        rep.negative_scales += int(np.count_nonzero(scale < 0))
+        rep.note("negative weight_scale values (symmetric): loaded by compressed-tensors and vLLM's WNA16/W8A8 "
+                 "kernels (q * scale); misread by vLLM's Marlin with VLLM_MARLIN_INPUT_DTYPE=int8 (vllm#48905)")
     if fmt == "pack-quantized":
         ws = ck.array(f"{module}.weight_shape")
         if [int(x) for x in ws] != [out_f, in_f]:
@@ -1811,9 +1824,9 @@ def run_checks(src_dir, conv_dir, opts, log=print):
     # round-to-nearest convention, not something an engine checks when it loads. Every other
     # rule (layout, dtypes, shapes, packing, the cosine floors) still applies.
     meta = qc_raw.get("orbitq")
-    rep.searched_scales = isinstance(meta, dict) and meta.get("scales") == "mse"
+    rep.searched_scales = isinstance(meta, dict) and meta.get("scales") in ("mse", "mse_signed")
     if rep.searched_scales:
-        rep.note("orbitq scales 'mse': the half-step rounding rule is not applied")
+        rep.note(f"orbitq scales {meta.get('scales')!r}: the half-step rounding rule is not applied")
     qcfg = QuantConfig(qc_raw, rep)
     if dims is None or not qcfg.ok:
         rep.emit("")
@@ -2148,6 +2161,10 @@ def run_checks(src_dir, conv_dir, opts, log=print):
                f"{sorted(set(m for m, _ in ok_moe.values()))}), {len(dense_modules)} dense Linears converted, "
                f"{identical} tensors byte-identical; schemes [{schemes_txt}]; "
                + ", ".join(f"min cos {k} {c:.5f}" for k, (c, _) in sorted(min_cos.items())))
+    if rep.negative_scales:
+        summary += f"; {rep.negative_scales} negative scales"
+    if getattr(opts, "expect_negative_scales", False) and not rep.negative_scales:
+        rep.fail("expect", "--expect-negative-scales: every weight_scale is >= 0")
     rep.emit(summary)
     return rep
 
@@ -2264,6 +2281,18 @@ def st_convert(src_t, src_cfg, spec):
     def emit(mod, w, mgs=None):
         g = gs if mgs is None else mgs
         q, s16, zp = st_quantize(w, bits, strategy, g, sym)
+        if "neg_scale" in mut:
+            # every other orbit whose codes can be negated: codes and scale negated (x_hat unchanged;
+            # with a zero point, the scale alone)
+            width = w.shape[1] if strategy == "channel" else g
+            q3 = q.reshape(w.shape[0], -1, width)
+            flip = np.broadcast_to((np.arange(q3.shape[1]) % 2 == 0)[None, :], q3.shape[:2])
+            if sym:
+                flip = flip & (q3.min(axis=2) > qrange(bits)[0])
+                q3[flip] = -q3[flip]
+            q = q3.reshape(w.shape)
+            s16 = s16.copy()
+            s16[flip] ^= np.uint16(0x8000)
         if fmt == "pack-quantized":
             out[mod + ".weight_packed"] = ("I32", pack_to_int32(q, bits, 1, lsb_first="nibble" not in mut))
             out[mod + ".weight_shape"] = ("I64", np.array(w.shape, dtype=np.int64))
@@ -2556,6 +2585,10 @@ SELF_TESTS = [
     ("bad float32 scales in a bf16 model", {"mut": ["scale_f32"]}, False, "weight_scale dtype", {}),
     ("bad group format 'dense'", {"group_format": "dense"}, False, "only format 'pack-quantized'", {}),
     ("bad group_size 16 for Marlin MoE", {"gs": 16}, False, "group_size 16", {}),
+    ("ok negative scales, symmetric (codes negated with them)", {"mut": ["neg_scale"]}, True, "negative weight_scale",
+     dict(expect_negative_scales=True)),
+    ("bad negative scales with a zero point", {"sym": False, "mut": ["neg_scale"]}, False, "negative weight_scale values with a zero point", {}),
+    ("bad --expect-negative-scales on positive scales", {}, False, "--expect-negative-scales", dict(expect_negative_scales=True)),
     # ---- FP8 E4M3 (float-quantized) ----
     ("ok FP8 per channel, dynamic token (FP8_DYNAMIC) + dense MLP", {"float": "fp8", "dense": True}, True, None,
      dict(expect_format="float-quantized", expect_type="float", expect_bits=8, expect_strategy="channel",
@@ -2697,6 +2730,8 @@ def main(argv=None):
     ap.add_argument("--expect-group-size", type=int)
     ap.add_argument("--expect-symmetric", type=parse_bool, metavar="true|false")
     ap.add_argument("--min-cos", type=float)
+    ap.add_argument("--expect-negative-scales", action="store_true",
+                    help="some weight_scale values are negative (orbitq --scales mse_signed)")
     ap.add_argument("--self-test", action="store_true")
     a = ap.parse_args(argv)
     if a.self_test:

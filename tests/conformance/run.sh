@@ -63,6 +63,9 @@ convert auto_cos_0.9999 0 "--min-cos 0.9999" -- --granularity auto --target-cos 
 # error-minimizing scales: the same layout, only the numbers move
 convert int4_per_group32_mse 0 "--expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-symmetric true --min-cos 0.995" -- \
   --bits 4 --granularity per_group:32 --scales mse
+# scales of either sign: a group whose extreme is positive may take a negative scale
+convert int4_per_group32_mse_signed 0 "--expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-symmetric true --expect-negative-scales --min-cos 0.995" -- \
+  --bits 4 --granularity per_group:32 --scales mse_signed
 convert w8a8_int8 0 "--expect-format int-quantized --expect-bits 8 --expect-strategy channel --min-cos 0.999" -- --activations int8
 convert int4_per_group64_dense 0 "--expect-bits 4 --expect-group-size 64 --min-cos 0.99" -- --bits 4 --granularity per_group:64 --include-dense
 convert layer1_only 0 "--min-cos 0.999" -- --layers 1

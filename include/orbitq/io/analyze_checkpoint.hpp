@@ -140,7 +140,7 @@ namespace orbitq::io
                 {"group_size", c.spec.granularity == granularity_kind::per_group || block ? c.spec.group_size : 0},
                 {"bits", c.spec.bits},
                 {"scheme", to_string(c.spec.scheme)},
-                {"scales", to_string(c.spec.scales)},
+                {"scales", c.spec.scales_name()},
                 {"bits_per_weight", c.bits_per_weight},
                 {"cos", c.cosine},
                 {"sqnr_db", detail::finite_or_null(c.sqnr_db)},

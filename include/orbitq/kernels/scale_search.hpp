@@ -8,7 +8,11 @@
 ///     1 - k/30 of it (symmetric: scale r * amax / divisor; asymmetric: the scheme's formula on
 ///     [r * min, r * max]). Codes are the encode of policy/scheme.hpp with the candidate's scale
 ///     (multiply by its float32 inverse, round, add the zero point, clamp) into the full range:
-///     [-2^(b-1), 2^(b-1) - 1] for symmetric schemes too.
+///     [-2^(b-1), 2^(b-1) - 1] for symmetric schemes too. With quant_spec::signed_scales, an
+///     orbit whose value of largest magnitude is positive takes the candidates k > 0 with
+///     negative scales (codes of -x, negated): that value meets the code -2^(b-1), which a
+///     positive scale gives only to a negative extreme. Every later step is unchanged (the
+///     refit of negated codes is the negated scale).
 ///  2. One pass sums, per candidate, x q, q^2 and q (algebra/candidate_sums.hpp), with x = sum x
 ///     and n: in float for symmetric schemes (a fused multiply-add a product where the target
 ///     has one, element order), in double (exact products) for asymmetric ones.
@@ -228,10 +232,17 @@ namespace orbitq::detail::mse
     template <scheme_policy S>
     inline constexpr int search_qmin = -(1 << (S::bits - 1));
 
-    /// Candidate k's parameters for an orbit with statistic s (candidate 0: amax's, `amax`).
+    /// Whether the candidates k > 0 of an orbit with statistic s take negative scales: with
+    /// quant_spec::signed_scales, where its value of largest magnitude is positive (that value
+    /// then meets the code search_qmin, as a negative extreme does with a positive scale).
+    inline bool flipped(const min_max& s, const quant_spec& spec) noexcept { return spec.signed_scales && s.max > -s.min; }
+
+    /// Candidate k's parameters for an orbit with statistic s (candidate 0: amax's, `amax`; the
+    /// others negative where flipped).
     template <scheme_policy S>
-    std::array<encode_params, candidate_count> candidates(const min_max& s, const encode_params& amax) noexcept
+    std::array<encode_params, candidate_count> candidates(const min_max& s, const encode_params& amax, const quant_spec& spec) noexcept
     {
+        const float sign = flipped(s, spec) ? -1.0f : 1.0f;
         std::array<encode_params, candidate_count> c;
         c[0] = amax;
         c[0].qmin = search_qmin<S>;  // codes unchanged: amax scales every value inside its own range
@@ -241,7 +252,7 @@ namespace orbitq::detail::mse
             const float r = clip_ratio(k);
             quant_params p;
             if constexpr (S::has_zero_point) p = S::make_params(min_max{s.min * r, s.max * r});
-            else p = with_inverse(exact.scale * r);
+            else p = with_inverse(exact.scale * r * sign);
             c[k] = encode_params{p, search_qmin<S>, S::qmax, scale_application::multiply_inverse};
         }
         return c;
@@ -253,7 +264,7 @@ namespace orbitq::detail::mse
         if (!(c[0].params.scale > 0.0f)) return false;
         for (const auto& e : c)
         {
-            if (!(e.params.scale > 0.0f) || !std::isfinite(e.params.inv_scale)) return false;
+            if (e.params.scale == 0.0f || !std::isfinite(e.params.inv_scale)) return false;
         }
         return true;
     }
@@ -278,13 +289,17 @@ namespace orbitq::detail::mse
         double err = std::numeric_limits<double>::infinity();
     };
 
+    /// Whether a scale can be stored and searched: nonzero and finite (negative only from
+    /// flipped candidates).
+    inline bool usable(float s) noexcept { return (s > 0.0f || s < 0.0f) && std::isfinite(s); }
+
     /// The stored form of a refit scale, or 0 when it cannot be stored (then the fit is skipped).
     inline float stored_scale(double s, const quant_spec& spec) noexcept
     {
         const float f = static_cast<float>(s);
-        if (!(f > 0.0f) || !std::isfinite(f)) return 0.0f;
+        if (!usable(f)) return 0.0f;
         const float st = spec.scale_type == element_type::f32 ? f : round_to(spec.scale_type, f);
-        return st > 0.0f && std::isfinite(st) ? st : 0.0f;
+        return usable(st) ? st : 0.0f;
     }
 
     /// The least-squares refit of the codes whose sums are given, scored; nullopt-like err =
@@ -324,7 +339,7 @@ namespace orbitq::detail::mse
                   Pass16&& pass16, Pass1&& pass1, Exact2&& exact2)
     {
         const choice amax{amax_enc, amax_stored};
-        const auto cand = candidates<S>(stat, amax_enc);
+        const auto cand = candidates<S>(stat, amax_enc, spec);
         if (!searchable(cand)) return amax;
         const auto s = pass16(cand);
         const double n = s.n;

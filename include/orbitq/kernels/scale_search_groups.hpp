@@ -128,7 +128,7 @@ namespace orbitq::detail::mse
             for (std::size_t l = 0; l < lanes; ++l) st[l] = stored_scale(s[l], spec);
         }
 
-        /// error() with zero point 0 for the stored scales st (+inf where none is stored).
+        /// error() with zero point 0 for the stored scales st (+inf where none is stored: 0).
         inline void errors(const float (&st)[lanes], const dbatch (&xq)[halves], const dbatch (&qq)[halves], dbatch (&err)[halves]) noexcept
         {
             alignas(64) double sd[lanes];
@@ -137,7 +137,7 @@ namespace orbitq::detail::mse
             for (std::size_t h = 0; h < halves; ++h)
             {
                 const dbatch s = dbatch::load_aligned(sd + h * dbatch::size);
-                err[h] = xsimd::select(s > dbatch(0.0), s * mul_add(s, qq[h], dbatch(-2.0) * xq[h]), inf);
+                err[h] = xsimd::select(s != dbatch(0.0), s * mul_add(s, qq[h], dbatch(-2.0) * xq[h]), inf);
             }
         }
     }
@@ -205,28 +205,31 @@ namespace orbitq::detail::mse
             amax_stored[l] = st;
         }
 
-        // 1. candidates: k = 0 amax's own, k > 0 the clipped scales (candidates<S>, lane by lane)
+        // 1. candidates: k = 0 amax's own, k > 0 the clipped scales, negative where flipped
+        //    (candidates<S>, lane by lane)
         alignas(64) float scale[K][lanes];
         alignas(64) float inv[K][lanes];
+        alignas(64) float sign[lanes];
         bool searchable[lanes];
         for (std::size_t l = 0; l < lanes; ++l)
         {
             scale[0][l] = amax_enc[l].params.scale;
             inv[0][l] = amax_enc[l].params.inv_scale;
             scale[1][l] = S::make_params(stat[l]).scale;  // the exact amax scale, clipped below
+            sign[l] = flipped(stat[l], spec) ? -1.0f : 1.0f;
         }
-        const fbatch exact = fbatch::load_aligned(scale[1]);
+        const fbatch exact = fbatch::load_aligned(scale[1]), signs = fbatch::load_aligned(sign);
         for (std::size_t k = 1; k < K; ++k)
         {
-            const fbatch sc = exact * fbatch(clip_ratio(k));
-            const auto positive = sc > fbatch(0.0f);
-            xsimd::select(positive, sc, fbatch(0.0f)).store_aligned(scale[k]);
-            xsimd::select(positive, fbatch(1.0f) / sc, fbatch(0.0f)).store_aligned(inv[k]);
+            const fbatch sc = exact * fbatch(clip_ratio(k)) * signs;  // as candidates<S>: (exact * r) * sign
+            const auto nonzero = sc != fbatch(0.0f);
+            xsimd::select(nonzero, sc, fbatch(0.0f)).store_aligned(scale[k]);
+            xsimd::select(nonzero, fbatch(1.0f) / sc, fbatch(0.0f)).store_aligned(inv[k]);
         }
         for (std::size_t l = 0; l < lanes; ++l)
         {
             bool ok = amax_enc[l].params.scale > 0.0f;
-            for (std::size_t k = 0; k < K; ++k) ok = ok && scale[k][l] > 0.0f && std::isfinite(inv[k][l]);
+            for (std::size_t k = 0; k < K; ++k) ok = ok && scale[k][l] != 0.0f && std::isfinite(inv[k][l]);
             searchable[l] = ok;
         }
 

@@ -258,7 +258,7 @@ namespace orbitq::moe
                                   {{"spec", m_auto ? std::string("auto") : m_spec.describe()},
                                    {"range", to_string(m_spec.range)},
                                    {"rounding", to_string(m_spec.rounding)},
-                                   {"scales", to_string(m_spec.scales)},
+                                   {"scales", m_spec.scales_name()},
                                    {"scale_dtype", std::string(io::dtype_name(m_scale_type))},
                                    {"activations", activations_note()}}}};
             if (m_spec.granularity == granularity_kind::per_tensor && !m_auto)

@@ -147,12 +147,24 @@ namespace orbitq
         /// amax (the scheme's formula) or mse (search; codes of symmetric schemes then use the
         /// full range [-2^(bits-1), 2^(bits-1) - 1]). Not with scale_application::divide.
         scale_search scales = scale_search::amax;
+        /// scale_search::mse with the symmetric scheme only: an orbit whose value of largest
+        /// magnitude is positive may get a negative scale, so that value takes the code
+        /// -2^(bits-1) as a negative extreme does (ggml's Q4_0 scale, max / -8, is one such).
+        /// Dequantization is code x scale either way; see the README for the engines that misread
+        /// negative scales.
+        bool signed_scales = false;
         /// scale_search::mse only: one finite, non-negative weight per column of the tensor
         /// quantized (cols of them), or empty (unweighted). Codes and the stored form do not
         /// change, only which scale each orbit gets.
         column_importance importance{};
 
         friend bool operator==(const quant_spec&, const quant_spec&) = default;
+
+        /// @brief How the scales are chosen: "amax", "mse" or "mse_signed" (with signed_scales).
+        constexpr const char* scales_name() const noexcept
+        {
+            return scales == scale_search::amax ? "amax" : signed_scales ? "mse_signed" : "mse";
+        }
 
         /// @brief A short name such as "per_group:32 int4 asymmetric".
         std::string describe() const
@@ -165,7 +177,7 @@ namespace orbitq
             if (is_float_scheme(scheme)) return s.append(" ").append(to_string(scheme));
             s.append(" int").append(std::to_string(bits)).append(" ").append(to_string(scheme));
             if (scheme == scheme_kind::symmetric && range == symmetric_range::full) s += " full-range";
-            if (scales == scale_search::mse) s += " mse";
+            if (scales == scale_search::mse) s += signed_scales ? " mse signed" : " mse";
             return s;
         }
     };

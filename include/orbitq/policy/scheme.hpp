@@ -47,9 +47,11 @@ namespace orbitq
 
     namespace detail
     {
+        /// The parameters of `scale` and its inverse; (0, 0, 0) for a zero or NaN scale. Only
+        /// the signed scale search (quant_spec::signed_scales) passes negative scales.
         inline quant_params with_inverse(float scale, std::int32_t zp = 0) noexcept
         {
-            if (!(scale > 0.0f)) return {0.0f, 0.0f, 0};
+            if (!(scale > 0.0f || scale < 0.0f)) return {0.0f, 0.0f, 0};
             return {scale, 1.0f / scale, zp};
         }
     }
