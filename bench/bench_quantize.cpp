@@ -432,6 +432,16 @@ namespace
                             ->ComputeStatistics("min", min_of)
                             ->Unit(benchmark::kMillisecond);
                         if (d != element_type::f32) continue;
+                        if (sch == scheme_kind::symmetric)
+                        {
+                            // negative scales allowed (quant_spec::signed_scales)
+                            orbitq::quant_spec signed_spec = spec;
+                            signed_spec.signed_scales = true;
+                            benchmark::RegisterBenchmark((name + "/signed").c_str(), bm_quantize, kernel_case{s, signed_spec, d, 1})
+                                ->UseRealTime()
+                                ->ComputeStatistics("min", min_of)
+                                ->Unit(benchmark::kMillisecond);
+                        }
                         // weighted by a column importance (one orbit at a time)
                         std::vector<float> a(s.cols);
                         for (std::size_t c = 0; c < a.size(); ++c) a[c] = 0.25f + static_cast<float>((c * 2654435761u) % 1000) / 250.0f;
