@@ -350,8 +350,9 @@ TEST_CASE("a float batch of symmetric orbits searched at once equals the search 
     {
         for (const element_type st : {element_type::f32, element_type::bf16})
         {
-            for (const auto& [from_stored, signed_scales] : {std::pair{false, false}, std::pair{true, false}, std::pair{false, true}, std::pair{true, true}})
+            for (const int variant : {0, 1, 2, 3})
             {
+                const bool from_stored = (variant & 1) != 0, signed_scales = (variant & 2) != 0;
                 const auto x = weights(W * n, n % 2 ? shape_kind::student4 : shape_kind::gaussian, static_cast<unsigned>(n));
                 quant_spec spec = spec_of(granularity_kind::per_group, n, 4, scheme_kind::symmetric, scale_search::mse);
                 spec.scale_type = st;
