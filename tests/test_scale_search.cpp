@@ -281,6 +281,7 @@ TEST_CASE("signed scales: never worse than amax, orbit by orbit; where the extre
         {
             for (const element_type st : {element_type::f32, element_type::bf16})
             {
+                if (st == element_type::bf16 && c.group != 32) continue;  // bf16 scales: groups of 32 suffice
                 auto a_spec = spec_of(c.g, c.group, c.bits, scheme_kind::symmetric, scale_search::amax);
                 a_spec.scale_type = st;
                 a_spec.ragged_groups = c.ragged;
