@@ -143,7 +143,7 @@ namespace orbitq::kernels::simd
         [[gnu::always_inline]] inline void make_batch_params(const float_batch& mn, const float_batch& mx, batch_params& bp) noexcept
         {
             const auto set_scale = [&bp](const float_batch& scale) {
-                // detail::with_inverse: !(scale > 0) gives (0, 0)
+                // as detail::with_inverse on an amax scale (>= 0 or NaN): (0, 0) unless positive
                 const auto pos = scale > float_batch(0.0f);
                 bp.scale = xsimd::select(pos, scale, float_batch(0.0f));
                 bp.inv = xsimd::select(pos, float_batch(1.0f) / scale, float_batch(0.0f));
