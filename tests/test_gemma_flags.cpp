@@ -220,4 +220,11 @@ TEST_CASE("--importance: a column importance file weights the mse search; refuse
     misshapen.add(L0 + "down_proj", 1, std::vector<float>(I, 1.0f));
     misshapen.write(s.dir / "misshapen.safetensors");
     refused(args({"--importance", (s.dir / "misshapen.safetensors").string()}), "needs [2816] or [2, 2816]");
+    // a file that covers layer 0 but not layer 1: refused before layer 0 is converted
+    const std::string out = (s.dir / "out").string();
+    const auto two = cli(args({"--importance", file, "--synthetic-layers", "2", "--out", out}));
+    CHECK(two.rc == 1);
+    CHECK_MESSAGE(two.err.find("has no entry for 'model.language_model.layers.1.experts.gate_up_proj'") != std::string::npos, two.err);
+    CHECK(two.out.find("    0 |") == std::string::npos);  // no layer row printed
+    CHECK(!std::filesystem::exists(out));
 }

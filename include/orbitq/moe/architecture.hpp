@@ -197,6 +197,23 @@ namespace orbitq::moe
         }
     }
 
+    /// @brief The expert projections of a layer as validation quantizes and reports them, with
+    ///        their input columns: the stacked gate_up (H) and down (I), or, per expert, the
+    ///        patterns prefix.experts.*.{gate,up,down}_proj.weight (H, H, I).
+    inline std::vector<std::pair<std::string, std::size_t>> expert_projections(const config& c, std::size_t layer)
+    {
+        if (c.arch.storage == expert_storage::stacked_gate_up)
+        {
+            return {{names::stacked_experts(c, layer, 0), c.hidden}, {names::stacked_experts(c, layer, 1), c.expert_intermediate}};
+        }
+        std::vector<std::pair<std::string, std::size_t>> out;
+        for (std::size_t k = 0; k < 3; ++k)
+        {
+            out.push_back({names::layer_prefix(c, layer) + c.arch.experts + ".*." + names::mlp_stems[k] + ".weight", k == 2 ? c.expert_intermediate : c.hidden});
+        }
+        return out;
+    }
+
     /// @brief Every tensor the FFN forward pass of a layer reads, with its expected shape.
     inline std::vector<std::pair<std::string, shape_type>> layer_tensor_shapes(const config& c, std::size_t layer)
     {

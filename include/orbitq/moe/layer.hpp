@@ -207,10 +207,11 @@ namespace orbitq::moe
     {
         const std::size_t I = c.expert_intermediate, H = c.hidden;
         std::vector<expert_tensor> out(3);
+        const auto projections = expert_projections(c, layer);
         for (std::size_t k = 0; k < 3; ++k)
         {
             const std::string stem = names::mlp_stems[k];
-            out[k].name = names::layer_prefix(c, layer) + c.arch.experts + ".*." + stem + ".weight";
+            out[k].name = projections[k].first;
             out[k].rows = k == 2 ? H : I;
             out[k].cols = k == 2 ? I : H;
             out[k].linears = {{stem, 0, out[k].rows}};

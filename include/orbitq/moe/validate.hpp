@@ -275,6 +275,27 @@ namespace orbitq::moe
             if (input_size != opt.tokens * c.hidden) throw error(error_kind::shape_mismatch, "validate: input tokens must be tokens x hidden");
         }
 
+        /// With an importance function and an mse spec: every tensor the selected layers quantize
+        /// has an importance of its shape (opt.importance throws naming the first that has
+        /// none), checked before the first layer is read, so a file that misses one stops the
+        /// run before any work.
+        inline void check_importance_coverage(const config& c, const validate_options& opt)
+        {
+            if (!opt.importance) return;
+            const bool searched = std::any_of(opt.specs.begin(), opt.specs.end(), [](const quant_spec& s) {
+                return s.scales == scale_search::mse && s.granularity != granularity_kind::per_tensor;
+            });
+            if (!searched) return;
+            for (std::size_t l : opt.layers)
+            {
+                for (const auto& [name, cols] : expert_projections(c, l)) (void)opt.importance(name, 0, c.experts, cols);
+                if (opt.include_dense && c.has_dense())
+                {
+                    for (std::size_t k = 0; k < 3; ++k) (void)opt.importance(names::dense_linear(c, l, k) + ".weight", 0, 1, k == 2 ? c.dense_intermediate : c.hidden);
+                }
+            }
+        }
+
         /// The names of the tensors of a layer that would be quantized but hold a NaN or an
         /// infinity: an error naming the first position, or (skip_nonfinite) listed in `skipped`.
         inline std::set<std::string> scan_nonfinite(const config& c, const layer_weights& w, const validate_options& opt,
@@ -660,6 +681,7 @@ namespace orbitq::moe
     {
         const auto t_start = detail::clock::now();
         detail::check_options(c, opt, x0.size());
+        detail::check_importance_coverage(c, opt);
         const std::size_t G = opt.specs.size();
         validation_report rep;
         rep.stack.resize(G);
