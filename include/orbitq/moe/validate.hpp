@@ -275,21 +275,28 @@ namespace orbitq::moe
             if (input_size != opt.tokens * c.hidden) throw error(error_kind::shape_mismatch, "validate: input tokens must be tokens x hidden");
         }
 
-        /// With an importance function and an mse spec: every tensor the selected layers quantize
-        /// has an importance of its shape (opt.importance throws naming the first that has
+        /// With an importance function: every tensor the selected layers quantize with an mse
+        /// spec has an importance of its shape (opt.importance throws naming the first that has
         /// none), checked before the first layer is read, so a file that misses one stops the
-        /// run before any work.
+        /// run before any work. The tensors are those with_importance is asked for: the experts
+        /// under a searched spec other than per_tensor (a per-tensor orbit of stacked experts
+        /// is quantized block by block without it), the dense MLP under any searched spec.
         inline void check_importance_coverage(const config& c, const validate_options& opt)
         {
             if (!opt.importance) return;
-            const bool searched = std::any_of(opt.specs.begin(), opt.specs.end(), [](const quant_spec& s) {
-                return s.scales == scale_search::mse && s.granularity != granularity_kind::per_tensor;
-            });
-            if (!searched) return;
+            const auto searched = [&](bool per_tensor_too) {
+                return std::any_of(opt.specs.begin(), opt.specs.end(), [&](const quant_spec& s) {
+                    return s.scales == scale_search::mse && (per_tensor_too || s.granularity != granularity_kind::per_tensor);
+                });
+            };
+            const bool experts = searched(false), dense = opt.include_dense && c.has_dense() && searched(true);
             for (std::size_t l : opt.layers)
             {
-                for (const auto& [name, cols] : expert_projections(c, l)) (void)opt.importance(name, 0, c.experts, cols);
-                if (opt.include_dense && c.has_dense())
+                if (experts)
+                {
+                    for (const auto& [name, cols] : expert_projections(c, l)) (void)opt.importance(name, 0, c.experts, cols);
+                }
+                if (dense)
                 {
                     for (std::size_t k = 0; k < 3; ++k) (void)opt.importance(names::dense_linear(c, l, k) + ".weight", 0, 1, k == 2 ? c.dense_intermediate : c.hidden);
                 }
