@@ -271,6 +271,54 @@ TEST_CASE("write a synthetic checkpoint, convert it, read the output back indepe
     }
 }
 
+TEST_CASE("NVFP4 W4A4: every expert Linear carries its layer's input_global_scale; the config declares NVFP4 activations")
+{
+    convert_scratch s;
+    const fs::path in = s.dir / "in", out = s.dir / "out";
+    auto w = cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "2", "--quiet"});
+    REQUIRE_MESSAGE(w.rc == 0, w.err);
+    auto r = cli({"--checkpoint", in.string(), "--out", out.string(), "--scheme", "nvfp4", "--activations", "nvfp4", "--tokens", "3", "--quiet"});
+    REQUIRE_MESSAGE((r.rc == 0 || r.rc == 2), std::string(r.err + r.out));
+    CHECK(r.err.find("calibrated on 3 synthetic sample tokens") != std::string::npos);  // a checkpoint: the tokens are not real text
+    CHECK(r.out.find("activations: nvfp4 per group of 16 (W4A4)") != std::string::npos);
+    const st_dir dst(out);
+    for (int layer = 0; layer < 2; ++layer)
+    {
+        std::map<std::string, float> first;  // per projection: expert 0's value
+        for (int e = 0; e < 2; ++e)
+        {
+            for (const char* proj : {"gate_proj", "up_proj", "down_proj"})
+            {
+                const std::string n = layer_prefix + std::to_string(layer) + ".experts." + std::to_string(e) + "." + proj + ".input_global_scale";
+                REQUIRE_MESSAGE(dst.has(n), n);
+                CHECK(dst.entry(n).at("dtype") == "F32");
+                CHECK(dst.entry(n).at("shape") == json::array({1}));
+                float v = 0;
+                std::memcpy(&v, dst.ptr(n), 4);
+                CHECK((std::isfinite(v) && v > 0.0f));
+                if (e == 0) first[proj] = v;
+                else CHECK(v == first[proj]);  // one per layer and input: every backend reduces them alike
+            }
+        }
+        CHECK(first["gate_proj"] == first["up_proj"]);  // the same input
+        CHECK(first["gate_proj"] != first["down_proj"]);
+    }
+    const json qc = json::parse(std::ifstream(out / "config.json")).at("quantization_config");
+    const json& a = qc.at("config_groups").at("group_0").at("input_activations");
+    CHECK(a.at("type") == "float");
+    CHECK(a.at("num_bits") == 4);
+    CHECK(a.at("strategy") == "tensor_group");
+    CHECK(a.at("group_size") == 16);
+    CHECK(a.at("dynamic") == "local");
+
+    // weight-only NVFP4 writes no input_global_scale and no input_activations
+    const fs::path out16 = s.dir / "out16";
+    r = cli({"--checkpoint", in.string(), "--out", out16.string(), "--scheme", "nvfp4", "--tokens", "3", "--quiet"});
+    REQUIRE_MESSAGE((r.rc == 0 || r.rc == 2), r.err);
+    CHECK_FALSE(st_dir(out16).has(layer_prefix + "0.experts.0.gate_proj.input_global_scale"));
+    CHECK(json::parse(std::ifstream(out16 / "config.json")).at("quantization_config").at("config_groups").at("group_0").at("input_activations").is_null());
+}
+
 TEST_CASE("malformed checkpoints and bad options: exit status 1 with a message saying what to do")
 {
     convert_scratch s;

@@ -141,6 +141,10 @@ TEST_CASE("--scheme fp8_e4m3 | mxfp4 | nvfp4: conflicting flags are refused, the
     refused(quick({"--scheme", "mxfp4", "--granularity", "per_group:16"}), "groups of 32");
     refused(quick({"--scheme", "fp8_e4m3", "--scales", "mse"}), "--scales");
     refused(quick({"--scheme", "fp8_e4m3", "--activations", "int8"}), "--activations");
+    refused(quick({"--scheme", "mxfp4", "--activations", "nvfp4"}), "--activations");
+    refused(quick({"--scheme", "nvfp4", "--activations", "int8"}), "nvfp4 (W4A4)");
+    refused(quick({"--activations", "nvfp4"}), "--scheme nvfp4");
+    refused(quick({"--activations", "fp4"}), "none, int8 or nvfp4");
     refused(quick({"--scheme", "fp8_e4m3", "--granularity", "auto", "--target-cos", "0.99"}), "auto");
     refused(quick({"--granularity", "per_block"}), "fp8_e4m3");
     for (const char* bad : {"per_block:0x4", "per_block:128", "per_block:x", "per_block:9999999x1", "per_block:-1x2"})

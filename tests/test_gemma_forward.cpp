@@ -62,15 +62,16 @@ namespace
         std::vector<float> gate_up, down, dg, du, dd, router;
         layer_weights w;
 
-        tiny_layer()
+        /// expert_i, dense_i: the experts' and the dense MLP's intermediate widths.
+        explicit tiny_layer(std::size_t expert_i = 8, std::size_t dense_i = 12)
         {
             c = gemma4::default_config();
             c.hidden = 16;
             c.layers = 2;
             c.experts = 4;
             c.top_k = 2;
-            c.expert_intermediate = 8;
-            c.dense_intermediate = 12;
+            c.expert_intermediate = expert_i;
+            c.dense_intermediate = dense_i;
             std::uint64_t s = 12345;
             auto fill = [&](std::vector<float>& v, std::size_t rows, std::size_t cols) {
                 v.resize(rows * cols);
@@ -344,4 +345,137 @@ TEST_CASE("the synthetic generator is deterministic, thread-independent and has 
     CHECK(lo == doctest::Approx(so.k_min));
     CHECK(hi == doctest::Approx(so.k_max));
     CHECK_THROWS_AS(m.fill("no.such.tensor", 0, a.data(), 1, 1), orbitq::error);
+}
+
+TEST_CASE("NVFP4 activations: hand-computed groups of 16 under a static global scale")
+{
+    // global 1: the group of max 6 takes the E4M3 scale 1, so codes are the values rounded to
+    // E2M1 (ties to even: 0.25 -> 0, 0.75 -> 1, 2.5 -> 2, 5 -> 4); a zero group stays zero
+    std::vector<float> x(32, 0.0f);
+    const float g0[] = {6.0f, 3.0f, 1.2f, -0.3f, 0.25f, 0.75f, -5.0f, 2.5f};
+    std::copy(std::begin(g0), std::end(g0), x.begin());
+    quantize_activations(activation_quantization::nvfp4_per_group16, x.data(), 1, 32, 1.0f);
+    const float want0[] = {6.0f, 3.0f, 1.0f, -0.5f, 0.0f, 1.0f, -4.0f, 2.0f};
+    for (std::size_t i = 0; i < 8; ++i) CHECK(x[i] == want0[i]);
+    for (std::size_t i = 8; i < 32; ++i) CHECK(x[i] == 0.0f);
+
+    // max 1.5: scale e4m3(1.5 / 6) = 0.25, so x / 0.25 is coded: 6, 2.8 -> 3, -0.8 -> -1
+    std::vector<float> y = {1.5f, 0.7f, -0.2f};
+    y.resize(16, 0.0f);
+    quantize_activations(activation_quantization::nvfp4_per_group16, y.data(), 1, 16, 1.0f);
+    CHECK(y[0] == 1.5f);
+    CHECK(y[1] == 0.75f);
+    CHECK(y[2] == -0.25f);
+
+    // a group beyond the calibrated range: its scale saturates at 448 and the values clip to
+    // 6 / o, o = 1 / (448 / global); a ragged last group (20 = 16 + 4) is its own group
+    std::vector<float> z(20, 0.0f);
+    z[0] = 6.0f;
+    z[1] = 1.0f;
+    z[16] = 0.1f;
+    const float global = 10000.0f;
+    quantize_activations(activation_quantization::nvfp4_per_group16, z.data(), 1, 20, global);
+    const float o = 1.0f / (448.0f * (1.0f / global));
+    CHECK(z[0] == 6.0f / o);
+    CHECK(z[1] == 6.0f / o);
+    // its scale: e4m3(10000 · 0.1 / 6 = 166.7) = 160, o = 62.5, 0.1 · o = 6.25 clipped to 6: 0.096
+    CHECK(z[16] == 6.0f / (1.0f / (160.0f * (1.0f / global))));
+    CHECK(z[16] == doctest::Approx(0.096f).epsilon(1e-6));
+
+    for (float bad : {0.0f, -1.0f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()})
+    {
+        CHECK_THROWS_AS(quantize_activations(activation_quantization::nvfp4_per_group16, x.data(), 1, 32, bad), error);
+    }
+}
+
+namespace
+{
+    /// Records every input of every product (after the products, by the inner operators).
+    struct input_spy : ffn_operators
+    {
+        explicit input_spy(const layer_weights& w)
+            : src(w, 1)
+            , layer(w)
+        {
+        }
+        void dense(std::size_t k, const float* x, std::size_t tokens, float* y) const override
+        {
+            for (std::size_t i = 0; i < tokens * cols_of(layer.dense.at(k)); ++i) dense_max[k] = std::max(dense_max[k], std::fabs(x[i]));
+            src.dense(k, x, tokens, y);
+        }
+        void expert(std::size_t e, std::size_t k, const float* x, std::size_t tokens, float* y) const override
+        {
+            for (std::size_t i = 0; i < tokens * layer.experts.at(k).cols; ++i) expert_max[k] = std::max(expert_max[k], std::fabs(x[i]));
+            src.expert(e, k, x, tokens, y);
+        }
+        view_operators src;
+        const layer_weights& layer;
+        mutable std::vector<float> dense_max = std::vector<float>(3, 0.0f), expert_max = std::vector<float>(2, 0.0f);
+    };
+
+    /// A conversion sink that records the order of its calls and the scales it is given.
+    struct call_log : conversion_sink
+    {
+        void begin_layer(const layer_weights&, bool, bool, const quant_spec&) override { calls.push_back("begin"); }
+        void expert(const layer_weights&, std::size_t, const expert_slices&) override {}
+        void end_layer(const layer_weights&, const std::vector<const quantized_tensor*>&) override { calls.push_back("end"); }
+        void activation_scales(const layer_weights&, const input_global_scales& g) override
+        {
+            calls.push_back("scales");
+            scales.push_back(g);
+        }
+        std::vector<std::string> calls;
+        std::vector<input_global_scales> scales;
+    };
+}
+
+TEST_CASE("NVFP4 activations: calibrated per layer on the original stream, simulated in the gated forward, given to the sink first")
+{
+    tiny_layer t(16, 16);  // NVFP4 groups of 16 divide every input
+    const std::size_t T = 6;
+    const auto x = t.tokens(T);
+    std::vector<float> y0(T * t.c.hidden), y1(T * t.c.hidden);
+    const input_spy spy(t.w);
+    const input_amax_recorder rec(t.w, spy);
+    ffn_forward(t.c, t.w, rec, x.data(), T, y1.data(), nullptr, 1);
+    ffn_forward(t.c, t.w, view_operators(t.w, 1), x.data(), T, y0.data(), nullptr, 1);
+    CHECK(y0 == y1);  // the recorder only looks
+    const input_global_scales g = rec.global_scales("tiny");
+    REQUIRE(g.experts.size() == 2);
+    REQUIRE(g.dense.size() == 3);
+    for (std::size_t k = 0; k < 2; ++k)
+    {
+        REQUIRE(spy.expert_max[k] > 0.0f);
+        CHECK(g.experts[k] == 2688.0f / spy.expert_max[k]);
+    }
+    for (std::size_t k = 0; k < 3; ++k) CHECK(g.dense[k] == 2688.0f / spy.dense_max[k]);
+    CHECK(g.dense[0] == g.dense[1]);  // gate and up read the same input
+
+    quant_spec nv;
+    nv.scheme = scheme_kind::nvfp4;
+    nv.bits = 4;
+    nv.granularity = granularity_kind::per_group;
+    nv.group_size = 16;
+    validate_options o;
+    o.specs = {nv};
+    o.gated = 0;
+    o.tokens = T;
+    o.threads = 1;
+    o.include_dense = true;
+    const auto load = [&](std::size_t l) -> const layer_weights& {
+        t.w.layer = l;
+        return t.w;
+    };
+    const auto weight_only = validate(t.c, load, x, o);
+    o.activations = activation_quantization::nvfp4_per_group16;
+    call_log log;
+    const auto w4a4 = validate(t.c, load, x, o, &log);
+    CHECK(log.calls == std::vector<std::string>{"scales", "begin", "end", "scales", "begin", "end"});
+    REQUIRE(log.scales.size() == 2);
+    CHECK(log.scales[0].experts == g.experts);  // layer 0 sees the tokens the recorder saw
+    CHECK(log.scales[0].dense == g.dense);
+    // the same weights, the activations quantized too: a different, lower cosine
+    const double c16 = weight_only.layers[0].by_spec[0].hidden_cos_min, c4 = w4a4.layers[0].by_spec[0].hidden_cos_min;
+    CHECK(c4 < c16);
+    CHECK(c4 > 0.9);
 }

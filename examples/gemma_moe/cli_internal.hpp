@@ -60,7 +60,7 @@ namespace orbitq::gemma_cli
         double gate_layer_cos = 0.997;
         double gate_stack_cos = 0.97;
         std::string out;
-        std::string activations = "none";      ///< none (weight-only) or int8 (W8A8, dynamic per token); the float schemes imply theirs
+        std::string activations = "none";      ///< none (weight-only), int8 (W8A8, dynamic per token) or nvfp4 (W4A4 with nvfp4 weights); the other float schemes imply theirs
         std::string report;
         std::string plot;
         bool quiet = false;

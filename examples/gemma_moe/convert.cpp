@@ -96,7 +96,7 @@ namespace orbitq::gemma_cli
 
         /// The activations the engine quantizes in front of the gated spec's products: the float
         /// formats' vLLM methods (FP8 dynamic per token, per tensor or per group of 128; MXFP4 per
-        /// group of 32; NVFP4 written weight-only), else those of --activations.
+        /// group of 32; NVFP4 those of --activations: none or nvfp4), else those of --activations.
         moe::activation_quantization engine_activations(const quant_spec& gated, moe::activation_quantization given)
         {
             using moe::activation_quantization;
@@ -107,7 +107,7 @@ namespace orbitq::gemma_cli
                          : gated.granularity == granularity_kind::per_block ? activation_quantization::fp8_per_group128
                                                                              : activation_quantization::fp8_per_token;
                 case scheme_kind::mxfp4: return activation_quantization::mxfp4_per_group32;
-                case scheme_kind::nvfp4: return activation_quantization::none;
+                case scheme_kind::nvfp4: return given;
                 default: return given;
             }
         }
@@ -125,11 +125,21 @@ namespace orbitq::gemma_cli
             {
                 throw error(error_kind::invalid_argument, "--granularity auto chooses among integer specs; leave out --scheme " + o.scheme);
             }
-            if (float_codes && o.activations != "none")
+            if (float_codes && o.activations != "none" && !(base.scheme == scheme_kind::nvfp4 && o.activations == "nvfp4"))
             {
-                throw error(error_kind::invalid_argument, "--scheme " + o.scheme + " declares the activations its vLLM method quantizes; leave out --activations");
+                throw error(error_kind::invalid_argument, "--scheme " + o.scheme + " declares the activations its vLLM method quantizes; leave out --activations"
+                                                              + (base.scheme == scheme_kind::nvfp4 ? " or give nvfp4 (W4A4)" : ""));
             }
-            if (o.activations == "int8")
+            if (o.activations == "nvfp4")
+            {
+                if (base.scheme != scheme_kind::nvfp4)
+                {
+                    throw error(error_kind::invalid_argument, "--activations nvfp4 takes --scheme nvfp4 weights (vLLM's W4A4 NVFP4 MoE method)");
+                }
+                c.acts = ct::activations::nvfp4_per_group;
+                vo.activations = moe::activation_quantization::nvfp4_per_group16;
+            }
+            else if (o.activations == "int8")
             {
                 c.acts = ct::activations::int8_per_token;
                 vo.activations = moe::activation_quantization::int8_per_token;
@@ -140,7 +150,7 @@ namespace orbitq::gemma_cli
                                                               "leave out --bits, --scheme and --granularity, or set them to 8, symmetric, per_channel");
                 }
             }
-            else if (o.activations != "none") throw error(error_kind::invalid_argument, "--activations must be none or int8");
+            else if (o.activations != "none") throw error(error_kind::invalid_argument, "--activations must be none, int8 or nvfp4");
             c.out_format = ct::format_for(base, c.acts);
             c.input_widths = {c.cfg().hidden, c.cfg().expert_intermediate};
             c.output_widths = {c.cfg().expert_intermediate, c.cfg().hidden};
@@ -282,6 +292,11 @@ namespace orbitq::gemma_cli
                 err << "orbitq-gemma: " << (c.synthetic ? "synthetic Gemma-4-shaped weights" : o.checkpoint) << ", " << c.vo.layers.size() << " of "
                     << c.cfg().layers << " layers, " << c.cfg().experts << " experts (top-" << c.cfg().top_k << "), " << o.tokens << " tokens, "
                     << c.threads << " threads\n";
+            }
+            if (c.acts == ct::activations::nvfp4_per_group && !c.synthetic)
+            {
+                err << "orbitq-gemma: warning: the NVFP4 activations' input_global_scale is calibrated on " << o.tokens
+                    << " synthetic sample tokens, not on real text; real activations beyond their range are clipped at run time\n";
             }
             auto progress = [&](const moe::progress_info& p) {
                 if (o.quiet) return;

@@ -254,7 +254,7 @@ namespace orbitq::gemma_cli
                        "meeting --target-cos/--target-sqnr on every projection, chosen by orbitq::analyze)")->capture_default_str();
         app.add_option("--group-size", o.group_size, "group size of per_group")->capture_default_str()->check(integer_in(1, max_group_size));
         CLI::Option* scheme_opt = app.add_option("--scheme", o.scheme, "symmetric or asymmetric (with --granularity auto: only this scheme is considered); or a float format: "
-                       "fp8_e4m3 (per_tensor, per_channel or per_block[:RxC]; FP8 activations), mxfp4 (groups of 32; MXFP4 activations), nvfp4 (groups of 16, weight-only)")->capture_default_str();
+                       "fp8_e4m3 (per_tensor, per_channel or per_block[:RxC]; FP8 activations), mxfp4 (groups of 32; MXFP4 activations), nvfp4 (groups of 16; weight-only, or W4A4 with --activations nvfp4)")->capture_default_str();
         app.add_option("--scales", o.scales, "amax (each orbit's range), mse (per orbit, the clipped and refit scale of least squared error; "
                        "never worse than amax, orbit by orbit) or mse_signed (symmetric: mse whose scales may be negative, so a positive extreme "
                        "takes the lowest code too; vLLM's Marlin misreads them with int8 activations)")->capture_default_str();
@@ -275,8 +275,9 @@ namespace orbitq::gemma_cli
         app.add_option("--gate-stack-cos", o.gate_stack_cos, "stack gate on the final min cos")->capture_default_str()->check(cosine);
         app.add_option("--out", o.out, "write the converted checkpoint to DIR (must not exist, not inside the input)");
         app.add_option("--activations", o.activations,
-                       "none (weight-only, pack-quantized) or int8 (W8A8: int8 per_channel symmetric weights, dynamic per-token int8 "
-                       "activations, int-quantized; the validation quantizes activations the same way)")
+                       "none (weight-only, pack-quantized), int8 (W8A8: int8 per_channel symmetric weights, dynamic per-token int8 "
+                       "activations, int-quantized) or nvfp4 (W4A4 with --scheme nvfp4: NVFP4 activations per group of 16 under a static "
+                       "input_global_scale calibrated per layer on the sample tokens); the validation quantizes activations the same way")
             ->capture_default_str();
         app.add_option("--report", o.report, "write a JSON report");
         app.add_option("--plot", o.plot, "write an SVG plot: per-layer min cos(hidden) and the stack's cosine after each layer, with the gates");

@@ -282,7 +282,13 @@ namespace orbitq::gemma_cli
         const auto& gs = rep.stack[c.vo.gated];
         const int code = rep.passed ? 0 : 2;
         if (!c.written_note.empty()) out << "out: " << c.written_note << "\n";
-        if (c.acts != ct::activations::none) out << "activations: int8 per token, dynamic symmetric (W8A8), simulated in the " << c.spec_names.at(c.vo.gated) << " forward pass\n";
+        if (c.acts == ct::activations::int8_per_token) out << "activations: int8 per token, dynamic symmetric (W8A8), simulated in the " << c.spec_names.at(c.vo.gated) << " forward pass\n";
+        if (c.acts == ct::activations::nvfp4_per_group)
+        {
+            out << "activations: nvfp4 per group of 16 (W4A4), input_global_scale calibrated per layer on the " << c.o.tokens
+                << (c.synthetic ? " sample tokens" : " SYNTHETIC sample tokens (not real text: check the run-time accuracy)") << ", simulated in the "
+                << c.spec_names.at(c.vo.gated) << " forward pass\n";
+        }
         const bool float_codes = is_float_scheme(c.vo.specs.at(c.vo.gated).scheme);
         out << "verdict: " << c.spec_names.at(c.vo.gated) << (c.automatic || float_codes ? std::string() : " int" + std::to_string(c.o.bits)) << " " << (rep.passed ? "PASSES" : "FAILS") << " (layer gate "
             << (gs.layer_gate_passed ? "pass" : "FAIL") << ", stack gate " << (gs.stack_gate_passed ? "pass" : "FAIL") << ")  [exit " << code << "]\n";

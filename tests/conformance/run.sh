@@ -42,6 +42,9 @@ convert fp8_block64 0 "$fp float-quantized --expect-bits 8 --expect-strategy blo
   --scheme fp8_e4m3 --granularity per_block:64x64
 convert nvfp4a16 0 "$fp nvfp4-pack-quantized --expect-bits 4 --expect-strategy tensor_group --expect-group-size 16 --expect-input none --expect-method w4a16_nvfp4 --min-cos 0.99" -- \
   --scheme nvfp4
+# W4A4: NVFP4 activations under an input_global_scale per Linear, calibrated on the sample tokens
+convert nvfp4_w4a4 0 "$fp nvfp4-pack-quantized --expect-bits 4 --expect-strategy tensor_group --expect-group-size 16 --expect-input local --expect-method w4a4_nvfp4 --min-cos 0.99" -- \
+  --scheme nvfp4 --activations nvfp4
 convert mxfp4 2 "$fp mxfp4-pack-quantized --expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-input dynamic --expect-method w4a4_mxfp4 --min-cos 0.985" -- \
   --scheme mxfp4
 fi

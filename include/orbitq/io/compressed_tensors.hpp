@@ -17,9 +17,11 @@
 /// - `float-quantized` (FP8 E4M3 weights, dynamic FP8 activations; CompressedTensorsW8A8Fp8MoEMethod):
 ///   `base.weight` F8_E4M3 [out, in] and `base.weight_scale` F32 [1] (tensor), [out, 1] (channel)
 ///   or [ceil(out/R), ceil(in/C)] (R x C blocks);
-/// - `nvfp4-pack-quantized` (NVFP4 weight-only, CompressedTensorsW4A4Nvfp4MoEMethod in its A16
-///   mode): `base.weight_packed` U8 [out, in/2] (two E2M1 codes a byte, the first in the low
-///   nibble), `base.weight_scale` F8_E4M3 [out, in/16], `base.weight_global_scale` F32 [1];
+/// - `nvfp4-pack-quantized` (NVFP4 weights, CompressedTensorsW4A4Nvfp4MoEMethod, weight-only in
+///   its A16 mode): `base.weight_packed` U8 [out, in/2] (two E2M1 codes a byte, the first in the
+///   low nibble), `base.weight_scale` F8_E4M3 [out, in/16], `base.weight_global_scale` F32 [1];
+///   with NVFP4 activations (W4A4) also `base.input_global_scale` F32 [1], the activations'
+///   static global scale (vLLM: a13_scale = 1 / input_global_scale);
 /// - `mxfp4-pack-quantized` (MXFP4 weights, dynamic MXFP4 activations;
 ///   CompressedTensorsW4A4Mxfp4MoEMethod): `base.weight_packed` U8 [out, in/2] and
 ///   `base.weight_scale` U8 [out, in/32] (E8M0 exponent bytes).
@@ -80,8 +82,10 @@ namespace orbitq::io::compressed_tensors
     ///        the float formats declare the activations of their vLLM method (see activation_args_json).
     enum class activations
     {
-        none,          ///< weight-only
-        int8_per_token ///< symmetric int8, one scale per token computed at run time
+        none,            ///< weight-only
+        int8_per_token,  ///< symmetric int8, one scale per token computed at run time
+        nvfp4_per_group  ///< with NVFP4 weights (W4A4): NVFP4 per group of 16 of each token, E4M3
+                         ///< group scales at run time under a static `input_global_scale` per Linear
     };
 
     /// @brief The format that stores `spec` (the float schemes' own, else by the activations).
@@ -262,12 +266,26 @@ namespace orbitq::io::compressed_tensors
     /// @brief The `input_activations` QuantizationArgs (null for weight-only): for float weights
     ///        the dynamic activations of their vLLM method (FP8 per token for channel weights, per
     ///        tensor for tensor weights, per group of 128 for blocks; MXFP4 per group of 32;
-    ///        none for NVFP4, written weight-only).
+    ///        NVFP4's preset with nvfp4_per_group, else none: NVFP4A16).
     inline nlohmann::json activation_args_json(const quant_spec& spec, activations a)
     {
         if (is_float_scheme(spec.scheme))
         {
-            if (spec.scheme == scheme_kind::nvfp4) return nullptr;
+            if (spec.scheme == scheme_kind::nvfp4)
+            {
+                if (a != activations::nvfp4_per_group) return nullptr;
+                // compressed-tensors' NVFP4 preset: a static global scale, dynamic local scales
+                return {{"num_bits", 4},
+                        {"type", "float"},
+                        {"symmetric", true},
+                        {"strategy", "tensor_group"},
+                        {"group_size", 16},
+                        {"block_structure", nullptr},
+                        {"dynamic", "local"},
+                        {"actorder", nullptr},
+                        {"observer", "minmax"},
+                        {"observer_kwargs", nlohmann::json::object()}};
+            }
             const bool mx = spec.scheme == scheme_kind::mxfp4;
             const char* strategy = mx || spec.granularity == granularity_kind::per_block ? "group"
                                  : spec.granularity == granularity_kind::per_tensor   ? "tensor"
@@ -313,7 +331,7 @@ namespace orbitq::io::compressed_tensors
     /// @throws error (invalid_argument) for bits other than 4 and 8, or int_quantized with 4 bits,
     ///         or a float scheme in another format than its own.
     inline std::vector<tensor_decl> linear_decls(const quant_spec& spec, format f, std::size_t rows, std::size_t cols,
-                                                 const std::string& base, dtype scale_type)
+                                                 const std::string& base, dtype scale_type, activations a = activations::none)
     {
         if (is_float_scheme(spec.scheme) || f == format::float_quantized || f == format::nvfp4_pack_quantized || f == format::mxfp4_pack_quantized)
         {
@@ -338,6 +356,7 @@ namespace orbitq::io::compressed_tensors
             const std::size_t groups = (cols + spec.group_size - 1) / spec.group_size;
             d.push_back({base + ".weight_scale", spec.scheme == scheme_kind::nvfp4 ? dtype::f8_e4m3 : dtype::u8, {rows, groups}});
             if (spec.scheme == scheme_kind::nvfp4) d.push_back({base + ".weight_global_scale", dtype::f32, {1}});
+            if (spec.scheme == scheme_kind::nvfp4 && a == activations::nvfp4_per_group) d.push_back({base + ".input_global_scale", dtype::f32, {1}});
             return d;
         }
         if (spec.bits != 4 && spec.bits != 8) throw error(error_kind::invalid_argument, base + ": compressed-tensors stores 4 or 8 bits");
@@ -439,10 +458,20 @@ namespace orbitq::io::compressed_tensors
     /// @brief The bytes of one Linear, rows [row0, row0 + rows) of `q`, in linear_decls order.
     ///        Every column of those rows belongs to the Linear (a stacked expert tensor is split
     ///        by rows only).
+    /// @param input_global_scale NVFP4 W4A4's activation global scale, appended last (the
+    ///        declarations of linear_decls with activations::nvfp4_per_group); unset otherwise.
     /// @pre f is int_quantized only for an 8-bit symmetric q; the host is little-endian.
+    /// @throws error (invalid_argument) for an input_global_scale with weights other than NVFP4.
     inline std::vector<std::vector<std::byte>> encode_linear(const quantized_tensor& q, format f, std::size_t row0, std::size_t rows,
-                                                             dtype scale_type)
+                                                             dtype scale_type, std::optional<float> input_global_scale = std::nullopt)
     {
+        if (input_global_scale)
+        {
+            if (q.spec.scheme != scheme_kind::nvfp4) throw error(error_kind::invalid_argument, "input_global_scale is written with NVFP4 weights only");
+            auto o = detail::encode_float_linear(q, row0, rows);
+            o.push_back(detail::as_bytes(std::vector<float>{*input_global_scale}));
+            return o;
+        }
         if (is_float_scheme(q.spec.scheme)) return detail::encode_float_linear(q, row0, rows);
         const std::size_t cols = q.cols;
         const bool group = q.spec.granularity == granularity_kind::per_group;

@@ -88,6 +88,8 @@ namespace orbitq::moe
     {
     public:
         /// @param act int8_per_token writes the W8A8 form (int-quantized), else pack-quantized;
+        ///        nvfp4_per_group with NVFP4 weights writes W4A4, each Linear with the
+        ///        input_global_scale of its layer (activation_scales, before begin_layer);
         ///        the float schemes are written in their own formats (io/compressed_tensors.hpp).
         /// @throws error (invalid_argument) when dir exists (unless overwrite; and even then when
         ///         it is not a directory), or is inside or equal to the input directory; error (io)
@@ -131,7 +133,7 @@ namespace orbitq::moe
                         for (const linear_part& p : t.linears)
                         {
                             add(io::compressed_tensors::linear_decls(spec, m_format, p.rows, t.cols, names::expert_linear(c, w.layer, e, p.stem),
-                                                                     m_scale_type));
+                                                                     m_scale_type, m_act));
                         }
                         replaced.insert(name_of(t.blocks.at(e)));
                     }
@@ -144,7 +146,7 @@ namespace orbitq::moe
                 {
                     replaced.insert(name_of(w.dense[k]));
                     add(io::compressed_tensors::linear_decls(spec, m_format, rows_of(w.dense[k]), cols_of(w.dense[k]),
-                                                             names::dense_linear(c, w.layer, k), m_scale_type));
+                                                             names::dense_linear(c, w.layer, k), m_scale_type, m_act));
                     m_converted[w.layer].dense[k] = spec;
                 }
             }
@@ -170,7 +172,7 @@ namespace orbitq::moe
                 if (!s.q[k]) continue;
                 for (const linear_part& p : w.experts[k].linears)
                 {
-                    write_linear(*s.q[k], p.row0, p.rows, names::expert_linear(m_src.cfg(), w.layer, e, p.stem));
+                    write_linear(*s.q[k], p.row0, p.rows, names::expert_linear(m_src.cfg(), w.layer, e, p.stem), input_global(w, k, false));
                 }
             }
         }
@@ -179,11 +181,18 @@ namespace orbitq::moe
         {
             for (std::size_t k = 0; k < dense.size(); ++k)
             {
-                if (dense[k]) write_linear(*dense[k], 0, dense[k]->rows, names::dense_linear(m_src.cfg(), w.layer, k));
+                if (dense[k]) write_linear(*dense[k], 0, dense[k]->rows, names::dense_linear(m_src.cfg(), w.layer, k), input_global(w, k, true));
             }
+            m_globals.reset();
             for (const auto& d : m_copies) write_copy(*m_layer, d);
             m_layer->commit();
             m_layer.reset();
+        }
+
+        void activation_scales(const layer_weights& w, const input_global_scales& g) override
+        {
+            (void)w;
+            m_globals = g;
         }
 
         /// @brief The `quantization_config` of what has been written so far (see the class brief).
@@ -302,6 +311,7 @@ namespace orbitq::moe
         {
             const nlohmann::json a = io::compressed_tensors::activation_args_json(m_spec, m_act);
             if (a.is_null()) return "none";
+            if (a["strategy"] == "tensor_group") return "nvfp4 per group of 16, dynamic group scales under input_global_scale (calibrated per layer)";
             const std::string type = a["type"] == "float" ? (a["num_bits"] == 8 ? "fp8" : "mxfp4") : "int8";
             return type + " dynamic per " + a["strategy"].get<std::string>()
                    + (a["group_size"].is_null() ? std::string() : " of " + std::to_string(a["group_size"].get<std::size_t>()));
@@ -375,10 +385,24 @@ namespace orbitq::moe
             m_total += bytes;
         }
 
-        void write_linear(const quantized_tensor& q, std::size_t row0, std::size_t rows, const std::string& base)
+        /// The activation global scale of expert projection (or dense matrix) k under NVFP4
+        /// activations, else none. @throws error when the layer's calibration did not come.
+        std::optional<float> input_global(const layer_weights& w, std::size_t k, bool dense) const
         {
-            const auto decls = io::compressed_tensors::linear_decls(q.spec, m_format, rows, q.cols, base, m_scale_type);
-            const auto data = io::compressed_tensors::encode_linear(q, m_format, row0, rows, m_scale_type);
+            if (m_act != io::compressed_tensors::activations::nvfp4_per_group) return std::nullopt;
+            const std::vector<float>* g = m_globals ? (dense ? &m_globals->dense : &m_globals->experts) : nullptr;
+            if (!g || k >= g->size())
+            {
+                throw error(error_kind::invalid_argument, "layer " + std::to_string(w.layer) + ": NVFP4 activations without calibrated input global scales");
+            }
+            return (*g)[k];
+        }
+
+        void write_linear(const quantized_tensor& q, std::size_t row0, std::size_t rows, const std::string& base, std::optional<float> input_global)
+        {
+            const auto decls = io::compressed_tensors::linear_decls(q.spec, m_format, rows, q.cols, base, m_scale_type, m_act);
+            const auto data = io::compressed_tensors::encode_linear(q, m_format, row0, rows, m_scale_type, input_global);
+            if (decls.size() != data.size()) throw error(error_kind::invalid_argument, base + ": the tensors written differ from those declared");
             for (std::size_t i = 0; i < decls.size(); ++i)
             {
                 m_layer->write(decls[i].name, std::span<const std::byte>(data[i]));
@@ -398,6 +422,7 @@ namespace orbitq::moe
         model_source& m_src;
         quant_spec m_spec;
         io::compressed_tensors::activations m_act;
+        std::optional<input_global_scales> m_globals;  ///< the current layer's (NVFP4 activations)
         io::compressed_tensors::format m_format;
         bool m_auto = false;
         unsigned m_threads;

@@ -202,7 +202,20 @@ namespace orbitq::moe
         fp8_per_token,      ///< dynamic E4M3, scale amax / 448 per token (FP8 per-channel weights)
         fp8_per_tensor,     ///< dynamic E4M3, one scale amax / 448 over the tokens of a product
         fp8_per_group128,   ///< dynamic E4M3 per group of 128 of each token (FP8 block weights)
-        mxfp4_per_group32   ///< dynamic MXFP4 per group of 32 of each token (MXFP4 weights)
+        mxfp4_per_group32,  ///< dynamic MXFP4 per group of 32 of each token (MXFP4 weights)
+        nvfp4_per_group16   ///< NVFP4 per group of 16 of each token: dynamic E4M3 group scales under a
+                            ///< static global scale per product input (input_global_scales; W4A4 NVFP4)
+    };
+
+    /// @brief The static global scales of NVFP4 activations (448 · 6 / amax of the input over the
+    ///        calibration tokens), one per input of a layer's products: `experts[k]` for expert
+    ///        projection k of layer_weights::experts (shared by every expert, as the engines use
+    ///        one per layer), `dense[k]` for dense matrix k. Empty when the activations are not NVFP4.
+    struct input_global_scales
+    {
+        std::vector<float> experts;
+        std::vector<float> dense;
+        bool empty() const noexcept { return experts.empty() && dense.empty(); }
     };
 
     /// @brief Replaces `count` values with their float-code quantization, dequantized, under one
@@ -218,6 +231,35 @@ namespace orbitq::moe
         {
             const float q = v[i] / scale;
             v[i] = (mxfp4 ? e2m1_to_float(to_e2m1(q)) : e4m3_to_float(to_e4m3(q))) * scale;
+        }
+    }
+
+    /// @brief Replaces each token of `x` (tokens × n) by its NVFP4 quantization, dequantized, as
+    ///        vLLM's reference (ref_nvfp4_quant) computes it: per group of 16 values of a token,
+    ///        scale s = e4m3(min(global · (amax · 1/6), 448)), codes E2M1 of clamp(x · o, ±6) with
+    ///        o = 1 / (s · (1 / global)), value = code / o; a group whose s is 0 becomes zero.
+    /// @pre global > 0 and finite.
+    inline void quantize_tokens_nvfp4(float* x, std::size_t tokens, std::size_t n, float global)
+    {
+        constexpr std::size_t g = 16;
+        const float inv_global = 1.0f / global;
+        for (std::size_t t = 0; t < tokens; ++t)
+        {
+            for (std::size_t c0 = 0; c0 < n; c0 += g)
+            {
+                float* v = x + t * n + c0;
+                const std::size_t m = std::min(g, n - c0);
+                float amax = 0.0f;
+                for (std::size_t i = 0; i < m; ++i) amax = std::max(amax, std::fabs(v[i]));
+                const float s = e4m3_to_float(to_e4m3(std::min(global * (amax * (1.0f / e2m1_max)), e4m3_max)));
+                if (s == 0.0f)
+                {
+                    std::fill_n(v, m, 0.0f);
+                    continue;
+                }
+                const float o = 1.0f / (s * inv_global);
+                for (std::size_t i = 0; i < m; ++i) v[i] = e2m1_to_float(to_e2m1(std::clamp(v[i] * o, -e2m1_max, e2m1_max))) / o;
+            }
         }
     }
 
@@ -240,11 +282,19 @@ namespace orbitq::moe
 
     /// @brief Replaces x (tokens × n) by its quantization under `a`, dequantized, as the engine's
     ///        kernels quantize the activations entering a product.
-    inline void quantize_activations(activation_quantization a, float* x, std::size_t tokens, std::size_t n)
+    /// @param global the static global scale of nvfp4_per_group16 (unused by the others).
+    /// @throws error (invalid_argument) for nvfp4_per_group16 without a positive finite global.
+    inline void quantize_activations(activation_quantization a, float* x, std::size_t tokens, std::size_t n, float global = 0.0f)
     {
         switch (a)
         {
             case activation_quantization::none: return;
+            case activation_quantization::nvfp4_per_group16:
+                if (!(global > 0.0f && std::isfinite(global)))
+                {
+                    throw error(error_kind::invalid_argument, "NVFP4 activations need a positive finite global scale (input_global_scale)");
+                }
+                return quantize_tokens_nvfp4(x, tokens, n, global);
             case activation_quantization::int8_per_token: return quantize_tokens_int8(x, tokens, n);
             case activation_quantization::fp8_per_tensor: return quantize_span_float(x, tokens * n, false);
             case activation_quantization::fp8_per_token:
@@ -314,14 +364,16 @@ namespace orbitq::moe
         /// @param experts returns expert e's quantized blocks; called once per use.
         /// @param dense_q {gate, up, down} quantized, or nullptrs (or empty) to use the source views.
         /// @param acts how the activations entering a quantized product are quantized first.
+        /// @param globals the static global scales of NVFP4 activations (nvfp4_per_group16).
         quantized_operators(const layer_weights& w, expert_provider experts, std::vector<const quantized_tensor*> dense_q,
-                            unsigned threads, activation_quantization acts = activation_quantization::none)
+                            unsigned threads, activation_quantization acts = activation_quantization::none, input_global_scales globals = {})
             : m_w(w)
             , m_src(w, threads)
             , m_experts(std::move(experts))
             , m_dense(std::move(dense_q))
             , m_threads(threads)
             , m_acts(acts)
+            , m_globals(std::move(globals))
         {
         }
 
@@ -329,7 +381,7 @@ namespace orbitq::moe
         {
             const quantized_tensor* q = k < m_dense.size() ? m_dense[k] : nullptr;
             if (q == nullptr) m_src.dense(k, x, tokens, y);
-            else apply_quantized(*q, x, tokens, y);
+            else apply_quantized(*q, x, tokens, y, global_of(m_globals.dense, k));
         }
         void expert(std::size_t e, std::size_t k, const float* x, std::size_t tokens, float* y) const override
         {
@@ -341,15 +393,17 @@ namespace orbitq::moe
             {
                 throw error(error_kind::shape_mismatch, "quantized expert " + std::to_string(e) + " of '" + t.name + "' has the wrong shape");
             }
-            apply_quantized(*q, x, tokens, y);
+            apply_quantized(*q, x, tokens, y, global_of(m_globals.experts, k));
         }
 
     private:
-        void apply_quantized(const quantized_tensor& q, const float* x, std::size_t tokens, float* y) const
+        static float global_of(const std::vector<float>& g, std::size_t k) noexcept { return k < g.size() ? g[k] : 0.0f; }
+
+        void apply_quantized(const quantized_tensor& q, const float* x, std::size_t tokens, float* y, float global) const
         {
             if (m_acts == activation_quantization::none) return apply(q, x, tokens, y, m_threads);
             std::vector<float> xq(x, x + tokens * q.cols);
-            quantize_activations(m_acts, xq.data(), tokens, q.cols);
+            quantize_activations(m_acts, xq.data(), tokens, q.cols, global);
             apply(q, xq.data(), tokens, y, m_threads);
         }
 
@@ -359,6 +413,63 @@ namespace orbitq::moe
         std::vector<const quantized_tensor*> m_dense;
         unsigned m_threads;
         activation_quantization m_acts;
+        input_global_scales m_globals;
+    };
+
+    /// @brief ffn_operators that forwards to another and records the largest |x| entering each
+    ///        product: per expert projection k (over every expert) and per dense matrix k, the
+    ///        calibration of input_global_scales.
+    class input_amax_recorder : public ffn_operators
+    {
+    public:
+        /// @param inner the operators that compute the products (they outlive the recorder).
+        input_amax_recorder(const layer_weights& w, const ffn_operators& inner)
+            : m_w(w)
+            , m_inner(inner)
+            , m_experts(w.experts.size(), 0.0f)
+            , m_dense(w.dense.size(), 0.0f)
+        {
+        }
+        void dense(std::size_t k, const float* x, std::size_t tokens, float* y) const override
+        {
+            record(m_dense, k, x, tokens * cols(k, true));
+            m_inner.dense(k, x, tokens, y);
+        }
+        void expert(std::size_t e, std::size_t k, const float* x, std::size_t tokens, float* y) const override
+        {
+            record(m_experts, k, x, tokens * cols(k, false));
+            m_inner.expert(e, k, x, tokens, y);
+        }
+        /// @brief The NVFP4 global scales of the recorded inputs, 448 · 6 / amax (1 where an
+        ///        input was never seen or was all zero).
+        /// @throws error (invalid_argument) where amax is too small for a float32 global scale.
+        input_global_scales global_scales(const std::string& layer) const
+        {
+            input_global_scales g;
+            for (std::size_t k = 0; k < m_experts.size(); ++k)
+            {
+                g.experts.push_back(orbitq::detail::float_schemes::nvfp4_global(m_experts[k], layer + " expert input " + std::to_string(k)));
+            }
+            for (std::size_t k = 0; k < m_dense.size(); ++k)
+            {
+                g.dense.push_back(orbitq::detail::float_schemes::nvfp4_global(m_dense[k], layer + " dense input " + std::to_string(k)));
+            }
+            return g;
+        }
+
+    private:
+        std::size_t cols(std::size_t k, bool dense) const { return dense ? cols_of(m_w.dense.at(k)) : m_w.experts.at(k).cols; }
+        static void record(std::vector<float>& amax, std::size_t k, const float* x, std::size_t count)
+        {
+            float m = amax.at(k);
+            for (std::size_t i = 0; i < count; ++i) m = std::max(m, std::fabs(x[i]));
+            amax[k] = m;
+        }
+
+        const layer_weights& m_w;
+        const ffn_operators& m_inner;
+        mutable std::vector<float> m_experts;
+        mutable std::vector<float> m_dense;
     };
 
     /// @brief out = RMSNorm_w(v) per token when the norm is present, else a copy of v.

@@ -581,6 +581,7 @@ namespace orbitq::moe
             std::vector<float> orig_out;             ///< T x H leaving it (source weights)
             std::vector<std::vector<float>> quantized;
             std::vector<token_route> routes_orig;
+            input_global_scales input_globals;      ///< the current layer's (NVFP4 activations only)
         };
 
         /// One granularity on one layer: quantizes (experts on demand, dense whole), runs the
@@ -624,7 +625,9 @@ namespace orbitq::moe
             std::copy(s.orig.begin(), s.orig.end(), xin.begin());
             std::copy(s.quantized[g].begin(), s.quantized[g].end(), xin.begin() + static_cast<std::ptrdiff_t>(T * H));
             auto provide = [&](std::size_t e) { return experts ? experts->provide(e) : expert_slices{}; };
-            const quantized_operators qops(w, provide, dq, opt.threads, g == opt.gated ? opt.activations : activation_quantization::none);
+            const bool gated = g == opt.gated;
+            const quantized_operators qops(w, provide, dq, opt.threads, gated ? opt.activations : activation_quantization::none,
+                                           gated ? s.input_globals : input_global_scales{});
             std::vector<token_route> routes_q;
             ffn_forward(c, w, qops, xin.data(), 2 * T, yq.data(), &routes_q, opt.threads);
             if (experts) experts->finish();
@@ -704,7 +707,17 @@ namespace orbitq::moe
             layer_report lr;
             lr.layer = opt.layers[li];
             const std::set<std::string> nonfinite = detail::scan_nonfinite(c, w, opt, rep.skipped);
-            ffn_forward(c, w, view_operators(w, opt.threads), s.orig.data(), opt.tokens, s.orig_out.data(), &s.routes_orig, opt.threads);
+            const view_operators source(w, opt.threads);
+            if (opt.activations == activation_quantization::nvfp4_per_group16)
+            {
+                // the static activation scales, calibrated on the original stream through the
+                // source weights, as a calibration run would
+                const input_amax_recorder recorder(w, source);
+                ffn_forward(c, w, recorder, s.orig.data(), opt.tokens, s.orig_out.data(), &s.routes_orig, opt.threads);
+                s.input_globals = recorder.global_scales("layer " + std::to_string(w.layer));
+                if (sink) sink->activation_scales(w, s.input_globals);
+            }
+            else ffn_forward(c, w, source, s.orig.data(), opt.tokens, s.orig_out.data(), &s.routes_orig, opt.threads);
             for (std::size_t g = 0; g < G; ++g) lr.by_spec.push_back(detail::validate_granularity(c, w, opt, g, nonfinite, s, sink, rep, quantize_s));
             s.orig.swap(s.orig_out);
             rep.layers.push_back(std::move(lr));

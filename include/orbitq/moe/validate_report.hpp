@@ -37,8 +37,10 @@ namespace orbitq::moe
         /// stop the run.
         std::function<quant_spec(const std::vector<any_view>&, const quant_spec&)> choose;
         /// Activations the engine quantizes before each quantized product: none, or int8 per
-        /// token (symmetric, scale = amax/127, round half to even), as W8A8 kernels do; the
-        /// gated granularity's forward pass simulates it, so the gates judge what will run.
+        /// token (symmetric, scale = amax/127, round half to even), as W8A8 kernels do, or the
+        /// float formats' (NVFP4's static global scales are calibrated per layer on the original
+        /// stream's tokens); the gated granularity's forward pass simulates it, so the gates
+        /// judge what will run.
         activation_quantization activations = activation_quantization::none;
         /// A NaN or infinity in a tensor that would be quantized: false (default) stops the run
         /// with an error naming the tensor and the position (expert, row, column); true keeps such
@@ -150,5 +152,12 @@ namespace orbitq::moe
         virtual void expert(const layer_weights& w, std::size_t e, const expert_slices& s) = 0;
         /// @brief dense: {gate, up, down} quantized, or empty when kept in source precision.
         virtual void end_layer(const layer_weights& w, const std::vector<const quantized_tensor*>& dense) = 0;
+        /// @brief The static global scales of NVFP4 activations for layer w, calibrated before
+        ///        its begin_layer (only with activation_quantization::nvfp4_per_group16).
+        virtual void activation_scales(const layer_weights& w, const input_global_scales& g)
+        {
+            (void)w;
+            (void)g;
+        }
     };
 }
