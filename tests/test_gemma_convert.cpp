@@ -319,6 +319,39 @@ TEST_CASE("NVFP4 W4A4: every expert Linear carries its layer's input_global_scal
     CHECK(json::parse(std::ifstream(out16 / "config.json")).at("quantization_config").at("config_groups").at("group_0").at("input_activations").is_null());
 }
 
+TEST_CASE("--granularity auto: the float formats are candidates; a layer may take FP8 while another stays integer")
+{
+    convert_scratch s;
+    const fs::path in = s.dir / "in", out = s.dir / "out";
+    auto w = cli({"--write-synthetic", in.string(), "--synthetic-layers", "2", "--experts", "2", "--quiet"});
+    REQUIRE_MESSAGE(w.rc == 0, w.err);
+    // cos >= 0.999: layer 1's outliers take int8 per tensor below it, FP8's exponent keeps it
+    // above at the same 8 bits a weight; layer 0 keeps int8 per tensor (higher SQNR at a tie)
+    auto r = cli({"--checkpoint", in.string(), "--out", out.string(), "--granularity", "auto", "--target-cos", "0.999", "--tokens", "2", "--quiet"});
+    REQUIRE_MESSAGE(r.rc == 0, std::string(r.err + r.out));
+    CHECK(r.out.find("layers.0.experts.gate_up_proj: per_tensor int8 symmetric") != std::string::npos);
+    CHECK(r.out.find("layers.1.experts.gate_up_proj: per_tensor fp8_e4m3") != std::string::npos);
+    const json qc = json::parse(std::ifstream(out / "config.json")).at("quantization_config");
+    CHECK(qc.at("format") == "mixed-precision");
+    std::set<std::string> formats;
+    for (const auto& [name, g] : qc.at("config_groups").items())
+    {
+        formats.insert(g.at("format").get<std::string>());
+        // FP8 weights come with vLLM's dynamic FP8 activations; the integer group is weight-only
+        if (g.at("format") == "float-quantized") CHECK(g.at("input_activations").at("type") == "float");
+        else CHECK(g.at("input_activations").is_null());
+    }
+    CHECK(formats == std::set<std::string>{"float-quantized", "pack-quantized"});
+    const st_dir dst(out);
+    CHECK(dst.entry(layer_prefix + "1.experts.0.gate_proj.weight").at("dtype") == "F8_E4M3");
+    CHECK(dst.entry(layer_prefix + "0.experts.0.gate_proj.weight_packed").at("dtype") == "I32");
+
+    // --bits 4: only 4-bit candidates, float ones included (mxfp4, nvfp4) in the count
+    r = cli({"--checkpoint", in.string(), "--granularity", "auto", "--target-cos", "0.99", "--bits", "4", "--tokens", "2", "--quiet"});
+    REQUIRE_MESSAGE(r.rc == 0, std::string(r.err + r.out));
+    CHECK(r.out.find(" of 10 candidates meeting") != std::string::npos);  // 8 integer (per_tensor, per_channel, g32, g64 x sym/asym) + 2
+}
+
 TEST_CASE("malformed checkpoints and bad options: exit status 1 with a message saying what to do")
 {
     convert_scratch s;

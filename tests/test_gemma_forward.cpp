@@ -429,7 +429,12 @@ namespace
     };
 }
 
-TEST_CASE("NVFP4 activations: calibrated per layer on the original stream, simulated in the gated forward, given to the sink first")
+namespace
+{
+    double layer0_cos(const validation_report& r) { return r.layers[0].by_spec[0].hidden_cos_min; }
+}
+
+TEST_CASE("NVFP4 activations: calibrated per layer on the original stream, simulated in the gated forward, given to the sink first; activations_for per spec")
 {
     tiny_layer t(16, 16);  // NVFP4 groups of 16 divide every input
     const std::size_t T = 6;
@@ -474,6 +479,17 @@ TEST_CASE("NVFP4 activations: calibrated per layer on the original stream, simul
     REQUIRE(log.scales.size() == 2);
     CHECK(log.scales[0].experts == g.experts);  // layer 0 sees the tokens the recorder saw
     CHECK(log.scales[0].dense == g.dense);
+    // activations_for decides per layer from the spec (here the gated one) in place of activations
+    o.activations = activation_quantization::none;
+    std::vector<quant_spec> asked;
+    o.activations_for = [&](const quant_spec& q) {
+        asked.push_back(q);
+        return activation_quantization::mxfp4_per_group32;
+    };
+    const auto per_spec = validate(t.c, load, x, o);
+    REQUIRE(asked.size() == 2);
+    CHECK(asked[0] == nv);
+    CHECK(per_spec.layers[0].by_spec[0].hidden_cos_min < layer0_cos(weight_only));
     // the same weights, the activations quantized too: a different, lower cosine
     const double c16 = weight_only.layers[0].by_spec[0].hidden_cos_min, c4 = w4a4.layers[0].by_spec[0].hidden_cos_min;
     CHECK(c4 < c16);

@@ -15,7 +15,28 @@ namespace orbitq::gemma_cli
         c.vo.choose = [&c, base](const std::vector<moe::any_view>& views, const quant_spec&) {
             const options& o = c.o;
             std::vector<quant_spec> cands;
-            for (quant_spec q : default_candidates(c.cfg().hidden))
+            // the integer candidates, then the float formats (unless --scheme names a scheme):
+            // fp8 per tensor and per channel, mxfp4, nvfp4 (weight-only; not where gate and up
+            // are separate tensors, whose global scales vLLM would need to be one)
+            std::vector<quant_spec> all = default_candidates(c.cfg().hidden);
+            if (!o.scheme_given)
+            {
+                const bool nvfp4_pairs = c.cfg().arch.storage == moe::expert_storage::stacked_gate_up && !o.include_dense;
+                for (const auto& [scheme, kind, group] : {std::tuple{scheme_kind::fp8_e4m3, granularity_kind::per_tensor, std::size_t{0}},
+                                                          std::tuple{scheme_kind::fp8_e4m3, granularity_kind::per_channel, std::size_t{0}},
+                                                          std::tuple{scheme_kind::mxfp4, granularity_kind::per_group, std::size_t{32}},
+                                                          std::tuple{scheme_kind::nvfp4, granularity_kind::per_group, std::size_t{16}}})
+                {
+                    if (scheme == scheme_kind::nvfp4 && !nvfp4_pairs) continue;
+                    quant_spec f;
+                    f.scheme = scheme;
+                    f.bits = scheme == scheme_kind::fp8_e4m3 ? 8 : 4;
+                    f.granularity = kind;
+                    f.group_size = group;
+                    all.push_back(f);
+                }
+            }
+            for (quant_spec q : all)
             {
                 if (o.bits_given && q.bits != o.bits) continue;
                 if (o.scheme_given && q.scheme != base.scheme) continue;
@@ -24,10 +45,11 @@ namespace orbitq::gemma_cli
                 {
                     fits = fits && (q.granularity != granularity_kind::per_group || (moe::cols_of(v) > q.group_size && moe::cols_of(v) % q.group_size == 0));
                 }
-                if (!fits || (!o.out.empty() && ct::moe_refusal(q, c.out_format, c.input_widths))) continue;
+                if (!fits || (!o.out.empty() && ct::moe_refusal(q, ct::format_for(q, c.acts), c.input_widths))) continue;
                 q.range = base.range;
                 q.codes_from_stored_scale = true;
                 cands.push_back(q);
+                if (is_float_scheme(q.scheme)) continue;
                 // --scales mse: each candidate's searched twin too (same bits per weight, never a
                 // lower SQNR, so chosen where it meets the target); not per_tensor, whose orbit
                 // spans every expert of the stacked tensor, which the conversion streams
@@ -44,7 +66,11 @@ namespace orbitq::gemma_cli
                 analyses.push_back(std::visit(
                     [&](const auto& m) {
                         std::vector<quant_spec> typed = cands;
-                        for (auto& q : typed) q.scale_type = element_type_of<typename std::decay_t<decltype(m)>::value_type>();
+                        for (auto& q : typed)
+                        {
+                            // integer scales in the weights' float type; FP8 scales stay float32
+                            if (!is_float_scheme(q.scheme)) q.scale_type = element_type_of<typename std::decay_t<decltype(m)>::value_type>();
+                        }
                         analyze_options ao;
                         ao.threads = c.threads;
                         ao.top_rows = 0;

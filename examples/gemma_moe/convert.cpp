@@ -123,7 +123,7 @@ namespace orbitq::gemma_cli
             const bool float_codes = is_float_scheme(base.scheme);
             if (float_codes && c.automatic)
             {
-                throw error(error_kind::invalid_argument, "--granularity auto chooses among integer specs; leave out --scheme " + o.scheme);
+                throw error(error_kind::invalid_argument, "--granularity auto has the float formats among its candidates; leave out --scheme " + o.scheme);
             }
             if (float_codes && o.activations != "none" && !(base.scheme == scheme_kind::nvfp4 && o.activations == "nvfp4"))
             {
@@ -171,6 +171,8 @@ namespace orbitq::gemma_cli
             // quant_spec is a placeholder never used for an expert or dense tensor.
             const quant_spec gated = gated_spec(c, base);
             vo.activations = engine_activations(gated, vo.activations);
+            // auto: each layer's activations are those of the spec chosen for it
+            if (c.automatic) vo.activations_for = [given = vo.activations](const quant_spec& s) { return engine_activations(s, given); };
             if (gated.granularity == granularity_kind::per_tensor && base.scales == scale_search::mse)
             {
                 throw error(error_kind::invalid_argument, "--scales mse with --granularity per_tensor: a per-tensor orbit spans every expert of the "

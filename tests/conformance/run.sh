@@ -63,6 +63,10 @@ convert int4_per_group32_asym 0 "--expect-bits 4 --expect-strategy group --expec
   --bits 4 --granularity per_group:32 --scheme asymmetric
 convert int4_per_channel 0 "--expect-bits 4 --expect-strategy channel --expect-symmetric true --min-cos 0.985" -- --bits 4
 convert auto_cos_0.9999 0 "--min-cos 0.9999" -- --granularity auto --target-cos 0.9999
+# the float formats among auto's candidates: FP8 per tensor for layer 1, int8 for layer 0, one
+# checkpoint of format mixed-precision
+convert auto_mixed_cos_0.999 0 "--min-cos 0.999" -- --granularity auto --target-cos 0.999
+grep -q '"format": "mixed-precision"' auto_mixed_cos_0.999/config.json || bad "auto_mixed_cos_0.999: config.json is not mixed-precision"
 # error-minimizing scales: the same layout, only the numbers move
 convert int4_per_group32_mse 0 "--expect-bits 4 --expect-strategy group --expect-group-size 32 --expect-symmetric true --min-cos 0.995" -- \
   --bits 4 --granularity per_group:32 --scales mse

@@ -101,7 +101,6 @@ namespace orbitq::moe
             , m_src(src)
             , m_spec(spec)
             , m_act(act)
-            , m_format(io::compressed_tensors::format_for(spec, act))
             , m_threads(threads)
         {
             for (const auto& d : src.tensors()) m_pending[d.name] = d;
@@ -132,7 +131,7 @@ namespace orbitq::moe
                     {
                         for (const linear_part& p : t.linears)
                         {
-                            add(io::compressed_tensors::linear_decls(spec, m_format, p.rows, t.cols, names::expert_linear(c, w.layer, e, p.stem),
+                            add(io::compressed_tensors::linear_decls(spec, format_of(spec), p.rows, t.cols, names::expert_linear(c, w.layer, e, p.stem),
                                                                      m_scale_type, m_act));
                         }
                         replaced.insert(name_of(t.blocks.at(e)));
@@ -145,7 +144,7 @@ namespace orbitq::moe
                 for (std::size_t k = 0; k < w.dense.size(); ++k)
                 {
                     replaced.insert(name_of(w.dense[k]));
-                    add(io::compressed_tensors::linear_decls(spec, m_format, rows_of(w.dense[k]), cols_of(w.dense[k]),
+                    add(io::compressed_tensors::linear_decls(spec, format_of(spec), rows_of(w.dense[k]), cols_of(w.dense[k]),
                                                              names::dense_linear(c, w.layer, k), m_scale_type, m_act));
                     m_converted[w.layer].dense[k] = spec;
                 }
@@ -231,6 +230,11 @@ namespace orbitq::moe
             nlohmann::json groups = nlohmann::json::object();
             nlohmann::json specs = nlohmann::json::object();
             std::size_t n = 0;
+            // the groups' one format, or compressed-tensors' "mixed-precision" when they differ
+            // (each group names its own)
+            std::set<std::string> formats;
+            for (const auto& [key, entry] : by_spec) formats.insert(std::string(ct::format_name(format_of(entry.first))));
+            if (formats.empty()) formats.insert(std::string(ct::format_name(format_of(m_spec))));
             for (const auto& [key, entry] : by_spec)
             {
                 const auto targets = entries(entry.second);
@@ -257,7 +261,7 @@ namespace orbitq::moe
                 }
             }
             nlohmann::json qc = {{"quant_method", "compressed-tensors"},
-                                 {"format", ct::format_name(m_format)},
+                                 {"format", formats.size() == 1 ? *formats.begin() : std::string("mixed-precision")},
                                  {"quantization_status", "compressed"},
                                  {"config_groups", groups},
                                  {"ignore", ignore},
@@ -309,6 +313,7 @@ namespace orbitq::moe
         /// For people: the activations the engine quantizes at run time.
         std::string activations_note() const
         {
+            if (m_auto) return "each config group's input_activations (the float formats' own)";
             const nlohmann::json a = io::compressed_tensors::activation_args_json(m_spec, m_act);
             if (a.is_null()) return "none";
             if (a["strategy"] == "tensor_group") return "nvfp4 per group of 16, dynamic group scales under input_global_scale (calibrated per layer)";
@@ -385,6 +390,9 @@ namespace orbitq::moe
             m_total += bytes;
         }
 
+        /// The format that stores `spec` under the writer's activations.
+        io::compressed_tensors::format format_of(const quant_spec& spec) const noexcept { return io::compressed_tensors::format_for(spec, m_act); }
+
         /// The activation global scale of expert projection (or dense matrix) k under NVFP4
         /// activations, else none. @throws error when the layer's calibration did not come.
         std::optional<float> input_global(const layer_weights& w, std::size_t k, bool dense) const
@@ -400,8 +408,8 @@ namespace orbitq::moe
 
         void write_linear(const quantized_tensor& q, std::size_t row0, std::size_t rows, const std::string& base, std::optional<float> input_global)
         {
-            const auto decls = io::compressed_tensors::linear_decls(q.spec, m_format, rows, q.cols, base, m_scale_type, m_act);
-            const auto data = io::compressed_tensors::encode_linear(q, m_format, row0, rows, m_scale_type, input_global);
+            const auto decls = io::compressed_tensors::linear_decls(q.spec, format_of(q.spec), rows, q.cols, base, m_scale_type, m_act);
+            const auto data = io::compressed_tensors::encode_linear(q, format_of(q.spec), row0, rows, m_scale_type, input_global);
             if (decls.size() != data.size()) throw error(error_kind::invalid_argument, base + ": the tensors written differ from those declared");
             for (std::size_t i = 0; i < decls.size(); ++i)
             {
@@ -423,7 +431,6 @@ namespace orbitq::moe
         quant_spec m_spec;
         io::compressed_tensors::activations m_act;
         std::optional<input_global_scales> m_globals;  ///< the current layer's (NVFP4 activations)
-        io::compressed_tensors::format m_format;
         bool m_auto = false;
         unsigned m_threads;
         io::dtype m_scale_type = io::dtype::bf16;

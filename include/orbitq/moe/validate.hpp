@@ -626,8 +626,10 @@ namespace orbitq::moe
             std::copy(s.quantized[g].begin(), s.quantized[g].end(), xin.begin() + static_cast<std::ptrdiff_t>(T * H));
             auto provide = [&](std::size_t e) { return experts ? experts->provide(e) : expert_slices{}; };
             const bool gated = g == opt.gated;
-            const quantized_operators qops(w, provide, dq, opt.threads, gated ? opt.activations : activation_quantization::none,
-                                           gated ? s.input_globals : input_global_scales{});
+            const activation_quantization acts = !gated              ? activation_quantization::none
+                                               : opt.activations_for ? opt.activations_for(plan.spec)
+                                                                     : opt.activations;
+            const quantized_operators qops(w, provide, dq, opt.threads, acts, gated ? s.input_globals : input_global_scales{});
             std::vector<token_route> routes_q;
             ffn_forward(c, w, qops, xin.data(), 2 * T, yq.data(), &routes_q, opt.threads);
             if (experts) experts->finish();

@@ -42,6 +42,11 @@ namespace orbitq::moe
         /// stream's tokens); the gated granularity's forward pass simulates it, so the gates
         /// judge what will run.
         activation_quantization activations = activation_quantization::none;
+        /// If set, the activations of the gated granularity's layer, from the spec it quantizes
+        /// the layer with (with `choose`, the one chosen for it), in place of `activations`: the
+        /// float formats' engine methods fix theirs. It does not return nvfp4_per_group16, whose
+        /// calibration `activations` asks for.
+        std::function<activation_quantization(const quant_spec&)> activations_for;
         /// A NaN or infinity in a tensor that would be quantized: false (default) stops the run
         /// with an error naming the tensor and the position (expert, row, column); true keeps such
         /// tensors in source precision (copied unquantized) and lists them in
