@@ -263,6 +263,42 @@ TEST_CASE_TEMPLATE("SIMD float codes equal the reference on every length", T, fl
     }
 }
 
+TEST_CASE("SIMD float codes equal the reference's division next to every rounding midpoint, signed zeros included")
+{
+    // Values whose quotient by s lands on each E4M3 / E2M1 midpoint, and 1-3 float steps either
+    // side, for scales of every mantissa shape (all ones, a power of two, arbitrary, tiny, huge):
+    // the kernels' product by the inverse, corrected, must round exactly as x / s does.
+    std::vector<float> mids;
+    for (std::size_t c = 0; c + 1 < 127; ++c) mids.push_back(0.5f * (e4m3_values[c] + e4m3_values[c + 1]));
+    for (std::size_t c = 0; c + 1 < e2m1_magnitudes.size(); ++c) mids.push_back(0.5f * (e2m1_magnitudes[c] + e2m1_magnitudes[c + 1]));
+    std::mt19937 g(11);
+    std::uniform_real_distribution<float> u(1.0f, 2.0f);
+    std::vector<float> scales = {0x1.fffffep-1f, 0x1.fffffep+3f, 1.0f, 0.013f, 3.0f / 7.0f, 0x1p-100f, 0x1.234568p-30f, 1e30f};
+    for (int i = 0; i < 24; ++i) scales.push_back(std::ldexp(u(g), static_cast<int>(g() % 60) - 30));
+    for (float scale : scales)
+    {
+        std::vector<float> x = {0.0f, -0.0f, 1e-45f, -1e-45f};
+        for (float m : mids)
+        {
+            for (float sign : {1.0f, -1.0f})
+            {
+                float v = sign * m * scale;
+                for (int k = 0; k < 3; ++k) v = std::nextafter(v, 0.0f);
+                for (int k = 0; k < 7; ++k, v = std::nextafter(v, sign * INFINITY)) x.push_back(v);
+            }
+        }
+        CAPTURE(scale);
+        std::vector<std::int8_t> a(x.size()), b(x.size());
+        kernels::reference::encode_float_span<kernels::float_code::e4m3>(x.data(), x.size(), scale, a.data());
+        kernels::simd::encode_float_span<kernels::float_code::e4m3>(x.data(), x.size(), scale, b.data());
+        CHECK(a == b);
+        CHECK(b[1] == static_cast<std::int8_t>(0x80));  // -0 keeps its sign in E4M3
+        kernels::reference::encode_float_span<kernels::float_code::e2m1>(x.data(), x.size(), scale, a.data());
+        kernels::simd::encode_float_span<kernels::float_code::e2m1>(x.data(), x.size(), scale, b.data());
+        CHECK(a == b);
+    }
+}
+
 TEST_CASE("fp8_e4m3 per channel: a hand-computed row")
 {
     // amax 1: scale 1/448; 1 -> 448 (0x7e), -0.5 -> -224 = -1.75 * 2^7 (0xf6), 0.3 -> 134.4,

@@ -6,8 +6,10 @@
 #include "gemma_cli_support.hpp"
 
 #include <orbitq/io/importance.hpp>
+#include <orbitq/io/safetensors_writer.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -231,4 +233,58 @@ TEST_CASE("--importance: a column importance file weights the mse search; refuse
     CHECK_MESSAGE(two.err.find("has no entry for 'model.language_model.layers.1.experts.gate_up_proj'") != std::string::npos, two.err);
     CHECK(two.out.find("    0 |") == std::string::npos);  // no layer row printed
     CHECK(!std::filesystem::exists(out));
+}
+
+TEST_CASE("--tokens-file: the residual stream of a file drives the forward tests; refused when it cannot")
+{
+    gemma_test::scratch s("orbitq_test_tokens_file");
+    const std::size_t H = 2816;
+    const auto write = [&](const std::string& name, const std::string& tensor, orbitq::io::dtype t, orbitq::shape_type shape, float fill) {
+        std::size_t n = 1;
+        for (std::size_t d : shape) n *= d;
+        std::vector<float> v(n);
+        for (std::size_t i = 0; i < n; ++i) v[i] = std::sin(0.01f * static_cast<float>(i)) + (i % H == 7 ? 30.0f : 0.0f);
+        if (fill != 0.0f) v[n / 2] = fill;
+        const std::string path = (s.dir / name).string();
+        orbitq::io::safetensors_writer w(path, {{tensor, t, shape}});
+        if (t == orbitq::io::dtype::f32) w.write(tensor, std::span<const float>(v));
+        else w.write(tensor, std::span<const std::byte>(std::vector<std::byte>(n * orbitq::io::dtype_size(t))));
+        w.commit();
+        return path;
+    };
+    const std::string good = write("good.safetensors", "hidden_states", orbitq::io::dtype::f32, {2, 3, H}, 0.0f);
+    const std::vector<std::string> base = {"--quiet", "--synthetic-layers", "1", "--experts", "2", "--compare", "per_channel"};
+    auto with = [&](std::vector<std::string> extra) {
+        std::vector<std::string> a = base;
+        a.insert(a.end(), extra.begin(), extra.end());
+        return a;
+    };
+    // [batch, sequence, hidden]: all 6 tokens, or the first --tokens of them
+    auto r = cli(with({"--tokens-file", good}));
+    REQUIRE_MESSAGE((r.rc == 0 || r.rc == 2), r.err);
+    CHECK(r.out.find("6 tokens from " + good) != std::string::npos);
+    r = cli(with({"--tokens-file", good, "--tokens", "4"}));
+    REQUIRE_MESSAGE((r.rc == 0 || r.rc == 2), r.err);
+    CHECK(r.out.find("4 tokens from " + good) != std::string::npos);
+    // other tokens, other metrics: the file's stream is the one validated
+    const std::string a_json = (s.dir / "a.json").string(), b_json = (s.dir / "b.json").string();
+    REQUIRE(cli(with({"--tokens-file", good, "--tokens", "4", "--report", a_json})).rc != 1);
+    REQUIRE(cli(with({"--tokens", "4", "--report", b_json})).rc != 1);
+    const auto read = [](const std::string& f) {
+        std::ifstream in(f);
+        return std::string((std::istreambuf_iterator<char>(in)), {});
+    };
+    const std::string ra = read(a_json), rb = read(b_json);
+    CHECK(ra.find("\"tokens_file\": \"" + good + "\"") != std::string::npos);
+    CHECK(rb.find("\"tokens_file\": null") != std::string::npos);
+
+    refused(with({"--tokens-file", good, "--tokens", "7"}), "holds 6 tokens");
+    refused(with({"--tokens-file", (s.dir / "none.safetensors").string()}), "none.safetensors");
+    refused(with({"--tokens-file", write("name.safetensors", "hidden", orbitq::io::dtype::f32, {2, H}, 0.0f)}), "no tensor 'hidden_states'");
+    refused(with({"--tokens-file", write("width.safetensors", "hidden_states", orbitq::io::dtype::f32, {2, 704}, 0.0f)}), "needs [tokens, 2816]");
+    refused(with({"--tokens-file", write("rank.safetensors", "hidden_states", orbitq::io::dtype::f32, {H}, 0.0f)}), "needs [tokens, 2816]");
+    refused(with({"--tokens-file", write("int.safetensors", "hidden_states", orbitq::io::dtype::i32, {2, H}, 0.0f)}), "F32, BF16 or F16");
+    refused(with({"--tokens-file", write("nan.safetensors", "hidden_states", orbitq::io::dtype::f32, {2, H}, NAN)}), "token 1, element 0 is not finite");
+    refused(with({"--tokens-file", write("many.safetensors", "hidden_states", orbitq::io::dtype::f32, {4097, H}, 0.0f)}), "pass --tokens N");
+    refused({"--quiet", "--experts", "2", "--synthetic-layers", "1", "analyze", "--tokens-file", good}, "--tokens-file");
 }

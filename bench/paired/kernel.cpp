@@ -12,10 +12,26 @@
 
 namespace
 {
-    // kernel k: bit 0 bf16 (else f32), bit 1 asymmetric, bit 2 int4, bit 3 per_group 32 (else per_channel)
+    // kernel k < 16: bit 0 bf16 (else f32), bit 1 asymmetric, bit 2 int4, bit 3 per_group 32
+    // (else per_channel); k >= 16: the float formats, bit 0 bf16, (k - 16) / 2 = fp8 per_channel,
+    // nvfp4, mxfp4, fp8 per_tensor, fp8 per_block 128x128
     orbitq::quant_spec spec_of(int k)
     {
         orbitq::quant_spec s;
+        if (k >= 16)
+        {
+            const int f = (k - 16) / 2;
+            s.scheme = f == 1 ? orbitq::scheme_kind::nvfp4 : f == 2 ? orbitq::scheme_kind::mxfp4 : orbitq::scheme_kind::fp8_e4m3;
+            s.bits = f == 1 || f == 2 ? 4 : 8;
+            s.scale_type = orbitq::element_type::f32;
+            s.granularity = f == 0 ? orbitq::granularity_kind::per_channel
+                          : f == 3 ? orbitq::granularity_kind::per_tensor
+                          : f == 4 ? orbitq::granularity_kind::per_block
+                                   : orbitq::granularity_kind::per_group;
+            s.group_size = f == 1 ? 16 : f == 2 ? 32 : f == 4 ? 128 : 0;
+            s.block_rows = f == 4 ? 128 : 1;
+            return s;
+        }
         s.scheme = (k & 2) ? orbitq::scheme_kind::asymmetric : orbitq::scheme_kind::symmetric;
         s.bits = (k & 4) ? 4 : 8;
         if (k & 8)
@@ -30,7 +46,7 @@ namespace
         return s;
     }
 
-    orbitq::quantized_tensor results[16];
+    orbitq::quantized_tensor results[26];
 }
 
 /// Quantizes the rows x cols matrix (f32 `x` or bf16 bits `xb`) with kernel k on one thread and

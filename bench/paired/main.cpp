@@ -42,11 +42,20 @@ int main(int argc, char** argv)
     const int rounds = argc > 2 ? std::atoi(argv[2]) : 9;
     if (rows == 0 || rows > all_rows || rounds < 1)
     {
-        std::fprintf(stderr, "usage: %s ROWS(1..45056) ROUNDS(>=1) [KERNEL(0..15)...]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s ROWS(1..45056) ROUNDS(>=1) [KERNEL(0..25)...]\n", argv[0]);
         return 2;
     }
     std::vector<int> kernels;
-    for (int i = 3; i < argc; ++i) kernels.push_back(std::atoi(argv[i]) & 15);
+    for (int i = 3; i < argc; ++i)
+    {
+        const int k = std::atoi(argv[i]);
+        if (k < 0 || k > 25)
+        {
+            std::fprintf(stderr, "kernel %d: 0..25\n", k);
+            return 2;
+        }
+        kernels.push_back(k);
+    }
     if (kernels.empty()) kernels = {0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15};
     const std::size_t repeats = all_rows / rows;  // the same bytes per timing whatever the rows
     std::vector<float> x(all_rows * cols);
@@ -74,8 +83,8 @@ int main(int argc, char** argv)
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
     double roof_f32 = 1e30, roof_bf16 = 1e30;
-    std::vector<double> best_a(16, 1e30), best_b(16, 1e30);
-    std::vector<std::vector<double>> ratios(16);
+    std::vector<double> best_a(26, 1e30), best_b(26, 1e30);
+    std::vector<std::vector<double>> ratios(26);
     for (int round = 0; round < rounds; ++round)
     {
         timed_convert(x.data());
@@ -102,6 +111,13 @@ int main(int argc, char** argv)
         std::vector<double> r = ratios[k];
         std::sort(r.begin(), r.end());
         const double roof = (k & 1) ? roof_bf16 : roof_f32;
+        static const char* const formats[] = {"fp8 pc", "nvfp4", "mxfp4", "fp8 pt", "fp8 b128"};
+        if (k >= 16)
+        {
+            std::printf("%-14s %-4s %8.3f %8.3f %9.3f %8.3f %8.3f\n", formats[(k - 16) / 2], (k & 1) ? "bf16" : "f32", best_a[k] * per16,
+                        best_b[k] * per16, r[r.size() / 2], roof / best_a[k], roof / best_b[k]);
+            continue;
+        }
         std::printf("%-5s %-4s %-4s %-4s %8.3f %8.3f %9.3f %8.3f %8.3f\n", (k & 8) ? "pg32" : "pc", (k & 2) ? "asym" : "sym", (k & 4) ? "int4" : "int8",
                     (k & 1) ? "bf16" : "f32", best_a[k] * per16, best_b[k] * per16, r[r.size() / 2], roof / best_a[k], roof / best_b[k]);
     }

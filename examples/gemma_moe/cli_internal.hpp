@@ -56,6 +56,8 @@ namespace orbitq::gemma_cli
         std::size_t min_elements = 0;
         bool include_dense = false;
         std::size_t tokens = 8;
+        bool tokens_given = false;             ///< --tokens was on the command line
+        std::string tokens_file;               ///< safetensors file of the residual stream entering the first layer (hidden_states [T, H])
         std::string compare = "per_tensor,per_channel";
         double gate_layer_cos = 0.997;
         double gate_stack_cos = 0.97;
@@ -134,6 +136,7 @@ namespace orbitq::gemma_cli
         std::vector<std::size_t> input_widths;      ///< in_features of every projection written
         std::vector<std::size_t> output_widths;     ///< out_features of every projection written
         std::vector<choice> choices;                ///< --granularity auto's, in layer order
+        std::vector<float> file_tokens;             ///< --tokens-file's tokens (vo.tokens x hidden), else empty
         std::string written_note;                   ///< how the output differs from the spec, if it does
 
         const moe::config& cfg() const { return src->cfg(); }

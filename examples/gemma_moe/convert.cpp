@@ -5,10 +5,12 @@
 #include "cli_internal.hpp"
 
 #include "orbitq/io/atomic_file.hpp"
+#include "orbitq/io/safetensors_file.hpp"
 #include "orbitq/moe/converted_writer.hpp"
 #include "orbitq/moe/validate.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <sstream>
 #include <string>
@@ -258,11 +260,55 @@ namespace orbitq::gemma_cli
             }
         }
 
-        /// The residual-stream tokens entering the first layer: the synthetic model's, or, for a
-        /// real checkpoint, synthetic tokens of the same law (RMS near 1).
+        /// --tokens-file's tensor `hidden_states`, [T, H] or [B, S, H] (tokens in row-major order),
+        /// F32, BF16 or F16, every value finite: its first --tokens tokens when --tokens is
+        /// given, else all of them (at most max_tokens).
+        /// @throws error (format, invalid_argument) naming the file and what is wrong.
+        std::vector<float> read_tokens_file(const options& o, std::size_t hidden)
+        {
+            const io::safetensors_file f = io::safetensors_file::open(o.tokens_file);
+            const std::string where = "--tokens-file '" + o.tokens_file + "'";
+            const auto tensors = f.tensors();
+            const auto it = std::find_if(tensors.begin(), tensors.end(), [](const io::tensor_info& t) { return t.name == "hidden_states"; });
+            if (it == tensors.end()) throw error(error_kind::format, where + " has no tensor 'hidden_states' (the residual stream entering the first converted layer, [tokens, hidden])");
+            const io::tensor_info& info = *it;
+            const auto type = io::as_element_type(info.type);
+            if (!type) throw error(error_kind::format, where + ": hidden_states is " + std::string(io::dtype_name(info.type)) + "; it must be F32, BF16 or F16");
+            if ((info.shape.size() != 2 && info.shape.size() != 3) || info.shape.back() != hidden || info.elements() == 0)
+            {
+                throw error(error_kind::format, where + ": hidden_states is " + orbitq::detail::shape_string(info.shape) + "; the model needs [tokens, " + std::to_string(hidden)
+                                                    + "] or [batch, sequence, " + std::to_string(hidden) + "]");
+            }
+            const std::size_t available = info.elements() / hidden;
+            std::size_t T = available;
+            if (o.tokens_given)
+            {
+                if (o.tokens > available) throw error(error_kind::invalid_argument, where + " holds " + std::to_string(available) + " tokens; --tokens asks for " + std::to_string(o.tokens));
+                T = o.tokens;
+            }
+            else if (T > max_tokens)
+            {
+                throw error(error_kind::invalid_argument, where + " holds " + std::to_string(available) + " tokens, over " + std::to_string(max_tokens) + "; pass --tokens N to use the first N");
+            }
+            std::vector<float> x(T * hidden);
+            const std::span<const std::byte> b = f.bytes(info);
+            for (std::size_t i = 0; i < x.size(); ++i)
+            {
+                x[i] = io::element_value(*type, b.data(), i);
+                if (!std::isfinite(x[i]))
+                {
+                    throw error(error_kind::format, where + ": hidden_states token " + std::to_string(i / hidden) + ", element " + std::to_string(i % hidden) + " is not finite");
+                }
+            }
+            return x;
+        }
+
+        /// The residual-stream tokens entering the first layer: --tokens-file's, the synthetic
+        /// model's, or, for a real checkpoint, synthetic tokens of the same law (RMS near 1).
         std::vector<float> input_tokens(const conversion& c)
         {
             const options& o = c.o;
+            if (!c.file_tokens.empty()) return c.file_tokens;
             if (c.synthetic) return static_cast<const g4::synthetic_source&>(*c.src).model().tokens(o.tokens);
             g4::synthetic_options to;
             to.seed = o.seed;
@@ -292,13 +338,14 @@ namespace orbitq::gemma_cli
             if (!o.quiet)
             {
                 err << "orbitq-gemma: " << (c.synthetic ? "synthetic Gemma-4-shaped weights" : o.checkpoint) << ", " << c.vo.layers.size() << " of "
-                    << c.cfg().layers << " layers, " << c.cfg().experts << " experts (top-" << c.cfg().top_k << "), " << o.tokens << " tokens, "
+                    << c.cfg().layers << " layers, " << c.cfg().experts << " experts (top-" << c.cfg().top_k << "), " << c.vo.tokens << " tokens, "
                     << c.threads << " threads\n";
             }
-            if (c.acts == ct::activations::nvfp4_per_group && !c.synthetic)
+            if (c.acts == ct::activations::nvfp4_per_group && !c.synthetic && c.file_tokens.empty())
             {
-                err << "orbitq-gemma: warning: the NVFP4 activations' input_global_scale is calibrated on " << o.tokens
-                    << " synthetic sample tokens, not on real text; real activations beyond their range are clipped at run time\n";
+                err << "orbitq-gemma: warning: the NVFP4 activations' input_global_scale is calibrated on " << c.vo.tokens
+                    << " synthetic sample tokens, not on real text; real activations beyond their range are clipped at run time "
+                       "(--tokens-file gives real ones)\n";
             }
             auto progress = [&](const moe::progress_info& p) {
                 if (o.quiet) return;
@@ -357,6 +404,11 @@ namespace orbitq::gemma_cli
         c.src = open_source(o);
         c.synthetic = o.checkpoint.empty();
         plan(c, base);
+        if (!o.tokens_file.empty())
+        {
+            c.file_tokens = read_tokens_file(o, c.cfg().hidden);
+            c.vo.tokens = c.file_tokens.size() / c.cfg().hidden;
+        }
         if (!o.importance.empty())
         {
             if (base.scales != scale_search::mse) throw error(error_kind::invalid_argument, "--importance weights the mse scale search; add --scales mse");

@@ -267,7 +267,11 @@ namespace orbitq::gemma_cli
             ->capture_default_str()
             ->check(integer_in(0, std::numeric_limits<std::uint64_t>::max()));
         app.add_flag("--include-dense", o.include_dense, "also quantize the dense (shared) MLP");
-        app.add_option("--tokens", o.tokens, "sample tokens for the forward tests")->capture_default_str()->check(integer_in(1, max_tokens));
+        CLI::Option* tokens_opt =
+            app.add_option("--tokens", o.tokens, "sample tokens for the forward tests (with --tokens-file: its first N)")->capture_default_str()->check(integer_in(1, max_tokens));
+        app.add_option("--tokens-file", o.tokens_file, "a safetensors file whose tensor 'hidden_states' ([T, H] or [B, S, H]; F32, BF16 or F16) is the residual "
+                       "stream entering the first converted layer, e.g. dumped from the model on real text: the sample tokens of the forward "
+                       "tests (and of NVFP4 activation calibration) in place of synthetic ones");
         app.add_option("--compare", o.compare, "granularities reported side by side, e.g. per_tensor,per_channel,per_group:32")->capture_default_str();
         const CLI::Validator cosine = finite_in(-1.0, 1.0, "a cosine in [-1, 1]");
         const CLI::Validator decibels = finite_in(-1000.0, 1000.0, "an SQNR in [-1000, 1000] dB");
@@ -314,6 +318,7 @@ namespace orbitq::gemma_cli
         }
         o.bits_given = bits_opt->count() > 0;
         o.scheme_given = scheme_opt->count() > 0;
+        o.tokens_given = tokens_opt->count() > 0;
         try
         {
             // A full disk or a file size limit must be an error (EFBIG), not a kill by SIGXFSZ.
@@ -321,6 +326,7 @@ namespace orbitq::gemma_cli
             if (analyze_cmd->parsed())
             {
                 if (!o.importance.empty()) throw error(error_kind::invalid_argument, "--importance weights a conversion's mse search; analyze does not take it");
+                if (!o.tokens_file.empty()) throw error(error_kind::invalid_argument, "--tokens-file feeds a conversion's forward tests; analyze does not take it");
                 if (a_cos) o.target_cos = a_cos;
                 if (a_sqnr) o.target_sqnr_db = a_sqnr;
                 return run_analyze(o, out, err);

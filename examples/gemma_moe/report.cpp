@@ -224,8 +224,8 @@ namespace orbitq::gemma_cli
         const std::size_t G = c.vo.specs.size();
         out << (c.synthetic ? "SYNTHETIC Gemma-4-shaped weights (not the real model; see examples/gemma_moe/README.md)"
                           : "checkpoint " + c.o.checkpoint)
-            << ": " << rep.layers.size() << " layers, " << c.cfg().experts << " experts (top-" << c.cfg().top_k << "), " << c.o.tokens
-            << " tokens\n";
+            << ": " << rep.layers.size() << " layers, " << c.cfg().experts << " experts (top-" << c.cfg().top_k << "), " << c.vo.tokens
+            << (c.file_tokens.empty() ? " tokens\n" : " tokens from " + c.o.tokens_file + "\n");
         const bool float_codes = is_float_scheme(c.vo.specs.at(c.vo.gated).scheme);
         out << (float_codes ? c.o.scheme + (c.vo.activations != moe::activation_quantization::none ? " weights and activations" : " weights")
                             : "int" + std::to_string(c.o.bits) + " " + c.o.scheme)
@@ -285,8 +285,8 @@ namespace orbitq::gemma_cli
         if (c.acts == ct::activations::int8_per_token) out << "activations: int8 per token, dynamic symmetric (W8A8), simulated in the " << c.spec_names.at(c.vo.gated) << " forward pass\n";
         if (c.acts == ct::activations::nvfp4_per_group)
         {
-            out << "activations: nvfp4 per group of 16 (W4A4), input_global_scale calibrated per layer on the " << c.o.tokens
-                << (c.synthetic ? " sample tokens" : " SYNTHETIC sample tokens (not real text: check the run-time accuracy)") << ", simulated in the "
+            out << "activations: nvfp4 per group of 16 (W4A4), input_global_scale calibrated per layer on the " << c.vo.tokens
+                << (c.synthetic || !c.file_tokens.empty() ? " sample tokens" : " SYNTHETIC sample tokens (not real text: check the run-time accuracy)") << ", simulated in the "
                 << c.spec_names.at(c.vo.gated) << " forward pass\n";
         }
         const bool float_codes = is_float_scheme(c.vo.specs.at(c.vo.gated).scheme);
@@ -352,7 +352,8 @@ namespace orbitq::gemma_cli
               {"hidden", c.cfg().hidden},
               {"expert_intermediate", c.cfg().expert_intermediate},
               {"dense_intermediate", c.cfg().dense_intermediate},
-              {"tokens", c.o.tokens},
+              {"tokens", c.vo.tokens},
+              {"tokens_file", c.o.tokens_file.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.o.tokens_file)},
               {"bits", c.o.bits},
               {"granularity", c.spec_names.at(c.vo.gated)},
               {"compare", specs},

@@ -12,6 +12,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -159,6 +160,33 @@ namespace orbitq::io
             case dtype::bf16: return element_type::bf16;
             case dtype::f16: return element_type::f16;
             default: return std::nullopt;
+        }
+    }
+
+    /// @brief Element i of a little-endian array of weight elements of type t, as float32.
+    /// @pre p holds at least i + 1 elements of t.
+    inline float element_value(element_type t, const std::byte* p, std::size_t i) noexcept
+    {
+        switch (t)
+        {
+            case element_type::f32:
+            {
+                float f;
+                std::memcpy(&f, p + 4 * i, 4);
+                return f;
+            }
+            case element_type::bf16:
+            {
+                bfloat16_t h;
+                std::memcpy(&h, p + 2 * i, 2);
+                return to_float(h);
+            }
+            default:
+            {
+                float16_t h;
+                std::memcpy(&h, p + 2 * i, 2);
+                return to_float(h);
+            }
         }
     }
 

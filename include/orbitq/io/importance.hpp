@@ -63,7 +63,7 @@ namespace orbitq::io
                 if (info.elements() == 0) throw error(error_kind::format, where + ": no values");
                 std::vector<float> v(info.elements());
                 const std::span<const std::byte> b = f.bytes(info);
-                for (std::size_t i = 0; i < v.size(); ++i) v[i] = element_at(*type, b.data(), i);
+                for (std::size_t i = 0; i < v.size(); ++i) v[i] = element_value(*type, b.data(), i);
                 t.add(info.name, info.shape.size() == 2 ? info.shape[0] : 1, std::move(v), where);
             }
             return t;
@@ -115,31 +115,6 @@ namespace orbitq::io
         }
 
     private:
-        static float element_at(element_type t, const std::byte* p, std::size_t i) noexcept
-        {
-            switch (t)
-            {
-            case element_type::f32:
-            {
-                float f;
-                std::memcpy(&f, p + 4 * i, 4);
-                return f;
-            }
-            case element_type::bf16:
-            {
-                bfloat16_t h;
-                std::memcpy(&h, p + 2 * i, 2);
-                return to_float(h);
-            }
-            default:
-            {
-                float16_t h;
-                std::memcpy(&h, p + 2 * i, 2);
-                return to_float(h);
-            }
-            }
-        }
-
         void add(const std::string& name, std::size_t rows, std::vector<float> values, const std::string& where)
         {
             if (rows == 0 || values.empty() || values.size() % rows != 0)

@@ -219,23 +219,33 @@ namespace orbitq::kernels
             }
             if (xsimd::any(bad)) return false;
             const float_batch sc = scales(tree.finish(detail::max_op{}));
+            const float_batch iv = float_batch(1.0f) / sc;
+            // float_scaler's choice made once for the tile: when every scale is zero or a normal
+            // power of two (MX scales; the inverse is then exact), every group multiplies
+            const int_batch bits = xsimd::bitwise_cast<int_batch>(sc);
+            const bool multiply = xsimd::all((bits == int_batch(0)) || (((bits & int_batch(0x7fffff)) == int_batch(0)) && bits >= int_batch(0x00800000)));
             alignas(64) float s[width], inv[width];
             sc.store_aligned(s);
-            (float_batch(1.0f) / sc).store_aligned(inv);
-            for (std::size_t j = 0; j < width; ++j)
-            {
-                std::int8_t* o = out + j * G;
-                if (s[j] == 0.0f)
+            iv.store_aligned(inv);
+            const auto encode = [&]<bool Multiply>(std::bool_constant<Multiply>) {
+                for (std::size_t j = 0; j < width; ++j)
                 {
-                    std::memset(o, 0, G);
-                    continue;
+                    std::int8_t* o = out + j * G;
+                    if (s[j] == 0.0f)
+                    {
+                        std::memset(o, 0, G);
+                        continue;
+                    }
+                    const float_batch sj(s[j]), ij(inv[j]);
+                    for (std::size_t nb = 0; nb < NB; ++nb)
+                    {
+                        const float_batch v = detail::load(x + j * G + nb * width, arch_type{});
+                        detail::store_int8(detail::float_codes<F>(Multiply ? v * ij : v / sj), o + nb * width, arch_type{});
+                    }
                 }
-                const detail::float_scaler scaled(s[j], inv[j]);
-                for (std::size_t nb = 0; nb < NB; ++nb)
-                {
-                    detail::store_int8(detail::float_codes<F>(scaled(detail::load(x + j * G + nb * width, arch_type{}))), o + nb * width, arch_type{});
-                }
-            }
+            };
+            if (multiply) encode(std::true_type{});
+            else encode(std::false_type{});
             return true;
         }
 
