@@ -107,6 +107,49 @@ TEST_CASE_TEMPLATE("simd abs_max_span gives the reference's max |x| on every len
     }
 }
 
+TEST_CASE_TEMPLATE("fold_abs_bits over a band of rows gives each column range's max |x|, and sees non-finite values", T, float, bfloat16_t, float16_t)
+{
+    for (std::size_t cols : {1u, 15u, 16u, 33u, 704u})
+    {
+        for (std::size_t rows : {1u, 3u})
+        {
+            CAPTURE(cols);
+            CAPTURE(rows);
+            auto x = random_values<T>(rows * cols, static_cast<unsigned>(cols + rows));
+            x[cols / 2] = from_float<T>(-0.0f);
+            std::vector<kernels::simd::magnitude_bits<T>> acc(cols, 0);
+            for (std::size_t r = 0; r < rows; ++r) kernels::simd::fold_abs_bits(x.data() + r * cols, cols, acc.data());
+            for (std::size_t c0 = 0; c0 < cols; c0 += 7)
+            {
+                const std::size_t m = std::min<std::size_t>(7, cols - c0);
+                float want = 0.0f;
+                for (std::size_t r = 0; r < rows; ++r)
+                {
+                    for (std::size_t c = c0; c < c0 + m; ++c) want = std::max(want, std::fabs(to_float(x[r * cols + c])));
+                }
+                bool finite = false;
+                CHECK(kernels::simd::max_folded_abs<T>(acc.data() + c0, m, finite) == want);
+                CHECK(finite);
+            }
+            for (float bad : {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()})
+            {
+                auto y = x;
+                y[(rows - 1) * cols + cols - 1] = from_float<T>(bad);  // last row, last column
+                std::vector<kernels::simd::magnitude_bits<T>> a(cols, 0);
+                for (std::size_t r = 0; r < rows; ++r) kernels::simd::fold_abs_bits(y.data() + r * cols, cols, a.data());
+                bool finite = true;
+                (void)kernels::simd::max_folded_abs<T>(a.data(), cols, finite);
+                CHECK_FALSE(finite);
+                if (cols > 1)
+                {
+                    (void)kernels::simd::max_folded_abs<T>(a.data(), cols - 1, finite);  // the columns before it
+                    CHECK(finite);
+                }
+            }
+        }
+    }
+}
+
 TEST_CASE_TEMPLATE("simd zero_range_span gives the reference's min(min, 0) and max(max, 0) on every length", T, float, bfloat16_t, float16_t)
 {
     const auto same_params = [](const min_max& a, const min_max& b) {

@@ -236,24 +236,32 @@ namespace orbitq
                 {
                     // blocks: band by band (block_rows rows, which stay in L2 between the two
                     // passes), the blocks' max |x|, then the band's codes
+                    // (the band's columns folded row by row, each block's max taken once)
                     parallel_rows(L.orbit_rows(), threads, [&](std::size_t first_band, std::size_t last_band) {
-                        std::vector<float> amax(gpr);
+                        std::vector<kernels::simd::magnitude_bits<T>> acc(w.cols);
                         for (std::size_t b = first_band; b < last_band; ++b)
                         {
                             const std::size_t r0 = b * L.block_rows, r1 = std::min(w.rows, r0 + L.block_rows);
-                            std::fill(amax.begin(), amax.end(), 0.0f);
+                            std::fill(acc.begin(), acc.end(), 0);
                             for (std::size_t r = r0; r < r1; ++r)
                             {
                                 prefetch_ahead(w, r, r1);
-                                for (std::size_t g = 0; g < gpr; ++g)
-                                {
-                                    const std::size_t c0 = g * L.group;
-                                    bool finite = true;
-                                    amax[g] = std::max(amax[g], kernels::simd::abs_max_span(w.row(r) + c0, std::min(L.group, w.cols - c0), finite).max);
-                                    if (!finite) throw_non_finite(w, r);
-                                }
+                                kernels::simd::fold_abs_bits(w.row(r), w.cols, acc.data());
                             }
-                            for (std::size_t g = 0; g < gpr; ++g) q.scales[b * gpr + g] = fp8(amax[g], spec, name).scale;
+                            for (std::size_t g = 0; g < gpr; ++g)
+                            {
+                                const std::size_t c0 = g * L.group, m = std::min(L.group, w.cols - c0);
+                                bool finite = true;
+                                const float amax = kernels::simd::max_folded_abs<T>(acc.data() + c0, m, finite);
+                                if (!finite)
+                                {
+                                    for (std::size_t r = r0; r < r1; ++r)
+                                    {
+                                        if (kernels::reference::find_non_finite(w.row(r) + c0, m)) throw_non_finite(w, r);
+                                    }
+                                }
+                                q.scales[b * gpr + g] = fp8(amax, spec, name).scale;
+                            }
                             encode_rows(r0, r1);
                         }
                     });

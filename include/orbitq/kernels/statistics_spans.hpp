@@ -6,6 +6,10 @@
 
 #include "orbitq/kernels/encode.hpp"
 
+#include <bit>
+#include <limits>
+#include <type_traits>
+
 namespace orbitq::kernels::simd
 {
     namespace detail
@@ -289,5 +293,48 @@ namespace orbitq::kernels::simd
         all_finite = m <= static_cast<std::int32_t>(detail::largest_finite_bits<float>);
         const float a = std::bit_cast<float>(m);
         return {-a, a};
+    }
+
+    /// @brief The magnitude bits of T: its bits without the sign, as a signed integer whose
+    ///        order is that of |x| (every NaN and infinity above the largest finite value).
+    template <weight_element T>
+    using magnitude_bits = std::conditional_t<std::same_as<T, float>, std::int32_t, std::int16_t>;
+
+    /// @brief Folds one row of n values into a column-wise statistic: acc[i] = max(acc[i],
+    ///        magnitude bits of x[i]). Rows folded this way give each column's max |x| over a
+    ///        band of rows with one pass and no reduction per row (block orbits' statistic).
+    /// @pre acc holds n values, 0 before the first row.
+    template <weight_element T>
+    void fold_abs_bits(const T* x, std::size_t n, magnitude_bits<T>* acc) noexcept
+    {
+        using M = magnitude_bits<T>;
+        using batch = xsimd::batch<M, arch_type>;
+        constexpr std::size_t w = batch::size;
+        const batch magnitude(std::numeric_limits<M>::max());
+        const auto* u = reinterpret_cast<const M*>(x);
+        std::size_t i = 0;
+        for (; i + w <= n; i += w) xsimd::max(batch::load_unaligned(acc + i), batch::load_unaligned(u + i) & magnitude).store_unaligned(acc + i);
+        for (; i < n; ++i) acc[i] = std::max(acc[i], static_cast<M>(u[i] & std::numeric_limits<M>::max()));
+    }
+
+    /// @brief The largest |x| that acc[0..n) (fold_abs_bits) holds, and whether it is finite.
+    /// @pre n > 0.
+    template <weight_element T>
+    float max_folded_abs(const magnitude_bits<T>* acc, std::size_t n, bool& finite) noexcept
+    {
+        using M = magnitude_bits<T>;
+        using batch = xsimd::batch<M, arch_type>;
+        constexpr std::size_t w = batch::size;
+        batch m(0);
+        std::size_t i = 0;
+        for (; i + w <= n; i += w) m = xsimd::max(m, batch::load_unaligned(acc + i));
+        alignas(64) M lanes[w];
+        m.store_aligned(lanes);
+        M r = 0;
+        for (std::size_t k = 0; k < w; ++k) r = std::max(r, lanes[k]);
+        for (; i < n; ++i) r = std::max(r, acc[i]);
+        finite = static_cast<std::uint32_t>(r) <= detail::largest_finite_bits<T>;
+        if constexpr (std::same_as<T, float>) return std::bit_cast<float>(r);
+        else return to_float(T{static_cast<std::uint16_t>(r)});
     }
 }
