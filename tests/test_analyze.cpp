@@ -63,6 +63,24 @@ namespace
     }
 }
 
+TEST_CASE("float_format_candidates: fp8 per tensor and per channel always, the fp4 formats where their group divides the row")
+{
+    const auto c = float_format_candidates(704);
+    REQUIRE(c.size() == 4);
+    CHECK(c[0].scheme == scheme_kind::fp8_e4m3);
+    CHECK(c[0].granularity == granularity_kind::per_tensor);
+    CHECK(c[1].granularity == granularity_kind::per_channel);
+    CHECK(c[1].scale_type == element_type::f32);  // FP8 scales are written float32
+    CHECK((c[2].scheme == scheme_kind::mxfp4 && c[2].group_size == 32 && c[2].bits == 4));
+    CHECK((c[3].scheme == scheme_kind::nvfp4 && c[3].group_size == 16 && c[3].bits == 4));
+    CHECK(float_format_candidates(48).size() == 3);   // 16 divides 48, 32 does not
+    CHECK(float_format_candidates(100).size() == 2);  // neither
+    // bits per weight count the scales: E8M0 bytes per 32, E4M3 bytes per 16 and the global scale
+    CHECK(bits_per_weight(c[2], 64, 704) == doctest::Approx(4.25));
+    CHECK(bits_per_weight(c[3], 64, 704) == doctest::Approx(4.5 + 32.0 / (64 * 704)));
+    CHECK(bits_per_weight(c[0], 64, 704) == doctest::Approx(8.0 + 32.0 / (64 * 704)));
+}
+
 TEST_CASE("default_candidates: granularities that divide the row, int8 and int4, both schemes")
 {
     const auto c704 = default_candidates(704);  // 32 and 64 divide 704, 128 does not

@@ -470,6 +470,18 @@ TEST_CASE("analyze PATH: any safetensors file, not only Gemma's names")
         CHECK(p["candidates"][0].contains(key));
     }
     CHECK(p["selection"]["index"].is_number());
+    // by default the integer candidates that fit and the float formats: fp8 on any row, the
+    // fp4 formats where their group divides it (64: both; 27: neither)
+    const auto count = [](const json& t, const std::string& scheme) {
+        return std::count_if(t["candidates"].begin(), t["candidates"].end(), [&](const json& k) { return k["scheme"] == scheme; });
+    };
+    CHECK(p["candidates"].size() == 16);
+    CHECK(count(p, "fp8_e4m3") == 2);
+    CHECK(count(p, "mxfp4") == 1);
+    CHECK(count(p, "nvfp4") == 1);
+    CHECK(c["candidates"].size() == 10);
+    CHECK(count(c, "fp8_e4m3") == 2);
+    CHECK(count(c, "nvfp4") == 0);
     CHECK(r.out.find("encoder.proj.weight") != std::string::npos);
     CHECK(cli({"analyze", file.string(), "--min-elements", "100000", "--quiet"}).rc == 1);  // nothing left to analyse
 }

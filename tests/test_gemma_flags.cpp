@@ -176,6 +176,13 @@ TEST_CASE("analyze --candidates: float formats by suffix; a width given with one
         CHECK_MESSAGE(r.out.find(name) != std::string::npos, name);
     }
     refused({"--quiet", "--experts", "2", "--synthetic-layers", "1", "analyze", "--candidates", "per_channel@8/fp8_e4m3"}, "fixes its bits");
+    // without --candidates: the float formats too
+    const auto d = cli({"--quiet", "--experts", "2", "--synthetic-layers", "1", "analyze"});
+    CHECK_MESSAGE(d.rc != 1, d.err);
+    for (const char* name : {"per_tensor fp8_e4m3", "per_channel fp8_e4m3", "per_group:32 mxfp4", "per_group:16 nvfp4", "per_channel int8"})
+    {
+        CHECK_MESSAGE(d.out.find(name) != std::string::npos, name);
+    }
     refused({"--quiet", "--experts", "2", "--synthetic-layers", "1", "analyze", "--candidates", "per_channel/bogus"}, "suffixes");
 }
 

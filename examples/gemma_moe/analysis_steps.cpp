@@ -22,18 +22,9 @@ namespace orbitq::gemma_cli
             if (!o.scheme_given)
             {
                 const bool nvfp4_pairs = c.cfg().arch.storage == moe::expert_storage::stacked_gate_up && !o.include_dense;
-                for (const auto& [scheme, kind, group] : {std::tuple{scheme_kind::fp8_e4m3, granularity_kind::per_tensor, std::size_t{0}},
-                                                          std::tuple{scheme_kind::fp8_e4m3, granularity_kind::per_channel, std::size_t{0}},
-                                                          std::tuple{scheme_kind::mxfp4, granularity_kind::per_group, std::size_t{32}},
-                                                          std::tuple{scheme_kind::nvfp4, granularity_kind::per_group, std::size_t{16}}})
+                for (const quant_spec& f : float_format_candidates(c.cfg().hidden))
                 {
-                    if (scheme == scheme_kind::nvfp4 && !nvfp4_pairs) continue;
-                    quant_spec f;
-                    f.scheme = scheme;
-                    f.bits = scheme == scheme_kind::fp8_e4m3 ? 8 : 4;
-                    f.granularity = kind;
-                    f.group_size = group;
-                    all.push_back(f);
+                    if (f.scheme != scheme_kind::nvfp4 || nvfp4_pairs) all.push_back(f);
                 }
             }
             for (quant_spec q : all)

@@ -67,6 +67,7 @@ namespace orbitq::gemma_cli
             io::checkpoint_analysis_options ao;
             ao.min_elements = o.min_elements;
             ao.candidates = parse_candidates(o.candidates, o.group_size);
+            ao.float_formats = true;
             ao.analysis.threads = thread_count(o);
             ao.analysis.top_rows = 3;
             ao.analysis.top_weights = 3;
@@ -108,11 +109,17 @@ namespace orbitq::gemma_cli
             {
                 const tensor_analysis a = std::visit(
                     [&](const auto& m) {
-                        std::vector<quant_spec> cands = given.empty() ? default_candidates(m.cols) : given;
+                        std::vector<quant_spec> cands = given;
+                        if (cands.empty())
+                        {
+                            cands = default_candidates(m.cols);
+                            for (const quant_spec& f : float_format_candidates(m.cols)) cands.push_back(f);
+                        }
                         const element_type st = element_type_of<typename std::decay_t<decltype(m)>::value_type>();
                         for (auto& c : cands)
                         {
-                            c.scale_type = st;
+                            // integer scales in the weights' float type; FP8 scales stay float32 (as written)
+                            if (!is_float_scheme(c.scheme)) c.scale_type = st;
                             c.codes_from_stored_scale = true;
                         }
                         analyze_options ao;

@@ -119,4 +119,32 @@ namespace orbitq
         }
         return out;
     }
+
+    /// @brief The float formats as candidates for rows of `cols` values: fp8_e4m3 per tensor
+    ///        and per channel (scales stored float32, as written), mxfp4 (groups of 32) and
+    ///        nvfp4 (groups of 16) where their group divides the row. Each brings its engine
+    ///        method's activations at run time, which analyze does not measure (weights only).
+    inline std::vector<quant_spec> float_format_candidates(std::size_t cols)
+    {
+        std::vector<quant_spec> out;
+        for (granularity_kind k : {granularity_kind::per_tensor, granularity_kind::per_channel})
+        {
+            quant_spec q;
+            q.scheme = scheme_kind::fp8_e4m3;
+            q.granularity = k;
+            q.scale_type = element_type::f32;
+            out.push_back(q);
+        }
+        for (const auto& [scheme, group] : {std::pair{scheme_kind::mxfp4, std::size_t{32}}, std::pair{scheme_kind::nvfp4, std::size_t{16}}})
+        {
+            if (cols < group || cols % group != 0) continue;
+            quant_spec q;
+            q.scheme = scheme;
+            q.bits = 4;
+            q.granularity = granularity_kind::per_group;
+            q.group_size = group;
+            out.push_back(q);
+        }
+        return out;
+    }
 }

@@ -29,6 +29,7 @@ namespace orbitq::io
     {
         std::size_t min_elements = 0;          ///< analyse only tensors with more elements than this
         std::vector<quant_spec> candidates;    ///< empty: default_candidates(cols) for each tensor
+        bool float_formats = false;            ///< with no candidates given: float_format_candidates(cols) too
         analyze_options analysis;              ///< top rows / weights, threads
     };
 
@@ -47,10 +48,19 @@ namespace orbitq::io
     namespace detail
     {
         /// The candidates that fit a row length: per_group specs whose group does not divide
-        /// the row (and are not ragged) are dropped.
-        inline std::vector<quant_spec> fitting_candidates(const std::vector<quant_spec>& given, std::size_t cols)
+        /// the row (and are not ragged) are dropped; none given: the defaults (and the float
+        /// formats when asked).
+        inline std::vector<quant_spec> fitting_candidates(const std::vector<quant_spec>& given, std::size_t cols, bool float_formats = false)
         {
-            if (given.empty()) return default_candidates(cols);
+            if (given.empty())
+            {
+                std::vector<quant_spec> d = default_candidates(cols);
+                if (float_formats)
+                {
+                    for (const quant_spec& f : float_format_candidates(cols)) d.push_back(f);
+                }
+                return d;
+            }
             std::vector<quant_spec> out;
             for (const quant_spec& s : given)
             {
@@ -67,7 +77,7 @@ namespace orbitq::io
             const tensor_info& t = ckpt.info(name);
             const std::span<const std::byte> b = ckpt.bytes(name);
             const auto [rows, cols] = matrix_extents(t.shape);
-            const std::vector<quant_spec> cands = fitting_candidates(o.candidates, cols);
+            const std::vector<quant_spec> cands = fitting_candidates(o.candidates, cols, o.float_formats);
             if (cands.empty())
             {
                 throw error(error_kind::invalid_argument, "tensor '" + name + "': no candidate fits its row length " + std::to_string(cols));
