@@ -109,8 +109,7 @@ namespace orbitq::gemma_cli
                          : gated.granularity == granularity_kind::per_block ? activation_quantization::fp8_per_group128
                                                                              : activation_quantization::fp8_per_token;
                 case scheme_kind::mxfp4: return activation_quantization::mxfp4_per_group32;
-                case scheme_kind::nvfp4: return given;
-                default: return given;
+                default: return given;  // NVFP4 as the integer schemes: --activations decides
             }
         }
 

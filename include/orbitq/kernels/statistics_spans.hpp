@@ -237,6 +237,23 @@ namespace orbitq::kernels::simd
         return {lo_v < 0.0f ? lo_v : 0.0f, hi_v > 0.0f ? hi_v : 0.0f};
     }
 
+    /// @brief The magnitude bits of T: its bits without the sign, as a signed integer whose
+    ///        order is that of |x| (every NaN and infinity above the largest finite value).
+    template <weight_element T>
+    using magnitude_bits = std::conditional_t<std::same_as<T, float>, std::int32_t, std::int16_t>;
+
+    namespace detail
+    {
+        /// The |x| whose magnitude bits are m, and whether it is finite.
+        template <weight_element T>
+        float magnitude_value(magnitude_bits<T> m, bool& finite) noexcept
+        {
+            finite = static_cast<std::uint32_t>(m) <= largest_finite_bits<T>;
+            if constexpr (std::same_as<T, float>) return std::bit_cast<float>(m);
+            else return to_float(T{static_cast<std::uint16_t>(m)});
+        }
+    }
+
     /// @brief max |x| of n values, reported as the statistic {-max|x|, max|x|} (what symmetric
     ///        schemes use: its to_abs_max() equals that of min_max_span), and whether all were
     ///        finite. Works on the magnitude bits as integers: |x| orders as its bits & 0x7fffffff,
@@ -251,7 +268,6 @@ namespace orbitq::kernels::simd
             // no widening; NaN and inf sort above the largest finite pattern of either format.
             using half_batch = xsimd::batch<std::int16_t, arch_type>;
             constexpr std::size_t hw = half_batch::size;
-            constexpr std::int16_t largest_finite = detail::largest_finite_bits<T>;
             const half_batch magnitude(0x7fff);
             half_batch m0(0), m1(0);
             const auto* u = reinterpret_cast<const std::int16_t*>(x);
@@ -267,8 +283,7 @@ namespace orbitq::kernels::simd
             std::int16_t m = 0;
             for (std::size_t k = 0; k < hw; ++k) m = std::max(m, lanes[k]);
             detail::for_each_tail(x, i, n, [&](const T& v) { m = std::max(m, static_cast<std::int16_t>(v.bits & 0x7fff)); });
-            all_finite = m <= largest_finite;
-            const float a = to_float(T{static_cast<std::uint16_t>(m)});
+            const float a = detail::magnitude_value<T>(m, all_finite);
             return {-a, a};
         }
         using bits_batch = xsimd::batch<std::int32_t, arch_type>;
@@ -290,15 +305,10 @@ namespace orbitq::kernels::simd
         std::int32_t m = 0;
         for (std::size_t k = 0; k < width; ++k) m = std::max(m, lanes[k]);
         detail::for_each_tail(x, i, n, [&](const T& v) { m = std::max(m, static_cast<std::int32_t>(std::bit_cast<std::uint32_t>(to_float(v)) & 0x7fffffffu)); });
-        all_finite = m <= static_cast<std::int32_t>(detail::largest_finite_bits<float>);
-        const float a = std::bit_cast<float>(m);
+        const float a = detail::magnitude_value<float>(m, all_finite);
         return {-a, a};
     }
 
-    /// @brief The magnitude bits of T: its bits without the sign, as a signed integer whose
-    ///        order is that of |x| (every NaN and infinity above the largest finite value).
-    template <weight_element T>
-    using magnitude_bits = std::conditional_t<std::same_as<T, float>, std::int32_t, std::int16_t>;
 
     /// @brief Folds one row of n values into a column-wise statistic: acc[i] = max(acc[i],
     ///        magnitude bits of x[i]). Rows folded this way give each column's max |x| over a
@@ -333,8 +343,6 @@ namespace orbitq::kernels::simd
         M r = 0;
         for (std::size_t k = 0; k < w; ++k) r = std::max(r, lanes[k]);
         for (; i < n; ++i) r = std::max(r, acc[i]);
-        finite = static_cast<std::uint32_t>(r) <= detail::largest_finite_bits<T>;
-        if constexpr (std::same_as<T, float>) return std::bit_cast<float>(r);
-        else return to_float(T{static_cast<std::uint16_t>(r)});
+        return detail::magnitude_value<T>(r, finite);
     }
 }

@@ -215,7 +215,6 @@ namespace orbitq::moe
     {
         std::vector<float> experts;
         std::vector<float> dense;
-        bool empty() const noexcept { return experts.empty() && dense.empty(); }
     };
 
     /// @brief Replaces `count` values with their float-code quantization, dequantized, under one
