@@ -411,6 +411,37 @@ TEST_CASE("fp8 per channel and in blocks over 16 MiB (codes streamed where the t
     }
 }
 
+TEST_CASE_TEMPLATE("nvfp4: a group whose E4M3 scale rounds to 0 codes to 0 beside groups that do not", T, float, bfloat16_t)
+{
+    // global = 2688 / 2^20: a group of max |x| 1 asks for an E4M3 scale of 2^-20 * 448 / 6, under
+    // half the smallest subnormal, so its scale is 0 and its codes 0 though its values are not
+    constexpr std::size_t rows = 2, cols = 512;
+    std::vector<T> x(rows * cols);
+    for (std::size_t i = 0; i < x.size(); ++i)
+    {
+        const std::size_t group = i / 16;
+        const float v = group % 3 == 0 ? 1.0f : static_cast<float>(1 << 18) * (0.25f + static_cast<float>(i % 16) / 16.0f);
+        x[i] = from_float<T>(i % 2 == 0 ? v : -v);
+    }
+    x[37] = from_float<T>(1048576.0f);
+    const quant_spec spec = fp4_spec(scheme_kind::nvfp4);
+    const quantized_tensor q = quantize(matrix_view<T>{x.data(), rows, cols, cols, {rows, cols}, "w"}, spec, 1);
+    const model_result m = model(x, rows, cols, spec);
+    std::size_t zero_scales = 0;
+    for (std::size_t o = 0; o < m.scales.size(); ++o)
+    {
+        CAPTURE(o);
+        REQUIRE(q.scales[o] == m.scales[o]);
+        zero_scales += m.scales[o] == 0.0f;
+    }
+    CHECK(zero_scales == 22);  // groups 0, 3, ..., 63
+    for (std::size_t i = 0; i < x.size(); ++i)
+    {
+        CAPTURE(i);
+        REQUIRE(static_cast<unsigned>(q.code(i / cols, i % cols)) == m.codes[i]);
+    }
+}
+
 TEST_CASE("float schemes: results do not depend on the thread count")
 {
     const std::vector<float> x = weights<float>(256, 704, 9);

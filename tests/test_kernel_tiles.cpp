@@ -212,6 +212,27 @@ TEST_CASE("pack_int4 puts code 2k in the low nibble, an odd last code alone")
     CHECK(static_cast<std::uint8_t>(out[3]) == 0x0e);  // -2 alone, high nibble 0
 }
 
+TEST_CASE("store_int4 packs a batch's codes from registers as pack_int4 packs them from memory")
+{
+    namespace ks = kernels::simd;
+    std::mt19937 gen(7);
+    for (int round = 0; round < 64; ++round)
+    {
+        alignas(64) std::int32_t lanes[ks::width];
+        std::vector<std::int8_t> codes(ks::width);
+        for (std::size_t k = 0; k < ks::width; ++k)
+        {
+            codes[k] = static_cast<std::int8_t>(static_cast<int>(gen() % 16) - 8);
+            // bits above the nibble (as E2M1 codes carry them) must not reach the bytes
+            lanes[k] = codes[k] + (round % 2 == 0 ? 0 : static_cast<std::int32_t>(gen() % 64) * 16);
+        }
+        std::vector<std::int8_t> want(ks::width / 2 + 1, 42), got(ks::width / 2 + 1, 42);
+        ks::pack_int4(codes.data(), codes.size(), want.data());
+        ks::detail::store_int4(ks::int_batch::load_aligned(lanes), got.data(), ks::arch_type{});
+        CHECK(got == want);  // the byte after them untouched
+    }
+}
+
 TEST_CASE("tiles with a subnormal scale (infinite inverse) fall back to the reference")
 {
     const std::size_t w = kernels::simd::width;

@@ -343,19 +343,22 @@ namespace orbitq
             parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
                 if (tiles)
                 {
-                    const std::size_t gpr = L.groups_per_row, total = (last - first) * gpr, per_tile = ks::width * G;
+                    const std::size_t gpr = L.groups_per_row, total = (last - first) * gpr;
+                    const std::size_t ahead = ks::width * ((8192 + ks::width * G * sizeof(T) - 1) / (ks::width * G * sizeof(T)));
                     const T* x = w.row(first);
                     std::int8_t* packed = q.codes.data() + first * q.row_bytes();
-                    std::vector<std::int8_t> buf(per_tile);
+                    std::vector<std::int8_t> buf(G);
                     std::size_t t = 0;
                     for (; t + ks::width <= total; t += ks::width)
                     {
                         const std::size_t o0 = first * gpr + t;
+                        // the tile 8 KiB ahead is asked for while this one is encoded from L1
+                        if (t + ahead + ks::width <= total) ks::prefetch(x + (t + ahead) * G, ks::width * G * sizeof(T));
                         const auto scales = [&](const float_batch& amax) { return tile_scales(o0, amax); };
-                        const bool finite = NB == 1   ? ks::encode_float_tile<F, 1>(x + t * G, buf.data(), scales)
-                                          : NB == 2 ? ks::encode_float_tile<F, 2>(x + t * G, buf.data(), scales)
-                                          : NB == 4 ? ks::encode_float_tile<F, 4>(x + t * G, buf.data(), scales)
-                                                    : ks::encode_float_tile<F, 8>(x + t * G, buf.data(), scales);
+                        const bool finite = NB == 1   ? ks::encode_float_tile<F, 1>(x + t * G, packed + t * G / 2, scales)
+                                          : NB == 2 ? ks::encode_float_tile<F, 2>(x + t * G, packed + t * G / 2, scales)
+                                          : NB == 4 ? ks::encode_float_tile<F, 4>(x + t * G, packed + t * G / 2, scales)
+                                                    : ks::encode_float_tile<F, 8>(x + t * G, packed + t * G / 2, scales);
                         if (!finite)
                         {
                             for (std::size_t r = first + t / gpr; r <= first + (t + ks::width - 1) / gpr; ++r)
@@ -363,7 +366,6 @@ namespace orbitq
                                 if (kernels::reference::find_non_finite(w.row(r), w.cols)) throw_non_finite(w, r);
                             }
                         }
-                        ks::pack_int4(buf.data(), per_tile, packed + t * G / 2);
                     }
                     for (; t < total; ++t)  // the last groups, fewer than a tile
                     {

@@ -90,6 +90,25 @@ namespace orbitq::kernels
                 return xsimd::bitwise_cast<float_batch>(xsimd::bitwise_cast<int_batch>(m) | ((n & int_batch(8)) << 28));
             }
 
+            /// The batch whose first half of lanes holds a and second half b.
+            template <class A>
+            inline fbatch<A> halves(float a, float b, A) noexcept
+            {
+                alignas(64) float h[fbatch<A>::size];
+                for (std::size_t k = 0; k < fbatch<A>::size; ++k) h[k] = k < fbatch<A>::size / 2 ? a : b;
+                return fbatch<A>::load_aligned(h);
+            }
+
+#if XSIMD_WITH_AVX512F
+            template <class A>
+                requires std::derived_from<A, xsimd::avx512f>
+            inline fbatch<A> halves(float a, float b, A) noexcept
+            {
+                const __m512d lo = _mm512_castps_pd(_mm512_set1_ps(a));
+                return fbatch<A>(_mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(_mm256_set1_ps(b)), 1)));
+            }
+#endif
+
             /// x / scale as the reference computes it: a division, or a multiplication by the
             /// inverse where that is exact (a power-of-two scale).
             struct float_scaler
@@ -188,14 +207,16 @@ namespace orbitq::kernels
             return amax;
         }
 
-        /// @brief The tile pass: `width` whole groups of NB batches at x (group j at
+        /// @brief The E2M1 tile pass: `width` whole groups of NB batches at x (group j at
         ///        x + j * NB * width), their max |x| reduced into one batch (lane j = group j),
         ///        `scales(amax)` gives the batch of their scales (and records what it must), and each
-        ///        group is encoded from L1 with its scale into out + j * NB * width. Returns false,
-        ///        encoding nothing, when a value is not finite (the caller reports it).
+        ///        group is encoded from L1 with its scale and packed two codes a byte (as
+        ///        pack_int4) from registers into out + j * NB * width / 2. Returns false, encoding
+        ///        nothing, when a value is not finite (the caller reports it).
         template <float_code F, std::size_t NB, weight_element T, class Scales>
         bool encode_float_tile(const T* x, std::int8_t* out, Scales&& scales)
         {
+            static_assert(F == float_code::e2m1, "the tile packs E2M1 nibbles");
             constexpr std::size_t G = NB * width;
             detail::lane_tree<detail::max_op, arch_type> tree;
             auto bad = detail::non_finite(float_batch(0.0f), arch_type{});
@@ -230,21 +251,67 @@ namespace orbitq::kernels
             const auto encode = [&]<bool Multiply>(std::bool_constant<Multiply>) {
                 for (std::size_t j = 0; j < width; ++j)
                 {
-                    std::int8_t* o = out + j * G;
+                    std::int8_t* o = out + j * G / 2;
                     if (s[j] == 0.0f)
                     {
-                        std::memset(o, 0, G);
+                        std::memset(o, 0, G / 2);
                         continue;
                     }
                     const float_batch sj(s[j]), ij(inv[j]);
                     for (std::size_t nb = 0; nb < NB; ++nb)
                     {
                         const float_batch v = detail::load(x + j * G + nb * width, arch_type{});
-                        detail::store_int8(detail::float_codes<F>(Multiply ? v * ij : v / sj), o + nb * width, arch_type{});
+                        detail::store_int4(detail::float_codes<F>(Multiply ? v * ij : v / sj), o + nb * width / 2, arch_type{});
                     }
                 }
             };
-            if (multiply) encode(std::true_type{});
+            // bf16: each int32 lane holds two neighbouring values, so a shift and a mask give
+            // the even- and the odd-indexed values as float32 without a shuffle, and their codes
+            // are the low and high nibbles of the packed bytes. A chunk of 2 * width values is one
+            // group (NB even) or the halves of two (NB = 1, the first width / 2 bytes the first
+            // group's); a zero scale divides by 1 and its group's bytes are zeroed after.
+            const auto encode_pairs = [&]<bool Multiply>(std::bool_constant<Multiply>) {
+                const float_batch sd = xsimd::select(sc == float_batch(0.0f), float_batch(1.0f), sc);
+                const float_batch id = float_batch(1.0f) / sd;
+                alignas(64) float s0[width];
+                sc.store_aligned(s0);
+                sd.store_aligned(s);
+                id.store_aligned(inv);
+                for (std::size_t c = 0; c < G / 2; ++c)
+                {
+                    float_batch sj, ij;
+                    if constexpr (NB == 1)
+                    {
+                        sj = detail::halves(s[2 * c], s[2 * c + 1], arch_type{});
+                        ij = detail::halves(inv[2 * c], inv[2 * c + 1], arch_type{});
+                    }
+                    else
+                    {
+                        sj = float_batch(s[2 * width * c / G]);
+                        ij = float_batch(inv[2 * width * c / G]);
+                    }
+                    const int_batch u = int_batch::load_unaligned(reinterpret_cast<const std::int32_t*>(x + 2 * width * c));
+                    const float_batch even = xsimd::bitwise_cast<float_batch>(u << 16);
+                    const float_batch odd = xsimd::bitwise_cast<float_batch>(u & int_batch(-65536));
+                    const int_batch ce = detail::float_codes<F>(Multiply ? even * ij : even / sj);
+                    const int_batch co = detail::float_codes<F>(Multiply ? odd * ij : odd / sj);
+                    // the byte ce | co << 4 as an int8 in [-128, 127]: the saturating narrow is exact
+                    std::int8_t* o = out + width * c;
+                    detail::store_int8((ce & int_batch(0x0f)) | (co << 4), o, arch_type{});
+                    if constexpr (NB == 1)
+                    {
+                        if (s0[2 * c] == 0.0f) std::memset(o, 0, width / 2);
+                        if (s0[2 * c + 1] == 0.0f) std::memset(o + width / 2, 0, width / 2);
+                    }
+                    else if (s0[2 * width * c / G] == 0.0f) std::memset(o, 0, width);
+                }
+            };
+            if constexpr (std::is_same_v<T, bfloat16_t> && std::endian::native == std::endian::little)
+            {
+                if (multiply) encode_pairs(std::true_type{});
+                else encode_pairs(std::false_type{});
+            }
+            else if (multiply) encode(std::true_type{});
             else encode(std::false_type{});
             return true;
         }

@@ -26,6 +26,46 @@ namespace orbitq::kernels::simd
 
     namespace detail
     {
+        /// Packs the low nibbles of an int32 batch's lanes as pack_int4 does (lane 2k in the low
+        /// nibble of out[k], lane 2k + 1 in the high one) into size / 2 bytes at out.
+        template <class A>
+        inline void store_int4(const ibatch<A>& v, std::int8_t* out, A) noexcept
+        {
+            alignas(64) std::int32_t lanes[ibatch<A>::size];
+            v.store_aligned(lanes);
+            for (std::size_t k = 0; k < ibatch<A>::size / 2; ++k)
+            {
+                out[k] = static_cast<std::int8_t>((lanes[2 * k] & 0x0f) | ((lanes[2 * k + 1] & 0x0f) << 4));
+            }
+        }
+
+#if XSIMD_WITH_AVX512F
+        /// AVX-512: in each 64-bit word (lanes 2k, 2k + 1) the low nibble of the upper lane moves
+        /// to bits 4-7 (one shift, one bit select) and the words narrow to bytes.
+        template <class A>
+            requires std::derived_from<A, xsimd::avx512f>
+        inline void store_int4(const ibatch<A>& v, std::int8_t* out, A) noexcept
+        {
+            const __m512i b = _mm512_ternarylogic_epi64(_mm512_set1_epi64(0x0f), v, _mm512_srli_epi64(v, 28), 0xca);
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm512_cvtepi64_epi8(b));
+        }
+#endif
+#if XSIMD_WITH_AVX2
+        /// AVX2: the same 64-bit words, their low bytes gathered into 4 bytes.
+        template <class A>
+            requires std::derived_from<A, xsimd::avx2>
+        inline void store_int4(const ibatch<A>& v, std::int8_t* out, A) noexcept
+        {
+            const __m256i b = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi64x(0x0f)),
+                                              _mm256_and_si256(_mm256_srli_epi64(v, 28), _mm256_set1_epi64x(0xf0)));
+            // bytes 0 and 8 of each 128-bit lane to its bytes 0 and 1
+            const __m256i g = _mm256_shuffle_epi8(b, _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                                      0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+            const std::int32_t bytes = _mm_cvtsi128_si32(_mm_unpacklo_epi16(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1)));
+            std::memcpy(out, &bytes, sizeof(bytes));
+        }
+#endif
+
         /// Clamps n int8 codes to [lo, hi] (Clamp; in place) and packs them as pack_int4 into
         /// out. Stream: whole 64-byte lines of out are written with streaming stores (where
         /// has_streaming_stores). @pre Stream: out is 64-byte aligned.
