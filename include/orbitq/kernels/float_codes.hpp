@@ -145,17 +145,21 @@ namespace orbitq::kernels
             }
             constexpr bool streamed = Stream && has_streaming_stores;
             const detail::float_scaler scaled(scale);
-            const auto codes = [&](std::size_t i) { return detail::float_codes<F>(scaled(detail::load(x + i, arch_type{}))); };
+            const auto code = [&](const float_batch& v) { return detail::float_codes<F>(scaled(v)); };
+            const auto codes = [&](std::size_t i) { return code(detail::load(x + i, arch_type{})); };
             std::size_t i = 0;
             if constexpr (streamed)
             {
                 i = std::min(n, (64 - reinterpret_cast<std::uintptr_t>(out) % 64) % 64);
                 reference::encode_float_span<F>(x, i, scale, out);
             }
+            // pairs of batches as load_pair gives them (bf16: in pack order, without shifts)
             for (; i + 4 * width <= n; i += 4 * width)
             {
-                const int_batch a = codes(i), b = codes(i + width), c = codes(i + 2 * width), d = codes(i + 3 * width);
-                detail::store_int8_x4<false, false, streamed>(a, b, c, d, out + i, arch_type{});
+                const auto [a, b] = detail::load_pair(x + i, arch_type{});
+                const auto [c, d] = detail::load_pair(x + i + 2 * width, arch_type{});
+                detail::store_int8_x4<detail::pack_ordered_pairs<T, arch_type>, false, streamed>(code(a), code(b), code(c), code(d), out + i,
+                                                                                                 arch_type{});
             }
             for (; i + width <= n; i += width) detail::store_int8(codes(i), out + i, arch_type{});
             if (i < n) reference::encode_float_span<F>(x + i, n - i, scale, out + i);
@@ -173,11 +177,14 @@ namespace orbitq::kernels
             const int_batch keep(scale != 0.0f ? -1 : 0);  // a zero orbit encodes zeros
             float_batch m(0.0f);
             auto bad = detail::non_finite(m, arch_type{});
-            const auto codes = [&](std::size_t i) {
-                const float_batch y = detail::load(next + i, arch_type{});
+            const auto reduce = [&](const float_batch& y) {
                 bad = bad || detail::non_finite(y, arch_type{});
                 m = xsimd::max(m, xsimd::abs(y));
-                return detail::float_codes<F>(scaled(detail::load(x + i, arch_type{}))) & keep;
+            };
+            const auto code = [&](const float_batch& v) { return detail::float_codes<F>(scaled(v)) & keep; };
+            const auto codes = [&](std::size_t i) {
+                reduce(detail::load(next + i, arch_type{}));
+                return code(detail::load(x + i, arch_type{}));
             };
             std::size_t i = 0;
             std::size_t head = 0;
@@ -195,10 +202,19 @@ namespace orbitq::kernels
                 }
             };
             scalar(0, head);
+            // pairs of batches as load_pair gives them (bf16: in pack order, without shifts)
             for (i = head; i + 4 * width <= n; i += 4 * width)
             {
-                const int_batch a = codes(i), b = codes(i + width), c = codes(i + 2 * width), d = codes(i + 3 * width);
-                detail::store_int8_x4<false, false, streamed>(a, b, c, d, out + i, arch_type{});
+                for (std::size_t k = 0; k < 4 * width; k += 2 * width)
+                {
+                    const auto [y0, y1] = detail::load_pair(next + i + k, arch_type{});
+                    reduce(y0);
+                    reduce(y1);
+                }
+                const auto [a, b] = detail::load_pair(x + i, arch_type{});
+                const auto [c, d] = detail::load_pair(x + i + 2 * width, arch_type{});
+                detail::store_int8_x4<detail::pack_ordered_pairs<T, arch_type>, false, streamed>(code(a), code(b), code(c), code(d), out + i,
+                                                                                                 arch_type{});
             }
             for (; i + width <= n; i += width) detail::store_int8(codes(i), out + i, arch_type{});
             amax = std::max(amax, detail::reduce_max(m, arch_type{}));
@@ -306,13 +322,12 @@ namespace orbitq::kernels
                     else if (s0[2 * width * c / G] == 0.0f) std::memset(o, 0, width);
                 }
             };
-            if constexpr (std::is_same_v<T, bfloat16_t> && std::endian::native == std::endian::little)
-            {
-                if (multiply) encode_pairs(std::true_type{});
-                else encode_pairs(std::false_type{});
-            }
-            else if (multiply) encode(std::true_type{});
-            else encode(std::false_type{});
+            const auto with_quotient = [&](const auto& f) {
+                if (multiply) f(std::true_type{});
+                else f(std::false_type{});
+            };
+            if constexpr (std::is_same_v<T, bfloat16_t> && std::endian::native == std::endian::little) with_quotient(encode_pairs);
+            else with_quotient(encode);
             return true;
         }
 
