@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -491,6 +492,26 @@ TEST_CASE("float schemes: bad specs and non-finite values are refused")
             CHECK(std::string(e.what()).find("w") != std::string::npos);
             CHECK(e.row() == 1);
             CHECK(e.col() == 8);
+        }
+    }
+    // whole tiles of groups (nvfp4 finds it in the first pass, mxfp4 in its only one)
+    for (const float v : {std::nanf(""), -std::numeric_limits<float>::infinity()})
+    {
+        std::vector<float> tiled(16 * 64, 0.5f);
+        tiled[11 * 64 + 40] = v;
+        for (const quant_spec& f : {fp4_spec(scheme_kind::nvfp4), fp4_spec(scheme_kind::mxfp4)})
+        {
+            CAPTURE(f.describe());
+            try
+            {
+                quantize(matrix_view<float>{tiled.data(), 16, 64, 64, {16, 64}, "w"}, f);
+                FAIL("no error");
+            }
+            catch (const non_finite_error& e)
+            {
+                CHECK(e.row() == 11);
+                CHECK(e.col() == 40);
+            }
         }
     }
 }

@@ -300,12 +300,6 @@ namespace orbitq
 
             constexpr auto F = kernels::float_code::e2m1;
             const bool nv = spec.scheme == scheme_kind::nvfp4;
-            if (nv)
-            {
-                const std::vector<float> m = row_abs_max(w, threads);
-                q.global_scale = nvfp4_global(m.empty() ? 0.0f : *std::max_element(m.begin(), m.end()), name);
-            }
-            const float global = q.global_scale;
             namespace ks = kernels::simd;
             using ks::float_batch;
             using ks::int_batch;
@@ -315,6 +309,57 @@ namespace orbitq
             const std::size_t G = L.group, NB = G / ks::width;
             const bool tiles = G % ks::width == 0 && (NB == 1 || NB == 2 || NB == 4 || NB == 8) && w.cols % G == 0 && w.cols % 2 == 0
                             && w.stride == w.cols;
+            // f(std::integral_constant<std::size_t, NB>{}) for the tiles' NB
+            const auto with_nb = [&](const auto& f) {
+                using ic = std::size_t;
+                return NB == 1   ? f(std::integral_constant<ic, 1>{})
+                     : NB == 2 ? f(std::integral_constant<ic, 2>{})
+                     : NB == 4 ? f(std::integral_constant<ic, 4>{})
+                               : f(std::integral_constant<ic, 8>{});
+            };
+            // nvfp4 in tiles: a first pass records every group's max |x| in q.scales (the global
+            // scale is their max), so the second needs no statistic; else the rows' max |x|
+            const bool stored_amax = nv && tiles;
+            if (stored_amax)
+            {
+                std::vector<float> range_max(w.rows, 0.0f);  // at each row range's first row
+                parallel_rows(w.rows, threads, [&](std::size_t first, std::size_t last) {
+                    const std::size_t gpr = L.groups_per_row, total = (last - first) * gpr;
+                    const T* x = w.row(first);
+                    float_batch m(0.0f);
+                    std::size_t t = 0;
+                    for (; t + ks::width <= total; t += ks::width)
+                    {
+                        bool finite = true;
+                        const float_batch a = with_nb([&]<std::size_t N>(std::integral_constant<std::size_t, N>) { return ks::tile_abs_max<N>(x + t * G, finite); });
+                        if (!finite)
+                        {
+                            for (std::size_t r = first + t / gpr; r <= first + (t + ks::width - 1) / gpr; ++r)
+                            {
+                                if (kernels::reference::find_non_finite(w.row(r), w.cols)) throw_non_finite(w, r);
+                            }
+                        }
+                        a.store_unaligned(q.scales.data() + first * gpr + t);
+                        m = xsimd::max(m, a);
+                    }
+                    float amax = ks::detail::reduce_max(m, ks::arch_type{});
+                    for (; t < total; ++t)  // the last groups, fewer than a tile
+                    {
+                        bool finite = true;
+                        const float a = q.scales[first * gpr + t] = ks::abs_max_span(x + t * G, G, finite).max;
+                        if (!finite) throw_non_finite(w, first + t / gpr);
+                        amax = std::max(amax, a);
+                    }
+                    range_max[first] = amax;
+                });
+                q.global_scale = nvfp4_global(w.rows == 0 ? 0.0f : *std::max_element(range_max.begin(), range_max.end()), name);
+            }
+            else if (nv)
+            {
+                const std::vector<float> m = row_abs_max(w, threads);
+                q.global_scale = nvfp4_global(m.empty() ? 0.0f : *std::max_element(m.begin(), m.end()), name);
+            }
+            const float global = q.global_scale;
             // a tile's scales as a batch, recorded at orbit o0: the formulas of mxfp4() and nvfp4() lane by lane
             const auto tile_scales = [&](std::size_t o0, const float_batch& amax) {
                 alignas(64) std::int32_t codes[ks::width];
@@ -355,10 +400,11 @@ namespace orbitq
                         // the tile 8 KiB ahead is asked for while this one is encoded from L1
                         if (t + ahead + ks::width <= total) ks::prefetch(x + (t + ahead) * G, ks::width * G * sizeof(T));
                         const auto scales = [&](const float_batch& amax) { return tile_scales(o0, amax); };
-                        const bool finite = NB == 1   ? ks::encode_float_tile<F, 1>(x + t * G, packed + t * G / 2, scales)
-                                          : NB == 2 ? ks::encode_float_tile<F, 2>(x + t * G, packed + t * G / 2, scales)
-                                          : NB == 4 ? ks::encode_float_tile<F, 4>(x + t * G, packed + t * G / 2, scales)
-                                                    : ks::encode_float_tile<F, 8>(x + t * G, packed + t * G / 2, scales);
+                        const bool finite = with_nb([&]<std::size_t N>(std::integral_constant<std::size_t, N>) {
+                            if (!stored_amax) return ks::encode_float_tile<F, N>(x + t * G, packed + t * G / 2, scales);
+                            ks::encode_float_tile_scaled<F, N>(x + t * G, packed + t * G / 2, scales(float_batch::load_unaligned(q.scales.data() + o0)));
+                            return true;
+                        });
                         if (!finite)
                         {
                             for (std::size_t r = first + t / gpr; r <= first + (t + ks::width - 1) / gpr; ++r)
@@ -370,7 +416,7 @@ namespace orbitq
                     for (; t < total; ++t)  // the last groups, fewer than a tile
                     {
                         bool finite = true;
-                        const float amax = ks::abs_max_span(x + t * G, G, finite).max;
+                        const float amax = stored_amax ? q.scales[first * gpr + t] : ks::abs_max_span(x + t * G, G, finite).max;
                         if (!finite) throw_non_finite(w, first + t / gpr);
                         ks::encode_float_span<F>(x + t * G, G, group_scale(first * gpr + t, amax), buf.data());
                         ks::pack_int4(buf.data(), G, packed + t * G / 2);

@@ -223,16 +223,12 @@ namespace orbitq::kernels
             return amax;
         }
 
-        /// @brief The E2M1 tile pass: `width` whole groups of NB batches at x (group j at
-        ///        x + j * NB * width), their max |x| reduced into one batch (lane j = group j),
-        ///        `scales(amax)` gives the batch of their scales (and records what it must), and each
-        ///        group is encoded from L1 with its scale and packed two codes a byte (as
-        ///        pack_int4) from registers into out + j * NB * width / 2. Returns false, encoding
-        ///        nothing, when a value is not finite (the caller reports it).
-        template <float_code F, std::size_t NB, weight_element T, class Scales>
-        bool encode_float_tile(const T* x, std::int8_t* out, Scales&& scales)
+        /// @brief The max |x| of each of `width` whole groups of NB batches at x (group j at
+        ///        x + j * NB * width) as one batch (lane j = group j), reduced by a transposing
+        ///        tree; `finite` false when a value is not finite (the batch is then meaningless).
+        template <std::size_t NB, weight_element T>
+        [[gnu::always_inline]] inline float_batch tile_abs_max(const T* x, bool& finite) noexcept
         {
-            static_assert(F == float_code::e2m1, "the tile packs E2M1 nibbles");
             constexpr std::size_t G = NB * width;
             detail::lane_tree<detail::max_op, arch_type> tree;
             auto bad = detail::non_finite(float_batch(0.0f), arch_type{});
@@ -254,8 +250,19 @@ namespace orbitq::kernels
                 }
                 tree.push4(m[0], m[1], m[2], m[3], detail::max_op{});
             }
-            if (xsimd::any(bad)) return false;
-            const float_batch sc = scales(tree.finish(detail::max_op{}));
+            finite = !xsimd::any(bad);
+            return tree.finish(detail::max_op{});
+        }
+
+        /// @brief Encodes `width` whole groups of NB batches at x (as tile_abs_max) with the
+        ///        scales sc (lane j: group j's; 0: a zero orbit, codes 0) and packs them two codes
+        ///        a byte (as pack_int4) from registers into out + j * NB * width / 2.
+        /// @pre the values are finite.
+        template <float_code F, std::size_t NB, weight_element T>
+        [[gnu::always_inline]] inline void encode_float_tile_scaled(const T* x, std::int8_t* out, const float_batch& sc) noexcept
+        {
+            static_assert(F == float_code::e2m1, "the tile packs E2M1 nibbles");
+            constexpr std::size_t G = NB * width;
             const float_batch iv = float_batch(1.0f) / sc;
             // float_scaler's choice made once for the tile: when every scale is zero or a normal
             // power of two (MX scales; the inverse is then exact), every group multiplies
@@ -328,6 +335,19 @@ namespace orbitq::kernels
             };
             if constexpr (std::is_same_v<T, bfloat16_t> && std::endian::native == std::endian::little) with_quotient(encode_pairs);
             else with_quotient(encode);
+        }
+
+        /// @brief The E2M1 tile pass: the groups' max |x| (tile_abs_max), `scales(amax)` gives
+        ///        the batch of their scales (and records what it must), and the groups are encoded
+        ///        from L1 (encode_float_tile_scaled). Returns false, encoding nothing, when a value
+        ///        is not finite (the caller reports it).
+        template <float_code F, std::size_t NB, weight_element T, class Scales>
+        bool encode_float_tile(const T* x, std::int8_t* out, Scales&& scales)
+        {
+            bool finite = true;
+            const float_batch amax = tile_abs_max<NB>(x, finite);
+            if (!finite) return false;
+            encode_float_tile_scaled<F, NB>(x, out, scales(amax));
             return true;
         }
 
