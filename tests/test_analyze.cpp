@@ -79,6 +79,15 @@ TEST_CASE("float_format_candidates: fp8 per tensor and per channel always, the f
     CHECK(bits_per_weight(c[2], 64, 704) == doctest::Approx(4.25));
     CHECK(bits_per_weight(c[3], 64, 704) == doctest::Approx(4.5 + 32.0 / (64 * 704)));
     CHECK(bits_per_weight(c[0], 64, 704) == doctest::Approx(8.0 + 32.0 / (64 * 704)));
+    // with the defaults: the integer candidates first, then these
+    const auto all = default_candidates(704, true), integers = default_candidates(704);
+    REQUIRE(all.size() == integers.size() + c.size());
+    for (std::size_t i = 0; i < all.size(); ++i)
+    {
+        CAPTURE(i);
+        CHECK(all[i].describe() == (i < integers.size() ? integers[i] : c[i - integers.size()]).describe());
+    }
+    CHECK(default_candidates(704, false).size() == integers.size());
 }
 
 TEST_CASE("default_candidates: granularities that divide the row, int8 and int4, both schemes")

@@ -18,17 +18,10 @@ namespace orbitq::gemma_cli
             // the integer candidates, then the float formats (unless --scheme names a scheme):
             // fp8 per tensor and per channel, mxfp4, nvfp4 (weight-only; not where gate and up
             // are separate tensors, whose global scales vLLM would need to be one)
-            std::vector<quant_spec> all = default_candidates(c.cfg().hidden);
-            if (!o.scheme_given)
+            const bool nvfp4_pairs = c.cfg().arch.storage == moe::expert_storage::stacked_gate_up && !o.include_dense;
+            for (quant_spec q : default_candidates(c.cfg().hidden, !o.scheme_given))
             {
-                const bool nvfp4_pairs = c.cfg().arch.storage == moe::expert_storage::stacked_gate_up && !o.include_dense;
-                for (const quant_spec& f : float_format_candidates(c.cfg().hidden))
-                {
-                    if (f.scheme != scheme_kind::nvfp4 || nvfp4_pairs) all.push_back(f);
-                }
-            }
-            for (quant_spec q : all)
-            {
+                if (q.scheme == scheme_kind::nvfp4 && !nvfp4_pairs) continue;
                 if (o.bits_given && q.bits != o.bits) continue;
                 if (o.scheme_given && q.scheme != base.scheme) continue;
                 bool fits = true;

@@ -109,12 +109,7 @@ namespace orbitq::gemma_cli
             {
                 const tensor_analysis a = std::visit(
                     [&](const auto& m) {
-                        std::vector<quant_spec> cands = given;
-                        if (cands.empty())
-                        {
-                            cands = default_candidates(m.cols);
-                            for (const quant_spec& f : float_format_candidates(m.cols)) cands.push_back(f);
-                        }
+                        std::vector<quant_spec> cands = given.empty() ? default_candidates(m.cols, true) : given;
                         const element_type st = element_type_of<typename std::decay_t<decltype(m)>::value_type>();
                         for (auto& c : cands)
                         {

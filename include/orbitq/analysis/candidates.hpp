@@ -147,4 +147,16 @@ namespace orbitq
         }
         return out;
     }
+
+    /// @brief default_candidates(cols), followed by float_format_candidates(cols) when
+    ///        `float_formats`: what analyze evaluates when no candidates are given.
+    inline std::vector<quant_spec> default_candidates(std::size_t cols, bool float_formats)
+    {
+        std::vector<quant_spec> out = default_candidates(cols);
+        if (float_formats)
+        {
+            for (const quant_spec& f : float_format_candidates(cols)) out.push_back(f);
+        }
+        return out;
+    }
 }

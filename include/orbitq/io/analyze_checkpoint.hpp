@@ -52,15 +52,7 @@ namespace orbitq::io
         /// formats when asked).
         inline std::vector<quant_spec> fitting_candidates(const std::vector<quant_spec>& given, std::size_t cols, bool float_formats = false)
         {
-            if (given.empty())
-            {
-                std::vector<quant_spec> d = default_candidates(cols);
-                if (float_formats)
-                {
-                    for (const quant_spec& f : float_format_candidates(cols)) d.push_back(f);
-                }
-                return d;
-            }
+            if (given.empty()) return default_candidates(cols, float_formats);
             std::vector<quant_spec> out;
             for (const quant_spec& s : given)
             {
