@@ -309,6 +309,15 @@ namespace orbitq
             const std::size_t G = L.group, NB = G / ks::width;
             const bool tiles = G % ks::width == 0 && (NB == 1 || NB == 2 || NB == 4 || NB == 8) && w.cols % G == 0 && w.cols % 2 == 0
                             && w.stride == w.cols;
+            // reports the row of the non-finite value in the tile of groups t, t + width of the
+            // row range at `first`
+            const auto throw_non_finite_in_tile = [&](std::size_t first, std::size_t t) {
+                const std::size_t gpr = L.groups_per_row;
+                for (std::size_t r = first + t / gpr; r <= first + (t + ks::width - 1) / gpr; ++r)
+                {
+                    if (kernels::reference::find_non_finite(w.row(r), w.cols)) throw_non_finite(w, r);
+                }
+            };
             // f(std::integral_constant<std::size_t, NB>{}) for the tiles' NB
             const auto with_nb = [&](const auto& f) {
                 using ic = std::size_t;
@@ -332,13 +341,7 @@ namespace orbitq
                     {
                         bool finite = true;
                         const float_batch a = with_nb([&]<std::size_t N>(std::integral_constant<std::size_t, N>) { return ks::tile_abs_max<N>(x + t * G, finite); });
-                        if (!finite)
-                        {
-                            for (std::size_t r = first + t / gpr; r <= first + (t + ks::width - 1) / gpr; ++r)
-                            {
-                                if (kernels::reference::find_non_finite(w.row(r), w.cols)) throw_non_finite(w, r);
-                            }
-                        }
+                        if (!finite) throw_non_finite_in_tile(first, t);
                         a.store_unaligned(q.scales.data() + first * gpr + t);
                         m = xsimd::max(m, a);
                     }
@@ -405,13 +408,7 @@ namespace orbitq
                             ks::encode_float_tile_scaled<F, N>(x + t * G, packed + t * G / 2, scales(float_batch::load_unaligned(q.scales.data() + o0)));
                             return true;
                         });
-                        if (!finite)
-                        {
-                            for (std::size_t r = first + t / gpr; r <= first + (t + ks::width - 1) / gpr; ++r)
-                            {
-                                if (kernels::reference::find_non_finite(w.row(r), w.cols)) throw_non_finite(w, r);
-                            }
-                        }
+                        if (!finite) throw_non_finite_in_tile(first, t);
                     }
                     for (; t < total; ++t)  // the last groups, fewer than a tile
                     {

@@ -263,19 +263,22 @@ namespace orbitq::kernels
         {
             static_assert(F == float_code::e2m1, "the tile packs E2M1 nibbles");
             constexpr std::size_t G = NB * width;
-            const float_batch iv = float_batch(1.0f) / sc;
+            // a zero orbit (codes 0) divides by 1 and has its bytes zeroed
+            const float_batch sd = xsimd::select(sc == float_batch(0.0f), float_batch(1.0f), sc);
+            const float_batch iv = float_batch(1.0f) / sd;
             // float_scaler's choice made once for the tile: when every scale is zero or a normal
             // power of two (MX scales; the inverse is then exact), every group multiplies
             const int_batch bits = xsimd::bitwise_cast<int_batch>(sc);
             const bool multiply = xsimd::all((bits == int_batch(0)) || (((bits & int_batch(0x7fffff)) == int_batch(0)) && bits >= int_batch(0x00800000)));
-            alignas(64) float s[width], inv[width];
-            sc.store_aligned(s);
+            alignas(64) float s0[width], s[width], inv[width];
+            sc.store_aligned(s0);
+            sd.store_aligned(s);
             iv.store_aligned(inv);
             const auto encode = [&]<bool Multiply>(std::bool_constant<Multiply>) {
                 for (std::size_t j = 0; j < width; ++j)
                 {
                     std::int8_t* o = out + j * G / 2;
-                    if (s[j] == 0.0f)
+                    if (s0[j] == 0.0f)
                     {
                         std::memset(o, 0, G / 2);
                         continue;
@@ -292,14 +295,8 @@ namespace orbitq::kernels
             // the even- and the odd-indexed values as float32 without a shuffle, and their codes
             // are the low and high nibbles of the packed bytes. A chunk of 2 * width values is one
             // group (NB even) or the halves of two (NB = 1, the first width / 2 bytes the first
-            // group's); a zero scale divides by 1 and its group's bytes are zeroed after.
+            // group's).
             const auto encode_pairs = [&]<bool Multiply>(std::bool_constant<Multiply>) {
-                const float_batch sd = xsimd::select(sc == float_batch(0.0f), float_batch(1.0f), sc);
-                const float_batch id = float_batch(1.0f) / sd;
-                alignas(64) float s0[width];
-                sc.store_aligned(s0);
-                sd.store_aligned(s);
-                id.store_aligned(inv);
                 for (std::size_t c = 0; c < G / 2; ++c)
                 {
                     float_batch sj, ij;
