@@ -5,3 +5,4 @@
 #include <orbitq/quantize_extern.hpp>
 
 template void orbitq::quantize_into<orbitq::bfloat16_t>(const orbitq::matrix_view<orbitq::bfloat16_t>&, orbitq::quantized_tensor&, const orbitq::quant_spec&, unsigned);
+template void orbitq::detail::quantize_float<orbitq::bfloat16_t>(const orbitq::matrix_view<orbitq::bfloat16_t>&, orbitq::quantized_tensor&, const orbitq::quant_spec&, unsigned, float);

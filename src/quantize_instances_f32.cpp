@@ -5,3 +5,4 @@
 #include <orbitq/quantize_extern.hpp>
 
 template void orbitq::quantize_into<float>(const orbitq::matrix_view<float>&, orbitq::quantized_tensor&, const orbitq::quant_spec&, unsigned);
+template void orbitq::detail::quantize_float<float>(const orbitq::matrix_view<float>&, orbitq::quantized_tensor&, const orbitq::quant_spec&, unsigned, float);

@@ -513,6 +513,8 @@ namespace orbitq
             }
         }
 
+        /// The float tiles on rows [row0, row0 + rows) for activations packed in xbuf
+        /// (pack_activations): the same code for every activation type.
         template <std::size_t R, std::size_t T>
         void run(const quantized_tensor& w, const plan& p, std::size_t row0, std::size_t rows, const float* xbuf,
                  std::size_t tokens, float* y, unsigned threads)
@@ -554,16 +556,15 @@ namespace orbitq
             });
         }
 
-        /// gemv_arithmetic::int8_dot on rows [row0, row0 + rows): quantizes the activations, then
-        /// runs the integer tiles of kernels/int4_dot.hpp with the chunk operations Ops (the
-        /// build's, or the plain loops they must equal bit for bit). @pre supports_int8_dot(w).
-        template <std::size_t R, std::size_t T, class Ops = kernels::int4_dot::ops, class X>
-        void run_int8_dot(const quantized_tensor& w, std::size_t row0, std::size_t rows, const X* x, std::size_t tokens, float* y,
-                          unsigned threads)
+        /// The integer tiles of kernels/int4_dot.hpp on rows [row0, row0 + rows), with the chunk
+        /// operations Ops (the build's, or the plain loops they must equal bit for bit), for
+        /// activations already quantized (xq): the same code for every activation type.
+        /// @pre supports_int8_dot(w), xq holds `tokens` rows of w.cols.
+        template <std::size_t R, std::size_t T, class Ops = kernels::int4_dot::ops>
+        void run_int8_dot_tiles(const quantized_tensor& w, std::size_t row0, std::size_t rows, const kernels::int4_dot::activation_blocks& xq,
+                                std::size_t tokens, float* y, unsigned threads)
         {
             namespace k = kernels::int4_dot;
-            k::activation_blocks xq(w.cols, tokens);
-            for (std::size_t t = 0; t < tokens; ++t) xq.set(t, x + t * w.cols);
             const orbit_layout& L = w.layout;
             k::tile_args a{};
             a.codes = w.codes.data();
@@ -603,6 +604,17 @@ namespace orbitq
                 if (asymmetric) with_orbits(std::true_type{});
                 else with_orbits(std::false_type{});
             });
+        }
+
+        /// gemv_arithmetic::int8_dot on rows [row0, row0 + rows): quantizes the activations, then
+        /// runs run_int8_dot_tiles. @pre supports_int8_dot(w).
+        template <std::size_t R, std::size_t T, class Ops = kernels::int4_dot::ops, class X>
+        void run_int8_dot(const quantized_tensor& w, std::size_t row0, std::size_t rows, const X* x, std::size_t tokens, float* y,
+                          unsigned threads)
+        {
+            kernels::int4_dot::activation_blocks xq(w.cols, tokens);
+            for (std::size_t t = 0; t < tokens; ++t) xq.set(t, x + t * w.cols);
+            run_int8_dot_tiles<R, T, Ops>(w, row0, rows, xq, tokens, y, threads);
         }
 
         template <class X>

@@ -9,8 +9,10 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -136,6 +138,45 @@ namespace orbitq
             std::atomic<std::size_t> pending_{0};
             std::atomic<bool> stop_{false};
         };
+
+        /// A non-owning reference to a caller's `f(first_row, last_row)`: parallel_rows hands it
+        /// to run_row_parts, so the splitting, the threads and the exception handling compile
+        /// once, not once per functor type.
+        struct row_range_ref
+        {
+            void* object;
+            void (*call)(void* object, std::size_t first, std::size_t last);
+        };
+
+        /// parallel_rows' body for `parts` >= 2 ranges. @pre 2 <= parts <= rows.
+        inline void run_row_parts(std::size_t rows, std::size_t parts, row_range_ref f)
+        {
+            std::vector<std::exception_ptr> errors(parts);
+            const std::function<void(std::size_t)> run = [&](std::size_t p) {
+                const std::size_t first = rows * p / parts;
+                const std::size_t last = rows * (p + 1) / parts;
+                try
+                {
+                    f.call(f.object, first, last);
+                }
+                catch (...)
+                {
+                    errors[p] = std::current_exception();
+                }
+            };
+            if (!row_pool::instance().try_run(parts, run))
+            {
+                std::vector<std::thread> pool;
+                pool.reserve(parts - 1);
+                for (std::size_t p = 1; p < parts; ++p) pool.emplace_back(run, p);
+                run(0);
+                for (auto& t : pool) t.join();
+            }
+            for (auto& e : errors)
+            {
+                if (e) std::rethrow_exception(e);
+            }
+        }
     }
 
     /// @brief Calls `f(first_row, last_row)` on `threads` contiguous, disjoint row ranges that
@@ -156,30 +197,8 @@ namespace orbitq
             f(std::size_t{0}, rows);
             return;
         }
-        std::vector<std::exception_ptr> errors(parts);
-        const std::function<void(std::size_t)> run = [&](std::size_t p) {
-            const std::size_t first = rows * p / parts;
-            const std::size_t last = rows * (p + 1) / parts;
-            try
-            {
-                f(first, last);
-            }
-            catch (...)
-            {
-                errors[p] = std::current_exception();
-            }
-        };
-        if (!detail::row_pool::instance().try_run(parts, run))
-        {
-            std::vector<std::thread> pool;
-            pool.reserve(parts - 1);
-            for (std::size_t p = 1; p < parts; ++p) pool.emplace_back(run, p);
-            run(0);
-            for (auto& t : pool) t.join();
-        }
-        for (auto& e : errors)
-        {
-            if (e) std::rethrow_exception(e);
-        }
+        using functor = std::remove_reference_t<F>;
+        void* object = const_cast<void*>(static_cast<const void*>(std::addressof(f)));
+        detail::run_row_parts(rows, parts, {object, [](void* g, std::size_t first, std::size_t last) { (*static_cast<functor*>(g))(first, last); }});
     }
 }
