@@ -67,13 +67,19 @@ TEST_CASE_TEMPLATE_APPLY(test_kernel_passes_2, test_elements);
 
 namespace
 {
+    // Quantizes x on 1 thread and checks every scale, zero point and code against the reference,
+    // then on 2 threads, which must give the same bits (each row is one thread's work).
     template <class G, class S, rounding_policy R, class T>
-    void check_driver(const std::vector<T>& x, std::size_t rows, std::size_t cols, std::size_t group, unsigned threads)
+    void check_driver(const std::vector<T>& x, std::size_t rows, std::size_t cols, std::size_t group)
     {
         quant_spec spec;
         spec.group_size = group;
         const auto view = make_view(x.data(), rows, cols, "w");
-        const quantized_tensor q = quantize<quantizer<G, S, R>>(view, spec, threads);
+        const quantized_tensor q = quantize<quantizer<G, S, R>>(view, spec, 1);
+        const quantized_tensor q2 = quantize<quantizer<G, S, R>>(view, spec, 2);
+        REQUIRE(q2.codes == q.codes);
+        REQUIRE(q2.scales == q.scales);
+        REQUIRE(q2.zero_points == q.zero_points);
         const std::size_t gsize = std::same_as<G, per_group<>> ? group : cols;
         std::vector<std::int8_t> codes(cols);
         std::vector<std::int8_t> packed((cols + 1) / 2);
@@ -115,19 +121,16 @@ namespace
         CAPTURE(cols);
         CAPTURE(group);
         const auto x = random_values<T>(rows * cols, static_cast<unsigned>(rows + cols));
-        for (unsigned threads : {1u, 2u})
-        {
-            check_driver<per_group<>, symmetric<8>, half_to_even>(x, rows, cols, group, threads);
-            check_driver<per_group<>, asymmetric<8>, half_to_even>(x, rows, cols, group, threads);
-            check_driver<per_group<>, symmetric<4>, half_away_from_zero>(x, rows, cols, group, threads);
-            check_driver<per_group<>, asymmetric<4>, half_to_even>(x, rows, cols, group, threads);
-            check_driver<per_channel, symmetric<8>, half_to_even>(x, rows, cols, group, threads);
-            check_driver<per_channel, asymmetric<4>, half_away_from_zero>(x, rows, cols, group, threads);
-            check_driver<per_channel, asymmetric<8>, half_away_from_zero>(x, rows, cols, group, threads);
-            check_driver<per_channel, symmetric<8, symmetric_range::full>, half_to_even>(x, rows, cols, group, threads);
-            check_driver<per_tensor, asymmetric<8>, half_to_even>(x, rows, cols, group, threads);
-            check_driver<per_tensor, symmetric<4>, half_to_even>(x, rows, cols, group, threads);
-        }
+        check_driver<per_group<>, symmetric<8>, half_to_even>(x, rows, cols, group);
+        check_driver<per_group<>, asymmetric<8>, half_to_even>(x, rows, cols, group);
+        check_driver<per_group<>, symmetric<4>, half_away_from_zero>(x, rows, cols, group);
+        check_driver<per_group<>, asymmetric<4>, half_to_even>(x, rows, cols, group);
+        check_driver<per_channel, symmetric<8>, half_to_even>(x, rows, cols, group);
+        check_driver<per_channel, asymmetric<4>, half_away_from_zero>(x, rows, cols, group);
+        check_driver<per_channel, asymmetric<8>, half_away_from_zero>(x, rows, cols, group);
+        check_driver<per_channel, symmetric<8, symmetric_range::full>, half_to_even>(x, rows, cols, group);
+        check_driver<per_tensor, asymmetric<8>, half_to_even>(x, rows, cols, group);
+        check_driver<per_tensor, symmetric<4>, half_to_even>(x, rows, cols, group);
     }
 }
 
@@ -151,21 +154,18 @@ TEST_CASE("passes larger than the caches stream their codes and still equal the 
     REQUIRE(kernels::simd::stream_codes(rows * cols * sizeof(float), rows * cols / 2) == kernels::simd::has_streaming_stores);
     REQUIRE_FALSE(kernels::simd::stream_codes(rows * cols * sizeof(float) / 2, rows * cols / 2));
     const auto x = random_values<float>(rows * cols, 11);
-    for (unsigned threads : {1u, 2u})
-    {
-        check_driver<per_channel, symmetric<8>, half_to_even>(x, rows, cols, 0, threads);
-        check_driver<per_channel, asymmetric<8>, half_away_from_zero>(x, rows, cols, 0, threads);
-        check_driver<per_group<>, symmetric<8>, half_to_even>(x, rows, cols, 32, threads);
-        check_driver<per_group<>, asymmetric<8>, half_to_even>(x, rows, cols, 32, threads);
-        check_driver<per_group<>, symmetric<8, symmetric_range::full>, half_away_from_zero>(x, rows, cols, 16, threads);
-        check_driver<per_tensor, symmetric<8>, half_to_even>(x, rows, cols, 0, threads);
-        // int4: the flat group tiles stream their packed codes, the other paths pack from a
-        // row buffer that is never streamed
-        check_driver<per_group<>, asymmetric<4>, half_to_even>(x, rows, cols, 32, threads);
-        check_driver<per_group<>, symmetric<4>, half_away_from_zero>(x, rows, cols, 16, threads);
-        check_driver<per_channel, asymmetric<4>, half_to_even>(x, rows, cols, 0, threads);
-        check_driver<per_tensor, symmetric<4>, half_to_even>(x, rows, cols, 0, threads);
-    }
+    check_driver<per_channel, symmetric<8>, half_to_even>(x, rows, cols, 0);
+    check_driver<per_channel, asymmetric<8>, half_away_from_zero>(x, rows, cols, 0);
+    check_driver<per_group<>, symmetric<8>, half_to_even>(x, rows, cols, 32);
+    check_driver<per_group<>, asymmetric<8>, half_to_even>(x, rows, cols, 32);
+    check_driver<per_group<>, symmetric<8, symmetric_range::full>, half_away_from_zero>(x, rows, cols, 16);
+    check_driver<per_tensor, symmetric<8>, half_to_even>(x, rows, cols, 0);
+    // int4: the flat group tiles stream their packed codes, the other paths pack from a
+    // row buffer that is never streamed
+    check_driver<per_group<>, asymmetric<4>, half_to_even>(x, rows, cols, 32);
+    check_driver<per_group<>, symmetric<4>, half_away_from_zero>(x, rows, cols, 16);
+    check_driver<per_channel, asymmetric<4>, half_to_even>(x, rows, cols, 0);
+    check_driver<per_tensor, symmetric<4>, half_to_even>(x, rows, cols, 0);
 }
 
 TEST_CASE("a non-finite value in a tile spanning rows names its own row and column")

@@ -260,6 +260,35 @@ namespace orbitq
         }
     }
 
+    namespace detail
+    {
+        /// True where the program compiles the run-time dispatch quantize_into<T> once, in
+        /// another translation unit (orbitq/quantize_extern.hpp sets it): quantize_into<Q> then
+        /// calls that dispatch for the quantizers it covers instead of compiling their kernels
+        /// again in every translation unit that names one.
+        template <class T>
+        inline constexpr bool dispatch_compiled_elsewhere = false;
+
+        /// True for the quantizers with_quantizer produces (a run-time group size, the six
+        /// integer schemes, either rounding).
+        template <class Q>
+        inline constexpr bool dispatched_quantizer =
+            (std::same_as<typename Q::granularity, per_tensor> || std::same_as<typename Q::granularity, per_channel>
+             || std::same_as<typename Q::granularity, per_group<>>)
+            && (std::same_as<typename Q::scheme, symmetric<8>> || std::same_as<typename Q::scheme, symmetric<4>>
+                || std::same_as<typename Q::scheme, symmetric<8, symmetric_range::full>>
+                || std::same_as<typename Q::scheme, symmetric<4, symmetric_range::full>>
+                || std::same_as<typename Q::scheme, asymmetric<8>> || std::same_as<typename Q::scheme, asymmetric<4>>)
+            && (std::same_as<typename Q::rounding, half_to_even> || std::same_as<typename Q::rounding, half_away_from_zero>);
+
+        /// quantize_into<Q>'s kernels, which the run-time dispatch calls.
+        template <class Q, weight_element T>
+        void quantize_policy(const matrix_view<T>& w, quantized_tensor& q, quant_spec spec, unsigned threads);
+    }
+
+    template <weight_element T>
+    void quantize_into(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads = 1);
+
     /// @brief Quantizes `w` with the compile-time policies of Q into `q`, reusing its storage:
     ///        q's vectors are not reallocated when they already have the capacity (repeated
     ///        conversions of same-shaped tensors, benchmarks); int4 codes that are not packed
@@ -267,6 +296,17 @@ namespace orbitq
     ///        options and errors as quantize<Q>; on an exception q's contents are unspecified.
     template <class Q, weight_element T>
     void quantize_into(const matrix_view<T>& w, quantized_tensor& q, quant_spec spec = {}, unsigned threads = 1)
+    {
+        if constexpr (detail::dispatch_compiled_elsewhere<T> && detail::dispatched_quantizer<Q>)
+        {
+            detail::set_policy_names<Q>(spec);
+            quantize_into(w, q, spec, threads);
+        }
+        else detail::quantize_policy<Q>(w, q, spec, threads);
+    }
+
+    template <class Q, weight_element T>
+    void detail::quantize_policy(const matrix_view<T>& w, quantized_tensor& q, quant_spec spec, unsigned threads)
     {
         using G = typename Q::granularity;
         using S = typename Q::scheme;
@@ -437,7 +477,7 @@ namespace orbitq
     ///        through quantize_float.hpp) into `q`, reusing its storage (see quantize_into<Q>).
     /// @throws error when spec.bits is not 8 or 4, or as quantize<Q>.
     template <weight_element T>
-    void quantize_into(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads = 1)
+    void quantize_into(const matrix_view<T>& w, quantized_tensor& q, const quant_spec& spec, unsigned threads)
     {
         if (is_float_scheme(spec.scheme))
         {
@@ -446,7 +486,7 @@ namespace orbitq
             detail::check_signed_scales(w.name, spec);
             return detail::quantize_float(w, q, spec, threads);
         }
-        with_quantizer(spec, [&](auto policies) { quantize_into<decltype(policies)>(w, q, spec, threads); });
+        with_quantizer(spec, [&](auto policies) { detail::quantize_policy<decltype(policies)>(w, q, spec, threads); });
     }
 
     /// @brief Quantizes `w` with a policy chosen at run time.
