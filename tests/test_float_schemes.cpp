@@ -515,3 +515,32 @@ TEST_CASE("float schemes: bad specs and non-finite values are refused")
         }
     }
 }
+
+TEST_CASE("quantize_into over a tensor that held another format gives what a fresh tensor gets")
+{
+    // the integer path must clear what only the float formats set (scale codes, global scale)
+    const std::size_t rows = 8, cols = 64;
+    const auto x = kernel_tests::random_values<float>(rows * cols, 3);
+    const auto view = make_view(x.data(), rows, cols, "w");
+    const quant_spec nvfp4{.granularity = granularity_kind::per_group, .group_size = 16, .bits = 4, .scheme = scheme_kind::nvfp4};
+    const quant_spec mxfp4{.granularity = granularity_kind::per_group, .group_size = 32, .bits = 4, .scheme = scheme_kind::mxfp4};
+    const quant_spec int8{.granularity = granularity_kind::per_channel};
+    const quant_spec int4_tensor{.granularity = granularity_kind::per_tensor, .bits = 4};
+    for (const quant_spec& before : {nvfp4, mxfp4, int8})
+    {
+        for (const quant_spec& after : {int8, int4_tensor, nvfp4})
+        {
+            CAPTURE(before.describe());
+            CAPTURE(after.describe());
+            quantized_tensor q = quantize(view, before);
+            quantize_into(view, q, after);
+            const quantized_tensor fresh = quantize(view, after);
+            CHECK(q.codes == fresh.codes);
+            CHECK(q.scales == fresh.scales);
+            CHECK(q.zero_points == fresh.zero_points);
+            CHECK(q.scale_codes == fresh.scale_codes);
+            CHECK(q.global_scale == fresh.global_scale);
+            CHECK(q.bits_per_weight() == fresh.bits_per_weight());
+        }
+    }
+}

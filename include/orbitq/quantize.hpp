@@ -323,6 +323,8 @@ namespace orbitq
         q.scales.resize(q.layout.orbits());
         if constexpr (S::has_zero_point) q.zero_points.resize(q.layout.orbits());
         else q.zero_points.clear();
+        q.scale_codes.clear();  // a reused tensor may hold a float format's
+        q.global_scale = 0.0f;
 
         if (spec.scales == scale_search::mse) return detail::quantize_searched(w, q, spec, threads);
 

@@ -218,6 +218,8 @@ namespace orbitq::moe
             q.scales.assign(1, p.stored_scale);
             if constexpr (S::has_zero_point) q.zero_points.assign(1, p.enc.params.zero_point);
             else q.zero_points.clear();
+            q.scale_codes.clear();
+            q.global_scale = 0.0f;
             parallel_rows(block.rows, threads, [&](std::size_t first, std::size_t last) {
                 std::vector<std::int8_t> row_buf(S::bits == 4 ? block.cols : 0);
                 for (std::size_t r = first; r < last; ++r)
@@ -239,7 +241,7 @@ namespace orbitq::moe
         std::vector<float> row_amax(rows_of(v));
         std::visit(
             [&](const auto& m) {
-                q = quantize(m, spec, threads);
+                quantize_into(m, q, spec, threads);
                 detail::measure_rows(m, q, 0, acc, row_amax, 0, threads);
             },
             v);
@@ -433,7 +435,7 @@ namespace orbitq::moe
         {
         public:
             expert_quantizer(const config& c, const layer_weights& w, const quant_spec& spec, const validate_options& opt, conversion_sink* sink,
-                             validation_report& rep, double& quantize_s)
+                             validation_report& rep, double& quantize_s, std::vector<quantized_tensor>& q)
                 : m_c(c)
                 , m_w(w)
                 , m_spec(spec)
@@ -446,9 +448,10 @@ namespace orbitq::moe
                 , m_amax(w.experts.size())
                 , m_bpw(w.experts.size(), 0.0)
                 , m_stat(w.experts.size())
-                , m_q(w.experts.size())
+                , m_q(q)
                 , m_done(c.experts, false)
             {
+                m_q.resize(w.experts.size());
                 for (std::size_t k = 0; k < w.experts.size(); ++k)
                 {
                     m_acc[k].resize(w.experts[k].blocks.size() * w.experts[k].rows);
@@ -546,7 +549,7 @@ namespace orbitq::moe
             std::vector<std::vector<float>> m_amax;
             std::vector<double> m_bpw;
             std::vector<min_max> m_stat;
-            std::vector<quantized_tensor> m_q;
+            std::vector<quantized_tensor>& m_q;  ///< the caller's, reused from layer to layer
             std::vector<bool> m_done;
             std::size_t m_cached = static_cast<std::size_t>(-1);
         };
@@ -582,6 +585,9 @@ namespace orbitq::moe
             std::vector<std::vector<float>> quantized;
             std::vector<token_route> routes_orig;
             input_global_scales input_globals;      ///< the current layer's (NVFP4 activations only)
+            /// Per granularity, the quantized experts and dense matrices of the current layer,
+            /// kept from layer to layer so that same-shaped layers reuse their storage.
+            std::vector<std::vector<quantized_tensor>> expert_q, dense_q;
         };
 
         /// One granularity on one layer: quantizes (experts on demand, dense whole), runs the
@@ -596,11 +602,12 @@ namespace orbitq::moe
             const layer_plan plan = plan_layer(c, w, opt, g, nonfinite);
             if (out) out->begin_layer(w, plan.experts, plan.dense, plan.spec);
             std::optional<expert_quantizer> experts;
-            if (plan.experts) experts.emplace(c, w, plan.spec, opt, out, rep, quantize_s);
+            if (plan.experts) experts.emplace(c, w, plan.spec, opt, out, rep, quantize_s, s.expert_q[g]);
 
             // Dense MLP (whole matrices; optional).
             error_accumulator layer_acc;
-            std::vector<quantized_tensor> dense_qs(w.dense.size());
+            std::vector<quantized_tensor>& dense_qs = s.dense_q[g];
+            dense_qs.resize(w.dense.size());
             std::vector<const quantized_tensor*> dq;
             std::vector<tensor_report> dense_reports;
             for (std::size_t k = 0; k < w.dense.size(); ++k)
@@ -701,6 +708,8 @@ namespace orbitq::moe
         s.orig = std::move(x0);
         s.orig_out.resize(s.orig.size());
         s.quantized.assign(G, s.orig);
+        s.expert_q.resize(G);
+        s.dense_q.resize(G);
         double quantize_s = 0.0;
         for (std::size_t li = 0; li < opt.layers.size(); ++li)
         {
