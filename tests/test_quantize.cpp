@@ -436,3 +436,34 @@ TEST_CASE("empty tensors and mismatched shapes are rejected")
     const auto q = quantize(make_view(v.data(), 3, 4), quant_spec{});
     CHECK_THROWS_AS((void)measure(make_view(v.data(), 4, 3), q), error);
 }
+
+TEST_CASE("dispatched_quantizer names exactly what with_quantizer produces")
+{
+    // quantize<Q> calls the compiled dispatch for these (quantize_extern.hpp): a quantizer the
+    // dispatch produces but the list misses would compile its kernels again, one the list names
+    // but the dispatch does not produce would be quantized with another policy
+    int produced = 0;
+    for (granularity_kind g : {granularity_kind::per_tensor, granularity_kind::per_channel, granularity_kind::per_group})
+        for (int bits : {8, 4})
+            for (scheme_kind s : {scheme_kind::symmetric, scheme_kind::asymmetric})
+                for (symmetric_range r : {symmetric_range::restricted, symmetric_range::full})
+                    for (rounding_kind rk : {rounding_kind::half_to_even, rounding_kind::half_away_from_zero})
+                    {
+                        const quant_spec spec{.granularity = g, .group_size = 32, .bits = bits, .scheme = s, .range = r, .rounding = rk};
+                        with_quantizer(spec, [&](auto policies) {
+                            using Q = decltype(policies);
+                            CHECK(detail::dispatched_quantizer<Q>);
+                            quant_spec named;
+                            detail::set_policy_names<Q>(named);
+                            CHECK(named.granularity == g);
+                            CHECK(named.bits == bits);
+                            CHECK(named.scheme == s);
+                            CHECK(named.rounding == rk);
+                            if (s == scheme_kind::symmetric) CHECK(named.range == r);
+                            ++produced;
+                        });
+                    }
+    CHECK(produced == 3 * 2 * 2 * 2 * 2);
+    CHECK_FALSE(detail::dispatched_quantizer<quantizer<per_group<32>, symmetric<8>>>);
+    CHECK_FALSE(detail::dispatched_quantizer<quantizer<per_group<16>, asymmetric<4>, half_away_from_zero>>);
+}

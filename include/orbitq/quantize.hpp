@@ -269,18 +269,6 @@ namespace orbitq
         template <class T>
         inline constexpr bool dispatch_compiled_elsewhere = false;
 
-        /// True for the quantizers with_quantizer produces (a run-time group size, the six
-        /// integer schemes, either rounding).
-        template <class Q>
-        inline constexpr bool dispatched_quantizer =
-            (std::same_as<typename Q::granularity, per_tensor> || std::same_as<typename Q::granularity, per_channel>
-             || std::same_as<typename Q::granularity, per_group<>>)
-            && (std::same_as<typename Q::scheme, symmetric<8>> || std::same_as<typename Q::scheme, symmetric<4>>
-                || std::same_as<typename Q::scheme, symmetric<8, symmetric_range::full>>
-                || std::same_as<typename Q::scheme, symmetric<4, symmetric_range::full>>
-                || std::same_as<typename Q::scheme, asymmetric<8>> || std::same_as<typename Q::scheme, asymmetric<4>>)
-            && (std::same_as<typename Q::rounding, half_to_even> || std::same_as<typename Q::rounding, half_away_from_zero>);
-
         /// quantize_into<Q>'s kernels, which the run-time dispatch calls.
         template <class Q, weight_element T>
         void quantize_policy(const matrix_view<T>& w, quantized_tensor& q, quant_spec spec, unsigned threads);

@@ -105,6 +105,19 @@ namespace orbitq
 
     namespace detail
     {
+        /// True for exactly the quantizers with_quantizer produces (those of with_granularity,
+        /// with_scheme and with_rounding): a run-time group size, the six integer schemes,
+        /// either rounding.
+        template <class Q>
+        inline constexpr bool dispatched_quantizer =
+            (std::same_as<typename Q::granularity, per_tensor> || std::same_as<typename Q::granularity, per_channel>
+             || std::same_as<typename Q::granularity, per_group<>>)
+            && (std::same_as<typename Q::scheme, symmetric<8>> || std::same_as<typename Q::scheme, symmetric<4>>
+                || std::same_as<typename Q::scheme, symmetric<8, symmetric_range::full>>
+                || std::same_as<typename Q::scheme, symmetric<4, symmetric_range::full>>
+                || std::same_as<typename Q::scheme, asymmetric<8>> || std::same_as<typename Q::scheme, asymmetric<4>>)
+            && (std::same_as<typename Q::rounding, half_to_even> || std::same_as<typename Q::rounding, half_away_from_zero>);
+
         /// Sets the fields of `spec` that Q fixes (granularity, bits, scheme, range of a
         /// symmetric scheme, rounding, group size of a per_group<N>) to Q's: the inverse of
         /// with_quantizer. The other fields are kept.
