@@ -269,6 +269,26 @@ namespace orbitq
         template <class T>
         inline constexpr bool dispatch_compiled_elsewhere = false;
 
+        /// Sets q's shape, spec and layout (rows and columns from the layout), sizes its codes,
+        /// scales and, where the integer scheme S has them, zero points to the layout, and
+        /// clears what only the float formats set: q may have held any other tensor, and
+        /// vectors that already have the capacity are not reallocated.
+        template <scheme_policy S>
+        void prepare_integer_tensor(quantized_tensor& q, shape_type shape, const quant_spec& spec, const orbit_layout& layout)
+        {
+            q.shape = std::move(shape);
+            q.rows = layout.rows;
+            q.cols = layout.cols;
+            q.spec = spec;
+            q.layout = layout;
+            q.codes.resize(q.rows * q.row_bytes());
+            q.scales.resize(q.layout.orbits());
+            if constexpr (S::has_zero_point) q.zero_points.resize(q.layout.orbits());
+            else q.zero_points.clear();
+            q.scale_codes.clear();
+            q.global_scale = 0.0f;
+        }
+
         /// quantize_into<Q>'s kernels, which the run-time dispatch calls.
         template <class Q, weight_element T>
         void quantize_policy(const matrix_view<T>& w, quantized_tensor& q, quant_spec spec, unsigned threads);
@@ -302,17 +322,8 @@ namespace orbitq
         detail::set_policy_names<Q>(spec);
         detail::check_spec<Q>(w, spec);
 
-        q.shape = w.shape.empty() ? shape_type{w.rows, w.cols} : w.shape;
-        q.rows = w.rows;
-        q.cols = w.cols;
-        q.spec = spec;
-        q.layout = make_layout<G>(w.rows, w.cols, spec.group_size, spec.ragged_groups);
-        q.codes.resize(q.rows * q.row_bytes());
-        q.scales.resize(q.layout.orbits());
-        if constexpr (S::has_zero_point) q.zero_points.resize(q.layout.orbits());
-        else q.zero_points.clear();
-        q.scale_codes.clear();  // a reused tensor may hold a float format's
-        q.global_scale = 0.0f;
+        detail::prepare_integer_tensor<S>(q, w.shape.empty() ? shape_type{w.rows, w.cols} : w.shape, spec,
+                                          make_layout<G>(w.rows, w.cols, spec.group_size, spec.ragged_groups));
 
         if (spec.scales == scale_search::mse) return detail::quantize_searched(w, q, spec, threads);
 

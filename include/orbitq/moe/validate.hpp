@@ -209,17 +209,9 @@ namespace orbitq::moe
         orbitq::detail::analysis::with_scheme(spec, [&](auto scheme) {
             using S = decltype(scheme);
             const auto p = orbitq::detail::analysis::resolve<S>(spec, whole, block.name);
-            q.shape = {block.rows, block.cols};
-            q.rows = block.rows;
-            q.cols = block.cols;
-            q.spec = spec;
-            q.layout = make_layout<per_tensor>(block.rows, block.cols);
-            q.codes.resize(q.rows * q.row_bytes());
-            q.scales.assign(1, p.stored_scale);
-            if constexpr (S::has_zero_point) q.zero_points.assign(1, p.enc.params.zero_point);
-            else q.zero_points.clear();
-            q.scale_codes.clear();
-            q.global_scale = 0.0f;
+            orbitq::detail::prepare_integer_tensor<S>(q, {block.rows, block.cols}, spec, make_layout<per_tensor>(block.rows, block.cols));
+            q.scales[0] = p.stored_scale;
+            if constexpr (S::has_zero_point) q.zero_points[0] = p.enc.params.zero_point;
             parallel_rows(block.rows, threads, [&](std::size_t first, std::size_t last) {
                 std::vector<std::int8_t> row_buf(S::bits == 4 ? block.cols : 0);
                 for (std::size_t r = first; r < last; ++r)
